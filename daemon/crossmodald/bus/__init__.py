@@ -1,0 +1,1 @@
+"""Events, fan-out to subscribers, replay buffer and sinks."""

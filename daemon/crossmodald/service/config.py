@@ -1,0 +1,240 @@
+"""The daemon's configuration: TOML, validated with precise errors (key path, expected, got).
+
+Sources are chosen by their ``type`` key; each plugin table is validated by the config model the
+plugin itself brings (see :mod:`crossmodald.runtime.registry`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class ConfigError(Exception):
+    """An invalid configuration; ``errors`` holds one line per problem, each with its key path."""
+
+    def __init__(self, source: str, errors: Sequence[str]) -> None:
+        self.source = source
+        self.errors = list(errors)
+        super().__init__(f"{source}: " + "; ".join(self.errors))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_frame_rate(value: object) -> Fraction:
+    """Frame rate from a number or "num/den"; 29.97, 59.94 and 23.976 mean the NTSC rates."""
+    if isinstance(value, bool):
+        raise ValueError("expected a frame rate, got a boolean")
+    if isinstance(value, str):
+        try:
+            rate = Fraction(value.strip())
+        except (ValueError, ZeroDivisionError) as exc:
+            raise ValueError(f"expected a frame rate like 30 or '30000/1001', got {value!r}") from exc
+    elif isinstance(value, int | float):
+        rate = Fraction(value).limit_denominator(1001)
+        for ntsc in (24, 30, 60, 120):
+            if abs(float(value) - ntsc * 1000 / 1001) < 0.006:
+                rate = Fraction(ntsc * 1000, 1001)
+    else:
+        raise ValueError(f"expected a frame rate, got {type(value).__name__}")
+    if not 1 <= rate <= 240:
+        raise ValueError(f"frame rate must be within 1..240, got {float(rate):g}")
+    return rate
+
+
+class PatternSourceConfig(_Model):
+    """A synthetic test source: white flashes and tone bursts, with known faults injected."""
+
+    type: Literal["pattern"]
+    name: str = Field(pattern=NAME_PATTERN)
+    width: int = Field(640, ge=16, le=7680)
+    height: int = Field(480, ge=16, le=4320)
+    fps: Fraction = Fraction(30)
+    sample_rate: int = Field(48000, ge=8000, le=192000)
+    #: Seconds between flash/beep pairs; above 2 * max lag so a pair never matches the wrong one.
+    period_s: float = Field(1.2, gt=0.1, le=60)
+    flash_ms: float = Field(100.0, gt=0)
+    beep_ms: float = Field(100.0, gt=0)
+    tone_hz: float = Field(1000.0, gt=20, le=20000)
+    #: The true A/V offset: positive = audio ahead of video (ITU-R BT.1359 sign).
+    audio_lead_ms: float = Field(0.0, ge=-5000, le=5000)
+    #: Audio clock error: the sound card runs this many ppm fast against the video clock.
+    drift_ppm: float = Field(0.0, ge=-10000, le=10000)
+    #: Delivery jitter (ms): each item is delivered up to this late, possibly out of order.
+    jitter_ms: float = Field(0.0, ge=0, le=5000)
+    #: Probability that a video frame is dropped.
+    drop_frames: float = Field(0.0, ge=0, lt=1)
+    #: Probability that an audio packet is lost.
+    lose_audio: float = Field(0.0, ge=0, lt=1)
+    audio_packet_ms: float = Field(20.0, gt=0, le=1000)
+    #: Stop after this many seconds (None: run until stopped).
+    duration_s: float | None = Field(None, gt=0)
+    seed: int = 0
+    #: Pace output at real time (True for `run`; `analyze` goes as fast as it can).
+    realtime: bool = True
+
+    @field_validator("fps", mode="before")
+    @classmethod
+    def _fps(cls, value: object) -> Fraction:
+        return parse_frame_rate(value)
+
+
+class MediaSourceConfig(_Model):
+    """Any file or URL that PyAV (FFmpeg) opens: mp4, mkv, webm, avi, wav, flac, RTSP, HTTP, ..."""
+
+    type: Literal["media"]
+    name: str = Field(pattern=NAME_PATTERN)
+    url: str = Field(min_length=1)
+    #: Start again from the beginning at the end (files only).
+    loop: bool = False
+    #: Pace output at real time (True for `run`; `analyze` goes as fast as it can).
+    realtime: bool = True
+    #: FFmpeg options passed to the demuxer/protocol, e.g. {rtsp_transport = "tcp"}.
+    options: dict[str, str] = Field(default_factory=dict)
+    #: Seconds to wait for a network stream to open or deliver data.
+    timeout_s: float = Field(10.0, gt=0)
+    #: Shift the audio timeline by this many ms (positive = audio earlier, i.e. audio leads).
+    audio_shift_ms: float = 0.0
+
+
+SourceConfig = Annotated[PatternSourceConfig | MediaSourceConfig, Field(discriminator="type")]
+
+
+class WindowConfig(_Model):
+    """Event-time windows: length and hop, closed by a watermark with an allowed lateness."""
+
+    length_s: float = Field(2.0, gt=0, le=60)
+    hop_s: float = Field(0.5, gt=0, le=60)
+    #: How long after a window's end late media may still arrive before the window closes.
+    lateness_s: float = Field(0.2, ge=0, le=30)
+    #: Longest stretch of missing audio (s) filled with silence rather than treated as a jump.
+    max_gap_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _hop(self) -> WindowConfig:
+        if self.hop_s > self.length_s:
+            raise ValueError("window.hop_s must not exceed window.length_s")
+        return self
+
+
+class ApiConfig(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8750, ge=0, le=65535)
+    #: Events kept for `Last-Event-ID` resume.
+    replay_size: int = Field(4096, ge=0, le=1_000_000)
+    #: Events queued per subscriber before it counts as slow.
+    subscriber_queue: int = Field(1024, ge=1, le=1_000_000)
+    #: A subscriber whose queue stays full this long is closed with a reason.
+    slow_subscriber_s: float = Field(5.0, gt=0)
+
+
+class JsonlSinkConfig(_Model):
+    type: Literal["jsonl"]
+    path: Path
+    #: Only these event types (exact or prefix ending in '.', e.g. "sync."); empty = all.
+    types: list[str] = Field(default_factory=list)
+    streams: list[str] = Field(default_factory=list)
+    #: fsync after each batch of writes.
+    fsync: bool = False
+
+
+SinkConfig = Annotated[JsonlSinkConfig, Field(discriminator="type")]
+
+
+class LoggingConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["plain", "json"] = "plain"
+
+
+class DaemonConfig(_Model):
+    sources: list[SourceConfig] = Field(default_factory=list)
+    window: WindowConfig = WindowConfig()
+    #: Plugin tables; each is validated by its plugin's own model (chosen by `type`).
+    plugins: list[dict[str, Any]] = Field(default_factory=list)
+    api: ApiConfig = ApiConfig()
+    sinks: list[SinkConfig] = Field(default_factory=list)
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DaemonConfig:
+        seen: set[str] = set()
+        for source in self.sources:
+            if source.name in seen:
+                raise ValueError(f"duplicate source name {source.name!r}")
+            seen.add(source.name)
+        return self
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_validation_error(exc: ValidationError, prefix: Sequence[str | int] = ()) -> list[str]:
+    """One line per error: ``key.path: message (got value)``."""
+    lines: list[str] = []
+    for err in exc.errors():
+        loc = [*prefix, *(part for part in err["loc"] if not _is_union_tag(part))]
+        path = ".".join(str(part) for part in loc) or "(top level)"
+        kind = err["type"]
+        msg = err["msg"]
+        if kind == "extra_forbidden":
+            lines.append(f"{path}: unknown key")
+            continue
+        if kind == "missing":
+            lines.append(f"{path}: required key is missing")
+            continue
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        lines.append(f"{path}: {msg} (got {_describe(err.get('input'))})")
+    return lines
+
+
+def _is_union_tag(part: str | int) -> bool:
+    # pydantic inserts the discriminator's value ("pattern") or a type name into loc paths.
+    return isinstance(part, str) and part in {"pattern", "media", "jsonl"}
+
+
+def validate_config(data: Mapping[str, Any], source: str = "<config>") -> DaemonConfig:
+    """Validate a parsed TOML document; raises :class:`ConfigError` listing every problem."""
+    try:
+        return DaemonConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_error(exc)) from None
+
+
+def load_config_text(text: str, source: str = "<config>") -> DaemonConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+    return validate_config(data, source)
+
+
+def load_config(path: Path | None) -> DaemonConfig:
+    """Load a config file, or the embedded default (``configs/default.toml``) when ``path`` is None."""
+    if path is None:
+        return load_config_text(default_config_text(), "configs/default.toml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), ["not UTF-8 text"]) from None
+    return load_config_text(text, str(path))
+
+
+def default_config_text() -> str:
+    """The embedded default config shipped inside the package."""
+    return resources.files("crossmodald.service").joinpath("default.toml").read_text("utf-8")
