@@ -39,7 +39,9 @@ def parse_frame_rate(value: object) -> Fraction:
         try:
             rate = Fraction(value.strip())
         except (ValueError, ZeroDivisionError) as exc:
-            raise ValueError(f"expected a frame rate like 30 or '30000/1001', got {value!r}") from exc
+            raise ValueError(
+                f"expected a frame rate like 30 or '30000/1001', got {value!r}"
+            ) from exc
     elif isinstance(value, int | float):
         rate = Fraction(value).limit_denominator(1001)
         for ntsc in (24, 30, 60, 120):
@@ -197,7 +199,10 @@ def format_validation_error(exc: ValidationError, prefix: Sequence[str | int] = 
             continue
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
-        lines.append(f"{path}: {msg} (got {_describe(err.get('input'))})")
+        if "got " in msg:
+            lines.append(f"{path}: {msg}")
+        else:
+            lines.append(f"{path}: {msg} (got {_describe(err.get('input'))})")
     return lines
 
 

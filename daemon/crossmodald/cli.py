@@ -1,0 +1,405 @@
+"""The ``crossmodald`` command line: only argument parsing; the work lives in the packages."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from crossmodald import __version__
+from crossmodald.bus.events import Envelope
+from crossmodald.service.config import (
+    ConfigError,
+    DaemonConfig,
+    MediaSourceConfig,
+    WindowConfig,
+    load_config,
+)
+
+log = logging.getLogger("crossmodald")
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"crossmodald: error: {message}", file=sys.stderr)
+    return code
+
+
+def _config_errors(exc: ConfigError) -> int:
+    for line in exc.errors:
+        print(f"{exc.source}: {line}", file=sys.stderr)
+    return 2
+
+
+# -- run -----------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from crossmodald.runtime.registry import PluginLoadError
+    from crossmodald.service.daemon import Daemon
+    from crossmodald.service.logs import setup_logging
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _config_errors(exc)
+    setup_logging(args.log_level or config.logging.level, config.logging.format)
+
+    async def main() -> int:
+        try:
+            daemon = Daemon(config, config_source=str(args.config or "configs/default.toml"))
+            await daemon.load_plugins()
+        except ConfigError as exc:
+            return _config_errors(exc)
+        except (PluginLoadError, ValueError) as exc:
+            return _fail(str(exc))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                log.warning("second signal: exiting at once")
+                raise SystemExit(130)
+            log.info("%s: stopping", signal.Signals(signum).name)
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await daemon.run(stop)
+        except OSError as exc:
+            return _fail(f"cannot start the API on {config.api.host}:{config.api.port}: {exc}")
+        return 0
+
+    return asyncio.run(main())
+
+
+# -- analyze -------------------------------------------------------------------------------
+
+
+def _analyze_config(args: argparse.Namespace) -> DaemonConfig:
+    base = load_config(args.config) if args.config else DaemonConfig()
+    window = base.window
+    if args.window is not None or args.hop is not None:
+        window = WindowConfig.model_validate(
+            {
+                **window.model_dump(),
+                **({"length_s": args.window} if args.window is not None else {}),
+                **({"hop_s": args.hop} if args.hop is not None else {}),
+            }
+        )
+    plugins: list[dict[str, Any]] = [dict(p) for p in base.plugins]
+    if args.plugin:
+        by_type = {p.get("type"): p for p in plugins}
+        plugins = [by_type.get(name, {"type": name}) for name in args.plugin]
+    if not plugins:
+        plugins = [{"type": "avsync"}]
+    name = Path(args.media).stem if "://" not in args.media else "stream"
+    source = MediaSourceConfig(
+        type="media",
+        name=_safe_name(name),
+        url=args.media,
+        realtime=False,
+        audio_shift_ms=args.audio_shift_ms,
+    )
+    return DaemonConfig.model_validate(
+        {
+            "sources": [source.model_dump()],
+            "window": window.model_dump(),
+            "plugins": plugins,
+            "api": {"enabled": False},
+            "logging": base.logging.model_dump(),
+        }
+    )
+
+
+def _safe_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "_.-" else "_" for c in name).lstrip("_.-")
+    return (cleaned or "stream")[:64]
+
+
+class _Printer:
+    """Prints events as they are published and gathers the summary of `analyze`."""
+
+    def __init__(self, fmt: str, out: TextIO) -> None:
+        self.fmt = fmt
+        self.out = out
+        self.offsets: list[float] = []
+        self.confidences: list[float] = []
+        self.windows = 0
+        self.methods: dict[str, int] = {}
+        self.drift_ppm: float | None = None
+        self.errors: list[str] = []
+
+    def __call__(self, envelope: Envelope) -> None:
+        event = (
+            envelope.as_dict() if self.fmt == "table" or envelope.type.startswith("sync.") else None
+        )
+        if envelope.type == "sync.offset" and event is not None:
+            data = event["data"]
+            self.windows += 1
+            if data.get("audio_lead_ms") is not None:
+                self.offsets.append(float(data["audio_lead_ms"]))
+                self.confidences.append(float(data.get("confidence", 0.0)))
+                method = str(data.get("method", "?"))
+                self.methods[method] = self.methods.get(method, 0) + 1
+            if data.get("drift_ppm") is not None:
+                self.drift_ppm = float(data["drift_ppm"])
+        if envelope.type in ("stream.fault", "plugin.error"):
+            data = envelope.as_dict()["data"]
+            self.errors.append(str(data.get("message", "")))
+        if self.fmt == "jsonl":
+            self.out.write(envelope.json + "\n")
+        else:
+            assert event is not None
+            self.out.write(format_event_line(event) + "\n")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "windows": self.windows,
+            "windows_with_offset": len(self.offsets),
+            "median_audio_lead_ms": round(statistics.median(self.offsets), 2)
+            if self.offsets
+            else None,
+            "median_confidence": round(statistics.median(self.confidences), 3)
+            if self.confidences
+            else None,
+            "methods": self.methods,
+            "drift_ppm": round(self.drift_ppm, 1) if self.drift_ppm is not None else None,
+        }
+
+
+def format_event_line(event: dict[str, Any]) -> str:
+    """A one-line human summary of an event JSON object."""
+    media = event.get("media", {})
+    start_s = media.get("start_ns", 0) / 1e9
+    end_s = media.get("end_ns", 0) / 1e9
+    data = event.get("data", {})
+    phase = f" {event['phase']}" if event.get("phase") else ""
+    parts: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, float):
+            parts.append(f"{key}={value:+.2f}" if key.endswith("_ms") else f"{key}={value:.3g}")
+        elif isinstance(value, dict | list):
+            continue
+        else:
+            parts.append(f"{key}={value}")
+    return (
+        f"{start_s:9.3f}-{end_s:<9.3f} {event.get('stream', ''):<12} {event['type']}{phase} "
+        + " ".join(parts)
+    )
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from crossmodald.runtime.host import Overload
+    from crossmodald.runtime.registry import PluginLoadError
+    from crossmodald.service.daemon import Daemon
+    from crossmodald.service.logs import setup_logging
+
+    try:
+        config = _analyze_config(args)
+    except ConfigError as exc:
+        return _config_errors(exc)
+    except ValueError as exc:  # pydantic ValidationError is a ValueError
+        return _fail(str(exc).splitlines()[0], 2)
+    setup_logging(args.log_level or "warning", "plain")
+    printer = _Printer(args.format, sys.stdout)
+
+    async def main() -> int:
+        try:
+            daemon = Daemon(
+                config,
+                overload=Overload.BLOCK,
+                serve_api=False,
+                listeners=(printer,),
+                config_source=str(args.config or "analyze"),
+            )
+            await daemon.load_plugins()
+        except ConfigError as exc:
+            return _config_errors(exc)
+        except (PluginLoadError, ValueError) as exc:
+            return _fail(str(exc))
+        stop = asyncio.Event()
+        code = await daemon.run(stop, exit_when_sources_end=True)
+        if code != 0:
+            state = next(iter(daemon.streams.values()), None)
+            message = (state.error if state else None) or "analysis failed"
+            return _fail(message)
+        return 0
+
+    code = asyncio.run(main())
+    if code == 0:
+        summary = printer.summary()
+        if args.format == "jsonl":
+            print(json.dumps({"summary": summary}), file=sys.stderr)
+        else:
+            print(_format_summary(summary))
+    return code
+
+
+def _format_summary(summary: dict[str, Any]) -> str:
+    lead = summary["median_audio_lead_ms"]
+    conf = summary["median_confidence"]
+    drift = summary["drift_ppm"]
+    lines = [
+        "summary:",
+        f"  windows analysed      {summary['windows']}",
+        f"  windows with offset   {summary['windows_with_offset']}",
+        f"  median audio_lead_ms  {lead:+.2f}" if lead is not None else "  median audio_lead_ms  -",
+        f"  median confidence     {conf:.3f}" if conf is not None else "  median confidence     -",
+        f"  methods               {summary['methods']}",
+        f"  drift_ppm             {drift:+.1f}"
+        if drift is not None
+        else "  drift_ppm             -",
+    ]
+    return "\n".join(lines)
+
+
+# -- events / check-config / pattern / plugins -------------------------------------------
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from crossmodald.api.client import events_command
+
+    try:
+        return asyncio.run(
+            events_command(args.url, args.type or [], args.stream or [], args.format)
+        )
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from crossmodald.runtime.registry import PluginRegistry
+
+    try:
+        config = load_config(args.file)
+        PluginRegistry.discover().validate(config.plugins, str(args.file))
+    except ConfigError as exc:
+        _config_errors(exc)
+        return 1
+    print(f"{args.file}: OK ({len(config.sources)} sources, {len(config.plugins)} plugins)")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from crossmodald.runtime.registry import PluginLoadError, PluginRegistry
+
+    registry = PluginRegistry.discover()
+    code = 0
+    for name in registry.names():
+        try:
+            factory = registry.factory(name)
+            doc = (factory.__doc__ or "").strip().splitlines()
+            print(f"{name:<12} {doc[0] if doc else ''}")
+        except PluginLoadError as exc:
+            print(f"{name:<12} NOT LOADABLE: {exc}")
+            code = 1
+    return code
+
+
+def cmd_pattern(args: argparse.Namespace) -> int:
+    from crossmodald.ingest.pattern import write_pattern_file
+    from crossmodald.service.config import PatternSourceConfig
+
+    try:
+        config = PatternSourceConfig.model_validate(
+            {
+                "type": "pattern",
+                "name": "pattern",
+                "width": args.width,
+                "height": args.height,
+                "fps": args.fps,
+                "sample_rate": args.sample_rate,
+                "audio_lead_ms": args.audio_lead_ms,
+                "drift_ppm": args.drift_ppm,
+                "period_s": args.period,
+                "realtime": False,
+            }
+        )
+    except ValueError as exc:
+        return _fail(str(exc).splitlines()[-1], 2)
+    try:
+        write_pattern_file(config, args.output, duration_s=args.duration)
+    except (OSError, ValueError) as exc:
+        return _fail(f"{args.output}: {exc}")
+    print(f"wrote {args.output} ({args.duration:g} s, audio_lead_ms={args.audio_lead_ms:+g})")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crossmodald",
+        description="Real-time cross-modal analysis daemon: A/V sync offsets and audio-visual events.",
+    )
+    parser.add_argument("--version", action="version", version=f"crossmodald {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon (default: the embedded configs/default.toml)")
+    p.add_argument("--config", type=Path, help="TOML config file")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("analyze", help="analyse a media file or URL offline, as fast as possible")
+    p.add_argument("media", help="file path or URL (anything FFmpeg opens)")
+    p.add_argument("--plugin", action="append", help="plugin to run (repeatable; default avsync)")
+    p.add_argument("--window", type=float, help="window length in seconds (default 2)")
+    p.add_argument("--hop", type=float, help="window hop in seconds (default 0.5)")
+    p.add_argument("--format", choices=["jsonl", "table"], default="table")
+    p.add_argument("--config", type=Path, help="take window and plugin settings from this config")
+    p.add_argument(
+        "--audio-shift-ms",
+        type=float,
+        default=0.0,
+        help="shift the audio earlier by this many ms before analysis (testing)",
+    )
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("events", help="subscribe to a running daemon and print its events")
+    p.add_argument("url", nargs="?", default="http://127.0.0.1:8750", help="daemon base URL")
+    p.add_argument("--type", action="append", help="event type or prefix like 'sync.' (repeatable)")
+    p.add_argument("--stream", action="append", help="stream name (repeatable)")
+    p.add_argument("--format", choices=["jsonl", "table"], default="table")
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("check-config", help="validate a config file; print every error")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("plugins", help="list the installed analysis plugins")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("pattern", help="write a test-pattern file (flash + beep, known offset)")
+    p.add_argument("output", type=Path, help="output file: .mp4, .mkv, .webm, .avi, .wav ...")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
+    p.add_argument(
+        "--audio-lead-ms", type=float, default=0.0, help="true A/V offset (+ = audio first)"
+    )
+    p.add_argument("--fps", default="30", help="frame rate, e.g. 25, 30, 29.97 or 30000/1001")
+    p.add_argument("--sample-rate", type=int, default=48000)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--drift-ppm", type=float, default=0.0)
+    p.add_argument("--period", type=float, default=1.2, help="seconds between flashes")
+    p.set_defaults(func=cmd_pattern)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,38 @@
+"""Choosing the torch device a plugin runs on."""
+
+from __future__ import annotations
+
+import torch
+
+
+class DeviceError(ValueError):
+    """A device that cannot be used here (e.g. CUDA asked for on a machine without it)."""
+
+
+def resolve_device(spec: str) -> str:
+    """Resolve a device spec to a concrete torch device string.
+
+    ``auto`` picks ``cuda:0`` when CUDA is present, else ``cpu``; ``cpu``, ``cuda`` and
+    ``cuda:N`` are checked against what this machine has.
+    """
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return "cpu"
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {spec!r} requested but CUDA is not available on this machine"
+            )
+        index = 0
+        if ":" in spec:
+            try:
+                index = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise DeviceError(f"device {spec!r}: expected cuda:N with an integer N") from None
+        count = torch.cuda.device_count()
+        if not 0 <= index < count:
+            raise DeviceError(f"device {spec!r}: this machine has {count} CUDA device(s)")
+        return f"cuda:{index}"
+    raise DeviceError(f"unknown device {spec!r} (expected auto, cpu, cuda or cuda:N)")

@@ -1,0 +1,267 @@
+"""The plugin host: batches windows from many streams into one inference call per plugin.
+
+One :class:`PluginHost` per loaded plugin. Streams submit closed windows; a worker task takes
+everything queued (up to ``max_batch``), runs :meth:`Plugin.infer` once on the plugin's own worker
+thread (so the event loop never blocks on a model), and hands each result to the stream's
+:class:`Session` on the event loop. The queue is bounded: in ``drop_oldest`` mode (live) the oldest
+windows are dropped and counted when it is full; in ``block`` mode (offline analysis) submitters
+wait. A plugin that raises is isolated: the error is counted and reported as a ``plugin.error``
+event, and the streams and other plugins go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from crossmodald.bus.events import Event
+from crossmodald.media import StreamInfo, Window
+from crossmodald.runtime.plugin import Plugin, PluginConfig, Session
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Event], None]
+
+
+class Overload(enum.StrEnum):
+    DROP_OLDEST = "drop_oldest"
+    BLOCK = "block"
+
+
+@dataclass(slots=True)
+class HostStats:
+    """Counters of one plugin host (exported as metrics and in /v1/streams)."""
+
+    windows_in: int = 0
+    windows_done: int = 0
+    windows_dropped: int = 0
+    batches: int = 0
+    errors: int = 0
+    last_batch_size: int = 0
+    last_infer_ms: float = 0.0
+    infer_ms_total: float = 0.0
+    dropped_by_stream: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _CloseMarker:
+    stream: str
+    done: asyncio.Future[None]
+
+
+class PluginHost:
+    """Runs one plugin for every stream; see the module docstring."""
+
+    def __init__(
+        self,
+        plugin: Plugin,
+        config: PluginConfig,
+        publish: Publish,
+        *,
+        overload: Overload = Overload.DROP_OLDEST,
+    ) -> None:
+        self.plugin = plugin
+        self.name = plugin.name
+        self.config = config
+        self._publish = publish
+        self._overload = overload
+        self._queue: deque[Window | _CloseMarker] = deque()
+        self._windows_queued = 0
+        self._changed = asyncio.Condition()
+        self._sessions: dict[str, Session] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"plugin:{self.name}")
+        self.stats = HostStats()
+        self._closed = False
+
+    # -- streams -------------------------------------------------------------------------
+
+    def open_stream(self, info: StreamInfo) -> str | None:
+        """Start a session for ``info``; returns why the plugin refuses the stream, or None."""
+        reason = self.plugin.check_stream(info)
+        if reason is not None:
+            return reason
+        self._sessions[info.name] = self.plugin.open(info)
+        return None
+
+    def has_stream(self, stream: str) -> bool:
+        return stream in self._sessions
+
+    async def close_stream(self, stream: str) -> None:
+        """Finish the stream's queued windows, then close its session (its events published)."""
+        if stream not in self._sessions:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        async with self._changed:
+            self._queue.append(_CloseMarker(stream, done))
+            self._changed.notify_all()
+        await done
+
+    # -- windows -------------------------------------------------------------------------
+
+    async def submit(self, window: Window) -> None:
+        """Queue a closed window (dropping the oldest, or waiting, when the queue is full)."""
+        if window.stream not in self._sessions:
+            return
+        async with self._changed:
+            if self._overload is Overload.BLOCK:
+                await self._changed.wait_for(lambda: self._windows_queued < self.config.queue_size)
+            elif self._windows_queued >= self.config.queue_size:
+                self._drop_oldest_window()
+            self._queue.append(window)
+            self._windows_queued += 1
+            self.stats.windows_in += 1
+            self._changed.notify_all()
+
+    def _drop_oldest_window(self) -> None:
+        for index, item in enumerate(self._queue):
+            if isinstance(item, Window):
+                del self._queue[index]
+                self._windows_queued -= 1
+                self.stats.windows_dropped += 1
+                by_stream = self.stats.dropped_by_stream
+                by_stream[item.stream] = by_stream.get(item.stream, 0) + 1
+                if (
+                    self.stats.windows_dropped in (1, 10, 100)
+                    or self.stats.windows_dropped % 1000 == 0
+                ):
+                    log.warning(
+                        "plugin %s overloaded: %d windows dropped so far (oldest first)",
+                        self.name,
+                        self.stats.windows_dropped,
+                    )
+                return
+
+    @property
+    def queue_depth(self) -> int:
+        return self._windows_queued
+
+    # -- worker --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The worker: runs until cancelled, or until :meth:`aclose` once the queue is empty."""
+        try:
+            while True:
+                async with self._changed:
+                    await self._changed.wait_for(lambda: bool(self._queue) or self._closed)
+                    if not self._queue:
+                        return
+                    batch, marker = self._take_batch()
+                    self._changed.notify_all()
+                if batch:
+                    await self._run_batch(batch)
+                if marker is not None:
+                    self._close_session(marker)
+        finally:
+            # Nobody may wait forever on a stream close once the worker is gone.
+            for item in self._queue:
+                if isinstance(item, _CloseMarker) and not item.done.done():
+                    item.done.set_result(None)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _take_batch(self) -> tuple[list[Window], _CloseMarker | None]:
+        batch: list[Window] = []
+        while self._queue and len(batch) < self.config.max_batch:
+            item = self._queue[0]
+            if isinstance(item, _CloseMarker):
+                if batch:
+                    break  # close after the windows before it are done
+                self._queue.popleft()
+                return batch, item
+            self._queue.popleft()
+            self._windows_queued -= 1
+            batch.append(item)
+        return batch, None
+
+    async def _run_batch(self, batch: list[Window]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self._infer, batch)
+        except Exception as exc:  # a plugin fault must not take the daemon down
+            self.stats.errors += 1
+            log.exception("plugin %s: inference failed on a batch of %d", self.name, len(batch))
+            for stream in sorted({w.stream for w in batch}):
+                self._report_error(stream, batch, exc)
+            return
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        self.stats.batches += 1
+        self.stats.last_batch_size = len(batch)
+        self.stats.last_infer_ms = elapsed_ms
+        self.stats.infer_ms_total += elapsed_ms
+        for window, result in zip(batch, results, strict=True):
+            session = self._sessions.get(window.stream)
+            self.stats.windows_done += 1
+            if session is None:
+                continue
+            try:
+                events = session.update(window, result)
+            except Exception as exc:
+                self.stats.errors += 1
+                log.exception("plugin %s: session update failed on %s", self.name, window.stream)
+                self._report_error(window.stream, [window], exc)
+                continue
+            for event in events:
+                self._publish(event)
+
+    def _infer(self, batch: Sequence[Window]) -> Sequence[Any]:
+        results = self.plugin.infer(batch)
+        if len(results) != len(batch):
+            raise RuntimeError(f"returned {len(results)} results for {len(batch)} windows")
+        return results
+
+    def _report_error(self, stream: str, batch: Sequence[Window], exc: BaseException) -> None:
+        spans = [w for w in batch if w.stream == stream]
+        self._publish(
+            Event(
+                type="plugin.error",
+                stream=stream,
+                start_ns=min(w.start_ns for w in spans),
+                end_ns=max(w.end_ns for w in spans),
+                data={
+                    "plugin": self.name,
+                    "message": f"{type(exc).__name__}: {exc}",
+                    "count": self.stats.errors,
+                },
+                clock=spans[0].clock,
+            )
+        )
+
+    def _close_session(self, marker: _CloseMarker) -> None:
+        session = self._sessions.pop(marker.stream, None)
+        try:
+            if session is not None:
+                for event in session.close():
+                    self._publish(event)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("plugin %s: session close failed on %s", self.name, marker.stream)
+        finally:
+            if not marker.done.done():
+                marker.done.set_result(None)
+
+    async def aclose(self) -> None:
+        """Let the worker finish what is queued, then stop."""
+        async with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "plugin": self.name,
+            "queue_depth": self._windows_queued,
+            "windows_in": s.windows_in,
+            "windows_done": s.windows_done,
+            "windows_dropped": s.windows_dropped,
+            "batches": s.batches,
+            "errors": s.errors,
+            "last_batch_size": s.last_batch_size,
+            "last_infer_ms": round(s.last_infer_ms, 3),
+        }
