@@ -110,13 +110,14 @@ async def test_one_inference_call_serves_many_streams() -> None:
     assert all(name.startswith("plugin:count") for name in plugin.threads)
     assert [e.type for e in events].count("test.window") == 4
     assert [e.type for e in events][-3:] == ["test.closed"] * 3
-    assert host.stats.batches == 2 and host.stats.windows_done == 4
+    assert host.stats.batches == 2
+    assert host.stats.windows_done == 4
 
 
 async def test_overload_drops_oldest_and_counts() -> None:
     plugin = CountPlugin()
     plugin.gate.clear()
-    host, events, task = await start(plugin, queue_size=3)
+    host, _events, task = await start(plugin, queue_size=3)
     host.open_stream(info("a"))
     await host.submit(window("a", 0))
     await asyncio.sleep(0.05)  # window 0 is in inference

@@ -21,7 +21,8 @@ def test_embedded_default_is_the_repo_file_and_valid() -> None:
     config = load_config(None)
     assert config.sources[0].type == "pattern"
     assert config.plugins == [{"type": "avsync"}]
-    assert config.api.host == "127.0.0.1" and config.api.port == 8750
+    assert config.api.host == "127.0.0.1"
+    assert config.api.port == 8750
     assert load_config(REPO / "configs" / "default.toml") == config
 
 
