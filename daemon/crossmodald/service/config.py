@@ -139,6 +139,8 @@ class ApiConfig(_Model):
     subscriber_queue: int = Field(1024, ge=1, le=1_000_000)
     #: A subscriber whose queue stays full this long is closed with a reason.
     slow_subscriber_s: float = Field(5.0, gt=0)
+    #: Most SSE + WebSocket event subscribers at once; more get 503.
+    max_subscribers: int = Field(default=256, ge=1, le=100_000)
 
 
 class JsonlSinkConfig(_Model):
