@@ -1,0 +1,936 @@
+"""Local capture devices: a camera (OpenCV), a microphone (sounddevice/PortAudio), or both as one
+stream.
+
+Every item is stamped on the daemon's monotonic clock (``time.monotonic_ns``), so a camera and a
+microphone on the same machine share one media timeline:
+
+* camera frames carry the driver's capture timestamp when the V4L2 backend offers one (V4L2
+  buffers are stamped on CLOCK_MONOTONIC), else the time ``grab()`` returned;
+* microphone blocks carry PortAudio's ``inputBufferAdcTime`` mapped onto the monotonic clock,
+  laid on a sample-count timeline (:class:`SampleClock`) so that consecutive blocks are
+  contiguous and audio is never stretched; the timeline is re-anchored when the ADC times drift
+  away from it by more than a few ms (reported as a ``timestamp_jump`` fault).
+
+Each device's configured ``latency_ms`` is subtracted from its stamps.
+
+Blocking work never runs on the event loop: a camera is read by its own thread, a microphone's
+PortAudio callback runs on PortAudio's thread, and both hand items over through bounded queues
+that drop the oldest item and count it (reported as ``overflow`` faults). A device that vanishes
+(unplugged, busy, its stream stopped, nothing delivered for ``stall_s``) is reported as a
+``device_lost`` fault and reopened with exponential backoff (``device_retry`` on each failed try,
+``device_back`` once it delivers again); the stream fails with :class:`SourceError` only after
+``retry_limit`` failed tries in a row. A device missing at start is a :class:`SourceError` from
+:meth:`DeviceSource.open`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import cv2
+import numpy as np
+
+from crossmodald.ingest.base import SourceError, SourceFault
+from crossmodald.ingest.frames import audio_chunk, to_mono_f32, video_frame_from_luma
+from crossmodald.media import (
+    NS_PER_MS,
+    NS_PER_S,
+    ClockKind,
+    MediaItem,
+    StreamInfo,
+    U8Image,
+)
+from crossmodald.service.config import CameraConfig, DeviceSourceConfig, MicrophoneConfig
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: A driver timestamp further than this before the grab time is not trusted (not monotonic).
+_DRIVER_TS_MAX_AGE_NS = 1 * NS_PER_S
+#: Faults of one kind (overflow) are reported at most this often; counts are summed meanwhile.
+_FAULT_INTERVAL_NS = 1 * NS_PER_S
+
+
+# --------------------------------------------------------------------------------------------
+# Pure timing helpers (no devices, no threads).
+
+
+def camera_capture_ns(backend: str, driver_ms: float, grab_ns: int) -> tuple[int, ClockKind]:
+    """The capture time of a frame on the monotonic clock, and what it rests on.
+
+    OpenCV's V4L2 backend reports the driver's buffer timestamp as ``CAP_PROP_POS_MSEC``; V4L2
+    drivers stamp buffers on CLOCK_MONOTONIC, the same clock as ``time.monotonic_ns``. It is used
+    when it is plausible (not after the grab, and less than a second before it); anything else
+    (other backends report a media position there) falls back to the grab time.
+
+    Args:
+        backend: ``VideoCapture.getBackendName()``.
+        driver_ms: ``CAP_PROP_POS_MSEC`` read right after the grab.
+        grab_ns: ``time.monotonic_ns()`` when ``grab()`` returned.
+
+    Returns:
+        (capture time in ns, ClockKind.CAPTURE). Both choices are capture-time clocks.
+    """
+    if backend.upper() == "V4L2" and math.isfinite(driver_ms) and driver_ms > 0:
+        driver_ns = round(driver_ms * NS_PER_MS)
+        if grab_ns - _DRIVER_TS_MAX_AGE_NS <= driver_ns <= grab_ns:
+            return driver_ns, ClockKind.CAPTURE
+    return grab_ns, ClockKind.CAPTURE
+
+
+class StreamTimeMapper:
+    """Maps PortAudio stream time (float seconds, on whatever clock the host API uses; ALSA uses
+    the wall clock) onto the monotonic clock.
+
+    Each callback gives a pair (``currentTime``, monotonic now). The callback runs a little after
+    ``currentTime`` was taken, so ``now - currentTime`` overestimates the clock offset by the
+    scheduling delay; the minimum over recent callbacks is the best estimate (as in NTP).
+
+    Args:
+        window: Callbacks over which the minimum is taken (a bounded history, so that a slow
+            drift between the two clocks is followed).
+    """
+
+    def __init__(self, window: int = 64) -> None:
+        self._offsets_ns: deque[int] = deque(maxlen=window)
+
+    def adc_ns(self, current_time_s: float, adc_time_s: float, now_ns: int) -> int | None:
+        """The monotonic time of a block's first sample, or None when the host API gives no
+        ADC time (zeros)."""
+        if current_time_s <= 0.0 or adc_time_s <= 0.0:
+            return None
+        self._offsets_ns.append(now_ns - round(current_time_s * NS_PER_S))
+        return round(adc_time_s * NS_PER_S) + min(self._offsets_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """Where a block lands on the audio timeline.
+
+    Attributes:
+        pts_ns: Time of the block's first kept sample.
+        trim: Samples to drop from the head of the block (the timeline stepped back and the
+            block's start overlaps audio already delivered; audio is never stretched).
+        jump_ns: The step applied to the timeline at this block (0 when none).
+    """
+
+    pts_ns: int
+    trim: int = 0
+    jump_ns: int = 0
+
+
+class SampleClock(Generic[T]):
+    """Stamps consecutive audio blocks on a sample-count timeline anchored to their ADC times.
+
+    Each block's ADC time implies an origin (ADC time minus the samples before it). Blocks are
+    held until the last ``warmup_blocks`` implied origins agree within ``resync_ns`` (at most
+    ``max_hold_blocks``: the first callbacks of a stream often come in a burst, or with poor
+    ADC times); the timeline origin is then their median. Afterwards the origin moves only when
+    the median of the last ``warmup_blocks`` strays more than ``resync_ns`` from it (samples
+    lost without an overflow flag, or the sound card's clock drifting from the monotonic one):
+    a forward step leaves a gap, a backward step trims the overlapping samples, so that audio is
+    never stretched. A discontinuity (samples lost in an overflow) starts a new warm-up.
+
+    The median is the lower median (one of the observations), so that a step in the ADC times
+    is followed in one move rather than through a midpoint.
+
+    Args:
+        sample_rate: Samples per second.
+        warmup_blocks: Blocks whose implied origins are compared (the median's window).
+        resync_ns: How far the timeline may stray from the ADC times before it is re-anchored.
+        max_hold_blocks: Most blocks held while waiting for the ADC times to settle.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        *,
+        warmup_blocks: int = 13,
+        resync_ns: int = 5 * NS_PER_MS,
+        max_hold_blocks: int = 75,
+    ) -> None:
+        if sample_rate <= 0:
+            raise ValueError(f"SampleClock: sample rate must be positive, got {sample_rate}")
+        if warmup_blocks < 1:
+            raise ValueError(f"SampleClock: warmup_blocks must be >= 1, got {warmup_blocks}")
+        self.sample_rate = sample_rate
+        self._warmup = warmup_blocks
+        self._resync_ns = resync_ns
+        self._max_hold = max(warmup_blocks, max_hold_blocks)
+        self._implied: deque[int] = deque(maxlen=warmup_blocks)
+        self._origin_ns: int | None = None
+        self._count = 0  # samples since the segment's origin
+        self._owed = 0  # samples still to trim after a backward step
+        self._held: list[tuple[T, int]] = []  # (block, samples before it) during warm-up
+        #: Times the timeline was re-anchored because of drift or lost samples.
+        self.resyncs = 0
+
+    def _at(self, count: int) -> int:
+        assert self._origin_ns is not None
+        return self._origin_ns + count * NS_PER_S // self.sample_rate
+
+    def _median(self) -> int:
+        ordered = sorted(self._implied)
+        return ordered[(len(ordered) - 1) // 2]
+
+    def feed(
+        self, block: T, adc_ns: int, n_samples: int, *, discontinuity: bool = False
+    ) -> list[tuple[T, Stamp]]:
+        """Add one block; returns the blocks now stamped (none during warm-up, then the held
+        ones at once).
+
+        Args:
+            block: The caller's block (returned with its stamp).
+            adc_ns: Time of the block's first sample according to the device.
+            n_samples: Samples in the block.
+            discontinuity: Samples were lost before this block: start a new timeline.
+        """
+        if discontinuity:
+            out = self._release_held()
+            self._implied.clear()
+            self._origin_ns = None
+            self._count = 0
+            self._owed = 0
+            return out + self.feed(block, adc_ns, n_samples)
+        before = self._count
+        self._count += n_samples
+        self._implied.append(adc_ns - before * NS_PER_S // self.sample_rate)
+        full = len(self._implied) == self._warmup
+        if self._origin_ns is None:
+            self._held.append((block, before))
+            settled = full and max(self._implied) - min(self._implied) <= self._resync_ns
+            if not settled and len(self._held) < self._max_hold:
+                return []
+            self._origin_ns = self._median()
+            held, self._held = self._held, []
+            return [(b, Stamp(self._at(c))) for b, c in held]
+        jump_ns = 0
+        if full and abs(self._median() - self._origin_ns) > self._resync_ns:
+            estimate_ns = self._median()
+            jump_ns = estimate_ns - self._origin_ns
+            self._origin_ns = estimate_ns
+            self.resyncs += 1
+            # Look again only once a full window of blocks on the new anchor is in.
+            self._implied.clear()
+            if jump_ns < 0:
+                self._owed += math.ceil(-jump_ns * self.sample_rate / NS_PER_S)
+        trim = min(self._owed, n_samples)
+        self._owed -= trim
+        return [(block, Stamp(self._at(before + trim), trim=trim, jump_ns=jump_ns))]
+
+    def _release_held(self) -> list[tuple[T, Stamp]]:
+        # A discontinuity during warm-up: stamp what was held on the best origin known so far.
+        held, self._held = self._held, []
+        if not held:
+            return []
+        origin = self._median()
+        return [(b, Stamp(origin + c * NS_PER_S // self.sample_rate)) for b, c in held]
+
+
+class Backoff:
+    """Exponential backoff: ``initial_s``, doubling up to ``max_s``; counts tries in a row.
+
+    Args:
+        initial_s: First delay.
+        max_s: Largest delay.
+        limit: Tries in a row before giving up (0: never give up).
+    """
+
+    def __init__(self, initial_s: float, max_s: float, limit: int = 0) -> None:
+        if initial_s <= 0 or max_s < initial_s:
+            raise ValueError(f"Backoff: need 0 < initial_s <= max_s, got {initial_s}, {max_s}")
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.limit = limit
+        self.tries = 0
+
+    def next_delay_s(self) -> float | None:
+        """The delay before the next try, or None once ``limit`` tries have failed."""
+        if self.limit and self.tries >= self.limit:
+            return None
+        delay = min(self.max_s, self.initial_s * 2.0**self.tries)
+        self.tries += 1
+        return delay
+
+    def reset(self) -> None:
+        """The device works again: start from ``initial_s`` next time."""
+        self.tries = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Thread -> event loop handoff.
+
+
+class _Handoff:
+    """Items from device threads to the event loop.
+
+    Media goes into one bounded deque per device (the oldest is dropped and counted when the
+    loop falls behind: a live device cannot be paused); faults go into their own bounded deque.
+    Every put wakes the source's iterator through ``loop.call_soon_threadsafe``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
+        self._loop = loop
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._media: dict[str, deque[MediaItem]] = {}
+        self._bounds: dict[str, int] = {}
+        self._faults: deque[SourceFault] = deque(maxlen=256)
+        self.dropped: dict[str, int] = {}
+        self.fatal: str | None = None
+
+    def add_lane(self, lane: str, max_items: int) -> None:
+        self._media[lane] = deque()
+        self._bounds[lane] = max(1, max_items)
+        self.dropped[lane] = 0
+
+    def _notify(self) -> None:
+        # A closed loop raises RuntimeError: nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def put(self, lane: str, item: MediaItem) -> bool:
+        """Queue an item; returns False when the oldest item had to be dropped for it."""
+        with self._lock:
+            queue = self._media[lane]
+            dropped = len(queue) >= self._bounds[lane]
+            if dropped:
+                queue.popleft()
+                self.dropped[lane] += 1
+            queue.append(item)
+        self._notify()
+        return not dropped
+
+    def fault(self, fault: SourceFault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+        self._notify()
+
+    def fail(self, message: str) -> None:
+        with self._lock:
+            self.fatal = message
+        self._notify()
+
+    def take(self) -> MediaItem | SourceFault | None:
+        """Next item: faults first, then the media item that arrived earliest."""
+        with self._lock:
+            if self._faults:
+                return self._faults.popleft()
+            best: deque[MediaItem] | None = None
+            for queue in self._media.values():
+                if queue and (best is None or queue[0].arrival_ns < best[0].arrival_ns):
+                    best = queue
+            return best.popleft() if best is not None else None
+
+
+class _RateLimited:
+    """Sums events (overflows) and reports them at most once per interval."""
+
+    def __init__(self, interval_ns: int = _FAULT_INTERVAL_NS) -> None:
+        self.total = 0
+        self._pending = 0
+        self._last_ns = -interval_ns
+        self._interval_ns = interval_ns
+
+    def add(self, now_ns: int, count: int = 1) -> int:
+        """Count; returns how many to report now (0 while within the interval)."""
+        self.total += count
+        self._pending += count
+        if now_ns - self._last_ns < self._interval_ns:
+            return 0
+        self._last_ns = now_ns
+        pending, self._pending = self._pending, 0
+        return pending
+
+
+# --------------------------------------------------------------------------------------------
+# Devices: each runs in its own supervising thread.
+
+
+class _DeviceWorker(threading.Thread, abc.ABC):
+    """Runs one device: deliver until it vanishes, then reopen with backoff."""
+
+    label: str
+
+    def __init__(
+        self, source_name: str, handoff: _Handoff, config: DeviceSourceConfig, label: str
+    ) -> None:
+        super().__init__(name=f"ingest:{source_name}:{label}", daemon=True)
+        self.source_name = source_name
+        self.label = label
+        self.handoff = handoff
+        self.stop_event = threading.Event()
+        self.backoff = Backoff(config.retry_initial_s, config.retry_max_s, config.retry_limit)
+        self.stall_ns = round(config.stall_s * NS_PER_S)
+        self.drops = _RateLimited()
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """The device in words, for messages."""
+
+    @abc.abstractmethod
+    def open_device(self) -> None:
+        """Open the device (blocking); raises SourceError with a one-line reason."""
+
+    @abc.abstractmethod
+    def deliver_until_lost(self) -> str | None:
+        """Deliver items until the device is lost (returns why) or stop is asked (None)."""
+
+    @abc.abstractmethod
+    def close_device(self) -> None:
+        """Release the device (idempotent)."""
+
+    def _fault(self, kind: str, message: str, pts_ns: int | None = None) -> None:
+        self.handoff.fault(SourceFault(kind, f"{self.describe()}: {message}", pts_ns))
+
+    def _put(self, lane: str, item: MediaItem) -> None:
+        if not self.handoff.put(lane, item):
+            count = self.drops.add(time.monotonic_ns())
+            if count:
+                self._fault(
+                    "overflow",
+                    f"{count} {lane} item(s) dropped, the daemon fell behind "
+                    f"({self.drops.total} so far)",
+                    item.pts_ns,
+                )
+
+    def run(self) -> None:
+        try:
+            while not self.stop_event.is_set():
+                reason = self.deliver_until_lost()
+                self.close_device()
+                if reason is None:
+                    return
+                self._fault("device_lost", f"{reason}; reopening")
+                if not self._reopen():
+                    return
+        except Exception as exc:  # a bug must end the stream loudly, not kill a thread quietly
+            log.exception("%s failed", self.name)
+            self.handoff.fail(f"{self.describe()}: {type(exc).__name__}: {exc}")
+        finally:
+            self.close_device()
+
+    def _reopen(self) -> bool:
+        while True:
+            delay = self.backoff.next_delay_s()
+            if delay is None:
+                self.handoff.fail(
+                    f"{self.describe()}: gone, {self.backoff.tries} reopen attempts failed"
+                )
+                return False
+            if self.stop_event.wait(delay):
+                return False
+            try:
+                self.open_device()
+            except SourceError as exc:
+                self._fault("device_retry", f"reopen attempt {self.backoff.tries} failed: {exc}")
+                continue
+            self.backoff.reset()
+            self._fault("device_back", "reopened")
+            return True
+
+
+def _fourcc_text(code: float) -> str:
+    value = int(code)
+    if value <= 0:
+        return ""
+    return "".join(chr((value >> (8 * i)) & 0xFF) for i in range(4))
+
+
+_BACKENDS = {
+    "auto": cv2.CAP_ANY,
+    "v4l2": cv2.CAP_V4L2,
+    "ffmpeg": cv2.CAP_FFMPEG,
+    "gstreamer": cv2.CAP_GSTREAMER,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CameraMode:
+    """What a camera actually delivers after open (the driver may not grant what was asked)."""
+
+    width: int
+    height: int
+    fps: float | None
+    fourcc: str
+    backend: str
+    is_file: bool
+
+
+class CameraDevice:
+    """One OpenCV ``VideoCapture``: open with the configured mode, read grey frames with their
+    capture time. Blocking; used from one thread at a time.
+
+    A capture that reports a frame count (a file, an image sequence) behaves as a camera: it is
+    read at its own frame rate, stamped with the grab time, and its end counts as the device
+    vanishing (so it is reopened, like a camera plugged back in).
+    """
+
+    def __init__(self, config: CameraConfig) -> None:
+        self.config = config
+        self._cap: Any = None
+        self.mode: CameraMode | None = None
+        self._next_due_ns = 0
+
+    def describe(self) -> str:
+        return f"camera {self.config.device!r}"
+
+    def open(self, stall_s: float) -> CameraMode:
+        """Open the capture and apply the mode; raises SourceError."""
+        config = self.config
+        cap = cv2.VideoCapture(config.device, _BACKENDS[config.backend])
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"{self.describe()}: cannot open (no such device, or no permission)")
+        # FOURCC first: V4L2 picks the frame size within the pixel format.
+        if config.fourcc is not None:
+            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*config.fourcc))
+        if config.width is not None:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, config.width)
+        if config.height is not None:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, config.height)
+        if config.fps is not None:
+            cap.set(cv2.CAP_PROP_FPS, config.fps)
+        # A vanished V4L2 camera then fails a grab after stall_s instead of OpenCV's 10 s.
+        cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, stall_s * 1000.0)
+        fps = float(cap.get(cv2.CAP_PROP_FPS))
+        mode = CameraMode(
+            width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            fps=fps if math.isfinite(fps) and fps > 0 else None,
+            fourcc=_fourcc_text(cap.get(cv2.CAP_PROP_FOURCC)),
+            backend=str(cap.getBackendName()),
+            is_file=float(cap.get(cv2.CAP_PROP_FRAME_COUNT)) > 0,
+        )
+        for key, asked, got in (
+            ("width", config.width, mode.width),
+            ("height", config.height, mode.height),
+            ("fourcc", config.fourcc, mode.fourcc),
+        ):
+            if asked is not None and asked != got and not mode.is_file:
+                log.warning(
+                    "%s: asked for %s %s, the driver gave %s", self.describe(), key, asked, got
+                )
+        if not mode.is_file and not cap.grab():
+            # A busy V4L2 camera opens but cannot stream; say so now rather than later.
+            cap.release()
+            raise SourceError(
+                f"{self.describe()}: opened but delivers no frames (busy, or mode unsupported)"
+            )
+        self._cap = cap
+        self.mode = mode
+        self._next_due_ns = time.monotonic_ns()
+        return mode
+
+    def read(self, stop: threading.Event) -> tuple[U8Image, int] | None:
+        """Grab the next frame: (grey picture, capture time in ns), or None if the device failed
+        or stop was asked while pacing a file."""
+        cap, mode = self._cap, self.mode
+        if cap is None or mode is None:
+            return None
+        if mode.is_file and mode.fps:
+            # A recording plays as a live camera would: one frame per period, never faster.
+            wait_ns = self._next_due_ns - time.monotonic_ns()
+            if wait_ns > 0 and stop.wait(wait_ns / NS_PER_S):
+                return None
+            period_ns = round(NS_PER_S / mode.fps)
+            # Catch up at most one late frame, as a camera would (it drops, never bursts).
+            self._next_due_ns = max(self._next_due_ns, time.monotonic_ns() - period_ns) + period_ns
+        if not cap.grab():
+            return None
+        grab_ns = time.monotonic_ns()
+        capture_ns, _ = camera_capture_ns(
+            mode.backend, float(cap.get(cv2.CAP_PROP_POS_MSEC)), grab_ns
+        )
+        ok, picture = cap.retrieve()
+        if not ok or picture is None:
+            return None
+        if picture.ndim == 3:
+            luma: U8Image = cv2.cvtColor(picture, cv2.COLOR_BGR2GRAY)
+        else:
+            luma = np.ascontiguousarray(picture, dtype=np.uint8)
+        return luma, capture_ns
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class _CameraWorker(_DeviceWorker):
+    def __init__(
+        self, source_name: str, handoff: _Handoff, config: DeviceSourceConfig, device: CameraDevice
+    ) -> None:
+        super().__init__(source_name, handoff, config, "camera")
+        self.device = device
+        self.stall_s = config.stall_s
+        self.latency_ns = round((config.camera.latency_ms if config.camera else 0.0) * NS_PER_MS)
+        self.frames = 0
+
+    def describe(self) -> str:
+        return self.device.describe()
+
+    def open_device(self) -> None:
+        self.device.open(self.stall_s)
+
+    def close_device(self) -> None:
+        self.device.close()
+
+    def deliver_until_lost(self) -> str | None:
+        while not self.stop_event.is_set():
+            got = self.device.read(self.stop_event)
+            if self.stop_event.is_set():
+                return None
+            if got is None:
+                return "stopped delivering frames (unplugged, or the recording ended)"
+            luma, capture_ns = got
+            frame = video_frame_from_luma(
+                self.source_name,
+                capture_ns - self.latency_ns,
+                time.monotonic_ns(),
+                luma,
+                ClockKind.CAPTURE,
+            )
+            self.frames += 1
+            self._put("video", frame)
+        return None
+
+
+class MicrophoneDevice:
+    """One sounddevice ``InputStream`` with a callback that stamps and hands over each block.
+
+    PortAudio is imported on first use, so that a machine without it can run every other source.
+    """
+
+    def __init__(self, config: MicrophoneConfig) -> None:
+        self.config = config
+        self._stream: Any = None
+        self.lost = threading.Event()
+        self.last_block_ns = 0
+        self.on_block: Callable[[Any, int, Any, Any, int], None] | None = None
+
+    def describe(self) -> str:
+        return (
+            f"microphone {self.config.device!r}"
+            if self.config.device is not None
+            else ("default microphone")
+        )
+
+    def open(self) -> dict[str, Any]:
+        """Resolve the device, check the settings and start the stream; raises SourceError.
+
+        Returns:
+            PortAudio's description of the device (``sounddevice.query_devices``).
+        """
+        sd = import_sounddevice()
+        config = self.config
+        try:
+            info: dict[str, Any] = dict(sd.query_devices(config.device, kind="input"))
+        except (ValueError, sd.PortAudioError) as exc:
+            raise SourceError(f"{self.describe()}: {_one_line(exc)}") from None
+        if int(info.get("max_input_channels", 0)) < config.channels:
+            raise SourceError(
+                f"{self.describe()}: {info.get('name')!r} has "
+                f"{info.get('max_input_channels', 0)} input channel(s), {config.channels} asked"
+            )
+        self.lost.clear()
+        self.last_block_ns = time.monotonic_ns()
+        try:
+            stream = sd.InputStream(
+                device=info["index"],
+                samplerate=config.sample_rate,
+                channels=config.channels,
+                blocksize=config.blocksize,
+                dtype="float32",
+                callback=self._callback,
+                finished_callback=self.lost.set,
+            )
+            stream.start()
+        except (ValueError, sd.PortAudioError) as exc:
+            raise SourceError(
+                f"{self.describe()}: cannot open {info.get('name')!r} at "
+                f"{config.sample_rate} Hz x {config.channels} ch: {_one_line(exc)}"
+            ) from None
+        self._stream = stream
+        return info
+
+    def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
+        now_ns = time.monotonic_ns()
+        self.last_block_ns = now_ns
+        if self.on_block is not None:
+            self.on_block(indata, frames, time_info, status, now_ns)
+
+    def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.abort(ignore_errors=True)
+                stream.close(ignore_errors=True)
+            except Exception as exc:  # a vanished device may fail to close; it is gone anyway
+                log.debug("%s: close failed: %s", self.describe(), exc)
+
+
+def import_sounddevice() -> Any:
+    """The sounddevice module, or SourceError when PortAudio is not installed."""
+    try:
+        import sounddevice
+    except (ImportError, OSError) as exc:
+        raise SourceError(
+            f"microphone: sounddevice/PortAudio unavailable ({_one_line(exc)}); "
+            "install the libportaudio2 package"
+        ) from None
+    return sounddevice
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class _MicWorker(_DeviceWorker):
+    def __init__(
+        self,
+        source_name: str,
+        handoff: _Handoff,
+        config: DeviceSourceConfig,
+        device: MicrophoneDevice,
+    ) -> None:
+        super().__init__(source_name, handoff, config, "microphone")
+        self.device = device
+        mic = device.config
+        self.sample_rate = mic.sample_rate
+        self.latency_ns = round(mic.latency_ms * NS_PER_MS)
+        self.overflows = _RateLimited()
+        self.clock_kind = ClockKind.ADC
+        self.blocks = 0
+        self._reset_clock()
+        device.on_block = self._on_block
+
+    def _reset_clock(self) -> None:
+        block_s = self.device.config.blocksize / self.sample_rate
+        self.mapper = StreamTimeMapper()
+        self.clock: SampleClock[np.ndarray[Any, np.dtype[np.float32]]] = SampleClock(
+            self.sample_rate,
+            warmup_blocks=max(5, math.ceil(0.25 / block_s)),
+            max_hold_blocks=max(10, math.ceil(1.5 / block_s)),
+        )
+
+    def describe(self) -> str:
+        return self.device.describe()
+
+    def open_device(self) -> None:
+        self._reset_clock()
+        self.device.open()
+
+    def close_device(self) -> None:
+        self.device.close()
+
+    def _on_block(self, indata: Any, frames: int, time_info: Any, status: Any, now_ns: int) -> None:
+        # PortAudio's thread: keep it short (no allocation beyond the mono copy, no blocking).
+        discontinuity = bool(status.input_overflow)
+        if discontinuity:
+            count = self.overflows.add(now_ns)
+            if count:
+                self._fault(
+                    "overflow",
+                    f"input overflow, samples lost ({self.overflows.total} so far)",
+                )
+        adc_ns = self.mapper.adc_ns(
+            float(time_info.currentTime), float(time_info.inputBufferAdcTime), now_ns
+        )
+        # A block cannot end after it was handed to us; some host APIs (ALSA's PulseAudio
+        # plugin) report the ADC time of the block's end instead of its start.
+        latest_ns = now_ns - frames * NS_PER_S // self.sample_rate
+        if adc_ns is None:
+            # No ADC time from this host API: the block ended about now.
+            self.clock_kind = ClockKind.ARRIVAL
+            adc_ns = latest_ns
+        adc_ns = min(adc_ns, latest_ns)
+        mono = to_mono_f32(indata, channels_first=False)
+        for block, stamp in self.clock.feed(mono, adc_ns, frames, discontinuity=discontinuity):
+            if stamp.jump_ns:
+                self._fault(
+                    "timestamp_jump",
+                    f"audio timeline re-anchored to the ADC clock by {stamp.jump_ns / NS_PER_MS:+.2f} ms",
+                    stamp.pts_ns,
+                )
+            kept = block[stamp.trim :] if stamp.trim else block
+            if kept.size == 0:
+                continue
+            self.blocks += 1
+            self._put(
+                "audio",
+                audio_chunk(
+                    self.source_name,
+                    stamp.pts_ns - self.latency_ns,
+                    now_ns,
+                    kept,
+                    self.sample_rate,
+                    self.clock_kind,
+                ),
+            )
+
+    def deliver_until_lost(self) -> str | None:
+        poll_s = min(0.25, self.stall_ns / NS_PER_S / 4)
+        while not self.stop_event.wait(poll_s):
+            if self.device.lost.is_set():
+                return "its stream stopped (unplugged, or taken by another program)"
+            silent_ns = time.monotonic_ns() - self.device.last_block_ns
+            if silent_ns > self.stall_ns:
+                return f"delivered nothing for {silent_ns / NS_PER_S:.1f} s"
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# The source.
+
+
+class DeviceSource:
+    """A camera and/or a microphone on this machine, as one stream (see the module docstring).
+
+    Args:
+        config: The validated ``type = "device"`` source table.
+        video_queue_s: Seconds of frames buffered for the event loop before the oldest drop.
+        audio_queue_s: Seconds of audio buffered likewise.
+    """
+
+    def __init__(
+        self, config: DeviceSourceConfig, *, video_queue_s: float = 1.0, audio_queue_s: float = 2.0
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self._video_queue_s = video_queue_s
+        self._audio_queue_s = audio_queue_s
+        self._wake: asyncio.Event | None = None
+        self._handoff: _Handoff | None = None
+        self._workers: list[_DeviceWorker] = []
+        self._info: StreamInfo | None = None
+        self._closed = False
+
+    @property
+    def workers(self) -> tuple[Any, ...]:
+        """The running device workers (for tests and stats)."""
+        return tuple(self._workers)
+
+    async def open(self) -> StreamInfo:
+        """Open every configured device; raises SourceError naming the one that failed."""
+        if self._info is not None:
+            return self._info
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        handoff = _Handoff(loop, self._wake)
+        self._handoff = handoff
+        config = self.config
+        camera: CameraDevice | None = None
+        mode: CameraMode | None = None
+        mic: MicrophoneDevice | None = None
+        mic_info: dict[str, Any] | None = None
+        try:
+            if config.camera is not None:
+                camera = CameraDevice(config.camera)
+                mode = await asyncio.to_thread(camera.open, config.stall_s)
+                fps = mode.fps or config.camera.fps or 30.0
+                handoff.add_lane("video", math.ceil(fps * self._video_queue_s))
+            if config.microphone is not None:
+                mic = MicrophoneDevice(config.microphone)
+                mic_config = config.microphone
+                handoff.add_lane(
+                    "audio",
+                    math.ceil(self._audio_queue_s * mic_config.sample_rate / mic_config.blocksize),
+                )
+                # Workers exist before the stream starts: its first callback needs them.
+                self._workers.append(_MicWorker(self.name, handoff, config, mic))
+                mic_info = await asyncio.to_thread(mic.open)
+        except SourceError as exc:
+            if camera is not None:
+                camera.close()
+            if mic is not None:
+                mic.close()
+            self._workers.clear()
+            raise SourceError(f"{self.name}: {exc}") from None
+        if camera is not None:
+            self._workers.insert(0, _CameraWorker(self.name, handoff, config, camera))
+        for worker in self._workers:
+            worker.start()
+        if mic_info is not None:
+            log.info("%s: microphone %r opened", self.name, mic_info.get("name"))
+        if mode is not None:
+            log.info(
+                "%s: camera opened: %dx%d %s fps %s via %s",
+                self.name,
+                mode.width,
+                mode.height,
+                mode.fps,
+                mode.fourcc,
+                mode.backend,
+            )
+        self._info = StreamInfo(
+            name=self.name,
+            kind="device",
+            has_video=camera is not None,
+            has_audio=mic is not None,
+            frame_rate=(mode.fps or config.camera.fps) if mode and config.camera else None,
+            sample_rate=config.microphone.sample_rate if config.microphone else None,
+            width=mode.width if mode else None,
+            height=mode.height if mode else None,
+            clock=ClockKind.ADC if mic is not None else ClockKind.CAPTURE,
+        )
+        return self._info
+
+    def __aiter__(self) -> AsyncIterator[MediaItem | SourceFault]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[MediaItem | SourceFault]:
+        if self._handoff is None or self._wake is None:
+            raise SourceError(f"{self.name}: iterated before open()")
+        handoff, wake = self._handoff, self._wake
+        while not self._closed:
+            item = handoff.take()
+            if item is not None:
+                yield item
+                continue
+            if handoff.fatal is not None:
+                raise SourceError(f"{self.name}: {handoff.fatal}")
+            if not any(worker.is_alive() for worker in self._workers):
+                return
+            wake.clear()
+            # Re-check after clearing: a put between take() and clear() must not be missed.
+            if handoff.fatal is None and (item := handoff.take()) is not None:
+                yield item
+                continue
+            await wake.wait()
+
+    async def aclose(self) -> None:
+        """Stop the devices and wait (bounded) for their threads."""
+        if self._closed:
+            return
+        self._closed = True
+        for worker in self._workers:
+            worker.stop_event.set()
+        if self._wake is not None:
+            self._wake.set()
+
+        def join_all() -> None:
+            deadline = time.monotonic() + 5.0
+            for worker in self._workers:
+                worker.join(timeout=max(0.0, deadline - time.monotonic()))
+
+        await asyncio.to_thread(join_all)
+        for worker in self._workers:
+            if worker.is_alive():
+                log.warning("%s: %s did not stop within 5 s", self.name, worker.name)
+
+
+def create_device_source(config: DeviceSourceConfig) -> DeviceSource:
+    """The source for a ``type = "device"`` table (the ingest factory calls this)."""
+    return DeviceSource(config)
