@@ -1,0 +1,151 @@
+"""Sinks: consumers that take events off the bus and put them somewhere durable.
+
+A sink is an ordinary bus subscriber (one mechanism for everyone): it reads its
+:class:`~crossmodald.bus.bus.Subscription` and writes in batches off the event loop. If the
+bus closes it for being slow (a stalled disk), it resubscribes with the last ``seq`` it wrote
+and catches up from the replay buffer; events that fell out of that buffer meanwhile are
+counted in ``SinkStats.missed_resumes`` and logged. An envelope the sink has taken off its
+subscription is never lost: :meth:`JsonlSink.aclose` writes and flushes everything queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from typing import IO
+
+from crossmodald.bus.bus import EventBus, EventFilter, SubscriberClosed, Subscription
+from crossmodald.bus.events import Envelope
+from crossmodald.service.config import JsonlSinkConfig
+
+log = logging.getLogger(__name__)
+
+#: Most envelopes written in one batch (one write + flush in a worker thread).
+BATCH_MAX = 512
+
+
+@dataclass(slots=True)
+class SinkStats:
+    """Counters of one sink.
+
+    Attributes:
+        written: Envelopes written and flushed.
+        batches: Write batches.
+        resumes: Times it was closed as slow and resubscribed.
+        missed_resumes: Resumes where the replay buffer no longer held every missed envelope.
+        last_seq: ``seq`` of the last envelope written (0 before the first).
+    """
+
+    written: int = 0
+    batches: int = 0
+    resumes: int = 0
+    missed_resumes: int = 0
+    last_seq: int = 0
+
+
+class JsonlSink:
+    """Appends one JSON line per matching envelope to a file.
+
+    Run :meth:`run` as a task (``tg.create_task(sink.run(bus), name="sink:jsonl")``); stop it
+    with :meth:`aclose`, which drains and flushes, or by closing the bus.
+
+    Args:
+        config: The sink's config (path, type/stream filters, fsync).
+        batch_max: Most envelopes per write batch.
+
+    Raises:
+        ValueError: A filter entry in the config is malformed.
+    """
+
+    def __init__(self, config: JsonlSinkConfig, *, batch_max: int = BATCH_MAX) -> None:
+        if batch_max < 1:
+            raise ValueError(f"batch_max must be >= 1, got {batch_max}")
+        try:
+            self.filter = EventFilter.from_lists(config.types, config.streams)
+        except ValueError as exc:
+            raise ValueError(f"jsonl sink {config.path}: {exc}") from None
+        self.config = config
+        self.stats = SinkStats()
+        self._batch_max = batch_max
+        self._sub: Subscription | None = None
+        self._closing = False
+        self._done = asyncio.Event()
+        self._running = False
+
+    async def run(self, bus: EventBus) -> None:
+        """Subscribe and write until :meth:`aclose` or the bus closes (everything flushed).
+
+        Raises:
+            OSError: The file cannot be opened or written (the error names the path).
+        """
+        if self._running:
+            raise RuntimeError(f"jsonl sink {self.config.path} is already running")
+        self._running = True
+        try:
+            file = await asyncio.to_thread(self._open)
+            try:
+                await self._consume(bus, file)
+            finally:
+                await asyncio.to_thread(file.close)
+        finally:
+            self._done.set()
+
+    async def _consume(self, bus: EventBus, file: IO[str]) -> None:
+        # Resume point: the last seq written, or (before the first write) the newest seq when
+        # the sink first subscribed, so a cut-off before any write still loses nothing.
+        last_seq: int | None = None
+        first_seq_seen = bus.last_seq
+        while not self._closing:
+            try:
+                sub = bus.subscribe(self.filter, last_seq, name=f"sink:jsonl:{self.config.path}")
+            except SubscriberClosed:
+                return  # the bus has shut down
+            self._sub = sub
+            if not sub.replay_complete:
+                self.stats.missed_resumes += 1
+                log.warning(
+                    "jsonl sink %s: replay buffer no longer holds every event after seq %s",
+                    self.config.path,
+                    last_seq,
+                )
+            try:
+                async for first in sub:
+                    batch = [first, *sub.drain_nowait(self._batch_max - 1)]
+                    await asyncio.to_thread(self._write, file, batch)
+                    last_seq = batch[-1].seq
+                return  # aclose() of the subscription: nothing more to do
+            except SubscriberClosed as exc:
+                if not exc.slow:
+                    return  # the bus shut down or aclose() ended it; all queued was written
+                self.stats.resumes += 1
+                log.warning("jsonl sink %s: %s; resuming", self.config.path, exc.reason)
+                if last_seq is None:
+                    last_seq = first_seq_seen
+
+    def _open(self) -> IO[str]:
+        path = self.config.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise OSError(exc.errno, f"jsonl sink: cannot open {path}: {exc.strerror}") from None
+
+    def _write(self, file: IO[str], batch: list[Envelope]) -> None:
+        # Runs in a worker thread: one write, one flush (and fsync) per batch.
+        file.write("".join(env.json + "\n" for env in batch))
+        file.flush()
+        if self.config.fsync:
+            os.fsync(file.fileno())
+        self.stats.written += len(batch)
+        self.stats.batches += 1
+        self.stats.last_seq = batch[-1].seq
+
+    async def aclose(self) -> None:
+        """Stop taking new events, write and flush everything queued, close the file."""
+        self._closing = True
+        if self._sub is not None:
+            self._sub.end("sink closing")
+        if self._running:
+            await self._done.wait()
