@@ -504,14 +504,19 @@ class CameraDevice:
             cap.set(cv2.CAP_PROP_FPS, config.fps)
         # A vanished V4L2 camera then fails a grab after stall_s instead of OpenCV's 10 s.
         cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, stall_s * 1000.0)
-        fps = float(cap.get(cv2.CAP_PROP_FPS))
+        reported_fps = float(cap.get(cv2.CAP_PROP_FPS))
+        fps = reported_fps if math.isfinite(reported_fps) and reported_fps > 0 else None
+        is_file = float(cap.get(cv2.CAP_PROP_FRAME_COUNT)) > 0
+        if is_file:
+            # A recording plays at the configured rate, else its own (30 if it has none).
+            fps = config.fps or fps or 30.0
         mode = CameraMode(
             width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
             height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-            fps=fps if math.isfinite(fps) and fps > 0 else None,
+            fps=fps,
             fourcc=_fourcc_text(cap.get(cv2.CAP_PROP_FOURCC)),
             backend=str(cap.getBackendName()),
-            is_file=float(cap.get(cv2.CAP_PROP_FRAME_COUNT)) > 0,
+            is_file=is_file,
         )
         for key, asked, got in (
             ("width", config.width, mode.width),
@@ -530,7 +535,7 @@ class CameraDevice:
             )
         self._cap = cap
         self.mode = mode
-        self._next_due_ns = time.monotonic_ns()
+        self._next_due_ns = 0  # the first read is due at once
         return mode
 
     def read(self, stop: threading.Event) -> tuple[U8Image, int] | None:
@@ -541,12 +546,17 @@ class CameraDevice:
             return None
         if mode.is_file and mode.fps:
             # A recording plays as a live camera would: one frame per period, never faster.
-            wait_ns = self._next_due_ns - time.monotonic_ns()
+            period_ns = round(NS_PER_S / mode.fps)
+            due_ns = self._next_due_ns or time.monotonic_ns()
+            wait_ns = due_ns - time.monotonic_ns()
             if wait_ns > 0 and stop.wait(wait_ns / NS_PER_S):
                 return None
-            period_ns = round(NS_PER_S / mode.fps)
-            # Catch up at most one late frame, as a camera would (it drops, never bursts).
-            self._next_due_ns = max(self._next_due_ns, time.monotonic_ns() - period_ns) + period_ns
+            now_ns = time.monotonic_ns()
+            if now_ns - due_ns > period_ns:
+                # Late by more than a frame: restart the schedule rather than burst to catch up
+                # (a camera drops frames, it never delivers them early).
+                due_ns = now_ns
+            self._next_due_ns = due_ns + period_ns
         if not cap.grab():
             return None
         grab_ns = time.monotonic_ns()
