@@ -1,0 +1,564 @@
+"""The media source: anything PyAV (FFmpeg) opens, files or network URLs.
+
+Files (mp4, mkv, webm, avi, mov, wav, flac, mp3, ogg, ...) and URLs (rtsp://, http(s)://, ...)
+are demuxed and decoded on a worker thread, a batch of packets per call, so the event loop never
+blocks on I/O or a codec and the per-item overhead stays low. One batch is decoded ahead while
+the previous one is consumed (bounded: at most two batches exist).
+
+Timestamps (clock ``PTS``): the raw container PTS, converted to ns exactly through each stream's
+time base; the container's start time is not subtracted, so audio and video stay on the one
+container timeline. Audio is continuous: while a frame's PTS agrees with the running sample count
+to within one time-base tick (plus a sample), the sample count is used, so containers that store
+ms (Matroska/WebM) do not add rounding jitter; a larger jump re-anchors the count (a gap) and is
+counted in :attr:`MediaStats.audio_resyncs`.
+
+Items of the two kinds are merged by pts (each kind is already in order) before delivery, with a
+small bounded look-ahead, so real-time pacing follows media time however the file interleaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import av
+import av.container
+import av.error
+import av.stream
+
+from crossmodald.ingest.base import SourceError, SourceFault
+from crossmodald.ingest.frames import (
+    AudioMonoConverter,
+    audio_chunk,
+    luma_from_av_frame,
+    make_thumb,
+)
+from crossmodald.ingest.pacing import MonotonicPacer, Pacer
+from crossmodald.media import (
+    NS_PER_MS,
+    NS_PER_S,
+    ClockKind,
+    F32Array,
+    MediaItem,
+    StreamInfo,
+    U8Image,
+    VideoFrame,
+)
+from crossmodald.service.config import MediaSourceConfig
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_S = TypeVar("_S", bound=av.stream.Stream)
+
+# A decode batch ends after this many items or this much wall time (live streams: latency).
+_BATCH_ITEMS: Final = 32
+_BATCH_WALL_S: Final = 0.02
+# Look-ahead of the pts merge: past this many items of one kind waiting for the other kind,
+# the oldest goes out anyway (a stream that stopped, or a file interleaved very coarsely).
+_MAX_PENDING_VIDEO: Final = 32
+_MAX_PENDING_AUDIO: Final = 512
+# Consecutive demuxer read errors after which the input counts as unreadable.
+_MAX_READ_ERRORS: Final = 16
+# At most one decode-error fault per this much media time.
+_FAULT_INTERVAL_NS: Final = NS_PER_S
+_NETWORK_SCHEMES: Final = frozenset(
+    {"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "tcp", "udp", "rtp", "srt", "hls", "mms"}
+)
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may appear in logs and errors: any ``user:password@`` removed."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def _is_network(url: str) -> bool:
+    return "://" in url and url.split("://", 1)[0].lower() in _NETWORK_SCHEMES
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, av.error.FFmpegError):
+        return str(exc.strerror or exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+@dataclass(slots=True)
+class MediaStats:
+    """Counters of a :class:`MediaSource` (read from the event loop; written by its worker)."""
+
+    packets: int = 0
+    video_frames: int = 0
+    audio_chunks: int = 0
+    #: Packets the decoder rejected (skipped).
+    decode_errors: int = 0
+    #: Demuxer read errors (corrupt or unreadable input, skipped where possible).
+    read_errors: int = 0
+    #: Audio PTS jumps that re-anchored the running sample count.
+    audio_resyncs: int = 0
+    #: Times a looping file restarted.
+    loops: int = 0
+    #: Reason of the most recent decode or read error.
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Video:
+    pts_ns: int
+    luma: U8Image
+    thumb: U8Image
+
+
+@dataclass(frozen=True, slots=True)
+class _Audio:
+    pts_ns: int
+    samples: F32Array
+    sample_rate: int
+
+    @property
+    def end_ns(self) -> int:
+        return self.pts_ns + len(self.samples) * NS_PER_S // self.sample_rate
+
+
+_Decoded = _Video | _Audio
+
+
+def _tb_to_ns(value: int, num: int, den: int) -> int:
+    return value * num * NS_PER_S // den
+
+
+class _Reader:
+    """The PyAV side: one open container, its decoders and timestamp state. Worker thread only."""
+
+    def __init__(self, source: MediaSource) -> None:
+        self.source = source
+        self.container: av.container.InputContainer | None = None
+        self.video: av.VideoStream | None = None
+        self.audio: av.AudioStream | None = None
+        self.info: StreamInfo | None = None
+        self._demux: collections.abc.Iterator[av.Packet[Any]] | None = None
+        self._converter = AudioMonoConverter()
+        self._audio_anchor_ns: int | None = None
+        self._audio_count = 0
+        self._audio_rate = 0
+        self._audio_tol_ns = 0
+        self._video_tb = (1, 1)
+        self._audio_tb = (1, 1)
+        self._video_step_ns = 0
+        self._last_video_ns: int | None = None
+        self._read_errors_in_row = 0
+        #: Pass offset (ns) for looping; first and end pts of the current pass.
+        self.offset_ns = 0
+        self.pass_first_ns: int | None = None
+        self.pass_end_ns: int | None = None
+        self.decoded = 0
+
+    # -- opening --------------------------------------------------------------------------
+
+    def open(self) -> StreamInfo:
+        src = self.source
+        cfg = src.config
+        try:
+            container = av.open(cfg.url, options=dict(cfg.options), timeout=cfg.timeout_s)
+        except av.error.ExitError:
+            raise SourceError(
+                f"{src.display}: timed out after {cfg.timeout_s:g} s opening it"
+            ) from None
+        except FileNotFoundError:
+            raise SourceError(f"{src.display}: no such file") from None
+        except IsADirectoryError:
+            raise SourceError(f"{src.display}: is a directory, not a media file") from None
+        except av.error.InvalidDataError as exc:
+            raise SourceError(f"{src.display}: not a media file ({_reason(exc)})") from None
+        except (av.error.FFmpegError, OSError) as exc:
+            raise SourceError(f"{src.display}: cannot open ({_reason(exc)})") from None
+        if not isinstance(container, av.container.InputContainer):
+            container.close()
+            raise SourceError(f"{src.display}: not an input")
+        self.container = container
+        videos = [
+            s
+            for s in container.streams.video
+            if not s.disposition & av.stream.Disposition.attached_pic
+        ]
+        audios = list(container.streams.audio)
+        self.video = self._best(container, videos, "video")
+        self.audio = self._best(container, audios, "audio")
+        if self.video is None and self.audio is None:
+            container.close()
+            raise SourceError(f"{src.display}: has no audio or video stream")
+        frame_rate: float | None = None
+        width = height = None
+        if self.video is not None:
+            # Frame threads: the decoder keeps both cores busy (and this thread free sooner).
+            self.video.codec_context.thread_type = "AUTO"
+            tb = self.video.time_base
+            if tb is None:
+                raise SourceError(f"{src.display}: video stream has no time base")
+            self._video_tb = (tb.numerator, tb.denominator)
+            rate = self.video.average_rate or self.video.guessed_rate
+            if rate:
+                frame_rate = float(rate)
+                self._video_step_ns = round(NS_PER_S / frame_rate)
+            width = self.video.codec_context.width or None
+            height = self.video.codec_context.height or None
+        sample_rate: int | None = None
+        if self.audio is not None:
+            tb = self.audio.time_base
+            if tb is None:
+                raise SourceError(f"{src.display}: audio stream has no time base")
+            self._audio_tb = (tb.numerator, tb.denominator)
+            sample_rate = self.audio.codec_context.sample_rate or None
+            # One tick of the container's clock: finer disagreement is rounding, not a gap.
+            self._audio_tol_ns = -(-tb.numerator * NS_PER_S // tb.denominator)
+        self.info = StreamInfo(
+            name=src.name,
+            kind="media",
+            has_video=self.video is not None,
+            has_audio=self.audio is not None,
+            frame_rate=frame_rate,
+            sample_rate=sample_rate,
+            width=width,
+            height=height,
+            clock=ClockKind.PTS,
+        )
+        self._demux = iter(container.demux(*self._streams()))
+        return self.info
+
+    @staticmethod
+    def _best(container: av.container.InputContainer, candidates: list[_S], kind: str) -> _S | None:
+        if not candidates:
+            return None
+        try:
+            best = container.streams.best(kind)  # type: ignore[arg-type]
+        except (ValueError, av.error.FFmpegError):
+            best = None
+        for stream in candidates:
+            if best is not None and stream.index == best.index:
+                return stream
+        return candidates[0]
+
+    def _streams(self) -> list[av.stream.Stream]:
+        return [s for s in (self.video, self.audio) if s is not None]
+
+    def reopen(self) -> None:
+        """Start the next pass of a looping input, its timeline after the previous one's end."""
+        if self.pass_first_ns is not None and self.pass_end_ns is not None:
+            self.offset_ns += max(1, self.pass_end_ns - self.pass_first_ns)
+        self.pass_first_ns = self.pass_end_ns = None
+        self.close()
+        self._audio_anchor_ns = None
+        self._last_video_ns = None
+        self._converter = AudioMonoConverter()
+        self.open()
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
+            self.container = None
+        self._demux = None
+
+    # -- decoding -------------------------------------------------------------------------
+
+    def read_batch(self) -> tuple[list[_Decoded], bool]:
+        """Decode up to one batch; returns the items and whether the input ended."""
+        items: list[_Decoded] = []
+        demux = self._demux
+        assert demux is not None
+        assert self.container is not None
+        stats = self.source.stats
+        started = time.monotonic()
+        while len(items) < _BATCH_ITEMS and time.monotonic() - started < _BATCH_WALL_S:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                return items, True
+            except av.error.ExitError:
+                raise SourceError(
+                    f"{self.source.display}: timed out after {self.source.config.timeout_s:g} s "
+                    "waiting for data"
+                ) from None
+            except (av.error.FFmpegError, OSError) as exc:
+                if not self._read_error(exc):
+                    return items, True
+                # The old generator is finished; a new one reads on from the current position.
+                demux = self._demux = iter(self.container.demux(*self._streams()))
+                continue
+            self._read_errors_in_row = 0
+            stats.packets += 1
+            try:
+                frames = packet.decode()
+            except (av.error.FFmpegError, ValueError) as exc:
+                # A corrupt packet: skip it; the decoder recovers at the next good one.
+                stats.decode_errors += 1
+                stats.last_error = _reason(exc)
+                continue
+            for frame in frames:
+                item = self._convert(frame)
+                if item is not None:
+                    items.append(item)
+        return items, False
+
+    def _read_error(self, exc: BaseException) -> bool:
+        """Count a read error; False when the input should be treated as ended."""
+        stats = self.source.stats
+        stats.read_errors += 1
+        stats.last_error = _reason(exc)
+        self._read_errors_in_row += 1
+        if self._read_errors_in_row < _MAX_READ_ERRORS:
+            return True
+        if _is_network(self.source.config.url) or self.decoded == 0:
+            raise SourceError(f"{self.source.display}: read failed ({stats.last_error})")
+        return False
+
+    def _convert(self, frame: av.VideoFrame | av.AudioFrame | object) -> _Decoded | None:
+        if isinstance(frame, av.VideoFrame):
+            item: _Decoded | None = self._convert_video(frame)
+        elif isinstance(frame, av.AudioFrame):
+            item = self._convert_audio(frame)
+        else:
+            return None
+        if item is not None:
+            self.decoded += 1
+        return item
+
+    def _convert_video(self, frame: av.VideoFrame) -> _Video | None:
+        pts = frame.pts if frame.pts is not None else frame.dts
+        if pts is not None:
+            pts_ns = _tb_to_ns(pts, *self._video_tb)
+        elif self._last_video_ns is not None and self._video_step_ns:
+            pts_ns = self._last_video_ns + self._video_step_ns
+        else:
+            pts_ns = 0 if self._last_video_ns is None else self._last_video_ns
+        self._last_video_ns = pts_ns
+        luma = luma_from_av_frame(frame)
+        pts_ns += self.offset_ns
+        self._extend_pass(pts_ns, pts_ns + self._video_step_ns)
+        self.source.stats.video_frames += 1
+        return _Video(pts_ns, luma, make_thumb(luma))
+
+    def _convert_audio(self, frame: av.AudioFrame) -> _Audio | None:
+        if frame.samples == 0:
+            return None
+        samples = self._converter.convert(frame)
+        rate = frame.sample_rate
+        stats = self.source.stats
+        stamped_ns = None if frame.pts is None else _tb_to_ns(frame.pts, *self._audio_tb)
+        pts_ns: int | None = None
+        anchor = self._audio_anchor_ns
+        if anchor is not None and rate == self._audio_rate:
+            expected_ns = anchor + self._audio_count * NS_PER_S // rate
+            tolerance_ns = self._audio_tol_ns + NS_PER_S // rate
+            if stamped_ns is None or abs(stamped_ns - expected_ns) <= tolerance_ns:
+                # Continuous audio: the sample count is exact, the container's stamp rounded.
+                pts_ns = expected_ns
+            else:
+                stats.audio_resyncs += 1
+        if pts_ns is None:
+            if stamped_ns is None:
+                # No stamp and nothing to count from: start at the stream's start time.
+                start = self.audio.start_time if self.audio is not None else None
+                stamped_ns = 0 if start is None else _tb_to_ns(start, *self._audio_tb)
+            pts_ns = stamped_ns
+            self._audio_anchor_ns = pts_ns
+            self._audio_count = 0
+            self._audio_rate = rate
+        self._audio_count += len(samples)
+        pts_ns += self.offset_ns - self.source.audio_shift_ns
+        item = _Audio(pts_ns, samples, rate)
+        self._extend_pass(pts_ns, item.end_ns)
+        stats.audio_chunks += 1
+        return item
+
+    def _extend_pass(self, start_ns: int, end_ns: int) -> None:
+        if self.pass_first_ns is None or start_ns < self.pass_first_ns:
+            self.pass_first_ns = start_ns
+        if self.pass_end_ns is None or end_ns > self.pass_end_ns:
+            self.pass_end_ns = end_ns
+
+
+class MediaSource:
+    """Frames and audio from anything PyAV opens (files, RTSP, HTTP, ...).
+
+    Args:
+        config: URL or path, looping, pacing, FFmpeg options, timeout and audio shift.
+        pacer: The clock for real-time pacing and ``arrival_ns``.
+
+    Attributes:
+        stats: Counters (packets, frames, chunks, decode and read errors, resyncs, loops).
+        display: The URL or path as errors show it (credentials removed).
+    """
+
+    def __init__(self, config: MediaSourceConfig, pacer: Pacer | None = None) -> None:
+        self.name = config.name
+        self.config = config
+        self.pacer: Pacer = pacer if pacer is not None else MonotonicPacer()
+        self.display = redact_url(config.url)
+        self.audio_shift_ns = round(config.audio_shift_ms * NS_PER_MS)
+        self.stats = MediaStats()
+        self._reader = _Reader(self)
+        self._info: StreamInfo | None = None
+        self._inflight: asyncio.Future[object] | None = None
+        self._closed = False
+
+    async def open(self) -> StreamInfo:
+        """Open the input and pick the best video and audio streams (raises SourceError)."""
+        if self._closed:
+            raise SourceError(f"{self.display}: source is closed")
+        if self._info is None:
+            self._info = await self._in_worker(self._reader.open)
+        return self._info
+
+    def __aiter__(self) -> AsyncIterator[MediaItem | SourceFault]:
+        return self._run()
+
+    async def aclose(self) -> None:
+        """Wait for any decode in progress, then close the input (idempotent)."""
+        self._closed = True
+        inflight = self._inflight
+        if inflight is not None:
+            # The worker thread must finish before the container goes away under it.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(inflight)
+        self._inflight = None
+        await asyncio.to_thread(self._reader.close)
+
+    async def _in_worker(self, fn: Callable[[], _T]) -> _T:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, fn)
+        self._inflight = future  # type: ignore[assignment]
+        try:
+            return await asyncio.shield(future)
+        finally:
+            if future.done():
+                self._inflight = None
+
+    def _start_batch(self) -> asyncio.Future[tuple[list[_Decoded], bool]]:
+        future = asyncio.get_running_loop().run_in_executor(None, self._reader.read_batch)
+        self._inflight = future  # type: ignore[assignment]
+        return future
+
+    async def _batches(self) -> AsyncIterator[tuple[list[_Decoded], bool]]:
+        """Decoded batches, one decoded ahead; loops restart here."""
+        pending = self._start_batch()
+        while True:
+            items, ended = await asyncio.shield(pending)
+            self._inflight = None
+            if ended:
+                yield items, True
+                if self._closed or not self.config.loop:
+                    return
+                if self._reader.decoded == 0:
+                    return
+                await self._in_worker(self._reader.reopen)
+                self.stats.loops += 1
+                pending = self._start_batch()
+                continue
+            if self._closed:
+                return
+            pending = self._start_batch()
+            yield items, False
+
+    async def _run(self) -> AsyncIterator[MediaItem | SourceFault]:
+        info = await self.open()
+        kinds_active = {"video": info.has_video, "audio": info.has_audio}
+        video_q: collections.deque[_Video] = collections.deque()
+        audio_q: collections.deque[_Audio] = collections.deque()
+        base: tuple[int, int] | None = None  # (first pts, pacer time at it)
+        last_pts_ns: int | None = None
+        reported_errors = 0
+        last_fault_ns: int | None = None
+        realtime = self.config.realtime
+        pacer = self.pacer
+
+        def pop_next(flush: bool) -> _Decoded | None:
+            # Merge the two kinds by pts: wait for the other kind unless flushing or over cap.
+            if video_q and audio_q:
+                return (
+                    video_q.popleft()
+                    if video_q[0].pts_ns <= audio_q[0].pts_ns
+                    else audio_q.popleft()
+                )
+            if video_q and (
+                flush or not kinds_active["audio"] or len(video_q) > _MAX_PENDING_VIDEO
+            ):
+                return video_q.popleft()
+            if audio_q and (
+                flush or not kinds_active["video"] or len(audio_q) > _MAX_PENDING_AUDIO
+            ):
+                return audio_q.popleft()
+            return None
+
+        try:
+            async for batch, ended in self._batches():
+                for decoded in batch:
+                    if isinstance(decoded, _Video):
+                        video_q.append(decoded)
+                    else:
+                        audio_q.append(decoded)
+                while (item := pop_next(ended)) is not None:
+                    if realtime:
+                        if base is None:
+                            base = (item.pts_ns, pacer.now_ns())
+                        await pacer.sleep_until(base[1] + item.pts_ns - base[0])
+                        if self._closed:
+                            return
+                    last_pts_ns = item.pts_ns
+                    yield self._emit(item, pacer.now_ns())
+                errors = self.stats.decode_errors + self.stats.read_errors
+                # One fault per second of media at most, summing what was skipped since.
+                due = last_fault_ns is None or (
+                    last_pts_ns is not None and last_pts_ns - last_fault_ns >= _FAULT_INTERVAL_NS
+                )
+                if errors > reported_errors and due:
+                    last_fault_ns = last_pts_ns if last_pts_ns is not None else 0
+                    yield SourceFault(
+                        "decode_error",
+                        f"{self.display}: skipped {errors - reported_errors} bad packet(s)"
+                        f" ({self.stats.last_error})",
+                        last_pts_ns,
+                    )
+                    reported_errors = errors
+                if not realtime:
+                    await asyncio.sleep(0)
+            if self._reader.decoded == 0:
+                if self.stats.decode_errors or self.stats.read_errors:
+                    raise SourceError(
+                        f"{self.display}: nothing could be decoded "
+                        f"({self.stats.decode_errors + self.stats.read_errors} errors, last: "
+                        f"{self.stats.last_error})"
+                    )
+                raise SourceError(f"{self.display}: contains no decodable frames or samples")
+        finally:
+            video_q.clear()
+            audio_q.clear()
+
+    def _emit(self, item: _Decoded, arrival_ns: int) -> MediaItem:
+        if isinstance(item, _Video):
+            return VideoFrame(
+                source_id=self.name,
+                pts_ns=item.pts_ns,
+                arrival_ns=arrival_ns,
+                luma=item.luma,
+                thumb=item.thumb,
+                clock=ClockKind.PTS,
+            )
+        return audio_chunk(
+            self.name, item.pts_ns, arrival_ns, item.samples, item.sample_rate, ClockKind.PTS
+        )
