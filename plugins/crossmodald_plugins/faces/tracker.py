@@ -23,7 +23,7 @@ CASCADES = ("frontalface_default", "frontalface_alt", "frontalface_alt2")
 
 # The Haar cascades were trained on 24x24 windows; a face this many pixels wide at the detection
 # scale is found reliably, so the picture is shrunk until the smallest wanted face is this big.
-_DETECT_FACE_PX = 30.0
+_DETECT_FACE_PX = 26.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +161,7 @@ class FaceTrackerConfig:
     detect_every: int = 5
     min_face: float = 0.12
     cascade: str = "frontalface_default"
-    scale_factor: float = 1.15
+    scale_factor: float = 1.2
     min_neighbors: int = 4
     match_iou: float = 0.3
     confirm_hits: int = 2

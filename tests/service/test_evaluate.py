@@ -1,0 +1,286 @@
+"""The evaluation framework: media to windows, running plugins, and the three metrics."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from crossmodald.bus.events import Event, Phase
+from crossmodald.media import NS_PER_MS, NS_PER_S, ClockKind, StreamInfo, Window
+from crossmodald.service.evaluate import (
+    DecodedMedia,
+    EvalError,
+    compose_side_by_side,
+    decode_media,
+    eval_command,
+    evaluate_lipsync,
+    evaluate_speaker,
+    frame_scores,
+    make_windows,
+    read_rttm,
+    speaker_accuracy,
+)
+from crossmodald_plugins.faces import FaceTracker
+
+MEDIA = Path(__file__).resolve().parents[2] / ".." / "shared" / "media"
+needs_media = pytest.mark.skipif(
+    not MEDIA.is_dir(), reason=f"shared test media not found at {MEDIA} (../shared/media)"
+)
+AOC = MEDIA / "talkinghead_hdtf_aoc_25fps.mp4"
+MARKEY = MEDIA / "talkinghead_hdtf_markey_25fps.mp4"
+
+
+# -- labels and metrics -------------------------------------------------------------------------
+
+
+def test_read_rttm(tmp_path: Path) -> None:
+    good = tmp_path / "a.rttm"
+    good.write_text(
+        "SPEAKER f 1 1.50 2.00 <NA> <NA> s1 <NA> <NA>\n\nSPEAKER f 1 4.0 0.5 <NA> <NA> s2 <NA> <NA>\n"
+    )
+    assert read_rttm(good) == [(1.5, 3.5), (4.0, 4.5)]
+    bad = tmp_path / "b.rttm"
+    bad.write_text("SPEAKER f 1 x 2.0\n")
+    with pytest.raises(EvalError, match=r"b\.rttm:1: not an RTTM SPEAKER line"):
+        read_rttm(bad)
+    empty = tmp_path / "c.rttm"
+    empty.write_text("# nothing\n")
+    with pytest.raises(EvalError, match="no SPEAKER lines"):
+        read_rttm(empty)
+    with pytest.raises(EvalError, match="cannot read"):
+        read_rttm(tmp_path / "missing.rttm")
+
+
+def test_frame_scores() -> None:
+    s = NS_PER_S
+    ref = [(1 * s, 3 * s)]
+    perfect = frame_scores(ref, [(1 * s, 3 * s)], 5 * s)
+    assert (perfect.precision, perfect.recall, perfect.f1) == (1.0, 1.0, 1.0)
+    half = frame_scores(ref, [(2 * s, 4 * s)], 5 * s)
+    assert half.precision == pytest.approx(0.5)
+    assert half.recall == pytest.approx(0.5)
+    assert half.f1 == pytest.approx(0.5)
+    none = frame_scores(ref, [], 5 * s)
+    assert none.f1 == 0.0
+    assert none.recall == 0.0
+
+
+def test_speaker_accuracy_counts_only_speech_frames() -> None:
+    pts = [i * 40 * NS_PER_MS for i in range(50)]  # 2 s of frames
+    speech = [(0, NS_PER_S)]  # frames 0..24
+    spans = [(0, NS_PER_S // 2, 100.0), (NS_PER_S // 2, 2 * NS_PER_S, 600.0)]
+    m = speaker_accuracy(pts, speech, spans, width=800, speaking_side="left")
+    assert m.speech_frames == 25
+    assert m.correct == 13  # frames 0..12 are before 0.5 s
+    both = [(0, 2 * NS_PER_S, 100.0), (0, 2 * NS_PER_S, 600.0)]
+    assert speaker_accuracy(pts, speech, both, width=800, speaking_side="left").correct == 0
+
+
+# -- windows ------------------------------------------------------------------------------------
+
+
+def _ramp_media(rate: int = 1000, seconds: int = 4) -> DecodedMedia:
+    audio = np.arange(rate * seconds, dtype=np.float32)
+    return DecodedMedia(Path("ramp"), (), audio, rate, 0, None)
+
+
+def test_windows_grid_and_audio_shift_sign() -> None:
+    media = _ramp_media()
+    plain = make_windows(media, "r", length_s=1.0, hop_s=0.5)
+    assert [w.start_ns for w in plain] == [i * NS_PER_S // 2 for i in range(7)]
+    assert plain[2].audio[0] == 1000  # sample at 1.0 s
+    # Audio leads by 100 ms: what plays at t is what the file has at t + 100 ms.
+    lead = make_windows(media, "r", length_s=1.0, hop_s=0.5, audio_shift_ms=100)
+    assert lead[2].audio[0] == 1100
+    assert not lead[-1].audio_valid[-1]  # shifted in from past the end: flagged
+    lag = make_windows(media, "r", length_s=1.0, hop_s=0.5, audio_shift_ms=-100)
+    assert lag[0].audio[:100].sum() == 0
+    assert not lag[0].audio_valid[:100].any()
+    assert lag[0].audio_valid[100:].all()
+    assert lag[0].audio[100] == 0
+
+
+def test_bad_media_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(EvalError, match="no such file"):
+        decode_media(tmp_path / "none.mp4")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(EvalError, match=r"junk\.mp4: cannot open"):
+        decode_media(junk)
+    err = io.StringIO()
+    assert eval_command("speech", tmp_path / "none.wav", tmp_path / "x.rttm", out=err) == 2
+    assert eval_command("speech", tmp_path / "none.wav", None, out=err) == 2
+    assert eval_command("no-such-plugin", junk, None, task="lipsync", out=err) == 2
+
+
+# -- speech -------------------------------------------------------------------------------------
+
+
+@needs_media
+def test_speech_f1_on_the_two_speaker_sample() -> None:
+    out = io.StringIO()
+    code = eval_command(
+        "speech",
+        MEDIA / "speech_2speakers_pyannote_sample.wav",
+        MEDIA / "speech_2speakers_pyannote_sample.rttm",
+        out=out,
+    )
+    assert code == 0
+    lines = dict(line.split(None, 1) for line in out.getvalue().splitlines()[1:] if line.strip())
+    f1 = float(lines["F1"])
+    assert f1 >= 0.9, out.getvalue()
+    assert float(lines["precision"]) >= 0.9
+    assert float(lines["recall"]) >= 0.9
+
+
+# -- lip sync plumbing --------------------------------------------------------------------------
+
+
+class XcorrOffset:
+    """A test plugin that knows the clip's true audio and finds how far each window's audio moved.
+
+    Real cross-correlation, so it recovers exactly the shift the evaluator applied (sign
+    included) if, and only if, the windows carry the shifted audio the evaluator claims.
+    """
+
+    name = "xcorr"
+
+    def __init__(self, media: DecodedMedia) -> None:
+        self.media = media
+        self.pad = media.audio_rate  # one second of silence on both sides
+        self.padded = np.pad(media.audio, self.pad)
+
+    def check_stream(self, stream: StreamInfo) -> str | None:
+        return None
+
+    def open(self, stream: StreamInfo) -> XcorrSession:
+        return XcorrSession()
+
+    def infer(self, batch: Sequence[Window]) -> list[float]:
+        out = []
+        rate = self.media.audio_rate
+        for w in batch:
+            first = w.start_ns * rate // NS_PER_S
+            best, best_lag = -np.inf, 0
+            for lag_ms in range(-500, 501, 10):
+                lag = lag_ms * rate // 1000
+                lo = first + lag + self.pad
+                ref = self.padded[lo : lo + len(w.audio)]
+                score = float(np.dot(ref * w.audio_valid, w.audio))
+                if score > best:
+                    best, best_lag = score, lag_ms
+            out.append(float(best_lag))
+        return out
+
+
+class XcorrSession:
+    def update(self, window: Window, result: float) -> list[Event]:
+        data = {"audio_lead_ms": result, "confidence": 1.0, "method": "xcorr"}
+        return [Event("sync.offset", window.stream, window.start_ns, window.end_ns, data)]
+
+    def close(self) -> list[Event]:
+        return []
+
+
+@needs_media
+def test_lipsync_evaluation_follows_applied_shifts() -> None:
+    plugin = XcorrOffset(decode_media(AOC))
+    metrics = evaluate_lipsync([AOC], plugin=plugin, shifts_ms=(-200.0, 0.0, 120.0))
+    assert metrics.tolerance_ms == pytest.approx(40.0)
+    assert len(metrics.estimates) == 3 * 4  # 8 s clip, 5 s windows, 1 s hop
+    assert metrics.hit_rate("xcorr") == 1.0
+    assert metrics.median_unshifted_ms("xcorr") == 0.0
+    assert sorted({e.audio_lead_ms for e in metrics.estimates}) == [-200.0, 0.0, 120.0]
+    out = io.StringIO()
+    assert eval_command(plugin, AOC, None, task="lipsync", shifts_ms=(80.0,), out=out) == 0
+    assert "xcorr" in out.getvalue()
+    assert "100.0%" in out.getvalue()
+
+
+# -- active speaker plumbing --------------------------------------------------------------------
+
+
+class SideOracle:
+    """A test plugin that calls the face on the side named by the stream the speaker.
+
+    It tracks faces for real (so boxes come from the composed picture); with ``lie`` it names
+    the other side, which the metric must score as wrong.
+    """
+
+    name = "oracle"
+
+    def __init__(self, lie: bool = False) -> None:
+        self.lie = lie
+        self.trackers: dict[str, FaceTracker] = {}
+
+    def check_stream(self, stream: StreamInfo) -> str | None:
+        return None
+
+    def open(self, stream: StreamInfo) -> OracleSession:
+        self.trackers[stream.name] = FaceTracker()
+        side = stream.name if not self.lie else {"left": "right", "right": "left"}[stream.name]
+        return OracleSession(side, stream.width or 0)
+
+    def infer(self, batch: Sequence[Window]) -> list[Any]:
+        return [self.trackers[w.stream].update(w.video) for w in batch]
+
+
+class OracleSession:
+    def __init__(self, side: str, width: int) -> None:
+        self.side, self.width = side, width
+        self.open: dict[int, tuple[int, int, list[float]]] = {}
+
+    def update(self, window: Window, tracks: Any) -> list[Event]:
+        for track in tracks:
+            on_side = (track.last.box.cx < self.width / 2) == (self.side == "left")
+            if on_side:
+                start = self.open.get(track.track_id, (track.observations[0].pts_ns, 0, []))[0]
+                end = track.last.pts_ns + 40 * NS_PER_MS
+                self.open[track.track_id] = (start, end, track.last.box.as_list())
+        return []
+
+    def close(self) -> list[Event]:
+        return [
+            Event("speaker", "s", s, e, {"track_id": tid, "box": box}, Phase.END, ClockKind.PTS)
+            for tid, (s, e, box) in self.open.items()
+        ]
+
+
+@needs_media
+def test_compose_side_by_side(tmp_path: Path) -> None:
+    out = compose_side_by_side(AOC, MARKEY, tmp_path / "two.mp4", audio_from="right", side_px=256)
+    composed = decode_media(out)
+    assert (composed.width, composed.height) == (512, 256)
+    assert len(composed.video) == min(len(decode_media(c).video) for c in (AOC, MARKEY))
+    assert composed.frame_rate == pytest.approx(25.0)
+    tracks = FaceTracker().update(composed.video[:30])
+    assert sorted(t.last.box.cx < 256 for t in tracks) == [False, True]
+    # The audio is the right-hand clip's (AAC is lossy: compare envelopes).
+    voice = decode_media(MARKEY)
+    n = min(len(voice.audio), len(composed.audio)) - 4000
+    lag = len(composed.audio) - len(voice.audio)
+    env_a = np.abs(composed.audio[:n]).reshape(-1, 400).mean(axis=1)
+    env_b = np.abs(voice.audio[:n]).reshape(-1, 400).mean(axis=1)
+    assert np.corrcoef(env_a, env_b)[0, 1] > 0.9, lag
+    other = decode_media(AOC)
+    env_c = np.abs(other.audio[:n]).reshape(-1, 400).mean(axis=1)
+    assert np.corrcoef(env_a, env_c)[0, 1] < 0.5
+
+
+@needs_media
+def test_speaker_evaluation_scores_the_side_that_speaks(tmp_path: Path) -> None:
+    right = evaluate_speaker(AOC, MARKEY, plugin=SideOracle(), side_px=256, workdir=tmp_path)
+    assert right.speech_frames > 200  # both arrangements, most of 8 s each
+    assert right.accuracy > 0.9
+    with pytest.raises(EvalError, match="no audio"):
+        compose_side_by_side(
+            AOC,
+            MEDIA / "mouthroi_usr_lrs3style_96px_noaudio.avi",
+            tmp_path / "x.mp4",
+            audio_from="right",
+        )
