@@ -57,7 +57,7 @@ def render_pattern_window(
         x = (i * 7) % (width - 16)
         luma_f[height // 2 : height // 2 + 16, x : x + 16] = 235.0
         luma = np.clip(np.round(luma_f), 0, 255).astype(np.uint8)
-        thumb = cv2.resize(luma, (80, 60), interpolation=cv2.INTER_AREA)
+        thumb = np.asarray(cv2.resize(luma, (80, 60), interpolation=cv2.INTER_AREA), np.uint8)
         frames.append(VideoFrame("pat", pts_ns, 0, luma, thumb, ClockKind.SYNTHETIC))
     n = round(length_s * rate)
     t = start_ns / NS_PER_S + np.arange(n) / rate

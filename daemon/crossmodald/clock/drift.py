@@ -96,10 +96,12 @@ def robust_line_fit(
         dof = max(len(xs) - 2, 1)
         slope_se = math.sqrt(float(np.dot(resid, resid)) / dof / sxx)
         fit = _Fit(slope, intercept, slope_se, len(xs), int((~keep).sum()), float(np.ptp(xs)))
-        all_resid = np.abs(y - (slope * x + intercept))
-        mad = float(np.median(np.abs(resid - np.median(resid))))
+        # Outliers pull the least-squares line towards them, so judge residuals against their
+        # median rather than against zero.
+        centre = float(np.median(resid))
+        mad = float(np.median(np.abs(resid - centre)))
         threshold = max(reject_sigma * _MAD_TO_SIGMA * mad, min_residual)
-        new_keep = all_resid <= threshold
+        new_keep = np.abs(y - (slope * x + intercept) - centre) <= threshold
         if np.array_equal(new_keep, keep):
             break
         keep = new_keep

@@ -39,7 +39,8 @@ from crossmodald_plugins.avsync.result import MotionPeak
 REGION_SIZE = (32, 48)
 #: Longest side of the picture the face detector sees.
 FACE_DETECT_SIDE = 240
-#: Mean absolute frame difference (grey levels per frame) below which nothing moves.
+#: Motion energy (mean absolute frame difference, grey levels) varying less than this (standard
+#: deviation over the window) means nothing moves: only sensor noise, which is steady.
 MIN_MOTION = 0.05
 #: Loudest audio frame RMS below this (about -50 dBFS) is silence.
 MIN_AUDIO_RMS = 3e-3
@@ -266,7 +267,9 @@ def analyze_motion(
     vid_ok &= in_window
     aud, aud_ok, loudest_rms = _audio_onsets(windows, rate_hz, n_grid, device)
     aud_ok &= in_window
-    motion_max = masked_max(energy, e_ok)
+    count = e_ok.sum(dim=1).clamp_min(1)
+    e_mean = (energy * e_ok).sum(dim=1) / count
+    motion_std = torch.sqrt((((energy - e_mean[:, None]) * e_ok) ** 2).sum(dim=1) / count)
 
     # Zero-mean over the valid part, zero outside, so the FFT correlation sees only real data.
     def centre(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -314,7 +317,7 @@ def analyze_motion(
         "sharp": sharpness.cpu().numpy(),
         "conf": confidence.cpu().numpy(),
         "interior": interior.cpu().numpy(),
-        "motion": motion_max.cpu().numpy(),
+        "motion": motion_std.cpu().numpy(),
         "rms": loudest_rms.cpu().numpy(),
     }
     out: list[MotionOutcome] = []
