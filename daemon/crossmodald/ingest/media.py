@@ -110,8 +110,10 @@ class MediaStats:
     decode_errors: int = 0
     #: Demuxer read errors (corrupt or unreadable input, skipped where possible).
     read_errors: int = 0
-    #: Audio PTS jumps that re-anchored the running sample count.
+    #: Audio PTS jumps that re-anchored the running sample count (gaps, cuts).
     audio_resyncs: int = 0
+    #: Video PTS steps that went backwards or skipped more than two nominal frames.
+    video_jumps: int = 0
     #: Times a looping file restarted.
     loops: int = 0
     #: Reason of the most recent decode or read error.
@@ -130,10 +132,6 @@ class _Audio:
     pts_ns: int
     samples: F32Array
     sample_rate: int
-
-    @property
-    def end_ns(self) -> int:
-        return self.pts_ns + len(self.samples) * NS_PER_S // self.sample_rate
 
 
 _Decoded = _Video | _Audio
@@ -174,6 +172,8 @@ class _Reader:
     def open(self) -> StreamInfo:
         src = self.source
         cfg = src.config
+        network = _is_network(cfg.url)
+        started = time.monotonic()
         try:
             container = av.open(cfg.url, options=dict(cfg.options), timeout=cfg.timeout_s)
         except av.error.ExitError:
@@ -184,13 +184,25 @@ class _Reader:
             raise SourceError(f"{src.display}: no such file") from None
         except IsADirectoryError:
             raise SourceError(f"{src.display}: is a directory, not a media file") from None
-        except av.error.InvalidDataError as exc:
-            raise SourceError(f"{src.display}: not a media file ({_reason(exc)})") from None
         except (av.error.FFmpegError, OSError) as exc:
+            if network and time.monotonic() - started >= 0.9 * cfg.timeout_s:
+                # Some protocols (RTSP) report a timeout as bad data.
+                raise SourceError(
+                    f"{src.display}: timed out after {cfg.timeout_s:g} s opening it "
+                    f"({_reason(exc)})"
+                ) from None
+            if isinstance(exc, av.error.InvalidDataError) and not network:
+                raise SourceError(f"{src.display}: not a media file ({_reason(exc)})") from None
             raise SourceError(f"{src.display}: cannot open ({_reason(exc)})") from None
         if not isinstance(container, av.container.InputContainer):
             container.close()
             raise SourceError(f"{src.display}: not an input")
+        if container.format.name == "tty":
+            # FFmpeg renders any .txt/.nfo/... file as ANSI-art video: not media for us.
+            container.close()
+            raise SourceError(
+                f"{src.display}: not a media file (Invalid data found when processing input)"
+            )
         self.container = container
         videos = [
             s
@@ -346,6 +358,13 @@ class _Reader:
             pts_ns = self._last_video_ns + self._video_step_ns
         else:
             pts_ns = 0 if self._last_video_ns is None else self._last_video_ns
+        last_ns = self._last_video_ns
+        if (
+            last_ns is not None
+            and self._video_step_ns
+            and (pts_ns <= last_ns or pts_ns - last_ns > 3 * self._video_step_ns)
+        ):
+            self.source.stats.video_jumps += 1
         self._last_video_ns = pts_ns
         luma = luma_from_av_frame(frame)
         pts_ns += self.offset_ns
@@ -380,9 +399,12 @@ class _Reader:
             self._audio_count = 0
             self._audio_rate = rate
         self._audio_count += len(samples)
-        pts_ns += self.offset_ns - self.source.audio_shift_ns
-        item = _Audio(pts_ns, samples, rate)
-        self._extend_pass(pts_ns, item.end_ns)
+        assert self._audio_anchor_ns is not None
+        # From the running count, so that consecutive chunks tile the timeline exactly.
+        end_ns = self._audio_anchor_ns + self._audio_count * NS_PER_S // rate
+        shift_ns = self.offset_ns - self.source.audio_shift_ns
+        item = _Audio(pts_ns + shift_ns, samples, rate)
+        self._extend_pass(item.pts_ns, end_ns + shift_ns)
         stats.audio_chunks += 1
         return item
 

@@ -1,0 +1,108 @@
+"""Helpers for the ingest tests: read a source to the end, find flash and beep onsets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from crossmodald.ingest.base import Source, SourceFault
+from crossmodald.ingest.media import MediaSource
+from crossmodald.ingest.pacing import Pacer, VirtualPacer
+from crossmodald.media import AudioChunk, MediaItem, StreamInfo, VideoFrame
+from crossmodald.service.config import MediaSourceConfig, PatternSourceConfig
+
+NS = 1_000_000_000
+
+
+@dataclass
+class Collected:
+    info: StreamInfo
+    frames: list[VideoFrame] = field(default_factory=list)
+    chunks: list[AudioChunk] = field(default_factory=list)
+    faults: list[SourceFault] = field(default_factory=list)
+    order: list[MediaItem] = field(default_factory=list)
+
+    def audio(self, rate: int) -> tuple[int, np.ndarray]:
+        """All audio laid on one sample grid by pts: (index of the first sample, samples)."""
+        assert self.chunks
+        starts = [round(c.pts_ns * rate / NS) for c in self.chunks]
+        first = min(starts)
+        end = max(s + len(c.samples) for s, c in zip(starts, self.chunks, strict=True))
+        out = np.zeros(end - first, dtype=np.float32)
+        for start, chunk in zip(starts, self.chunks, strict=True):
+            out[start - first : start - first + len(chunk.samples)] = chunk.samples
+        return first, out
+
+
+async def collect(source: Source, limit: int | None = None) -> Collected:
+    """Open a source and read it to its end (or ``limit`` items), then close it."""
+    info = await source.open()
+    result = Collected(info)
+    try:
+        async for item in source:
+            if isinstance(item, SourceFault):
+                result.faults.append(item)
+                continue
+            result.order.append(item)
+            if isinstance(item, VideoFrame):
+                result.frames.append(item)
+            else:
+                result.chunks.append(item)
+            if limit is not None and len(result.order) >= limit:
+                break
+    finally:
+        await source.aclose()
+    return result
+
+
+def media_config(url: str, **overrides: Any) -> MediaSourceConfig:
+    data: dict[str, Any] = {"type": "media", "name": "file", "url": url, "realtime": False}
+    data.update(overrides)
+    return MediaSourceConfig.model_validate(data)
+
+
+async def read_media(url: str, pacer: Pacer | None = None, **overrides: Any) -> Collected:
+    return await collect(MediaSource(media_config(url, **overrides), pacer or VirtualPacer()))
+
+
+def pattern_config(**overrides: Any) -> PatternSourceConfig:
+    data: dict[str, Any] = {
+        "type": "pattern",
+        "name": "pat",
+        "width": 160,
+        "height": 120,
+        "realtime": False,
+    }
+    data.update(overrides)
+    return PatternSourceConfig.model_validate(data)
+
+
+def background_level(frame: VideoFrame) -> float:
+    """Luma of the background (top rows: the square runs through the middle)."""
+    return float(np.median(frame.luma[: frame.height // 8]))
+
+
+def flash_onsets_s(frames: list[VideoFrame], fps: float) -> list[float]:
+    """Flash onsets from the integrating shutter: first lit frame i gives t_i + (1 - f_i) / fps."""
+    onsets = []
+    was_lit = False
+    for frame in frames:
+        fraction = (background_level(frame) - 16) / 219
+        lit = fraction > 0.02
+        if lit and not was_lit:
+            onsets.append(frame.pts_ns / NS + (1 - min(fraction, 1.0)) / fps)
+        was_lit = lit
+    return onsets
+
+
+def beep_onsets(samples: np.ndarray, threshold: float = 0.25) -> list[int]:
+    """Sample indices where the signal first reaches half the beep amplitude after silence."""
+    loud = np.abs(samples) >= threshold
+    hits = np.nonzero(loud)[0]
+    onsets: list[int] = []
+    for index in hits:
+        if not onsets or index - onsets[-1] > 20_000:  # beeps are >= 0.5 s apart here
+            onsets.append(int(index))
+    return onsets
