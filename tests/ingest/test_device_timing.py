@@ -71,7 +71,7 @@ def _feed_steady(
 
 
 def test_sample_clock_holds_until_settled_then_stamps_contiguously() -> None:
-    clock: SampleClock[int] = SampleClock(SR, warmup_blocks=5)
+    clock: SampleClock[int] = SampleClock(SR, warmup_blocks=5, window_blocks=10)
     t0 = 7 * NS_PER_S
     # The first blocks arrive in a burst with ADC times 30 ms early: they must not set the origin.
     early = [(k, clock.feed(k, t0 + k * BLOCK_NS - 30 * NS_PER_MS, BLOCK)) for k in range(3)]
@@ -85,7 +85,7 @@ def test_sample_clock_holds_until_settled_then_stamps_contiguously() -> None:
 
 
 def test_sample_clock_resyncs_forward_when_samples_vanish() -> None:
-    clock: SampleClock[int] = SampleClock(SR, warmup_blocks=5)
+    clock: SampleClock[int] = SampleClock(SR, warmup_blocks=5, window_blocks=10)
     t0 = NS_PER_S
     stamped = _feed_steady(clock, t0, 10)
     # 250 ms of audio lost without an overflow flag: ADC times jump ahead of the sample count.
@@ -99,8 +99,21 @@ def test_sample_clock_resyncs_forward_when_samples_vanish() -> None:
     assert pts[-1] == t0 + 29 * BLOCK_NS + 250 * NS_PER_MS
 
 
+def test_sample_clock_rides_out_late_deliveries() -> None:
+    """A busy machine or a sound server's backlog delivers blocks late for a while: the
+    timeline must not follow (no gap in the audio), only a step lasting a whole window moves it."""
+    clock: SampleClock[int] = SampleClock(SR, warmup_blocks=5, window_blocks=10)
+    t0 = NS_PER_S
+    stamped = _feed_steady(clock, t0, 10)
+    stamped += _feed_steady(clock, t0 + 100 * NS_PER_MS, 9, first=10)  # late, but not for long
+    stamped += _feed_steady(clock, t0, 30, first=19)
+    pts = [p for _, p, _ in stamped]
+    assert clock.resyncs == 0
+    assert pts == [t0 + k * BLOCK_NS for k in range(49)]
+
+
 def test_sample_clock_steps_back_by_trimming_never_overlapping() -> None:
-    clock: SampleClock[int] = SampleClock(SR, warmup_blocks=5)
+    clock: SampleClock[int] = SampleClock(SR, warmup_blocks=5, window_blocks=10)
     t0 = NS_PER_S
     stamped = _feed_steady(clock, t0, 10)
     stamped += _feed_steady(clock, t0 - 8 * NS_PER_MS, 20, first=10)  # the ADC clock steps back
@@ -115,7 +128,7 @@ def test_sample_clock_steps_back_by_trimming_never_overlapping() -> None:
 
 
 def test_sample_clock_discontinuity_starts_a_new_timeline() -> None:
-    clock: SampleClock[int] = SampleClock(SR, warmup_blocks=3)
+    clock: SampleClock[int] = SampleClock(SR, warmup_blocks=3, window_blocks=6)
     t0 = NS_PER_S
     first = _feed_steady(clock, t0, 6)
     later_ns = t0 + 10 * NS_PER_S

@@ -136,18 +136,20 @@ class SampleClock(Generic[T]):
     Each block's ADC time implies an origin (ADC time minus the samples before it). Blocks are
     held until the last ``warmup_blocks`` implied origins agree within ``resync_ns`` (at most
     ``max_hold_blocks``: the first callbacks of a stream often come in a burst, or with poor
-    ADC times); the timeline origin is then their median. Afterwards the origin moves only when
-    the median of the last ``warmup_blocks`` strays more than ``resync_ns`` from it (samples
-    lost without an overflow flag, or the sound card's clock drifting from the monotonic one):
-    a forward step leaves a gap, a backward step trims the overlapping samples, so that audio is
-    never stretched. A discontinuity (samples lost in an overflow) starts a new warm-up.
+    ADC times); the timeline origin is then their median.
 
-    The median is the lower median (one of the observations), so that a step in the ADC times
-    is followed in one move rather than through a midpoint.
+    Afterwards the origin moves only when every implied origin of the last ``window_blocks``
+    lies on the same side of it, more than ``resync_ns`` away: samples lost without an overflow
+    flag, or the sound card's clock drifting from the monotonic one. Late deliveries (a busy
+    machine, a sound server's backlog) make single blocks look late; they never move the
+    timeline unless they last a whole window. A forward step leaves a gap, a backward step trims
+    the overlapping samples, so audio is never stretched. A discontinuity (samples lost in an
+    overflow) starts a new warm-up.
 
     Args:
         sample_rate: Samples per second.
-        warmup_blocks: Blocks whose implied origins are compared (the median's window).
+        warmup_blocks: Blocks that must agree before the origin is fixed.
+        window_blocks: Blocks that must all disagree with the timeline before it moves.
         resync_ns: How far the timeline may stray from the ADC times before it is re-anchored.
         max_hold_blocks: Most blocks held while waiting for the ADC times to settle.
     """
@@ -157,18 +159,19 @@ class SampleClock(Generic[T]):
         sample_rate: int,
         *,
         warmup_blocks: int = 13,
+        window_blocks: int = 100,
         resync_ns: int = 5 * NS_PER_MS,
         max_hold_blocks: int = 75,
     ) -> None:
         if sample_rate <= 0:
             raise ValueError(f"SampleClock: sample rate must be positive, got {sample_rate}")
-        if warmup_blocks < 1:
-            raise ValueError(f"SampleClock: warmup_blocks must be >= 1, got {warmup_blocks}")
+        if not 1 <= warmup_blocks <= window_blocks:
+            raise ValueError("SampleClock: need 1 <= warmup_blocks <= window_blocks")
         self.sample_rate = sample_rate
         self._warmup = warmup_blocks
         self._resync_ns = resync_ns
         self._max_hold = max(warmup_blocks, max_hold_blocks)
-        self._implied: deque[int] = deque(maxlen=warmup_blocks)
+        self._implied: deque[int] = deque(maxlen=window_blocks)
         self._origin_ns: int | None = None
         self._count = 0  # samples since the segment's origin
         self._owed = 0  # samples still to trim after a backward step
@@ -180,8 +183,9 @@ class SampleClock(Generic[T]):
         assert self._origin_ns is not None
         return self._origin_ns + count * NS_PER_S // self.sample_rate
 
-    def _median(self) -> int:
-        ordered = sorted(self._implied)
+    def _median(self, last: int) -> int:
+        # The lower median: one of the observations, never a midpoint between two clusters.
+        ordered = sorted(list(self._implied)[-last:])
         return ordered[(len(ordered) - 1) // 2]
 
     def feed(
@@ -206,20 +210,26 @@ class SampleClock(Generic[T]):
         before = self._count
         self._count += n_samples
         self._implied.append(adc_ns - before * NS_PER_S // self.sample_rate)
-        full = len(self._implied) == self._warmup
         if self._origin_ns is None:
             self._held.append((block, before))
-            settled = full and max(self._implied) - min(self._implied) <= self._resync_ns
+            recent = list(self._implied)[-self._warmup :]
+            settled = len(recent) == self._warmup and max(recent) - min(recent) <= self._resync_ns
             if not settled and len(self._held) < self._max_hold:
                 return []
-            self._origin_ns = self._median()
+            self._origin_ns = self._median(self._warmup)
+            self._implied.clear()
             held, self._held = self._held, []
             return [(b, Stamp(self._at(c))) for b, c in held]
         jump_ns = 0
-        if full and abs(self._median() - self._origin_ns) > self._resync_ns:
-            estimate_ns = self._median()
-            jump_ns = estimate_ns - self._origin_ns
-            self._origin_ns = estimate_ns
+        if len(self._implied) == self._implied.maxlen:
+            early_ns = min(self._implied) - self._origin_ns
+            late_ns = max(self._implied) - self._origin_ns
+            if early_ns > self._resync_ns:
+                jump_ns = early_ns  # all later than the timeline: the smallest step that fits
+            elif late_ns < -self._resync_ns:
+                jump_ns = late_ns
+        if jump_ns:
+            self._origin_ns += jump_ns
             self.resyncs += 1
             # Look again only once a full window of blocks on the new anchor is in.
             self._implied.clear()
@@ -234,7 +244,7 @@ class SampleClock(Generic[T]):
         held, self._held = self._held, []
         if not held:
             return []
-        origin = self._median()
+        origin = self._median(self._warmup)
         return [(b, Stamp(origin + c * NS_PER_S // self.sample_rate)) for b, c in held]
 
 
@@ -731,8 +741,9 @@ class _MicWorker(_DeviceWorker):
         self.mapper = StreamTimeMapper()
         self.clock: SampleClock[np.ndarray[Any, np.dtype[np.float32]]] = SampleClock(
             self.sample_rate,
-            warmup_blocks=max(5, math.ceil(0.25 / block_s)),
-            max_hold_blocks=max(10, math.ceil(1.5 / block_s)),
+            warmup_blocks=max(5, math.ceil(0.5 / block_s)),
+            window_blocks=max(10, math.ceil(2.0 / block_s)),
+            max_hold_blocks=max(10, math.ceil(2.5 / block_s)),
         )
 
     def describe(self) -> str:
