@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import io
 import itertools
 import os
 import shutil
@@ -29,6 +30,7 @@ import pytest
 
 from crossmodald.ingest.base import SourceError, SourceFault
 from crossmodald.ingest.device import DeviceSource
+from crossmodald.ingest.devices_list import devices_command, list_microphones
 from crossmodald.media import NS_PER_MS, NS_PER_S, AudioChunk, ClockKind, MediaItem, VideoFrame
 from crossmodald.service.config import DeviceSourceConfig
 
@@ -407,3 +409,15 @@ async def test_camera_and_microphone_pair_is_one_stream_on_one_clock(
     assert min(c.arrival_ns - c.end_ns for c in chunks_) >= 70 * NS_PER_MS - 1 * NS_PER_MS
     # Both ride the monotonic clock: their media times overlap.
     assert abs(frames_[-1].pts_ns - chunks_[-1].pts_ns) < 2 * NS_PER_S
+
+
+def test_devices_lists_the_microphone_with_its_rates(pulse: Pulse) -> None:
+    microphones = {m.name: m for m in list_microphones()}
+    assert "pulse" in microphones
+    mic = microphones["pulse"]
+    assert mic.host_api == "ALSA"
+    assert mic.channels >= 1
+    assert SR in mic.sample_rates
+    out = io.StringIO()
+    assert devices_command("table", out=out) == 0
+    assert f"{mic.index:>3}  pulse [ALSA] " in out.getvalue()
