@@ -38,7 +38,7 @@ from crossmodald_plugins.avsync.result import MotionPeak
 #: Every region is pooled to this size (rows, columns) before differencing.
 REGION_SIZE = (32, 48)
 #: Longest side of the picture the face detector sees.
-FACE_DETECT_SIDE = 240
+FACE_DETECT_SIDE = 160
 #: Motion energy (mean absolute frame difference, grey levels) varying less than this (standard
 #: deviation over the window) means nothing moves: only sensor noise, which is steady.
 MIN_MOTION = 0.05
@@ -75,8 +75,16 @@ class FaceFinder:
     """Finds the largest frontal face with OpenCV's bundled Haar cascade (thread-safe)."""
 
     def __init__(self) -> None:
-        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"  # type: ignore[attr-defined]
-        self._cascade = cv2.CascadeClassifier(path)
+        classifier = getattr(cv2, "CascadeClassifier", None)
+        haar_dir = getattr(getattr(cv2, "data", None), "haarcascades", None)
+        if classifier is None or haar_dir is None:
+            # OpenCV 5 moved Haar cascades out of the main package.
+            raise RuntimeError(
+                f"avsync: OpenCV {cv2.__version__} has no Haar face cascade; "
+                "set face_detection = false or install opencv-python-headless 4.x"
+            )
+        path = haar_dir + "haarcascade_frontalface_default.xml"
+        self._cascade = classifier(path)
         if self._cascade.empty():
             raise RuntimeError(f"avsync: cannot load the face cascade {path}")
         # cv2 cascades are not documented as thread-safe; infer may run on any worker thread.
@@ -92,7 +100,7 @@ class FaceFinder:
             small = np.asarray(cv2.resize(luma, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
         with self._lock:
             faces = self._cascade.detectMultiScale(
-                small, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24)
+                small, scaleFactor=1.2, minNeighbors=4, minSize=(20, 20)
             )
         if len(faces) == 0:
             return None
@@ -126,8 +134,25 @@ def _regions(window: Window, faces: FaceFinder | None) -> tuple[npt.NDArray[np.f
     else:
         stack = np.stack([f.thumb for f in frames])
         region = "frame"
-    pooled = F.adaptive_avg_pool2d(torch.from_numpy(stack).float()[:, None], REGION_SIZE)[:, 0]
-    return pooled.numpy(), region
+    return _area_pool(stack), region
+
+
+def _area_pool(stack: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """Shrink (F, H, W) pictures to REGION_SIZE by averaging whole pixel blocks."""
+    rows, cols = REGION_SIZE
+    _, height, width = stack.shape
+    fy, fx = height // rows, width // cols
+    if fy >= 1 and fx >= 1 and fy * rows >= 0.8 * height and fx * cols >= 0.8 * width:
+        # Integer blocks (a few edge pixels dropped): one reshape and mean, no resampling.
+        y0, x0 = (height - fy * rows) // 2, (width - fx * cols) // 2
+        crop = stack[:, y0 : y0 + fy * rows, x0 : x0 + fx * cols]
+        blocks = crop.reshape(len(stack), rows, fy, cols, fx)
+        pooled: npt.NDArray[np.float32] = blocks.mean(axis=(2, 4), dtype=np.float32)
+        return pooled
+    # Blocks would drop too much (or the picture is smaller than the target): exact area
+    # averaging with fractional blocks (slower, so only here).
+    tensor = torch.from_numpy(stack).float()[:, None]
+    return F.adaptive_avg_pool2d(tensor, REGION_SIZE)[:, 0].numpy()
 
 
 def _video_motion(
