@@ -19,8 +19,8 @@ from ingestkit import NS, collect, media_config, pattern_config, read_media
 
 from crossmodald.ingest import MediaSource, SourceError, create_source
 from crossmodald.ingest.media import redact_url
-from crossmodald.ingest.pacing import VirtualPacer
-from crossmodald.ingest.pattern import PatternTimeline, write_pattern_file
+from crossmodald.ingest.pacing import MonotonicPacer, VirtualPacer
+from crossmodald.ingest.pattern import PatternSource, PatternTimeline, write_pattern_file
 from crossmodald.media import ClockKind
 
 CONFIG = pattern_config(period_s=0.9, flash_ms=60.0, beep_ms=80.0)
@@ -225,6 +225,52 @@ async def test_realtime_paces_media_time_on_the_pacer(media_dir: Path) -> None:
     for item in read.order:
         assert item.arrival_ns - 7 * NS == item.pts_ns - first.pts_ns
     assert pacer.now_ns() - 7 * NS == read.order[-1].pts_ns - first.pts_ns
+
+
+async def test_realtime_on_the_real_clock(media_dir: Path) -> None:
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    read = await read_media(str(media_dir / "tone.wav"), MonotonicPacer(), realtime=True)
+    elapsed = loop.time() - began
+    span_s = (read.chunks[-1].pts_ns - read.chunks[0].pts_ns) / NS
+    assert span_s > 0.9
+    assert elapsed >= span_s - 0.005  # paced, not as fast as possible
+    assert elapsed < span_s + 5.0  # only guards against a hang on a loaded machine
+    arrivals = [c.arrival_ns for c in read.chunks]
+    for chunk in read.chunks:
+        assert chunk.arrival_ns - arrivals[0] >= chunk.pts_ns - read.chunks[0].pts_ns
+
+
+async def test_realtime_pacing_steps_over_a_timestamp_jump(tmp_path: Path) -> None:
+    # One second of audio at 0 s and another at 60 s: pacing must not sleep through the hole.
+    path = tmp_path / "jump.mkv"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("pcm_s16le", rate=8000)
+        stream.layout = "mono"
+        for start in (0, 60 * 8000):
+            for i in range(10):
+                frame = av.AudioFrame.from_ndarray(
+                    np.zeros((1, 800), np.int16), format="s16", layout="mono"
+                )
+                frame.sample_rate, frame.pts = 8000, start + i * 800
+                frame.time_base = Fraction(1, 8000)
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    pacer = VirtualPacer()
+    source = MediaSource(media_config(str(path), realtime=True), pacer)
+    read = await collect(source)
+    assert [c.pts_ns for c in read.chunks][9:11] == [900_000_000, 60 * NS]
+    assert source.stats.audio_resyncs == 1
+    assert source.stats.pacing_resets == 1
+    assert pacer.now_ns() == 2 * 900_000_000  # 0.9 s of pacing on each side of the jump
+    assert read.chunks[10].arrival_ns == read.chunks[9].arrival_ns
+
+
+def test_create_source_picks_the_class() -> None:
+    assert isinstance(create_source(pattern_config()), PatternSource)
+    assert isinstance(create_source(media_config("/nowhere.mp4")), MediaSource)
 
 
 async def test_loop_continues_the_timeline(media_dir: Path) -> None:

@@ -14,6 +14,9 @@ counted in :attr:`MediaStats.audio_resyncs`.
 
 Items of the two kinds are merged by pts (each kind is already in order) before delivery, with a
 small bounded look-ahead, so real-time pacing follows media time however the file interleaves.
+Real-time pacing maps the first item's pts to the pacer's time then; an item more than 2 s off
+that schedule (a timestamp jump, a consumer that stalled) restarts the mapping at itself rather
+than sleeping through the jump or bursting to catch up (counted in ``pacing_resets``).
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ _MAX_PENDING_VIDEO: Final = 32
 _MAX_PENDING_AUDIO: Final = 512
 # Consecutive demuxer read errors after which the input counts as unreadable.
 _MAX_READ_ERRORS: Final = 16
+# Real-time pacing starts again from the current item when it would be this far off.
+_REBASE_NS: Final = 2 * NS_PER_S
 # At most one decode-error fault per this much media time.
 _FAULT_INTERVAL_NS: Final = NS_PER_S
 _NETWORK_SCHEMES: Final = frozenset(
@@ -117,6 +122,8 @@ class MediaStats:
     video_jumps: int = 0
     #: Times a looping file restarted.
     loops: int = 0
+    #: Times real-time pacing restarted from the current item (pts jump or stalled consumer).
+    pacing_resets: int = 0
     #: Reason of the most recent decode or read error.
     last_error: str = ""
 
@@ -551,9 +558,17 @@ class MediaSource:
                         audio_q.append(decoded)
                 while (item := pop_next(ended)) is not None:
                     if realtime:
-                        if base is None:
-                            base = (item.pts_ns, pacer.now_ns())
-                        await pacer.sleep_until(base[1] + item.pts_ns - base[0])
+                        now_ns = pacer.now_ns()
+                        deadline_ns = None if base is None else base[1] + item.pts_ns - base[0]
+                        if deadline_ns is None or abs(deadline_ns - now_ns) > _REBASE_NS:
+                            # First item, a timestamp jump, or a consumer that stalled: pace
+                            # from here on rather than sleep through the jump or burst to
+                            # catch up.
+                            if base is not None:
+                                self.stats.pacing_resets += 1
+                            base = (item.pts_ns, now_ns)
+                            deadline_ns = now_ns
+                        await pacer.sleep_until(deadline_ns)
                         if self._closed:
                             return
                     last_pts_ns = item.pts_ns
