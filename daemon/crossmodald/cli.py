@@ -231,7 +231,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         code = await daemon.run(stop, exit_when_sources_end=True)
         if code != 0:
-            state = next(iter(daemon.streams.values()), None)
+            state = next(iter(daemon.stream_states.values()), None)
             message = (state.error if state else None) or "analysis failed"
             return _fail(message)
         return 0

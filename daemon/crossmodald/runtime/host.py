@@ -27,7 +27,7 @@ from crossmodald.runtime.plugin import Plugin, PluginConfig, Session
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[Event], None]
+Publish = Callable[[Event], object]
 
 
 class Overload(enum.StrEnum):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crossmodald.bus.events import Envelope, Event, Phase
+from crossmodald.clock.drift import RateEstimator
 from crossmodald.ingest.base import Source, SourceError, SourceFault
 from crossmodald.media import NS_PER_S, AudioChunk, ClockKind, StreamInfo, VideoFrame
 from crossmodald.runtime.device import resolve_device
@@ -50,6 +51,21 @@ class StreamState:
     last_offset: dict[str, Any] | None = None
     alarm: bool = False
     windower: Windower | None = None
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    #: Per-track clock rate against the daemon's monotonic clock (live streams only).
+    video_rate: RateEstimator | None = None
+    audio_rate: RateEstimator | None = None
+
+    def clock_rates(self) -> dict[str, float | None]:
+        """Transport view of the clocks: each track's rate error and the A/V drift, in ppm."""
+        video = self.video_rate.estimate() if self.video_rate else None
+        audio = self.audio_rate.estimate() if self.audio_rate else None
+        return {
+            "video_ppm": round(video.ppm, 1) if video else None,
+            "audio_ppm": round(audio.ppm, 1) if audio else None,
+            "av_drift_ppm": round(audio.ppm - video.ppm, 1) if audio and video else None,
+        }
 
     def snapshot(self) -> dict[str, Any]:
         info = self.info
@@ -78,6 +94,7 @@ class StreamState:
             "plugins": list(self.plugins),
             "refused": dict(self.refused),
             "sync": self.last_offset,
+            "clock_rates": self.clock_rates(),
             "alarm": self.alarm,
         }
         if self.windower is not None:
@@ -137,16 +154,17 @@ class Daemon:
             slow_subscriber_s=config.api.slow_subscriber_s,
         )
         self.hosts: list[PluginHost] = []
-        self.streams: dict[str, StreamState] = {}
+        self.stream_states: dict[str, StreamState] = {}
         self._stopping = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
         self._ready = False
         self.api_port: int | None = None
         self.failed_streams: list[str] = []
 
     # -- StreamsView (for the API) -------------------------------------------------------
 
-    def snapshot_streams(self) -> list[dict[str, Any]]:
-        return [state.snapshot() for state in self.streams.values()]
+    def streams(self) -> list[dict[str, Any]]:
+        return [state.snapshot() for state in self.stream_states.values()]
 
     def ready(self) -> bool:
         return self._ready and not self._stopping.is_set()
@@ -158,7 +176,7 @@ class Daemon:
 
     def publish(self, event: Event) -> Envelope:
         envelope = self.bus.publish(event)
-        state = self.streams.get(event.stream)
+        state = self.stream_states.get(event.stream)
         if state is not None:
             if event.type == "sync.offset":
                 state.last_offset = dict(event.data)
@@ -184,7 +202,7 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event, *, exit_when_sources_end: bool = False) -> int:
         """Run until ``stop`` is set (or every source ended, when asked); returns an exit code."""
-        from crossmodald.api.app import build_app, serve
+        from crossmodald.api.app import bound_port, build_app, serve
         from crossmodald.bus.sinks import JsonlSink
 
         if not self.hosts and self._plugin_configs:
@@ -200,10 +218,11 @@ class Daemon:
             if self._serve_api:
                 app = build_app(self.bus, self, self.config.api)
                 runner = await serve(app, self.config.api.host, self.config.api.port)
-                self.api_port = _bound_port(runner)
+                self.api_port = bound_port(runner)
                 log.info("API listening on http://%s:%s", self.config.api.host, self.api_port)
+            self._tg = tg
             stream_tasks = [
-                tg.create_task(self._run_stream(cfg), name=f"stream:{cfg.name}")
+                self.add_stream(cfg.name, cfg.type, self._bind_factory(cfg))
                 for cfg in self.config.sources
             ]
             self._ready = True
@@ -219,8 +238,11 @@ class Daemon:
                 await stop_task
             # Stage 1: stop ingest; each stream flushes its open windows and closes its sessions.
             self._stopping.set()
-            if stream_tasks:
-                await asyncio.wait(stream_tasks)
+            running = [s.task for s in self.stream_states.values() if s.task and not s.task.done()]
+            for state in self.stream_states.values():
+                state.stop_requested.set()
+            if running:
+                await asyncio.wait(running)
             # Stage 2: drain the plugins.
             for host in self.hosts:
                 await host.aclose()
@@ -235,20 +257,54 @@ class Daemon:
                 await runner.cleanup()
         return 1 if self.failed_streams else 0
 
-    # -- one stream ----------------------------------------------------------------------
+    # -- streams -------------------------------------------------------------------------
 
-    async def _run_stream(self, config: SourceConfig) -> None:
-        name = config.name
-        state = StreamState(name=name, kind=config.type)
-        self.streams[name] = state
+    def _bind_factory(self, config: SourceConfig) -> Callable[[], Source]:
+        return lambda: self._source_factory(config)
+
+    def add_stream(
+        self, name: str, kind: str, make_source: Callable[[], Source]
+    ) -> asyncio.Task[None]:
+        """Start a stream while the daemon runs (configured sources, WHIP publishers, REST).
+
+        Raises:
+            RuntimeError: The daemon is not running or is stopping.
+            ValueError: A stream of that name is still running.
+        """
+        if self._tg is None or self._stopping.is_set():
+            raise RuntimeError("the daemon is not running")
+        old = self.stream_states.get(name)
+        if old is not None and old.task is not None and not old.task.done():
+            raise ValueError(f"stream {name!r} is already running")
+        state = StreamState(name=name, kind=kind)
+        self.stream_states[name] = state
+        state.task = self._tg.create_task(
+            self._run_stream(state, make_source), name=f"stream:{name}"
+        )
+        return state.task
+
+    async def stop_stream(self, name: str) -> None:
+        """Stop one stream: its open windows are finished and its sessions closed first."""
+        state = self.stream_states.get(name)
+        if state is None:
+            raise KeyError(name)
+        state.stop_requested.set()
+        if state.task is not None:
+            await asyncio.wait([state.task])
+
+    async def _run_stream(self, state: StreamState, make_source: Callable[[], Source]) -> None:
+        name = state.name
         try:
-            source = self._source_factory(config)
+            source = make_source()
             info = await source.open()
         except (SourceError, OSError, ValueError) as exc:
             self._fail_stream(state, str(exc))
             return
         state.info = info
         state.state = "running"
+        if self._overload is Overload.DROP_OLDEST:  # live: arrival times mean something
+            state.video_rate = RateEstimator() if info.has_video else None
+            state.audio_rate = RateEstimator() if info.has_audio else None
         window_cfg = self.config.window
         windower = Windower(
             name,
@@ -282,7 +338,7 @@ class Daemon:
                 start_ns=0,
                 end_ns=0,
                 data={
-                    "source": config.type,
+                    "source": state.kind,
                     "has_video": info.has_video,
                     "has_audio": info.has_audio,
                     "frame_rate": info.frame_rate,
@@ -297,7 +353,7 @@ class Daemon:
         pump = asyncio.create_task(
             self._pump(source, state, windower, hosts), name=f"ingest:{name}"
         )
-        stopping = asyncio.create_task(self._stopping.wait(), name=f"ingest:{name}:stop")
+        stopping = asyncio.create_task(state.stop_requested.wait(), name=f"ingest:{name}:stop")
         await asyncio.wait([pump, stopping], return_when=asyncio.FIRST_COMPLETED)
         reason = "end of stream"
         if not pump.done():
@@ -305,10 +361,12 @@ class Daemon:
             reason = "daemon stopping"
         stopping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            exc = await _exception_of(pump)
-            if exc is not None:
+            failure = await _exception_of(pump)
+            if failure is not None:
                 reason = "error"
-                self._fail_stream(state, str(exc) if isinstance(exc, SourceError) else repr(exc))
+                self._fail_stream(
+                    state, str(failure) if isinstance(failure, SourceError) else repr(failure)
+                )
         # Finish open windows, let the plugins see them, then close the sessions.
         for window in windower.flush(self._clock_ns()):
             for host in hosts:
@@ -340,9 +398,13 @@ class Daemon:
                 continue
             if isinstance(item, VideoFrame):
                 state.video_frames += 1
+                if state.video_rate is not None:
+                    state.video_rate.add(item.pts_ns, item.arrival_ns)
             elif isinstance(item, AudioChunk):
                 state.audio_chunks += 1
                 state.audio_samples += len(item.samples)
+                if state.audio_rate is not None:
+                    state.audio_rate.add(item.end_ns, item.arrival_ns)
             state.last_media_ns = item.pts_ns
             windows = windower.push(item, self._clock_ns())
             for window in windows:
@@ -382,13 +444,4 @@ async def _exception_of(task: asyncio.Task[None]) -> BaseException | None:
         return None
     except Exception as exc:
         return exc
-    return None
-
-
-def _bound_port(runner: Any) -> int | None:
-    for site in getattr(runner, "sites", ()):
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or ()
-        for sock in sockets:
-            return int(sock.getsockname()[1])
     return None
