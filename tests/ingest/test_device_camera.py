@@ -196,3 +196,11 @@ async def test_aclose_stops_the_reader_thread(clip: Path) -> None:
     await source.aclose()
     assert not any(worker.is_alive() for worker in source.workers)
     await source.aclose()  # idempotent
+
+
+def test_create_source_builds_device_sources(clip: Path) -> None:
+    from crossmodald.ingest import create_source
+
+    source = create_source(_config(str(clip)))
+    assert isinstance(source, DeviceSource)
+    assert source.name == "cam1"

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from crossmodald.ingest.base import Source, SourceError, SourceFault
+from crossmodald.ingest.device import DeviceSource
 from crossmodald.ingest.media import MediaSource, MediaStats
 from crossmodald.ingest.pacing import MonotonicPacer, Pacer, VirtualPacer
 from crossmodald.ingest.pattern import (
@@ -15,9 +16,10 @@ from crossmodald.ingest.pattern import (
     PatternTimeline,
     write_pattern_file,
 )
-from crossmodald.service.config import MediaSourceConfig, PatternSourceConfig
+from crossmodald.service.config import DeviceSourceConfig, MediaSourceConfig, PatternSourceConfig
 
 __all__ = [
+    "DeviceSource",
     "MediaSource",
     "MediaStats",
     "MonotonicPacer",
@@ -35,7 +37,9 @@ __all__ = [
 
 
 def create_source(
-    config: PatternSourceConfig | MediaSourceConfig, *, clock: Pacer | None = None
+    config: PatternSourceConfig | MediaSourceConfig | DeviceSourceConfig,
+    *,
+    clock: Pacer | None = None,
 ) -> Source:
     """The source a config describes.
 
@@ -53,6 +57,8 @@ def create_source(
         return PatternSource(config, pacer)
     if isinstance(config, MediaSourceConfig):
         return MediaSource(config, pacer)
+    if isinstance(config, DeviceSourceConfig):
+        return DeviceSource(config)  # live devices keep their own time: no pacer
     raise SourceError(
         f"{getattr(config, 'name', '?')}: unknown source type {type(config).__name__}"
     )
