@@ -6,6 +6,8 @@ plugin itself brings (see :mod:`crossmodald.runtime.registry`).
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
@@ -13,9 +15,31 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a bind address or host name stays on this machine (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class ConfigError(Exception):
@@ -189,6 +213,60 @@ class WindowConfig(_Model):
         return self
 
 
+#: What an API token may do: ``subscribe`` (read events, streams, sources, metrics), ``publish``
+#: (send media, e.g. WHIP), ``admin`` (change sources, reload; implies the other two).
+Scope = Literal["publish", "subscribe", "admin"]
+
+
+class ApiTokenConfig(_Model):
+    """One bearer token for the API (``[[api.tokens]]``)."""
+
+    #: A label for logs and metrics (never the token itself).
+    name: str = Field(pattern=NAME_PATTERN)
+    #: The token value. Kept as a secret: never shown in logs, reprs or error messages.
+    token: SecretStr
+    scopes: list[Scope] = Field(min_length=1)
+
+    @field_validator("token")
+    @classmethod
+    def _strong(cls, value: SecretStr) -> SecretStr:
+        # Why 16: short tokens are guessable; the message never echoes the value.
+        secret = value.get_secret_value()
+        if len(secret) < 16:
+            raise ValueError(f"token must be at least 16 characters, got {len(secret)}")
+        if not secret.isprintable() or secret != secret.strip():
+            raise ValueError("token must be printable with no surrounding whitespace")
+        return value
+
+
+class TlsConfig(_Model):
+    """TLS for the HTTP server (``[api.tls]``): PEM certificate chain and private key."""
+
+    cert: Path
+    key: Path
+
+
+class ApiLimitsConfig(_Model):
+    """Request size and per-client limits (``[api.limits]``)."""
+
+    #: Largest request body accepted (bytes); larger ones get 413.
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=1024**3)
+    #: Longest request line / URL (bytes); longer ones get 414/400.
+    max_line_bytes: int = Field(8190, ge=256, le=1024 * 1024)
+    #: Longest single header field (bytes); longer ones get 431/400.
+    max_field_bytes: int = Field(8190, ge=256, le=1024 * 1024)
+    #: Most header fields in one request.
+    max_headers: int = Field(64, ge=8, le=1024)
+    #: Requests in progress at once from one client address (long-lived event streams count).
+    max_connections_per_client: int = Field(64, ge=1, le=100_000)
+    #: SSE + WebSocket event subscribers at once from one client address.
+    max_subscribers_per_client: int = Field(32, ge=1, le=100_000)
+    #: Streams started through the API (REST sources, WHIP) at once, in all.
+    max_streams: int = Field(64, ge=1, le=100_000)
+    #: Streams started through the API at once from one client address.
+    max_streams_per_client: int = Field(8, ge=1, le=100_000)
+
+
 class ApiConfig(_Model):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -201,6 +279,41 @@ class ApiConfig(_Model):
     slow_subscriber_s: float = Field(5.0, gt=0)
     #: Most SSE + WebSocket event subscribers at once; more get 503.
     max_subscribers: int = Field(default=256, ge=1, le=100_000)
+    #: Bearer tokens; none configured means the API is open (allowed on loopback only).
+    tokens: list[ApiTokenConfig] = Field(default_factory=list)
+    #: Serve HTTPS with this certificate and key (None: plain HTTP).
+    tls: TlsConfig | None = None
+    #: Browser origins allowed to call the API (CORS), e.g. "https://dash.example.org"; "*" = any.
+    cors_origins: list[str] = Field(default_factory=list)
+    limits: ApiLimitsConfig = ApiLimitsConfig()
+    #: Serve without tokens on a non-loopback address (anyone who can reach it has admin).
+    allow_unauthenticated: bool = False
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"expected an origin like 'https://host[:port]' (no path) or '*', got {origin!r}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _exposure(self) -> ApiConfig:
+        names = [t.name for t in self.tokens]
+        if len(set(names)) != len(names):
+            # Messages here say "got" so the error formatter never echoes the input (secrets).
+            raise ValueError(f"tokens: each token needs a unique name, got {sorted(names)}")
+        values = [t.token.get_secret_value() for t in self.tokens]
+        if len(set(values)) != len(values):
+            raise ValueError("tokens: two tokens have the same value (got a duplicate)")
+        if not self.tokens and not self.allow_unauthenticated and not is_loopback_host(self.host):
+            raise ValueError(
+                f"no [[api.tokens]] are configured and host is not a loopback address (got "
+                f"{self.host!r}); add tokens, or set allow_unauthenticated = true to serve it open"
+            )
+        return self
 
 
 class JsonlSinkConfig(_Model):
