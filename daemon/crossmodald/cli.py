@@ -11,7 +11,9 @@ import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from crossmodald import __version__
 from crossmodald.bus.events import Envelope
@@ -20,10 +22,13 @@ from crossmodald.service.config import (
     DaemonConfig,
     MediaSourceConfig,
     WindowConfig,
+    format_validation_error,
     load_config,
 )
 
 log = logging.getLogger("crossmodald")
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -90,12 +95,14 @@ def _analyze_config(args: argparse.Namespace) -> DaemonConfig:
     base = load_config(args.config) if args.config else DaemonConfig()
     window = base.window
     if args.window is not None or args.hop is not None:
-        window = WindowConfig.model_validate(
+        window = _validated(
+            WindowConfig,
+            "window",
             {
                 **window.model_dump(),
                 **({"length_s": args.window} if args.window is not None else {}),
                 **({"hop_s": args.hop} if args.hop is not None else {}),
-            }
+            },
         )
     plugins: list[dict[str, Any]] = [dict(p) for p in base.plugins]
     if args.plugin:
@@ -120,6 +127,13 @@ def _analyze_config(args: argparse.Namespace) -> DaemonConfig:
             "logging": base.logging.model_dump(),
         }
     )
+
+
+def _validated(model: type[_M], key: str, data: dict[str, Any]) -> _M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("arguments", format_validation_error(exc, (key,))) from None
 
 
 def _safe_name(name: str) -> str:
@@ -189,7 +203,7 @@ def format_event_line(event: dict[str, Any]) -> str:
     for key, value in data.items():
         if isinstance(value, float):
             parts.append(f"{key}={value:+.2f}" if key.endswith("_ms") else f"{key}={value:.3g}")
-        elif isinstance(value, dict | list):
+        elif value is None or isinstance(value, dict | list):
             continue
         else:
             parts.append(f"{key}={value}")
@@ -209,8 +223,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         config = _analyze_config(args)
     except ConfigError as exc:
         return _config_errors(exc)
-    except ValueError as exc:  # pydantic ValidationError is a ValueError
-        return _fail(str(exc).splitlines()[0], 2)
+    except ValidationError as exc:
+        return _fail("; ".join(format_validation_error(exc)), 2)
     setup_logging(args.log_level or "warning", "plain")
     printer = _Printer(args.format, sys.stdout)
 
@@ -331,9 +345,57 @@ def cmd_pattern(args: argparse.Namespace) -> int:
     try:
         write_pattern_file(config, args.output, duration_s=args.duration)
     except (OSError, ValueError) as exc:
-        return _fail(f"{args.output}: {exc}")
+        message = str(exc)
+        return _fail(message if str(args.output) in message else f"{args.output}: {message}")
     print(f"wrote {args.output} ({args.duration:g} s, audio_lead_ms={args.audio_lead_ms:+g})")
     return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from crossmodald.ingest.devices_list import devices_command
+
+    return devices_command("json" if args.json else "table")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from crossmodald.service.calibrate import calibrate_command
+
+    try:
+        return asyncio.run(calibrate_command(args.config, args.source, args.seconds))
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from crossmodald.service.evaluate import DEFAULT_SHIFTS_MS, eval_command
+
+    overrides: dict[str, Any] = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            return _fail(f"--set {item!r}: expected KEY=VALUE", 2)
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return eval_command(
+        args.plugin,
+        args.media,
+        args.labels,
+        task=args.task,
+        shifts_ms=args.shifts or DEFAULT_SHIFTS_MS,
+        overrides=overrides,
+        device=args.device,
+        window_s=args.window,
+        hop_s=args.hop,
+        second=args.second,
+    )
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from crossmodald_plugins.asd.weights import models_fetch_command
+
+    return models_fetch_command(args.name, args.dest, args.url)
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -395,6 +457,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-ppm", type=float, default=0.0)
     p.add_argument("--period", type=float, default=1.2, help="seconds between flashes")
     p.set_defaults(func=cmd_pattern)
+
+    p = sub.add_parser("devices", help="list local cameras and microphones with their modes")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="measure a source's A/V latency from a clap or flash/beep and print the config fix",
+    )
+    p.add_argument("source", help="name of the [[sources]] entry to calibrate")
+    p.add_argument("--config", type=Path, help="the daemon's config (default: embedded)")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds to record (default 10)")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("eval", help="run a plugin over labelled media and print its metrics")
+    p.add_argument("plugin", help="plugin name, e.g. speech, avsync")
+    p.add_argument("media", type=Path, help="media file (or folder of clips for lipsync)")
+    p.add_argument("labels", type=Path, nargs="?", help="reference labels (RTTM for speech)")
+    p.add_argument("--task", choices=["speech", "lipsync", "speaker"])
+    p.add_argument("--shifts", type=float, nargs="+", help="audio shifts in ms (lipsync)")
+    p.add_argument("--second", type=Path, help="right-hand clip (speaker task)")
+    p.add_argument("--window", type=float, help="window length in seconds")
+    p.add_argument("--hop", type=float, help="window hop in seconds")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="plugin config override")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="manage model weights")
+    models = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    f = models.add_parser(
+        "fetch", help="download published weights, checked against a pinned sha256"
+    )
+    f.add_argument("name", help="weights name, e.g. light-asd")
+    f.add_argument("--dest", type=Path, help="folder to store it in (default: the models dir)")
+    f.add_argument("--url", help="fetch from this address instead of the upstream one")
+    f.set_defaults(func=cmd_models_fetch)
     return parser
 
 

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from crossmodald.service.secrets import Secret
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ORIGIN = re.compile(
     r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
@@ -224,7 +226,8 @@ class ApiTokenConfig(_Model):
     #: A label for logs and metrics (never the token itself).
     name: str = Field(pattern=NAME_PATTERN)
     #: The token value. Kept as a secret: never shown in logs, reprs or error messages.
-    token: SecretStr
+    #: Inline, or {env = NAME}, {file = PATH} or {credential = NAME} (see service/secrets.py).
+    token: Secret
     scopes: list[Scope] = Field(min_length=1)
 
     @field_validator("token")
@@ -334,6 +337,30 @@ class LoggingConfig(_Model):
     format: Literal["plain", "json"] = "plain"
 
 
+class ServiceConfig(_Model):
+    """Running as a service: the time budget of each shutdown stage and the status refresh.
+
+    The budgets add up to the longest a graceful stop takes; keep systemd's
+    ``TimeoutStopSec=`` above their sum (the shipped unit allows 45 s for the default 30 s).
+    """
+
+    #: Stop the sources, finish their open windows and close their plugin sessions.
+    stop_ingest_s: float = Field(10.0, gt=0, le=600)
+    #: Let the plugins finish the windows still queued.
+    drain_plugins_s: float = Field(10.0, gt=0, le=600)
+    #: Write and flush what the sinks hold.
+    flush_sinks_s: float = Field(5.0, gt=0, le=600)
+    #: Tell event subscribers why they end and close the HTTP server.
+    close_api_s: float = Field(5.0, gt=0, le=600)
+    #: How often the systemd ``STATUS=`` line (streams, subscribers) is refreshed.
+    status_interval_s: float = Field(5.0, gt=0, le=3600)
+
+    @property
+    def stop_budget_s(self) -> float:
+        """The longest a graceful stop may take: the sum of the stage budgets."""
+        return self.stop_ingest_s + self.drain_plugins_s + self.flush_sinks_s + self.close_api_s
+
+
 class DaemonConfig(_Model):
     sources: list[SourceConfig] = Field(default_factory=list)
     window: WindowConfig = WindowConfig()
@@ -342,6 +369,7 @@ class DaemonConfig(_Model):
     api: ApiConfig = ApiConfig()
     sinks: list[SinkConfig] = Field(default_factory=list)
     logging: LoggingConfig = LoggingConfig()
+    service: ServiceConfig = ServiceConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> DaemonConfig:
@@ -374,7 +402,7 @@ def format_validation_error(exc: ValidationError, prefix: Sequence[str | int] = 
             continue
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
-        if "got " in msg:
+        if "got " in msg or not err["loc"]:  # model-level checks describe themselves
             lines.append(f"{path}: {msg}")
         else:
             lines.append(f"{path}: {msg} (got {_describe(err.get('input'))})")
