@@ -295,14 +295,39 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from crossmodald.runtime.registry import PluginRegistry
 
+    source = str(args.file)
+    errors: list[str] = []
+    config = None
     try:
         config = load_config(args.file)
-        PluginRegistry.discover().validate(config.plugins, str(args.file))
     except ConfigError as exc:
-        _config_errors(exc)
+        errors.extend(exc.errors)
+    # Plugin tables are checked by their plugins' own models, also when the rest is invalid.
+    tables = _raw_plugin_tables(args.file)
+    try:
+        PluginRegistry.discover().validate(tables, source)
+    except ConfigError as exc:
+        errors.extend(e for e in exc.errors if e not in errors)
+    if errors:
+        for line in errors:
+            print(f"{source}: {line}", file=sys.stderr)
         return 1
-    print(f"{args.file}: OK ({len(config.sources)} sources, {len(config.plugins)} plugins)")
+    assert config is not None
+    print(f"{source}: OK ({len(config.sources)} sources, {len(config.plugins)} plugins)")
     return 0
+
+
+def _raw_plugin_tables(path: Path) -> list[dict[str, Any]]:
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []  # already reported by load_config
+    tables = data.get("plugins", [])
+    if not isinstance(tables, list):
+        return []
+    return [t for t in tables if isinstance(t, dict)]
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
