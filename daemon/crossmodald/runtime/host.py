@@ -48,6 +48,11 @@ class HostStats:
     last_infer_ms: float = 0.0
     infer_ms_total: float = 0.0
     dropped_by_stream: dict[str, int] = field(default_factory=dict)
+    #: Window latency: daemon monotonic time from a window's close to its results (ms).
+    window_latency_ms_total: float = 0.0
+    window_latency_count: int = 0
+    #: Each stream's latest window latency (ms).
+    window_latency_ms_by_stream: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,9 +200,16 @@ class PluginHost:
         self.stats.last_batch_size = len(batch)
         self.stats.last_infer_ms = elapsed_ms
         self.stats.infer_ms_total += elapsed_ms
+        done_ns = time.monotonic_ns()
         for window, result in zip(batch, results, strict=True):
             session = self._sessions.get(window.stream)
             self.stats.windows_done += 1
+            if window.closed_ns:
+                # closed_ns is on the daemon's monotonic clock (virtual clocks in tests skew it).
+                latency_ms = max(0.0, (done_ns - window.closed_ns) / 1e6)
+                self.stats.window_latency_ms_total += latency_ms
+                self.stats.window_latency_count += 1
+                self.stats.window_latency_ms_by_stream[window.stream] = latency_ms
             if session is None:
                 continue
             try:
@@ -235,6 +247,7 @@ class PluginHost:
 
     def _close_session(self, marker: _CloseMarker) -> None:
         session = self._sessions.pop(marker.stream, None)
+        self.stats.window_latency_ms_by_stream.pop(marker.stream, None)  # bounded by live streams
         try:
             if session is not None:
                 for event in session.close():
@@ -264,4 +277,11 @@ class PluginHost:
             "errors": s.errors,
             "last_batch_size": s.last_batch_size,
             "last_infer_ms": round(s.last_infer_ms, 3),
+            "infer_ms_total": round(s.infer_ms_total, 3),
+            "window_latency_ms_total": round(s.window_latency_ms_total, 3),
+            "window_latency_count": s.window_latency_count,
+            "window_latency_ms_by_stream": {
+                k: round(v, 3) for k, v in s.window_latency_ms_by_stream.items()
+            },
+            "dropped_by_stream": dict(s.dropped_by_stream),
         }
