@@ -7,6 +7,10 @@ Routes:
     ``GET /v1/streams``      ``{"streams": [...]}``; ``GET /v1/streams/{name}``: one stream.
     ``GET /healthz``         200 while the process serves requests.
     ``GET /readyz``          200 once the daemon is ready, else 503.
+    ``GET /metrics``         Prometheus text exposition (:mod:`crossmodald.api.metrics`).
+
+Security (:mod:`crossmodald.api.auth`, :mod:`crossmodald.api.limits`): bearer tokens with
+scopes per route, CORS allow-list, optional TLS, request size and per-client limits.
 
 Every error is JSON ``{"error": "..."}`` with its status. Each event subscriber is a bus
 subscription with its own bounded queue; see :mod:`crossmodald.bus.bus` for the slow-subscriber
@@ -25,6 +29,9 @@ from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, web
 
+from crossmodald.api import auth as _auth
+from crossmodald.api import metrics as _metrics
+from crossmodald.api.limits import LIMITS, ClientLimits, limits_middleware, server_kwargs
 from crossmodald.bus.bus import EventBus, EventFilter, SubscriberClosed, Subscription
 from crossmodald.service.config import ApiConfig
 
@@ -105,8 +112,20 @@ def build_app(
     """
     if heartbeat_s <= 0:
         raise ValueError(f"heartbeat_s must be > 0, got {heartbeat_s}")
-    app = web.Application(middlewares=[_json_errors])
+    # Outermost first: CORS marks every answer (errors too); limits count before auth works.
+    app = web.Application(
+        middlewares=[
+            _auth.cors_middleware,
+            _json_errors,
+            limits_middleware,
+            _auth.auth_middleware,
+        ],
+        client_max_size=config.limits.max_body_bytes,
+    )
     app[API_STATE] = ApiState(bus, streams, config, heartbeat_s, ws_heartbeat_s)
+    _auth.install(app, config)
+    app[LIMITS] = ClientLimits(config.limits)
+    _metrics.install(app)
     app.router.add_get("/v1/events", _events_sse)
     app.router.add_get("/v1/events/ws", _events_ws)
     app.router.add_get("/v1/streams", _streams)
@@ -128,9 +147,13 @@ async def serve(
     Raises:
         OSError: The address cannot be bound (the message names it).
     """
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout_s, access_log=None)
+    config = app[API_STATE].config if API_STATE in app else None
+    # Header/line limits and TLS come from the app's config (ValueError names a bad cert/key).
+    extra = server_kwargs(config.limits) if config is not None else {}
+    ssl_context = _auth.tls_context(config.tls) if config is not None and config.tls else None
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout_s, access_log=None, **extra)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -164,6 +187,8 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.content_type == "application/json" and exc.text:
+            raise  # already in the API's shape (auth and limits errors carry their own headers)
         if exc.status == 404:
             message = f"not found: {request.path}"
         elif exc.status == 405:

@@ -149,7 +149,7 @@ class Authenticator:
 
 AUTH = web.AppKey("api_auth", Authenticator)
 #: Key under which a request's :class:`Principal` is stored once authenticated.
-PRINCIPAL_KEY = "crossmodald.principal"
+PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 
 
 def required_scope(method: str, path: str) -> Scope | None:
@@ -280,6 +280,7 @@ class CorsPolicy:
 
 
 CORS = web.AppKey("api_cors", CorsPolicy)
+_CORS_HEADERS_KEY = web.RequestKey("cors_headers", dict[str, str])
 
 
 def _cors_headers(origin: str, policy: CorsPolicy) -> dict[str, str]:
@@ -325,13 +326,11 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-_CORS_HEADERS_KEY = "crossmodald.cors_headers"
-
-
 async def _cors_on_prepare(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    headers = request.get(_CORS_HEADERS_KEY)
-    if isinstance(headers, dict):
-        response.headers.update(headers)
+    if isinstance(request, web.Request):
+        headers = request.get(_CORS_HEADERS_KEY)
+        if headers is not None:
+            response.headers.update(headers)
 
 
 # -- TLS -------------------------------------------------------------------------------------

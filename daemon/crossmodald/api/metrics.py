@@ -1,0 +1,621 @@
+"""Prometheus metrics at ``GET /metrics``, in the text exposition format (version 0.0.4).
+
+Hand-written rather than through ``prometheus_client``: every figure already lives in the
+daemon's own counters (stream snapshots, plugin host stats, bus stats), so the exporter only
+reads them at scrape time and formats them; nothing is counted twice. See docs/metrics.md for
+the list.
+
+Rates that a dashboard wants as a plain gauge (observed fps, audio sample rate) are computed
+between scrapes from the cumulative counters (over at least :data:`MIN_RATE_INTERVAL_S`); the
+counters themselves are exported too, so ``rate()`` in PromQL works as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import resource
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from aiohttp import web
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Shortest interval between two counter samples that an observed rate is computed over.
+MIN_RATE_INTERVAL_S = 1.0
+#: Samples older than this are replaced, so an observed rate follows the recent past.
+MAX_RATE_INTERVAL_S = 60.0
+
+
+def _process_start_s() -> float:
+    """When this process started (epoch seconds), from /proc; the import time elsewhere."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            # Field 22 (starttime, clock ticks after boot) follows the ")" that ends comm.
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as f:
+            boot_s = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot_s + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+_PROCESS_START_S = _process_start_s()
+
+Labels = Mapping[str, str]
+
+
+@runtime_checkable
+class PluginStatsView(Protocol):
+    """Optional part of the daemon the exporter reads when it has it."""
+
+    def plugin_stats(self) -> list[dict[str, Any]]:
+        """One :meth:`PluginHost.snapshot` dict per loaded plugin."""
+        ...
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float | int | bool) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+@dataclass(slots=True)
+class _Family:
+    name: str
+    kind: str
+    help: str
+    samples: list[tuple[str, Labels, float | int | bool]] = field(default_factory=list)
+
+
+class MetricsText:
+    """Builds one exposition: families with HELP/TYPE lines and escaped label values."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, _Family] = {}
+
+    def add(
+        self,
+        name: str,
+        kind: str,
+        help_text: str,
+        value: float | int | bool | None,
+        labels: Labels | None = None,
+        *,
+        suffix: str = "",
+    ) -> None:
+        """Add one sample to the family ``name`` (created on first use). None is skipped.
+
+        Args:
+            name: The family name (``crossmodald_...``).
+            kind: ``counter``, ``gauge`` or ``summary``.
+            help_text: The HELP line.
+            value: The sample value.
+            labels: Label names and values.
+            suffix: Appended to the sample name (``_sum``/``_count`` of a summary).
+        """
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = _Family(name, kind, help_text)
+        if value is None:
+            return
+        family.samples.append((suffix, labels or {}, value))
+
+    def render(self) -> str:
+        """The exposition text (families in insertion order, ending with a newline)."""
+        lines: list[str] = []
+        for family in self._families.values():
+            lines.append(f"# HELP {family.name} {family.help}")
+            lines.append(f"# TYPE {family.name} {family.kind}")
+            for suffix, labels, value in family.samples:
+                label_text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+                name = family.name + suffix
+                head = f"{name}{{{label_text}}}" if label_text else name
+                lines.append(f"{head} {_number(value)}")
+        return "\n".join(lines) + "\n"
+
+
+class RateMeter:
+    """Observed rates of cumulative counters, from samples taken at each scrape.
+
+    Args:
+        clock_s: Monotonic clock in seconds (injectable for tests).
+    """
+
+    def __init__(self, clock_s: Callable[[], float] = time.monotonic) -> None:
+        self._clock_s = clock_s
+        self._base: dict[tuple[str, str], tuple[float, float]] = {}
+        self._last_rate: dict[tuple[str, str], float] = {}
+
+    def rate(self, key: tuple[str, str], value: float) -> float | None:
+        """Per-second rate of ``value`` since an earlier sample (None until one is old enough)."""
+        now = self._clock_s()
+        base = self._base.get(key)
+        if base is None or value < base[1] or now - base[0] > MAX_RATE_INTERVAL_S:
+            # First sight, a counter reset (stream restarted) or a stale base: start over, but
+            # keep answering with the last rate until a fresh one can be computed.
+            self._base[key] = (now, value)
+            return self._last_rate.get(key) if base is not None and value >= base[1] else None
+        elapsed = now - base[0]
+        if elapsed < MIN_RATE_INTERVAL_S:
+            return self._last_rate.get(key)
+        rate = (value - base[1]) / elapsed
+        self._base[key] = (now, value)
+        self._last_rate[key] = rate
+        return rate
+
+    def retain(self, streams: Iterable[str]) -> None:
+        """Forget every stream not in ``streams`` (the tables stay bounded by live streams)."""
+        keep = set(streams)
+        for table in (self._base, self._last_rate):
+            for key in [k for k in table if k[0] not in keep]:
+                del table[key]
+
+
+RATES = web.AppKey("api_metric_rates", RateMeter)
+
+
+# -- collectors ---------------------------------------------------------------------------------
+
+
+def _stream_metrics(out: MetricsText, streams: list[dict[str, Any]], rates: RateMeter) -> None:
+    names: list[str] = []
+    for s in streams:
+        name = str(s.get("name", ""))
+        names.append(name)
+        lab = {"stream": name}
+        out.add(
+            "crossmodald_stream_up",
+            "gauge",
+            "1 while the stream runs, 0 once it ended or failed.",
+            1 if s.get("state") == "running" else 0,
+            {**lab, "source": str(s.get("source", "")), "state": str(s.get("state", ""))},
+        )
+        frames = int(s.get("video_frames") or 0)
+        out.add(
+            "crossmodald_stream_video_frames_total",
+            "counter",
+            "Video frames received.",
+            frames,
+            lab,
+        )
+        audio_s = float(s.get("audio_seconds") or 0.0)
+        out.add(
+            "crossmodald_stream_audio_seconds_total",
+            "counter",
+            "Seconds of audio received.",
+            audio_s,
+            lab,
+        )
+        if s.get("has_video"):
+            fps = rates.rate((name, "frames"), frames)
+            out.add(
+                "crossmodald_stream_fps",
+                "gauge",
+                "Observed video frames per second (between scrapes).",
+                fps,
+                lab,
+            )
+            nominal = s.get("frame_rate")
+            out.add(
+                "crossmodald_stream_nominal_fps",
+                "gauge",
+                "Frame rate the source declares.",
+                float(nominal) if nominal else None,
+                lab,
+            )
+        if s.get("has_audio"):
+            sample_rate = float(s.get("sample_rate") or 0)
+            audio_rate = rates.rate((name, "audio_s"), audio_s)
+            out.add(
+                "crossmodald_stream_audio_rate_hz",
+                "gauge",
+                "Observed audio samples per second (between scrapes).",
+                audio_rate * sample_rate if audio_rate is not None else None,
+                lab,
+            )
+            out.add(
+                "crossmodald_stream_nominal_audio_rate_hz",
+                "gauge",
+                "Sample rate the source declares.",
+                sample_rate or None,
+                lab,
+            )
+        out.add(
+            "crossmodald_stream_faults_total",
+            "counter",
+            "stream.fault events (source faults, refusals, errors).",
+            int(s.get("faults") or 0),
+            lab,
+        )
+        windows = s.get("windows") or {}
+        out.add(
+            "crossmodald_stream_windows_total",
+            "counter",
+            "Windows closed.",
+            windows.get("windows"),
+            lab,
+        )
+        for what, key in (
+            ("video_frames", "video_overflow"),
+            ("video_duplicates", "video_duplicates"),
+            ("audio_samples", "audio_overflow_samples"),
+        ):
+            out.add(
+                "crossmodald_stream_dropped_total",
+                "counter",
+                "Media dropped by the windower (buffer bound, duplicates).",
+                windows.get(key),
+                {**lab, "what": what},
+            )
+        for what, key in (("video_frames", "video_late"), ("audio_samples", "audio_late_samples")):
+            out.add(
+                "crossmodald_stream_late_total",
+                "counter",
+                "Media that arrived after its window closed (counted, not merged).",
+                windows.get(key),
+                {**lab, "what": what},
+            )
+        for what, key in (
+            ("video_frames", "video_missing_frames"),
+            ("audio_samples", "audio_gap_samples"),
+        ):
+            out.add(
+                "crossmodald_stream_missing_total",
+                "counter",
+                "Media never delivered (gaps between received media).",
+                windows.get(key),
+                {**lab, "what": what},
+            )
+        rates_ppm = s.get("clock_rates") or {}
+        for track in ("video", "audio"):
+            out.add(
+                "crossmodald_stream_clock_rate_ppm",
+                "gauge",
+                "Track clock rate error against the daemon's monotonic clock (ppm).",
+                rates_ppm.get(f"{track}_ppm"),
+                {**lab, "track": track},
+            )
+        out.add(
+            "crossmodald_stream_av_drift_ppm",
+            "gauge",
+            "Audio clock rate minus video clock rate (ppm), from arrival times.",
+            rates_ppm.get("av_drift_ppm"),
+            lab,
+        )
+        sync = s.get("sync") or {}
+        lead = sync.get("audio_lead_ms")
+        out.add(
+            "crossmodald_stream_audio_lead_ms",
+            "gauge",
+            "Latest A/V offset (positive: audio ahead of video).",
+            float(lead) if isinstance(lead, int | float) else None,
+            lab,
+        )
+        drift = sync.get("drift_ppm")
+        out.add(
+            "crossmodald_stream_sync_drift_ppm",
+            "gauge",
+            "A/V drift the sync analysis estimates (ppm).",
+            float(drift) if isinstance(drift, int | float) else None,
+            lab,
+        )
+        out.add(
+            "crossmodald_stream_alarm", "gauge", "1 while a sync alarm is on.", s.get("alarm"), lab
+        )
+    rates.retain(names)
+
+
+def _plugin_metrics(out: MetricsText, plugins: list[dict[str, Any]]) -> None:
+    for p in plugins:
+        lab = {"plugin": str(p.get("plugin", ""))}
+        out.add(
+            "crossmodald_plugin_inference_seconds",
+            "summary",
+            "Time in the plugin's batched inference calls.",
+            float(p.get("infer_ms_total", 0.0)) / 1000.0,
+            lab,
+            suffix="_sum",
+        )
+        out.add(
+            "crossmodald_plugin_inference_seconds",
+            "summary",
+            "",
+            int(p.get("batches", 0)),
+            lab,
+            suffix="_count",
+        )
+        out.add(
+            "crossmodald_plugin_last_inference_seconds",
+            "gauge",
+            "Duration of the latest inference call.",
+            float(p.get("last_infer_ms", 0.0)) / 1000.0,
+            lab,
+        )
+        out.add(
+            "crossmodald_plugin_batch_windows",
+            "summary",
+            "Windows per inference call (batch size).",
+            int(p.get("windows_done", 0)),
+            lab,
+            suffix="_sum",
+        )
+        out.add(
+            "crossmodald_plugin_batch_windows",
+            "summary",
+            "",
+            int(p.get("batches", 0)),
+            lab,
+            suffix="_count",
+        )
+        out.add(
+            "crossmodald_plugin_last_batch_windows",
+            "gauge",
+            "Windows in the latest inference call.",
+            p.get("last_batch_size"),
+            lab,
+        )
+        out.add(
+            "crossmodald_plugin_windows_total",
+            "counter",
+            "Windows submitted to the plugin.",
+            p.get("windows_in"),
+            lab,
+        )
+        out.add(
+            "crossmodald_plugin_windows_dropped_total",
+            "counter",
+            "Windows dropped on overload (oldest first).",
+            p.get("windows_dropped"),
+            lab,
+        )
+        for stream, dropped in sorted((p.get("dropped_by_stream") or {}).items()):
+            out.add(
+                "crossmodald_stream_windows_dropped_total",
+                "counter",
+                "Windows of the stream a plugin dropped on overload.",
+                dropped,
+                {**lab, "stream": stream},
+            )
+        out.add(
+            "crossmodald_plugin_errors_total",
+            "counter",
+            "Inference and session errors (isolated and reported as plugin.error events).",
+            p.get("errors"),
+            lab,
+        )
+        out.add(
+            "crossmodald_plugin_queue_depth",
+            "gauge",
+            "Windows waiting for the plugin.",
+            p.get("queue_depth"),
+            lab,
+        )
+        out.add(
+            "crossmodald_plugin_window_latency_seconds",
+            "summary",
+            "Time from a window's close to the plugin's results for it.",
+            float(p.get("window_latency_ms_total", 0.0)) / 1000.0,
+            lab,
+            suffix="_sum",
+        )
+        out.add(
+            "crossmodald_plugin_window_latency_seconds",
+            "summary",
+            "",
+            int(p.get("window_latency_count", 0)),
+            lab,
+            suffix="_count",
+        )
+        for stream, ms in sorted((p.get("window_latency_ms_by_stream") or {}).items()):
+            out.add(
+                "crossmodald_stream_window_latency_seconds",
+                "gauge",
+                "Latest window latency of the stream (close to results), per plugin.",
+                float(ms) / 1000.0,
+                {**lab, "stream": stream},
+            )
+
+
+def _bus_metrics(out: MetricsText, bus: Any) -> None:
+    stats = bus.stats()
+    out.add("crossmodald_subscribers", "gauge", "Open event subscribers.", stats.subscribers)
+    out.add("crossmodald_events_published_total", "counter", "Events published.", stats.published)
+    out.add(
+        "crossmodald_events_dropped_total",
+        "counter",
+        "Events discarded when slow subscribers were closed.",
+        stats.dropped,
+    )
+    out.add(
+        "crossmodald_subscribers_closed_slow_total",
+        "counter",
+        "Subscribers closed for being too slow.",
+        stats.closed_slow,
+    )
+    out.add(
+        "crossmodald_replay_buffered_events",
+        "gauge",
+        "Events held for resume.",
+        stats.replay_buffered,
+    )
+    depths = [sub.queue_depth + sub.replay_pending for sub in stats.per_subscriber]
+    out.add(
+        "crossmodald_subscriber_queue_depth_max",
+        "gauge",
+        "Deepest subscriber queue (events waiting, replay included).",
+        max(depths, default=0),
+    )
+    out.add(
+        "crossmodald_subscriber_queue_depth_sum",
+        "gauge",
+        "Events waiting in all subscriber queues.",
+        sum(depths),
+    )
+    out.add(
+        "crossmodald_subscribers_slow",
+        "gauge",
+        "Subscribers whose queue is full.",
+        sum(1 for sub in stats.per_subscriber if sub.slow),
+    )
+
+
+def _api_metrics(out: MetricsText, app: web.Application) -> None:
+    from crossmodald.api.auth import AUTH
+    from crossmodald.api.limits import LIMITS
+
+    auth = app.get(AUTH)
+    if auth is not None:
+        for status, count in (("401", auth.refused_401), ("403", auth.refused_403)):
+            out.add(
+                "crossmodald_api_auth_refused_total",
+                "counter",
+                "Requests refused by authentication (401) or authorisation (403).",
+                count,
+                {"status": status},
+            )
+    limits = app.get(LIMITS)
+    if limits is not None:
+        snap = limits.snapshot()
+        for kind, held in snap["held"].items():
+            out.add(
+                "crossmodald_api_held",
+                "gauge",
+                "Per-client limited resources held now.",
+                held,
+                {"kind": kind},
+            )
+        for kind in ("connections", "subscribers", "streams"):
+            out.add(
+                "crossmodald_api_limit_refused_total",
+                "counter",
+                "Requests refused by a per-client or server-wide limit.",
+                snap["refused"].get(kind, 0),
+                {"kind": kind},
+            )
+        out.add(
+            "crossmodald_api_clients", "gauge", "Clients holding requests now.", snap["clients"]
+        )
+
+
+def _read_statm() -> tuple[int, int] | None:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            size, resident, *_ = f.read().split()
+    except (OSError, ValueError):
+        return None
+    page = os.sysconf("SC_PAGE_SIZE")
+    return int(size) * page, int(resident) * page
+
+
+def _open_fds() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+def process_figures() -> dict[str, float | int | None]:
+    """Memory, file descriptors, CPU time, threads and asyncio tasks of this process."""
+    statm = _read_statm()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        tasks: int | None = len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop
+        tasks = None
+    return {
+        "virtual_memory_bytes": statm[0] if statm else None,
+        # ru_maxrss is the peak, in KiB on Linux: a fallback where /proc is missing.
+        "resident_memory_bytes": statm[1] if statm else usage.ru_maxrss * 1024,
+        "max_resident_memory_bytes": usage.ru_maxrss * 1024,
+        "open_fds": _open_fds(),
+        "max_fds": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "cpu_seconds_total": usage.ru_utime + usage.ru_stime,
+        "threads": threading.active_count(),
+        "asyncio_tasks": tasks,
+    }
+
+
+def _process_metrics(out: MetricsText) -> None:
+    f = process_figures()
+    out.add(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        f["resident_memory_bytes"],
+    )
+    out.add(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        f["virtual_memory_bytes"],
+    )
+    out.add(
+        "process_max_resident_memory_bytes",
+        "gauge",
+        "Peak resident memory in bytes.",
+        f["max_resident_memory_bytes"],
+    )
+    out.add("process_open_fds", "gauge", "Open file descriptors.", f["open_fds"])
+    out.add("process_max_fds", "gauge", "Limit on open file descriptors.", f["max_fds"])
+    out.add(
+        "process_cpu_seconds_total",
+        "counter",
+        "User and system CPU time in seconds.",
+        f["cpu_seconds_total"],
+    )
+    out.add(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the epoch, in seconds.",
+        _PROCESS_START_S,
+    )
+    out.add("crossmodald_threads", "gauge", "Python threads alive.", f["threads"])
+    out.add("crossmodald_asyncio_tasks", "gauge", "asyncio tasks alive.", f["asyncio_tasks"])
+
+
+def render(app: web.Application) -> str:
+    """The whole exposition for an API application built by :func:`crossmodald.api.build_app`."""
+    from crossmodald.api.app import API_STATE
+
+    state = app[API_STATE]
+    rates = app.get(RATES)
+    if rates is None:
+        rates = RateMeter()
+    out = MetricsText()
+    out.add(
+        "crossmodald_ready", "gauge", "1 once the daemon is ready to serve.", state.streams.ready()
+    )
+    _stream_metrics(out, state.streams.streams(), rates)
+    if isinstance(state.streams, PluginStatsView):
+        _plugin_metrics(out, state.streams.plugin_stats())
+    _bus_metrics(out, state.bus)
+    _api_metrics(out, app)
+    _process_metrics(out)
+    return out.render()
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """``GET /metrics``: the Prometheus text exposition."""
+    text = render(request.app)
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def install(app: web.Application) -> None:
+    """Add ``GET /metrics`` and its rate state to an API application."""
+    app[RATES] = RateMeter()
+    app.router.add_get("/metrics", metrics_handler)
