@@ -4,7 +4,7 @@ Decodes a 60 s 640x480 30 fps H.264 + AAC pattern file and prints wall and CPU s
 N) for: a plain ``container.decode`` loop, the same with frame threads, MediaSource as the daemon
 runs it (realtime=False, thread_type AUTO) and MediaSource with decoder threads off.
 
-    python tests/ingest/bench_media_decode.py [--repeat 5] [--file /tmp/pattern60.mp4]
+    python benchmarks/bench_media_decode.py [--repeat 5] [--file /tmp/pattern60.mp4]
 """
 
 from __future__ import annotations
