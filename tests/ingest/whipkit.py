@@ -1,0 +1,359 @@
+"""A WHIP publisher for tests and benchmarks: aiortc sending pre-encoded packets on one clock.
+
+Why pre-encoded: when aiortc encodes, its Sender Reports carry the encoder's delay (10-60 ms of
+error); packing ready-made ``av.Packet``s makes the SRs exact to ~1 ms (WEBRTC.md §6-7), so a
+test can demand the transport offset within 2 ms.
+
+Content comes from the pattern generator (:class:`PatternTimeline`): a white flash and a 1 kHz
+beep every period, with ``audio_lead_ms`` as the *content* skew (what the capture chain did).
+``network_audio_lead_ms`` is a *transport* skew: one track's packets leave later than their
+capture time (as a network or pacing delay would make them), while its SRs still give the
+capture time, as libwebrtc's capture-time SRs do. That SR behaviour is emulated by shifting the
+sender's NTP stamp for the delayed track; aiortc itself stamps SRs at send time.
+
+Network safety: ICE host candidates only on 127.0.0.1 and no STUN servers (see
+:func:`loopback_only`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import aioice.ice
+import av
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+
+from crossmodald.ingest.pattern import PatternTimeline
+from crossmodald.service.config import PatternSourceConfig
+
+NS_PER_S = 1_000_000_000
+
+
+def loopback_only() -> None:
+    """ICE host candidates on 127.0.0.1 only (aioice skips loopback by default)."""
+    aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"]
+
+
+@dataclass
+class EncodedMedia:
+    """Pre-encoded packets: ``video`` at 90 kHz, ``audio`` (Opus) at 48 kHz; pts from 0."""
+
+    video: list[av.Packet]
+    audio: list[av.Packet]
+    duration_s: float
+    video_codec: str
+
+
+def encode_pattern(
+    *,
+    duration_s: float,
+    width: int = 320,
+    height: int = 240,
+    fps: int = 30,
+    audio_lead_ms: float = 0.0,
+    video_codec: str = "vp8",
+    period_s: float = 1.0,
+    bitrate: int = 400_000,
+) -> EncodedMedia:
+    """Encode the test pattern (flash + beep every ``period_s``) to VP8 or H.264 and Opus."""
+    config = PatternSourceConfig(
+        type="pattern",
+        name="whip",
+        width=width,
+        height=height,
+        fps=fps,
+        period_s=period_s,
+        audio_lead_ms=audio_lead_ms,
+    )
+    timeline = PatternTimeline(config)
+    codec_name = "libvpx" if video_codec == "vp8" else "libx264"
+    video = av.CodecContext.create(codec_name, "w")
+    video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+    video.time_base = fractions.Fraction(1, 90000)
+    video.framerate = fractions.Fraction(fps)
+    video.bit_rate = bitrate
+    video.gop_size = fps  # pre-encoded streams cannot honour PLI: a keyframe every second
+    if video_codec == "h264":
+        video.options = {"profile": "baseline", "level": "31", "tune": "zerolatency"}
+        video.profile = "Constrained Baseline"
+    else:
+        video.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    frames = round(duration_s * fps)
+    vpackets: list[av.Packet] = []
+    chroma = np.full((height // 2, width // 2), 128, np.uint8)
+    for index in range(frames):
+        luma = timeline.render_luma(index)
+        frame = av.VideoFrame(width, height, "yuv420p")
+        frame.planes[0].update(np.ascontiguousarray(luma).tobytes())
+        frame.planes[1].update(chroma.tobytes())
+        frame.planes[2].update(chroma.tobytes())
+        frame.pts = round(index * 90000 / fps)
+        frame.time_base = fractions.Fraction(1, 90000)
+        vpackets.extend(video.encode(frame))
+    vpackets.extend(video.encode(None))
+    for packet in vpackets:
+        packet.time_base = fractions.Fraction(1, 90000)
+
+    audio = av.CodecContext.create("libopus", "w")
+    audio.sample_rate, audio.layout, audio.format = 48000, "mono", "s16"
+    audio.time_base = fractions.Fraction(1, 48000)
+    audio.options = {"application": "voip", "frame_duration": "20"}  # 6.5 ms lookahead, as browsers
+    samples = round(duration_s * 48000)
+    mono = timeline.render_audio(0, samples)
+    pcm = np.clip(np.round(mono * 32767), -32768, 32767).astype(np.int16)
+    apackets: list[av.Packet] = []
+    for start in range(0, samples - 960 + 1, 960):
+        frame = av.AudioFrame.from_ndarray(
+            pcm[None, start : start + 960], format="s16", layout="mono"
+        )
+        frame.sample_rate = 48000
+        frame.pts = start
+        frame.time_base = fractions.Fraction(1, 48000)
+        apackets.extend(audio.encode(frame))
+    for packet in apackets:
+        packet.time_base = fractions.Fraction(1, 48000)
+    # Opus packets come out with the encoder's pre-skip in their pts; put packet k at 20k ms so
+    # RTP timestamps count the content exactly (the 6.5 ms decoder delay stays, as in real life).
+    for k, packet in enumerate(apackets):
+        packet.pts = packet.dts = k * 960
+    return EncodedMedia(vpackets, apackets, duration_s, video_codec)
+
+
+class PacedPackets(MediaStreamTrack):
+    """A track returning pre-encoded packets at ``t0 + pts + delay`` on the monotonic clock.
+
+    With ``loop`` the packets repeat with pts continuing (content period must divide the
+    duration, and video must start with a keyframe, which ``encode_pattern`` gives).
+    """
+
+    def __init__(
+        self, kind: str, packets: list[av.Packet], rate: int, duration_s: float, loop: bool
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self._packets = packets
+        self._rate = rate
+        self._span = round(duration_s * rate)
+        self._loop = loop
+        self._iter = self._generate()
+        self.t0: float = 0.0
+        self.delay_s = 0.0
+        self.sent = 0
+
+    def _generate(self) -> Iterator[tuple[int, av.Packet]]:
+        offset = 0
+        while True:
+            for packet in self._packets:
+                yield offset + int(packet.pts or 0), packet
+            if not self._loop:
+                return
+            offset += self._span
+
+    async def recv(self) -> Any:
+        try:
+            pts, packet = next(self._iter)
+        except StopIteration:
+            self.stop()
+            raise
+        due = self.t0 + pts / self._rate + self.delay_s
+        wait = due - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        out = av.Packet(bytes(packet))
+        out.pts = out.dts = pts
+        out.time_base = fractions.Fraction(1, self._rate)
+        out.is_keyframe = packet.is_keyframe
+        self.sent += 1
+        return out
+
+
+def capture_time_reports(sender: RTCRtpSender, delay_s: float) -> None:
+    """Make this sender's SRs give capture time although its packets leave ``delay_s`` late.
+
+    aiortc stamps an SR with the send time of the last packet (``__ntp_timestamp``); a property
+    on a per-sender subclass takes ``delay_s`` off every stamp, as libwebrtc's capture-time SRs
+    would read.
+    """
+    shift = round(delay_s * (1 << 32))
+    key = "_crossmodald_ntp"
+
+    def get(self: RTCRtpSender) -> int:
+        return int(self.__dict__.get(key, 0))
+
+    def set_(self: RTCRtpSender, value: int) -> None:
+        self.__dict__[key] = value - shift if value else 0
+
+    cls = type(
+        "CaptureTimeSender",
+        (type(sender),),
+        {"_RTCRtpSender__ntp_timestamp": property(get, set_)},
+    )
+    current = sender.__dict__.pop("_RTCRtpSender__ntp_timestamp", 0)
+    sender.__class__ = cls
+    sender.__dict__[key] = current
+
+
+@dataclass
+class Publisher:
+    """One WHIP publisher (aiortc PeerConnection + HTTP session)."""
+
+    pc: RTCPeerConnection
+    http: aiohttp.ClientSession
+    location: str | None = None
+    channel: RTCDataChannel | None = None
+    messages: list[tuple[int, str]] = field(default_factory=list)  # (monotonic ns, text)
+    status: int = 0
+    tracks: list[PacedPackets] = field(default_factory=list)
+
+    async def close(self) -> int | None:
+        """DELETE the session (if any) and close everything; returns the DELETE status."""
+        status = None
+        if self.location is not None:
+            async with self.http.delete(self.location, headers=self._headers) as response:
+                status = response.status
+            self.location = None
+        await self.pc.close()
+        await self.http.close()
+        return status
+
+    _headers: dict[str, str] = field(default_factory=dict)
+
+
+async def publish(
+    base_url: str,
+    stream: str,
+    media: EncodedMedia,
+    *,
+    network_audio_lead_ms: float = 0.0,
+    token: str | None = None,
+    events_channel: bool = True,
+    loop: bool = False,
+    start_delay_s: float = 0.5,
+) -> Publisher:
+    """Publish ``media`` over WHIP to ``base_url`` as ``stream``; returns once answered.
+
+    Args:
+        network_audio_lead_ms: Transport skew: > 0 delays the video packets by that much,
+            < 0 delays the audio packets (SRs keep the capture time; see the module docs).
+    """
+    loopback_only()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    video = PacedPackets("video", media.video, 90000, media.duration_s, loop)
+    audio = PacedPackets("audio", media.audio, 48000, media.duration_s, loop)
+    vsender = pc.addTransceiver(video, direction="sendonly").sender
+    asender = pc.addTransceiver(audio, direction="sendonly").sender
+    if media.video_codec == "h264":
+        from aiortc.rtcrtpsender import RTCRtpSender as Sender
+
+        caps = [c for c in Sender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+        pc.getTransceivers()[0].setCodecPreferences(caps)
+    lead_s = network_audio_lead_ms / 1000
+    delayed, sender = (video, vsender) if lead_s > 0 else (audio, asender)
+    if lead_s:
+        delayed.delay_s = abs(lead_s)
+        capture_time_reports(sender, abs(lead_s))
+    headers = {"Content-Type": "application/sdp"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    pub = Publisher(pc, aiohttp.ClientSession(), tracks=[video, audio])
+    pub._headers = {k: v for k, v in headers.items() if k == "Authorization"}
+    if events_channel:
+        channel = pc.createDataChannel("events")
+        pub.channel = channel
+        channel.on("message", lambda text: pub.messages.append((time.monotonic_ns(), text)))
+    # The shared clock must be set before the senders start pulling packets.
+    t0 = time.monotonic() + start_delay_s + 2.0
+    video.t0 = audio.t0 = t0
+    await pc.setLocalDescription(await pc.createOffer())
+    async with pub.http.post(
+        f"{base_url}/v1/whip/{stream}", data=pc.localDescription.sdp, headers=headers
+    ) as response:
+        pub.status = response.status
+        body = await response.text()
+        if response.status != 201:
+            await pc.close()
+            await pub.http.close()
+            raise WhipRefused(response.status, body, dict(response.headers))
+        location = response.headers["Location"]
+        pub.location = location if location.startswith("http") else base_url + location
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+    return pub
+
+
+class WhipRefused(Exception):
+    """The endpoint did not answer 201."""
+
+    def __init__(self, status: int, body: str, headers: dict[str, str]) -> None:
+        super().__init__(f"WHIP answered {status}: {body[:200]}")
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+
+# -- a daemon with WHIP on loopback -----------------------------------------------------------
+
+
+@dataclass
+class WhipDaemon:
+    """A running daemon (real plugins, bus, windows) with the API + WHIP on 127.0.0.1."""
+
+    daemon: Any
+    endpoint: Any
+    base_url: str
+    events: list[dict[str, Any]]
+
+    def of(self, stream: str, event_type: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["stream"] == stream and e["type"] == event_type]
+
+
+@contextlib.asynccontextmanager
+async def whip_daemon(
+    *, plugins: list[dict[str, Any]] | None = None, **webrtc: Any
+) -> AsyncIterator[WhipDaemon]:
+    """Run a daemon and serve its API with WHIP on 127.0.0.1 (free port)."""
+    import json
+
+    from crossmodald.api.app import bound_port, build_app, serve
+    from crossmodald.api.whip import setup_whip
+    from crossmodald.service.config import DaemonConfig
+    from crossmodald.service.daemon import Daemon
+
+    loopback_only()
+    config = DaemonConfig.model_validate(
+        {
+            "plugins": plugins if plugins is not None else [{"type": "avsync", "method": "flash"}],
+            "api": {"enabled": False, "port": 0},
+            "webrtc": {"host_addresses": ["127.0.0.1"], **webrtc},
+        }
+    )
+    events: list[dict[str, Any]] = []
+    daemon = Daemon(config, listeners=(lambda env: events.append(json.loads(env.json)),))
+    await daemon.load_plugins()
+    stop = asyncio.Event()
+    run = asyncio.create_task(daemon.run(stop))
+    while not daemon.ready():  # noqa: ASYNC110 (the daemon offers no readiness event)
+        await asyncio.sleep(0.01)
+    app = build_app(daemon.bus, daemon, config.api)
+    endpoint = setup_whip(app, daemon, config.webrtc)
+    runner = await serve(app, "127.0.0.1", 0, shutdown_timeout_s=2.0)
+    try:
+        yield WhipDaemon(daemon, endpoint, f"http://127.0.0.1:{bound_port(runner)}", events)
+    finally:
+        await runner.cleanup()
+        stop.set()
+        await run
