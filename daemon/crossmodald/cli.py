@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import statistics
 import sys
 from collections.abc import Sequence
@@ -46,43 +45,43 @@ def _config_errors(exc: ConfigError) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT (a second one exits at once); SIGHUP reloads."""
     from crossmodald.runtime.registry import PluginLoadError
     from crossmodald.service.daemon import Daemon
+    from crossmodald.service.lifecycle import Signals
     from crossmodald.service.logs import setup_logging
+    from crossmodald.service.notify import Notifier
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         return _config_errors(exc)
     setup_logging(args.log_level or config.logging.level, config.logging.format)
+    notifier = Notifier.from_env()
 
     async def main() -> int:
         try:
-            daemon = Daemon(config, config_source=str(args.config or "configs/default.toml"))
+            daemon = Daemon(
+                config,
+                config_source=str(args.config or "configs/default.toml"),
+                config_path=args.config,
+                notifier=notifier,
+            )
             await daemon.load_plugins()
         except ConfigError as exc:
             return _config_errors(exc)
         except (PluginLoadError, ValueError) as exc:
             return _fail(str(exc))
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        signals = 0
-
-        def on_signal(signum: int) -> None:
-            nonlocal signals
-            signals += 1
-            if signals > 1:
-                log.warning("second signal: exiting at once")
-                raise SystemExit(130)
-            log.info("%s: stopping", signal.Signals(signum).name)
-            stop.set()
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
+        signals = Signals(stop, reload=daemon.reload_from_file)
+        signals.install()
         try:
             await daemon.run(stop)
         except OSError as exc:
-            return _fail(f"cannot start the API on {config.api.host}:{config.api.port}: {exc}")
+            return _fail(exc.strerror or str(exc))
+        finally:
+            signals.uninstall()
+            notifier.close()
         return 0
 
     return asyncio.run(main())
