@@ -99,7 +99,7 @@ class StreamHost(Protocol):
     bus: EventBus
 
     def add_stream(
-        self, name: str, kind: str, make_source: Callable[[], Source]
+        self, name: str, kind: str, make_source: Callable[[], Source], *, origin: str = ...
     ) -> asyncio.Task[None]:
         """Start a stream; raises ValueError if one of that name runs, RuntimeError if stopping."""
         ...
@@ -439,7 +439,7 @@ class WhipEndpoint:
         session.source = source
         session.first_seq = self.host.bus.last_seq
         try:
-            session.task = self.host.add_stream(name, "webrtc", lambda: source)
+            session.task = self.host.add_stream(name, "webrtc", lambda: source, origin="publisher")
         except (ValueError, RuntimeError) as exc:
             await pc.close()
             status = 409 if isinstance(exc, ValueError) else 503

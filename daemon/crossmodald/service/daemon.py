@@ -99,6 +99,8 @@ class StreamState:
     plugins: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
     last_offset: dict[str, Any] | None = None
+    #: The latest ``sync.transport`` data (WebRTC: the A/V offset the network adds).
+    transport: dict[str, Any] | None = None
     alarm: bool = False
     windower: Windower | None = None
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
@@ -147,6 +149,7 @@ class StreamState:
             "plugins": list(self.plugins),
             "refused": dict(self.refused),
             "sync": self.last_offset,
+            "transport": self.transport,
             "clock_rates": self.clock_rates(),
             "alarm": self.alarm,
         }
@@ -272,6 +275,8 @@ class Daemon:
         if state is not None:
             if event.type == "sync.offset":
                 state.last_offset = dict(event.data)
+            elif event.type == "sync.transport":
+                state.transport = dict(event.data)
             elif event.type == "sync.alarm":
                 state.alarm = event.phase is Phase.START
             elif event.type == "stream.fault":
@@ -325,6 +330,10 @@ class Daemon:
             if self._serve_api:
                 app = build_app(self.bus, self, self.config.api)
                 add_source_routes(app, self)
+                if self.config.webrtc.enabled:
+                    from crossmodald.api.whip import setup_whip
+
+                    setup_whip(app, self, self.config.webrtc)
                 runner = await serve(
                     app,
                     self.config.api.host,
@@ -788,6 +797,11 @@ class Daemon:
         )
 
     async def _pump(self, source: Source, state: StreamState, windower: Windower) -> None:
+        # A source may move to a better clock while running (WebRTC: arrival until RTCP sender
+        # reports come); once the latest item of every track says the same clock, the windows
+        # closed from then on say it too.
+        clocks: dict[type, ClockKind] = {}
+        tracks = int(windower.has_video) + int(windower.has_audio)
         async for item in source:
             if isinstance(item, SourceFault):
                 self.publish(_fault(state.info, item.kind, item.message, item.pts_ns, state.name))
@@ -802,6 +816,9 @@ class Daemon:
                 if state.audio_rate is not None:
                     state.audio_rate.add(item.end_ns, item.arrival_ns)
             state.last_media_ns = item.pts_ns
+            clocks[type(item)] = item.clock
+            if len(clocks) == tracks and len(set(clocks.values())) == 1:
+                windower.clock = item.clock
             windows = windower.push(item, self._clock_ns())
             for window in windows:
                 # A snapshot: a reload may swap hosts while a submit waits.
