@@ -7,6 +7,7 @@ plugin itself brings (see :mod:`crossmodald.runtime.registry`).
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -478,7 +479,7 @@ def format_validation_error(exc: ValidationError, prefix: Sequence[str | int] = 
     lines: list[str] = []
     for err in exc.errors():
         loc = [*prefix, *(part for part in err["loc"] if not _is_union_tag(part))]
-        path = ".".join(str(part) for part in loc) or "(top level)"
+        path = ".".join(_key_text(part) for part in loc) or "(top level)"
         kind = err["type"]
         msg = err["msg"]
         if kind == "extra_forbidden":
@@ -499,6 +500,16 @@ def format_validation_error(exc: ValidationError, prefix: Sequence[str | int] = 
 def _is_union_tag(part: str | int) -> bool:
     # pydantic inserts the discriminator's value ("pattern") or a type name into loc paths.
     return isinstance(part, str) and part in {"pattern", "media", "device", "jsonl"}
+
+def _key_text(part: str | int) -> str:
+    # A TOML key may hold any character (even a newline); quote odd ones so that every error
+    # stays one readable line.
+    text = str(part)
+    return text if _BARE_KEY.fullmatch(text) else json.dumps(text)[:60]
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
 
 
 def validate_config(data: Mapping[str, Any], source: str = "<config>") -> DaemonConfig:
