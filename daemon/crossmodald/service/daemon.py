@@ -748,6 +748,8 @@ class Daemon:
                 end_ns=0,
                 data={
                     "source": state.kind,
+                    # The key event.schema.json and docs/events.md name (was missing).
+                    "kind": state.kind,
                     "has_video": info.has_video,
                     "has_audio": info.has_audio,
                     "frame_rate": info.frame_rate,
