@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import fractions
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,26 +310,37 @@ class WhipRefused(Exception):
 
 @dataclass
 class WhipDaemon:
-    """A running daemon (real plugins, bus, windows) with the API + WHIP on 127.0.0.1."""
+    """A running daemon (real plugins, bus, windows, API with WHIP) on 127.0.0.1."""
 
     daemon: Any
-    endpoint: Any
     base_url: str
     events: list[dict[str, Any]]
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> None:
+        """Wait until ``predicate()`` holds, re-checking at every event published."""
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
 
     def of(self, stream: str, event_type: str) -> list[dict[str, Any]]:
+        """The events of one type on one stream, in order."""
         return [e for e in self.events if e["stream"] == stream and e["type"] == event_type]
+
+    def stream(self, name: str) -> dict[str, Any]:
+        """The stream's /v1/streams entry (from the daemon itself)."""
+        found: dict[str, Any] = next(s for s in self.daemon.streams() if s["name"] == name)
+        return found
 
 
 @contextlib.asynccontextmanager
 async def whip_daemon(
-    *, plugins: list[dict[str, Any]] | None = None, **webrtc: Any
+    *, plugins: list[dict[str, Any]] | None = None, api: dict[str, Any] | None = None, **webrtc: Any
 ) -> AsyncIterator[WhipDaemon]:
-    """Run a daemon and serve its API with WHIP on 127.0.0.1 (free port)."""
+    """Run a daemon with its API and WHIP on 127.0.0.1 (a free port), ICE on loopback only."""
     import json
 
-    from crossmodald.api.app import bound_port, build_app, serve
-    from crossmodald.api.whip import setup_whip
     from crossmodald.service.config import DaemonConfig
     from crossmodald.service.daemon import Daemon
 
@@ -337,23 +348,27 @@ async def whip_daemon(
     config = DaemonConfig.model_validate(
         {
             "plugins": plugins if plugins is not None else [{"type": "avsync", "method": "flash"}],
-            "api": {"enabled": False, "port": 0},
+            "api": {"host": "127.0.0.1", "port": 0, **(api or {})},
             "webrtc": {"host_addresses": ["127.0.0.1"], **webrtc},
         }
     )
     events: list[dict[str, Any]] = []
-    daemon = Daemon(config, listeners=(lambda env: events.append(json.loads(env.json)),))
+    changed = asyncio.Event()
+
+    def listen(envelope: Any) -> None:
+        events.append(json.loads(envelope.json))
+        changed.set()
+
+    daemon = Daemon(config, listeners=(listen,))
     await daemon.load_plugins()
     stop = asyncio.Event()
     run = asyncio.create_task(daemon.run(stop))
-    while not daemon.ready():  # noqa: ASYNC110 (the daemon offers no readiness event)
+    while not daemon.ready():  # the daemon offers no readiness event to wait on
+        if run.done():
+            await run  # raises what stopped it
         await asyncio.sleep(0.01)
-    app = build_app(daemon.bus, daemon, config.api)
-    endpoint = setup_whip(app, daemon, config.webrtc)
-    runner = await serve(app, "127.0.0.1", 0, shutdown_timeout_s=2.0)
     try:
-        yield WhipDaemon(daemon, endpoint, f"http://127.0.0.1:{bound_port(runner)}", events)
+        yield WhipDaemon(daemon, f"http://127.0.0.1:{daemon.api_port}", events, changed)
     finally:
-        await runner.cleanup()
         stop.set()
         await run
