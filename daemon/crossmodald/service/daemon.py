@@ -468,15 +468,20 @@ class Daemon:
                 plugin_configs = self.registry.validate(new.plugins, source)
             except ConfigError as exc:
                 return self._rejected(source, exc.errors)
-            if new.api != self.config.api:
-                # The API's address, TLS and tokens are bound at start: keep the running ones.
-                new = new.model_copy(update={"api": self.config.api})
             diff = diff_configs(
                 self.config,
                 new,
                 {p.config.type: p.config for p in self._plugin_configs},
                 {p.config.type: p.config for p in plugin_configs},
             )
+            if diff.restart_required:
+                # The API's address, TLS and tokens are bound at start: keep the running ones.
+                log.warning(
+                    "reload %s: %s take effect at the next restart",
+                    source,
+                    ", ".join(diff.restart_required),
+                )
+                new = new.model_copy(update={"api": self.config.api})
             if diff.empty:
                 log.info("reload %s: no changes", source)
                 self.config = new
