@@ -284,3 +284,17 @@ def test_speaker_evaluation_scores_the_side_that_speaks(tmp_path: Path) -> None:
             tmp_path / "x.mp4",
             audio_from="right",
         )
+
+
+def test_windows_without_an_estimate_count_as_misses() -> None:
+    from crossmodald.service.evaluate import LipSyncMetrics, OffsetEstimate
+
+    metrics = LipSyncMetrics(
+        40.0,
+        [
+            OffsetEstimate("a.mp4", 0.0, 10.0, 0.9, "motion"),
+            OffsetEstimate("a.mp4", 0.0, None, 0.0, "motion"),
+        ],
+    )
+    assert metrics.hit_rate() == 0.5
+    assert metrics.median_unshifted_ms() == 10.0

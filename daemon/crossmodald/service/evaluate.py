@@ -461,12 +461,15 @@ class OffsetEstimate:
 
     clip: str
     shift_ms: float
-    audio_lead_ms: float
+    #: None when the window gave no estimate (it then counts as a miss).
+    audio_lead_ms: float | None
     confidence: float
     method: str
 
     @property
     def error_ms(self) -> float:
+        if self.audio_lead_ms is None:
+            return math.inf
         return self.audio_lead_ms - self.shift_ms
 
 
@@ -491,9 +494,15 @@ class LipSyncMetrics:
         zero = [
             e.audio_lead_ms
             for e in self.estimates
-            if e.shift_ms == 0 and (method is None or e.method == method)
+            if e.shift_ms == 0
+            and e.audio_lead_ms is not None
+            and (method is None or e.method == method)
         ]
         return statistics.median(zero) if zero else None
+
+
+def _float_or_none(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 DEFAULT_SHIFTS_MS = (-400.0, -200.0, -80.0, 0.0, 120.0, 240.0, 400.0)
@@ -544,7 +553,7 @@ def evaluate_lipsync(
                 OffsetEstimate(
                     clip=clip_name,
                     shift_ms=shift,
-                    audio_lead_ms=float(event.data["audio_lead_ms"]),
+                    audio_lead_ms=_float_or_none(event.data["audio_lead_ms"]),
                     confidence=float(event.data.get("confidence", 0.0)),
                     method=str(event.data.get("method", "?")),
                 )
