@@ -280,6 +280,9 @@ class CorsPolicy:
 
 
 CORS = web.AppKey("api_cors", CorsPolicy)
+#: The origins allowed on the WHIP routes (``[webrtc] allowed_origins``), when WHIP is served.
+WHIP_CORS = web.AppKey("whip_cors", CorsPolicy)
+WHIP_PATH_PREFIX = "/v1/whip/"
 _CORS_HEADERS_KEY = web.RequestKey("cors_headers", dict[str, str])
 
 
@@ -303,13 +306,17 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if origin is None:
         return await handler(request)
     policy = request.config_dict[CORS]
+    whip = request.path.startswith(WHIP_PATH_PREFIX) and WHIP_CORS in request.config_dict
+    if whip:
+        # WHIP has its own origin list ([webrtc] allowed_origins, any by default: RFC 9725
+        # publishers are pages on other origins), set by crossmodald.api.whip.
+        policy = request.config_dict[WHIP_CORS]
     if not policy.allows(origin, request):
         auth = request.config_dict.get(AUTH)
         if auth is not None:
             auth.refused_403 += 1
-        raise _json_error(
-            web.HTTPForbidden, f"origin {origin[:100]!r} is not allowed (api.cors_origins)"
-        )
+        setting = "webrtc.allowed_origins" if whip else "api.cors_origins"
+        raise _json_error(web.HTTPForbidden, f"origin {origin[:100]!r} is not allowed ({setting})")
     headers = _cors_headers(origin, policy)
     if request.method == "OPTIONS" and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
         headers.update(
@@ -319,6 +326,8 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 hdrs.ACCESS_CONTROL_MAX_AGE: str(_CORS_MAX_AGE_S),
             }
         )
+        if whip:
+            headers["Accept-Post"] = "application/sdp"  # RFC 9725 §4.1
         return web.Response(status=204, headers=headers)
     # Added when the response is prepared (see _cors_on_prepare), so streamed responses (SSE),
     # WebSocket answers and error responses all carry them.
