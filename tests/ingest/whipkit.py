@@ -37,6 +37,7 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from multidict import CIMultiDict
 
 from crossmodald.ingest.pattern import PatternTimeline
 from crossmodald.service.config import PatternSourceConfig
@@ -219,6 +220,7 @@ class Publisher:
     messages: list[tuple[int, str]] = field(default_factory=list)  # (monotonic ns, text)
     status: int = 0
     tracks: list[PacedPackets] = field(default_factory=list)
+    response_headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
 
     async def close(self) -> int | None:
         """DELETE the session (if any) and close everything; returns the DELETE status."""
@@ -244,12 +246,16 @@ async def publish(
     events_channel: bool = True,
     loop: bool = False,
     start_delay_s: float = 0.5,
+    offer_filter: Callable[[str], str] | None = None,
+    origin: str | None = None,
 ) -> Publisher:
     """Publish ``media`` over WHIP to ``base_url`` as ``stream``; returns once answered.
 
     Args:
         network_audio_lead_ms: Transport skew: > 0 delays the video packets by that much,
             < 0 delays the audio packets (SRs keep the capture time; see the module docs).
+        offer_filter: Rewrites the offer before it is sent (e.g. :func:`obs_style`).
+        origin: An ``Origin`` header to send (as a browser page would).
     """
     loopback_only()
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -270,6 +276,8 @@ async def publish(
     headers = {"Content-Type": "application/sdp"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
+    if origin is not None:
+        headers["Origin"] = origin
     pub = Publisher(pc, aiohttp.ClientSession(), tracks=[video, audio])
     pub._headers = {k: v for k, v in headers.items() if k == "Authorization"}
     if events_channel:
@@ -280,15 +288,19 @@ async def publish(
     t0 = time.monotonic() + start_delay_s + 2.0
     video.t0 = audio.t0 = t0
     await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    if offer_filter is not None:
+        offer = offer_filter(offer)
     async with pub.http.post(
-        f"{base_url}/v1/whip/{stream}", data=pc.localDescription.sdp, headers=headers
+        f"{base_url}/v1/whip/{stream}", data=offer, headers=headers
     ) as response:
+        pub.response_headers = CIMultiDict(response.headers)
         pub.status = response.status
         body = await response.text()
         if response.status != 201:
             await pc.close()
             await pub.http.close()
-            raise WhipRefused(response.status, body, dict(response.headers))
+            raise WhipRefused(response.status, body, CIMultiDict(response.headers))
         location = response.headers["Location"]
         pub.location = location if location.startswith("http") else base_url + location
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
@@ -298,7 +310,7 @@ async def publish(
 class WhipRefused(Exception):
     """The endpoint did not answer 201."""
 
-    def __init__(self, status: int, body: str, headers: dict[str, str]) -> None:
+    def __init__(self, status: int, body: str, headers: CIMultiDict[str]) -> None:
         super().__init__(f"WHIP answered {status}: {body[:200]}")
         self.status = status
         self.body = body
@@ -372,3 +384,53 @@ async def whip_daemon(
     finally:
         stop.set()
         await run
+
+
+def obs_style(offer: str) -> str:
+    """Rewrite an aiortc offer the way OBS's WHIP output sends it.
+
+    No ICE candidates (OBS gathers after the answer, so the server learns its address as a
+    peer-reflexive candidate), video H.264 42e01f packetization-mode=1 only with no RTX, audio
+    Opus only (libdatachannel's defaults).
+    """
+    out: list[str] = []
+    keep: set[str] = set()
+    section = ""
+    lines = offer.replace("\r\n", "\n").split("\n")
+    # First pass: the payload types to keep per section.
+    for line in lines:
+        if line.startswith("m="):
+            section = line.split()[0][2:]
+        elif line.startswith("a=rtpmap:"):
+            pt, codec = line[9:].split(" ", 1)
+            if section == "audio" and codec.lower().startswith("opus/"):
+                keep.add(f"audio:{pt}")
+            if section == "video" and codec.upper().startswith("H264/"):
+                keep.add(f"video:{pt}?")
+        elif line.startswith("a=fmtp:") and section == "video":
+            pt, params = line[7:].split(" ", 1)
+            if f"video:{pt}?" in keep and "profile-level-id=42e01f" in params.lower():
+                keep.add(f"video:{pt}")
+    section = ""
+    for line in lines:
+        if not line:
+            continue
+        if line.startswith(("a=candidate:", "a=end-of-candidates")):
+            continue
+        if line.startswith("m="):
+            parts = line.split()
+            section = parts[0][2:]
+            if section in ("audio", "video"):
+                pts = [pt for pt in parts[3:] if f"{section}:{pt}" in keep]
+                line = " ".join([*parts[:3], *pts])
+            out.append(line)
+            continue
+        if line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")) and section in (
+            "audio",
+            "video",
+        ):
+            pt = line.split(":", 1)[1].split(" ", 1)[0]
+            if f"{section}:{pt}" not in keep:
+                continue
+        out.append(line)
+    return "\r\n".join(out) + "\r\n"

@@ -261,6 +261,10 @@ class WhipEndpoint:
 
     def add_routes(self, app: web.Application) -> None:
         """Add the WHIP routes to an (unfrozen) application."""
+        from crossmodald.api.auth import WHIP_CORS, CorsPolicy
+
+        # The API's CORS middleware, when installed, applies this list on the WHIP routes.
+        app[WHIP_CORS] = CorsPolicy(frozenset(self.config.allowed_origins))
         app.router.add_route("OPTIONS", WHIP_PREFIX + "/{stream}", self._options)
         app.router.add_post(WHIP_PREFIX + "/{stream}", self._post)
         app.router.add_route("OPTIONS", WHIP_PREFIX + "/session/{id}", self._options)
@@ -306,6 +310,12 @@ class WhipEndpoint:
         out.update(headers or {})
         return web.json_response({"error": message}, status=status, headers=out)
 
+    def _forbidden_origin(self, request: web.Request) -> web.Response:
+        origin = request.headers.get(hdrs.ORIGIN, "")
+        return self._error(
+            request, 403, f"origin {origin[:100]!r} is not allowed (webrtc.allowed_origins)"
+        )
+
     def _authorize(self, request: web.Request) -> web.Response | None:
         """None when the request may publish, else the error response (401/403)."""
         from crossmodald.api.auth import AUTH, check_bearer
@@ -340,7 +350,7 @@ class WhipEndpoint:
     async def _options(self, request: web.Request) -> web.Response:
         cors = self._cors(request)
         if cors is None:
-            return self._error(request, 403, "origin not allowed (webrtc.allowed_origins)")
+            return self._forbidden_origin(request)
         on_session = "id" in request.match_info
         headers = {
             **cors,
@@ -355,7 +365,7 @@ class WhipEndpoint:
 
     async def _post(self, request: web.Request) -> web.Response:
         if self._cors(request) is None:
-            return self._error(request, 403, "origin not allowed (webrtc.allowed_origins)")
+            return self._forbidden_origin(request)
         denied = self._authorize(request)
         if denied is not None:
             return denied
@@ -461,7 +471,7 @@ class WhipEndpoint:
 
     async def _delete(self, request: web.Request) -> web.Response:
         if self._cors(request) is None:
-            return self._error(request, 403, "origin not allowed (webrtc.allowed_origins)")
+            return self._forbidden_origin(request)
         denied = self._authorize(request)
         if denied is not None:
             return denied
