@@ -74,8 +74,14 @@ class JsonlSink:
         self._done = asyncio.Event()
         self._running = False
 
-    async def run(self, bus: EventBus) -> None:
+    async def run(self, bus: EventBus, *, after_seq: int | None = None) -> None:
         """Subscribe and write until :meth:`aclose` or the bus closes (everything flushed).
+
+        Args:
+            bus: The bus to read.
+            after_seq: Write every envelope after this ``seq`` (replayed from the bus's buffer),
+                so that events published while the file opens are not missed; None: only
+                those published after the subscription.
 
         Raises:
             OSError: The file cannot be opened or written (the error names the path).
@@ -86,17 +92,17 @@ class JsonlSink:
         try:
             file = await asyncio.to_thread(self._open)
             try:
-                await self._consume(bus, file)
+                await self._consume(bus, file, after_seq)
             finally:
                 await asyncio.to_thread(file.close)
         finally:
             self._done.set()
 
-    async def _consume(self, bus: EventBus, file: IO[str]) -> None:
+    async def _consume(self, bus: EventBus, file: IO[str], after_seq: int | None = None) -> None:
         # Resume point: the last seq written, or (before the first write) the newest seq when
         # the sink first subscribed, so a cut-off before any write still loses nothing.
-        last_seq: int | None = None
-        first_seq_seen = bus.last_seq
+        last_seq: int | None = after_seq
+        first_seq_seen = bus.last_seq if after_seq is None else after_seq
         while not self._closing:
             try:
                 sub = bus.subscribe(self.filter, last_seq, name=f"sink:jsonl:{self.config.path}")
