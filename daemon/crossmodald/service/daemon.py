@@ -402,18 +402,21 @@ class Daemon:
         assert self._tg is not None
         self._host_tasks[host.name] = self._tg.create_task(host.run(), name=f"plugin:{host.name}")
 
-    def _start_sink(self, config: JsonlSinkConfig) -> None:
+    def _start_sink(self, config: JsonlSinkConfig, after_seq: int | None = None) -> None:
         from crossmodald.bus.sinks import JsonlSink
 
         assert self._tg is not None
         sink = JsonlSink(config)
-        task = self._tg.create_task(self._run_sink(sink), name=f"sink:{config.path}")
+        # Written from the bus's current seq (or ``after_seq``) on: nothing published while
+        # the file opens in a worker thread is missed.
+        start_seq = self.bus.last_seq if after_seq is None else after_seq
+        task = self._tg.create_task(self._run_sink(sink, start_seq), name=f"sink:{config.path}")
         self._sinks[str(config.path)] = (sink, task)
 
-    async def _run_sink(self, sink: JsonlSink) -> None:
+    async def _run_sink(self, sink: JsonlSink, after_seq: int) -> None:
         # A sink whose disk fails must not take the daemon (and every stream) down with it.
         try:
-            await sink.run(self.bus)
+            await sink.run(self.bus, after_seq=after_seq)
         except OSError as exc:
             log.error("sink %s failed: %s", sink.config.path, exc)
 
@@ -549,14 +552,19 @@ class Daemon:
             )
         # Sinks: close removed and changed ones (everything they hold is written), then open
         # added and changed ones.
+        closed_at: dict[str, int] = {}
         for path in (*diff.sinks_removed, *diff.sinks_changed):
             sink, sink_task = self._sinks.pop(path)
+            # aclose() ends the subscription at once: the old sink writes everything up to
+            # this seq, the reopened one everything after it (no gap, no duplicate).
+            closed_at[path] = self.bus.last_seq
             await sink.aclose()
             await run_stage(f"close sink {path}", [sink_task], service.flush_sinks_s)
         reopen = {*diff.sinks_added, *diff.sinks_changed}
         for sink_config in new.sinks:
-            if str(sink_config.path) in reopen:
-                self._start_sink(sink_config)
+            path = str(sink_config.path)
+            if path in reopen:
+                self._start_sink(sink_config, closed_at.get(path))
         # Sources: what to start, with its config and origin; with a new [window], every
         # stream built from a config restarts (its windower is made from [window]).
         new_by_name = {s.name: s for s in new.sources}

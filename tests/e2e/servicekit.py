@@ -1,0 +1,151 @@
+"""Running the real `crossmodald run` as a service would: a subprocess with NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+
+class NotifySocket:
+    """A bound AF_UNIX datagram socket standing in for systemd's; a thread reads it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.05)
+        self.messages: list[dict[str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.messages.append(dict(line.split("=", 1) for line in data.decode().split("\n")))
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, str]], bool], start: int = 0, timeout_s: float = 60
+    ) -> int:
+        """Index of the first message from ``start`` on that matches."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for index in range(start, len(self.messages)):
+                    if predicate(self.messages[index]):
+                        return index
+                await asyncio.sleep(0.02)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@dataclass
+class DaemonProcess:
+    proc: asyncio.subprocess.Process
+    notify: NotifySocket
+    log: list[str] = field(default_factory=list)
+    port: int | None = None
+    _reader: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _read_log(self) -> None:
+        assert self.proc.stderr is not None
+        while line := (await self.proc.stderr.readline()).decode():
+            self.log.append(line)
+            found = re.search(r"API listening on http://127\.0\.0\.1:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+
+    def log_text(self) -> str:
+        return "".join(self.log)
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._reader is not None:
+            await asyncio.wait([self._reader], timeout=5)
+        self.notify.close()
+
+
+async def start_daemon(
+    config: Path, tmp_path: Path, watchdog_usec: int = 2_000_000
+) -> DaemonProcess:
+    """Start `crossmodald run --config CONFIG` with a notify socket; returns once READY=1."""
+    notify = NotifySocket(tmp_path / "notify.sock")
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "NOTIFY_SOCKET": str(notify.path),
+        "WATCHDOG_USEC": str(watchdog_usec),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crossmodald", "run", "--config", str(config),
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )  # fmt: skip
+    daemon = DaemonProcess(proc, notify)
+    daemon._reader = asyncio.create_task(daemon._read_log())
+    try:
+        await notify.wait_for(lambda m: m.get("READY") == "1")
+    except TimeoutError:
+        await daemon.stop()
+        raise AssertionError("no READY=1:\n" + daemon.log_text()) from None
+    assert daemon.port is not None, daemon.log_text()
+    return daemon
+
+
+@dataclass
+class SseSubscriber:
+    """An SSE client that records every event (and the close notice) it gets."""
+
+    url: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    closed_reason: str | None = None
+    task: asyncio.Task[None] | None = None
+    received_at: list[float] = field(default_factory=list)
+
+    async def run(self, session: aiohttp.ClientSession) -> None:
+        kind = ""
+        async with session.get(f"{self.url}/v1/events") as response:
+            assert response.status == 200
+            async for raw in response.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data = json.loads(line[5:])
+                    if kind == "close":
+                        self.closed_reason = data["reason"]
+                    elif kind != "gap":
+                        self.events.append(data)
+                        self.received_at.append(time.monotonic())
+
+
+def pattern_sources(*names: str, **extra: Any) -> str:
+    out = ""
+    for name in names:
+        fields: dict[str, Any] = {"type": "pattern", "name": name, "width": 160, "height": 120}
+        fields |= extra
+        out += "[[sources]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in fields.items())
+    return out
