@@ -493,3 +493,22 @@ async def test_shutdown_stages_keep_their_budgets(
         assert len(seqs) >= accepted
     finally:
         GATES["stuck"].set()
+
+
+async def test_a_changed_sink_continues_without_gap_or_duplicate(
+    daemon_at: Any, tmp_path: Path
+) -> None:
+    sink = tmp_path / "events.jsonl"
+    sinks = f'[[sinks]]\ntype = "jsonl"\npath = "{sink}"\n'
+    async with daemon_at(config_text(source("s1") + source("s2"), sinks=sinks)) as run:
+        await run.wait_event(lambda e: e["type"] == "test.window" and e["stream"] == "s2")
+        run.write(config_text(source("s1") + source("s2"), sinks=sinks + "fsync = true\n"))
+        result = await run.daemon.reload_from_file()
+        assert result.ok
+        assert result.diff is not None
+        assert result.diff.sinks_changed == (str(sink),)
+        mark = len(run.events)
+        await run.wait_event(lambda e: e["type"] == "test.window", start=mark + 4)
+    seqs = [json.loads(line)["seq"] for line in sink.read_text().splitlines()]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert seqs[-1] == run.daemon.bus.last_seq
