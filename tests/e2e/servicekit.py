@@ -111,7 +111,14 @@ async def start_daemon(
     except TimeoutError:
         await daemon.stop()
         raise AssertionError("no READY=1:\n" + daemon.log_text()) from None
-    assert daemon.port is not None, daemon.log_text()
+    # The log line naming the port may be read a moment after the READY datagram.
+    try:
+        async with asyncio.timeout(10):
+            while daemon.port is None:  # noqa: ASYNC110 -- the log reader task sets it
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        await daemon.stop()
+        raise AssertionError("no 'API listening' line:\n" + daemon.log_text()) from None
     return daemon
 
 
