@@ -1,0 +1,582 @@
+"""The ``speaker`` plugin: who is talking (per face track, per frame) and the lip-sync offset.
+
+Per window, for every face track (from :class:`crossmodald_plugins.faces.FaceTracker`, one per
+stream), on a 25 fps slot grid starting at the window's first frame:
+
+* a speaking probability per slot from Light-ASD (face crops + MFCCs), or, without weights, from
+  the weight-free mouth-motion fallback;
+* a lip-sync offset: the audio shift (within +/- ``max_shift_ms``) at which the model finds the
+  face speaking its audio best, from the track that is talking most.
+
+All faces of all windows in a batch go through the visual encoder in one call per distinct
+track length (normally one: tracks that span the whole window), and every (face, shift) pair
+through the GRU backend in one call.
+
+Events (per stream):
+
+* ``speaker`` ``start``/``end``: a face track starts / stops speaking; data ``track_id``,
+  ``box`` ``[x, y, w, h]``, ``score`` (mean probability while speaking, on ``end``).
+* ``sync.offset``: data ``audio_lead_ms`` (None without a face), ``confidence`` (low when nobody
+  visible is talking), ``method`` (``asd_scan`` or ``mouth_motion``), ``smoothed_audio_lead_ms``
+  (median of recent confident values), ``drift_ppm`` (None: not estimated here), ``track_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from pydantic import Field
+
+from crossmodald.bus.events import Event, JsonValue, Phase
+from crossmodald.media import NS_PER_MS, NS_PER_S, StreamInfo, U8Image, Window
+from crossmodald.runtime.plugin import PluginConfig
+from crossmodald_plugins.faces import Box, FaceTracker, FaceTrackerConfig, Track
+
+from . import fallback
+from .features import MODEL_RATE, CropBox, crop_face, mfcc, resample, smooth_boxes
+from .model import AUDIO_STEPS_PER_FRAME, LightASD
+from .scan import STEP_MS
+from .weights import WeightsError, load_light_asd
+
+log = logging.getLogger(__name__)
+
+SPEAKER_EVENT = "speaker"
+OFFSET_EVENT = "sync.offset"
+METHOD_MODEL = "asd_scan"
+METHOD_FALLBACK = "mouth_motion"
+
+#: The model's frame step (25 fps).
+SLOT_NS = 40 * NS_PER_MS
+#: Fewest slots a track needs in a window to be scored.
+MIN_SLOTS = 8
+#: Scores are averaged over this many slots either side (as the reference pipeline did).
+SMOOTH_SLOTS = 2
+
+
+class SpeakerConfig(PluginConfig):
+    """``[[plugins]]`` table of the ``speaker`` plugin."""
+
+    type: str = "speaker"
+    #: Light-ASD state dict (``crossmodald models fetch light-asd``); None: weight-free fallback.
+    weights: Path | None = None
+    #: What to do when ``weights`` is missing, corrupt or of another architecture.
+    on_weights_error: Literal["fallback", "disable"] = "fallback"
+    #: Speaking probability above which a face counts as speaking.
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    #: Slots a face must stay above / below the threshold before start / end.
+    hold_slots: int = Field(3, ge=1, le=250)
+    #: Estimate the lip-sync offset (``sync.offset`` events).
+    lipsync: bool = True
+    #: Scan range of the lip-sync offset, ms either side.
+    max_shift_ms: int = Field(500, ge=40, le=2000)
+    #: Least speaking probability of the best face for a confident offset.
+    min_speaking: float = Field(0.5, gt=0.0, lt=1.0)
+    #: Recent confident offsets in the median ``smoothed_audio_lead_ms``.
+    smoothing_windows: int = Field(5, ge=1, le=1000)
+    #: Face tracker tuning (see :class:`FaceTrackerConfig`).
+    detect_every: int = Field(5, ge=1, le=250)
+    min_face: float = Field(0.12, ge=0.01, le=1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class FaceSpeaking:
+    """One face track's speaking scores in one window.
+
+    Attributes:
+        track_id: The face track.
+        pts_ns: Slot times (25 fps grid from the window's first frame).
+        boxes: Face box per slot, ``(x, y, w, h)``.
+        scores: Speaking probability per slot.
+        ended_pts_ns: Set when the track ended in this window.
+    """
+
+    track_id: int
+    pts_ns: npt.NDArray[np.int64]
+    boxes: tuple[tuple[float, float, float, float], ...]
+    scores: npt.NDArray[np.float32]
+    ended_pts_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetEstimate:
+    """The lip-sync offset of one window (``audio_lead_ms`` None when there is no face)."""
+
+    audio_lead_ms: float | None
+    confidence: float
+    method: str
+    track_id: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakerResult:
+    """What :meth:`SpeakerPlugin.infer` found in one window."""
+
+    faces: tuple[FaceSpeaking, ...]
+    offset: OffsetEstimate | None
+    method: str
+    ended_tracks: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class _Job:
+    """One face track of one window, prepared for the model."""
+
+    window_index: int
+    track: Track
+    slot_pts: npt.NDArray[np.int64]
+    boxes: list[Box]
+    lumas: list[U8Image]
+    mfcc: torch.Tensor  # (4 * n_slots, 13)
+    scores: npt.NDArray[np.float32] | None = None
+    offset: tuple[float, float] | None = None  # (audio_lead_ms, peak strength)
+
+
+@dataclass(slots=True)
+class _WindowPrep:
+    slot_pts: npt.NDArray[np.int64]
+    mfcc: torch.Tensor | None  # (F, 13) for the whole slot grid, None without audio
+    log_energy: npt.NDArray[np.float32]
+    jobs: list[_Job] = field(default_factory=list)
+    ended: list[int] = field(default_factory=list)
+
+
+class SpeakerPlugin:
+    """Active speaker and lip-sync offset (see the module docstring)."""
+
+    name = "speaker"
+
+    def __init__(self, config: SpeakerConfig, model: LightASD | None, device: str) -> None:
+        self.config = config
+        self.model = model
+        self.device = torch.device(device)
+        self.method = METHOD_MODEL if model is not None else METHOD_FALLBACK
+        self._trackers: dict[str, FaceTracker] = {}
+        self._lock = threading.Lock()
+
+    # -- Plugin protocol --------------------------------------------------------------------
+
+    def check_stream(self, stream: StreamInfo) -> str | None:
+        """Needs both video and audio."""
+        if not stream.has_video:
+            return "has no video"
+        if not stream.has_audio:
+            return "has no audio"
+        return None
+
+    def open(self, stream: StreamInfo) -> SpeakerSession:
+        """A session (and a face tracker) for a new stream."""
+        with self._lock:
+            self._trackers[stream.name] = FaceTracker(
+                FaceTrackerConfig(
+                    detect_every=self.config.detect_every, min_face=self.config.min_face
+                )
+            )
+        return SpeakerSession(self, stream)
+
+    def forget(self, stream: str) -> None:
+        """Drop a closed stream's tracker."""
+        with self._lock:
+            self._trackers.pop(stream, None)
+
+    def _tracker(self, stream: str) -> FaceTracker:
+        with self._lock:
+            tracker = self._trackers.get(stream)
+            if tracker is None:
+                tracker = FaceTracker(
+                    FaceTrackerConfig(
+                        detect_every=self.config.detect_every, min_face=self.config.min_face
+                    )
+                )
+                self._trackers[stream] = tracker
+            return tracker
+
+    def infer(self, batch: Sequence[Window]) -> list[SpeakerResult]:
+        """Score every face of every window (one model pass for all), and scan the offset."""
+        preps = [self._prepare(i, window) for i, window in enumerate(batch)]
+        jobs = [job for prep in preps for job in prep.jobs]
+        if jobs:
+            if self.model is not None:
+                self._run_model(jobs)
+            else:
+                self._run_fallback(jobs, preps)
+        return [self._result(prep) for prep in preps]
+
+    # -- preparation (CPU, per window) ------------------------------------------------------
+
+    def _prepare(self, index: int, window: Window) -> _WindowPrep:
+        tracks = self._tracker(window.stream).update(window.video)
+        ended = [t.track_id for t in tracks if t.ended_pts_ns is not None]
+        if not window.video:
+            return _WindowPrep(np.zeros(0, np.int64), None, np.zeros(0, np.float32), [], ended)
+        first = window.video[0].pts_ns
+        n_slots = max(0, (window.end_ns - first) // SLOT_NS)
+        slot_pts = first + SLOT_NS * np.arange(n_slots, dtype=np.int64)
+        frame_pts = np.array([f.pts_ns for f in window.video], dtype=np.int64)
+        # Each slot shows the frame on screen at its time (the latest with pts <= slot).
+        frame_of_slot = np.clip(np.searchsorted(frame_pts, slot_pts, side="right") - 1, 0, None)
+        features, log_energy = self._audio_features(window, first, n_slots)
+        prep = _WindowPrep(slot_pts, features, log_energy, [], ended)
+        if features is None:
+            return prep
+        for track in tracks:
+            by_pts = {obs.pts_ns: obs.box for obs in track.observations}
+            present = [frame_pts[f] in by_pts for f in frame_of_slot]
+            run = _longest_run(present)
+            if run is None or run[1] - run[0] < MIN_SLOTS:
+                continue
+            lo, hi = run
+            frames = [window.video[int(f)] for f in frame_of_slot[lo:hi]]
+            boxes = [by_pts[fr.pts_ns] for fr in frames]
+            prep.jobs.append(
+                _Job(
+                    window_index=index,
+                    track=track,
+                    slot_pts=slot_pts[lo:hi],
+                    boxes=boxes,
+                    lumas=[fr.luma for fr in frames],
+                    mfcc=_slice_steps(
+                        features, lo * AUDIO_STEPS_PER_FRAME, hi * AUDIO_STEPS_PER_FRAME
+                    ),
+                )
+            )
+        return prep
+
+    def _audio_features(
+        self, window: Window, first_pts_ns: int, n_slots: int
+    ) -> tuple[torch.Tensor | None, npt.NDArray[np.float32]]:
+        """MFCCs on the slot grid: step ``4 k`` starts at slot ``k``'s time."""
+        if window.audio_rate <= 0 or len(window.audio) == 0 or n_slots < MIN_SLOTS:
+            return None, np.zeros(0, np.float32)
+        skip = (first_pts_ns - window.start_ns) * window.audio_rate // NS_PER_S
+        audio = torch.from_numpy(np.ascontiguousarray(window.audio[int(skip) :]))
+        audio16 = resample(audio, window.audio_rate, MODEL_RATE)
+        feats = mfcc(audio16)
+        feats = _slice_steps(feats, 0, n_slots * AUDIO_STEPS_PER_FRAME)
+        return feats, feats[:, 0].numpy().astype(np.float32)
+
+    # -- the learned model ------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _run_model(self, jobs: list[_Job]) -> None:
+        assert self.model is not None
+        model = self.model
+        by_len: dict[int, list[_Job]] = {}
+        for job in jobs:
+            by_len.setdefault(len(job.slot_pts), []).append(job)
+        for n_slots, group in by_len.items():
+            crops = np.stack([_crops(job) for job in group])  # (B, T, 112, 112)
+            vis = model.visual_embed(torch.from_numpy(crops).to(self.device))
+            feats = torch.stack([job.mfcc for job in group]).to(self.device)
+            aud = model.audio_embed(feats)
+            logits = model.fuse(aud, vis)
+            probs = torch.sigmoid(logits).cpu().numpy()
+            for job, p in zip(group, probs, strict=True):
+                job.scores = _smooth(p.astype(np.float32))
+            if self.config.lipsync:
+                self._scan_group(group, vis, feats, n_slots)
+
+    def _scan_group(
+        self, group: list[_Job], vis: torch.Tensor, feats: torch.Tensor, n_slots: int
+    ) -> None:
+        """Offset per track: circular shifts of the audio embedding against the video.
+
+        Rolling within the window (instead of sliding audio in from outside) keeps the audio
+        and video content the same for every hypothesis, so the score differs only in which
+        sound is paired with which mouth movement.
+        """
+        assert self.model is not None
+        k_max = self.config.max_shift_ms // STEP_MS
+        if n_slots * AUDIO_STEPS_PER_FRAME < 4 * k_max + 8 * AUDIO_STEPS_PER_FRAME:
+            return
+        model = self.model
+        phases = [
+            model.audio_embed(torch.roll(feats, shifts=-p, dims=1))
+            for p in range(AUDIO_STEPS_PER_FRAME)
+        ]
+        shifts = list(range(-k_max, k_max + 1))
+        audio = []
+        for k in shifts:
+            p = (-k) % AUDIO_STEPS_PER_FRAME
+            q = (k + p) // AUDIO_STEPS_PER_FRAME
+            audio.append(torch.roll(phases[p], shifts=q, dims=1))  # slot t gets audio t - k
+        stacked = torch.stack(audio, dim=1)  # (B, S, T, 128)
+        b, s, t, c = stacked.shape
+        vis_rep = vis.unsqueeze(1).expand(b, s, t, c)
+        logits = model.fuse(stacked.reshape(b * s, t, c), vis_rep.reshape(b * s, t, c))
+        curve = logits.reshape(b, s, t).mean(dim=2).cpu().numpy()
+        for job, scores in zip(group, curve, strict=True):
+            best = int(np.argmax(scores))
+            spread = float(np.std(scores))
+            prominence = (float(scores[best]) - float(np.median(scores))) / (spread + 1e-6)
+            job.offset = (float(shifts[best] * STEP_MS), min(1.0, prominence / 3.0))
+
+    # -- the weight-free fallback -----------------------------------------------------------
+
+    def _run_fallback(self, jobs: list[_Job], preps: list[_WindowPrep]) -> None:
+        for job in jobs:
+            mouths = [b.mouth() for b in job.boxes]
+            motion = fallback.mouth_motion(job.lumas, [(m.x, m.y, m.w, m.h) for m in mouths])
+            energy = job.mfcc[:, 0].numpy().astype(np.float32)
+            job.scores = _smooth(fallback.speaking_scores(motion, energy))
+            if self.config.lipsync:
+                try:
+                    lead, strength = fallback.scan_offset(motion, energy, self.config.max_shift_ms)
+                except ValueError:
+                    continue
+                job.offset = (float(lead), strength)
+
+    # -- results ----------------------------------------------------------------------------
+
+    def _result(self, prep: _WindowPrep) -> SpeakerResult:
+        faces = tuple(
+            FaceSpeaking(
+                track_id=job.track.track_id,
+                pts_ns=job.slot_pts,
+                boxes=tuple((b.x, b.y, b.w, b.h) for b in job.boxes),
+                scores=job.scores if job.scores is not None else np.zeros(0, np.float32),
+                ended_pts_ns=job.track.ended_pts_ns,
+            )
+            for job in prep.jobs
+        )
+        offset: OffsetEstimate | None = None
+        if self.config.lipsync:
+            offset = self._offset(prep)
+        return SpeakerResult(faces, offset, self.method, tuple(prep.ended))
+
+    def _offset(self, prep: _WindowPrep) -> OffsetEstimate:
+        scanned = [job for job in prep.jobs if job.offset is not None and job.scores is not None]
+        if not scanned:
+            why = "no face" if not prep.jobs else "window too short to scan"
+            return OffsetEstimate(None, 0.0, self.method, None, why)
+        # The face that talks most carries the offset; nobody talking -> low confidence.
+        best = max(scanned, key=lambda j: float(np.mean(j.scores)))  # type: ignore[arg-type]
+        assert best.offset is not None
+        assert best.scores is not None
+        speaking = float(np.mean(best.scores))
+        lead, strength = best.offset
+        gate = min(1.0, speaking / self.config.min_speaking)
+        confidence = round(strength * gate, 4)
+        reason: str | None = None
+        if speaking < self.config.min_speaking:
+            reason = "nobody visible is talking"
+        return OffsetEstimate(lead, confidence, self.method, best.track.track_id, reason)
+
+
+def _longest_run(flags: Sequence[bool]) -> tuple[int, int] | None:
+    best: tuple[int, int] | None = None
+    start: int | None = None
+    for i, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            if best is None or i - start > best[1] - best[0]:
+                best = (start, i)
+            start = None
+    return best
+
+
+def _slice_steps(feats: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows [lo, hi) of (F, 13) features, repeating the last row past the end."""
+    out = feats[lo:hi]
+    short = (hi - lo) - out.shape[0]
+    if short > 0:
+        out = torch.cat([out, out[-1:].expand(short, -1)], dim=0)
+    return out
+
+
+def _crops(job: _Job) -> npt.NDArray[np.uint8]:
+    boxes = smooth_boxes([CropBox(b.cx, b.cy, max(b.w, b.h) / 2.0) for b in job.boxes])
+    return np.stack([crop_face(luma, box) for luma, box in zip(job.lumas, boxes, strict=True)])
+
+
+def _smooth(scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Mean over +/- SMOOTH_SLOTS slots (shrinking at the ends)."""
+    n = len(scores)
+    if n == 0:
+        return scores
+    c = np.concatenate([[0.0], np.cumsum(scores, dtype=np.float64)])
+    idx = np.arange(n)
+    lo = np.clip(idx - SMOOTH_SLOTS, 0, n)
+    hi = np.clip(idx + SMOOTH_SLOTS + 1, 0, n)
+    out: npt.NDArray[np.float32] = ((c[hi] - c[lo]) / (hi - lo)).astype(np.float32)
+    return out
+
+
+@dataclass(slots=True)
+class _Speaking:
+    start_ns: int
+    box: tuple[float, float, float, float]
+    scores: list[float]
+    below: int = 0
+
+
+class SpeakerSession:
+    """Per-stream ``speaker`` lifecycle and ``sync.offset`` smoothing."""
+
+    def __init__(self, plugin: SpeakerPlugin, stream: StreamInfo) -> None:
+        self._plugin = plugin
+        self._stream = stream
+        self._config = plugin.config
+        self._done_ns = -1  # slots at or before this were already judged
+        self._above: dict[int, int] = {}
+        self._open: dict[int, _Speaking] = {}
+        self._recent: deque[float] = deque(maxlen=self._config.smoothing_windows)
+        self._last: tuple[int, Window] | None = None
+
+    def update(self, window: Window, result: SpeakerResult) -> list[Event]:
+        """Events for one window."""
+        events: list[Event] = []
+        newest = self._done_ns
+        for face in result.faces:
+            for pts, box, score in zip(face.pts_ns, face.boxes, face.scores, strict=True):
+                if pts <= self._done_ns:
+                    continue  # judged in an earlier (overlapping) window
+                newest = max(newest, int(pts))
+                events += self._step(window, face.track_id, int(pts), box, float(score))
+        seen = {face.track_id for face in result.faces}
+        for track_id in [*result.ended_tracks, *(t for t in self._open if t not in seen)]:
+            if track_id in self._open:
+                events.append(self._end(window, track_id, newest))
+        self._done_ns = newest
+        if result.offset is not None:
+            events.append(self._offset_event(window, result.offset))
+        self._last = (newest, window)
+        return events
+
+    def close(self) -> list[Event]:
+        """End every open ``speaker`` span."""
+        self._plugin.forget(self._stream.name)
+        if self._last is None:
+            return []
+        newest, window = self._last
+        return [self._end(window, track_id, newest) for track_id in list(self._open)]
+
+    def _step(
+        self,
+        window: Window,
+        track_id: int,
+        pts: int,
+        box: tuple[float, float, float, float],
+        score: float,
+    ) -> list[Event]:
+        hold = self._config.hold_slots
+        speaking = self._open.get(track_id)
+        if score >= self._config.threshold:
+            if speaking is not None:
+                speaking.scores.append(score)
+                speaking.below = 0
+                return []
+            run = self._above.get(track_id, 0) + 1
+            self._above[track_id] = run
+            if run < hold:
+                return []
+            start = pts - (hold - 1) * SLOT_NS
+            self._open[track_id] = _Speaking(start, box, [score])
+            self._above.pop(track_id, None)
+            return [self._event(window, track_id, start, pts, Phase.START, box, score)]
+        self._above.pop(track_id, None)
+        if speaking is None:
+            return []
+        speaking.below += 1
+        if speaking.below < hold:
+            return []
+        return [self._end(window, track_id, pts - (hold - 1) * SLOT_NS)]
+
+    def _end(self, window: Window, track_id: int, end_ns: int) -> Event:
+        speaking = self._open.pop(track_id)
+        score = float(np.mean(speaking.scores)) if speaking.scores else 0.0
+        return self._event(
+            window,
+            track_id,
+            speaking.start_ns,
+            max(end_ns, speaking.start_ns),
+            Phase.END,
+            speaking.box,
+            score,
+        )
+
+    def _event(
+        self,
+        window: Window,
+        track_id: int,
+        start: int,
+        end: int,
+        phase: Phase,
+        box: tuple[float, float, float, float],
+        score: float,
+    ) -> Event:
+        data: dict[str, JsonValue] = {
+            "track_id": track_id,
+            "box": [round(v, 1) for v in box],
+            "score": round(score, 4),
+            "method": self._plugin.method,
+        }
+        return Event(
+            type=SPEAKER_EVENT,
+            stream=window.stream,
+            start_ns=start,
+            end_ns=end,
+            data=data,
+            phase=phase,
+            clock=window.clock,
+            closed_ns=window.closed_ns,
+        )
+
+    def _offset_event(self, window: Window, offset: OffsetEstimate) -> Event:
+        if offset.audio_lead_ms is not None and offset.confidence >= 0.3:
+            self._recent.append(offset.audio_lead_ms)
+        smoothed = statistics.median(self._recent) if self._recent else None
+        data: dict[str, JsonValue] = {
+            "audio_lead_ms": offset.audio_lead_ms,
+            "confidence": offset.confidence,
+            "method": offset.method,
+            "smoothed_audio_lead_ms": smoothed,
+            "drift_ppm": None,
+            "track_id": offset.track_id,
+            "reason": offset.reason,
+        }
+        return Event(
+            type=OFFSET_EVENT,
+            stream=window.stream,
+            start_ns=window.start_ns,
+            end_ns=window.end_ns,
+            data=data,
+            clock=window.clock,
+            closed_ns=window.closed_ns,
+        )
+
+
+class SpeakerFactory:
+    """Entry point ``speaker`` of group ``crossmodald.plugins``."""
+
+    config_model: ClassVar[type[PluginConfig]] = SpeakerConfig
+
+    @classmethod
+    def create(cls, config: Any, device: str) -> SpeakerPlugin:
+        """Load the weights (or fall back / refuse, as the config says).
+
+        Raises:
+            WeightsError: The weights cannot be loaded and ``on_weights_error`` is "disable".
+        """
+        if not isinstance(config, SpeakerConfig):
+            raise TypeError(f"speaker: expected SpeakerConfig, got {type(config).__name__}")
+        model: LightASD | None = None
+        if config.weights is not None:
+            try:
+                model = load_light_asd(config.weights, device)
+            except WeightsError as exc:
+                if config.on_weights_error == "disable":
+                    raise
+                log.warning("speaker: %s; using the weight-free fallback", exc)
+        return SpeakerPlugin(config, model, device)
