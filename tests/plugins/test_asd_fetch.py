@@ -78,13 +78,13 @@ async def test_fetch_real_file_over_loopback(
     server_files["finetuning_TalkSet.model"] = source.read_bytes()
     dest = tmp_path / "models"
     url = server.base + "finetuning_TalkSet.model"
-    path = await asyncio.to_thread(fetch_weights, "light-asd", dest, url)
+    path = await asyncio.to_thread(fetch_weights, "light-asd-talkset", dest, url)
     assert path == dest / "finetuning_TalkSet.model"
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == PUBLISHED["light-asd"].sha256
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == PUBLISHED["light-asd-talkset"].sha256
     assert _names(dest) == ["finetuning_TalkSet.model"]
     load_light_asd(path)  # the fetched file is the real model
     # Already there with the right sha256: kept, nothing downloaded.
-    again = await asyncio.to_thread(fetch_weights, "light-asd", dest, url)
+    again = await asyncio.to_thread(fetch_weights, "light-asd-talkset", dest, url)
     assert again == path
     assert server.hits == ["finetuning_TalkSet.model"]
 
@@ -96,9 +96,9 @@ async def test_sha_mismatch_is_an_error_and_leaves_nothing(
     dest = tmp_path / "models"
     with pytest.raises(WeightsError, match=r"pretrain_AVA_CVPR\.model: sha256 mismatch") as info:
         await asyncio.to_thread(
-            fetch_weights, "light-asd-ava", dest, server.base + "pretrain_AVA_CVPR.model"
+            fetch_weights, "light-asd", dest, server.base + "pretrain_AVA_CVPR.model"
         )
-    assert PUBLISHED["light-asd-ava"].sha256 in str(info.value)
+    assert PUBLISHED["light-asd"].sha256 in str(info.value)
     assert _names(dest) == []
 
 
@@ -120,7 +120,9 @@ async def test_models_fetch_command(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     server_files["bad"] = b"x"
-    code = await asyncio.to_thread(models_fetch_command, "light-asd", tmp_path, server.base + "bad")
+    code = await asyncio.to_thread(
+        models_fetch_command, "light-asd-talkset", tmp_path, server.base + "bad"
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("crossmodald models fetch: finetuning_TalkSet.model: sha256 mismatch")

@@ -49,19 +49,22 @@ _UPSTREAM = "https://github.com/Junhua-Liao/Light-ASD/raw/main/weight/"
 
 #: Published Light-ASD state dicts (MIT licence), by the name ``models fetch`` takes.
 PUBLISHED: dict[str, PublishedWeights] = {
+    # The AVA model is the default: through this project's preprocessing it is the one whose
+    # score depends on the audio (the TalkSet fine-tune scores moving lips as speaking whatever
+    # the sound, so it cannot tell which of two faces talks, nor scan an offset).
     "light-asd": PublishedWeights(
         name="light-asd",
-        filename="finetuning_TalkSet.model",
-        sha256="efc375833887eefa9d209dc92810e18519b04c3c73ea35a549f2a7f40b7d94d5",
-        url=_UPSTREAM + "finetuning_TalkSet.model",
-        about="Light-ASD fine-tuned on TalkSet (out-of-sync negatives); Columbia ASD F1 95.5 %",
-    ),
-    "light-asd-ava": PublishedWeights(
-        name="light-asd-ava",
         filename="pretrain_AVA_CVPR.model",
         sha256="d44bc3ea7baa8e0946fa3921311714a630ed8b90a1928fab0dbe30d918909317",
         url=_UPSTREAM + "pretrain_AVA_CVPR.model",
         about="Light-ASD trained on AVA-ActiveSpeaker; val mAP 94.06 %",
+    ),
+    "light-asd-talkset": PublishedWeights(
+        name="light-asd-talkset",
+        filename="finetuning_TalkSet.model",
+        sha256="efc375833887eefa9d209dc92810e18519b04c3c73ea35a549f2a7f40b7d94d5",
+        url=_UPSTREAM + "finetuning_TalkSet.model",
+        about="Light-ASD fine-tuned on TalkSet; Columbia ASD F1 95.5 %",
     ),
 }
 
@@ -97,7 +100,7 @@ def fetch_weights(name: str, dest: Path, url: str | None = None) -> Path:
     already in place with the right sha256 is kept without downloading.
 
     Args:
-        name: ``light-asd`` (TalkSet fine-tuned), ``light-asd-ava``, or a published file name.
+        name: ``light-asd`` (AVA), ``light-asd-talkset``, or a published file name.
         dest: Folder to put the file in (created if missing).
         url: Download from here instead of the upstream address (a mirror, or a test server).
 
