@@ -47,7 +47,7 @@ def _config_errors(exc: ConfigError) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT (a second one exits at once); SIGHUP reloads."""
     from crossmodald.runtime.registry import PluginLoadError
-    from crossmodald.service.daemon import Daemon
+    from crossmodald.service.daemon import Daemon, StartupError
     from crossmodald.service.lifecycle import Signals
     from crossmodald.service.logs import setup_logging
     from crossmodald.service.notify import Notifier
@@ -79,6 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             await daemon.run(stop)
         except OSError as exc:
             return _fail(exc.strerror or str(exc))
+        except StartupError as exc:
+            return _fail(str(exc))
         finally:
             signals.uninstall()
             notifier.close()

@@ -208,3 +208,20 @@ async def test_run_serves_events_and_keeps_good_streams_when_one_fails(tmp_path:
     seqs = [e["seq"] for e in written]
     assert seqs == sorted(seqs)
     assert len(set(seqs)) == len(seqs)
+
+
+def test_run_with_the_port_taken_is_one_clear_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = tmp_path / "busy.toml"
+        config.write_text(f"[api]\nport = {port}\n")
+        result = crossmodald("run", "--config", str(config), timeout=60)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("crossmodald: error: ")
+    assert f"cannot listen on 127.0.0.1:{port}" in last
+    assert "Traceback" not in result.stderr

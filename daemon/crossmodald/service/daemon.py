@@ -167,6 +167,10 @@ def default_source_factory(pacer: Any = None) -> SourceFactory:
     return factory
 
 
+class StartupError(Exception):
+    """The daemon could not start serving (the message is one line naming the cause)."""
+
+
 class Daemon:
     """Builds the pipeline from a config and runs it (``run`` and ``analyze`` share it).
 
@@ -309,16 +313,26 @@ class Daemon:
         listens and the configured streams are started.
 
         Raises:
-            OSError: The API cannot listen, or a sink's file cannot be opened (the message
-                names it); nothing was started then.
+            OSError: A sink's file cannot be opened (the message names it); nothing was
+                started then.
+            StartupError: The API cannot listen or its TLS files do not load.
         """
-        from crossmodald.api.app import bound_port, build_app, serve
-        from crossmodald.api.sources import add_source_routes
-
         if not self.hosts and self._plugin_configs:
             await self.load_plugins()
         for sink_config in self.config.sinks:
             await asyncio.to_thread(_check_sink_path, sink_config)
+        try:
+            return await self._run(stop, exit_when_sources_end=exit_when_sources_end)
+        except BaseExceptionGroup as group:
+            startup = group.subgroup(StartupError)
+            if startup is not None:
+                raise startup.exceptions[0] from None
+            raise
+
+    async def _run(self, stop: asyncio.Event, *, exit_when_sources_end: bool) -> int:
+        from crossmodald.api.app import bound_port, build_app, serve
+        from crossmodald.api.sources import add_source_routes
+
         runner = None
         service = self.config.service
         async with asyncio.TaskGroup() as tg:
@@ -334,12 +348,16 @@ class Daemon:
                     from crossmodald.api.whip import setup_whip
 
                     setup_whip(app, self, self.config.webrtc)
-                runner = await serve(
-                    app,
-                    self.config.api.host,
-                    self.config.api.port,
-                    shutdown_timeout_s=service.close_api_s,
-                )
+                try:
+                    runner = await serve(
+                        app,
+                        self.config.api.host,
+                        self.config.api.port,
+                        shutdown_timeout_s=service.close_api_s,
+                    )
+                except (OSError, ValueError) as exc:
+                    # One clear line for the CLI, not an exception group from the TaskGroup.
+                    raise StartupError(str(exc)) from exc
                 self._app = app
                 self.api_port = bound_port(runner)
                 log.info("API listening on http://%s:%s", self.config.api.host, self.api_port)
