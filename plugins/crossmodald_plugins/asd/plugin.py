@@ -71,8 +71,10 @@ class SpeakerConfig(PluginConfig):
     weights: Path | None = None
     #: What to do when ``weights`` is missing, corrupt or of another architecture.
     on_weights_error: Literal["fallback", "disable"] = "fallback"
-    #: Speaking probability above which a face counts as speaking.
+    #: Speaking probability above which a face counts as speaking (learned model).
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    #: The same for the weight-free fallback, whose scores are a squashed correlation.
+    fallback_threshold: float = Field(0.3, gt=0.0, lt=1.0)
     #: Slots a face must stay above / below the threshold before start / end.
     hold_slots: int = Field(3, ge=1, le=250)
     #: Estimate the lip-sync offset (``sync.offset`` events).
@@ -365,10 +367,15 @@ class SpeakerPlugin:
         assert best.scores is not None
         speaking = float(np.mean(best.scores))
         lead, strength = best.offset
-        gate = min(1.0, speaking / self.config.min_speaking)
+        least = (
+            self.config.min_speaking
+            if self.method == METHOD_MODEL
+            else self.config.fallback_threshold
+        )
+        gate = min(1.0, speaking / least)
         confidence = round(strength * gate, 4)
         reason: str | None = None
-        if speaking < self.config.min_speaking:
+        if speaking < least:
             reason = "nobody visible is talking"
         return OffsetEstimate(lead, confidence, self.method, best.track.track_id, reason)
 
@@ -428,6 +435,11 @@ class SpeakerSession:
         self._plugin = plugin
         self._stream = stream
         self._config = plugin.config
+        self._threshold = (
+            plugin.config.threshold
+            if plugin.method == METHOD_MODEL
+            else plugin.config.fallback_threshold
+        )
         self._done_ns = -1  # slots at or before this were already judged
         self._above: dict[int, int] = {}
         self._open: dict[int, _Speaking] = {}
@@ -472,7 +484,7 @@ class SpeakerSession:
     ) -> list[Event]:
         hold = self._config.hold_slots
         speaking = self._open.get(track_id)
-        if score >= self._config.threshold:
+        if score >= self._threshold:
             if speaking is not None:
                 speaking.scores.append(score)
                 speaking.below = 0

@@ -1,0 +1,162 @@
+"""The ``speaker`` plugin on real talking-head clips, composed two-face clips and faceless video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossmodald.bus.events import Event, Phase
+from crossmodald.media import NS_PER_S, ClockKind, StreamInfo, Window
+from crossmodald.service.evaluate import (
+    compose_side_by_side,
+    decode_media,
+    make_windows,
+    run_plugin,
+)
+from crossmodald_plugins.asd import SpeakerConfig, SpeakerFactory, SpeakerPlugin, WeightsError
+from crossmodald_plugins.asd.plugin import METHOD_FALLBACK, METHOD_MODEL, SpeakerResult
+
+CLIP = "talkinghead_hdtf_aoc_25fps.mp4"
+OTHER = "talkinghead_hdtf_markey_25fps.mp4"
+
+
+def _plugin(weights: Path | None = None, **extra: object) -> SpeakerPlugin:
+    config = SpeakerConfig.model_validate({"type": "speaker", "weights": weights, **extra})
+    return SpeakerFactory.create(config, "cpu")
+
+
+@pytest.fixture
+def ava_weights(shared_models: Path) -> Path:
+    path = shared_models / "light-asd" / "pretrain_AVA_CVPR.model"
+    if not path.is_file():
+        pytest.skip(f"Light-ASD weights not available: {path} is absent")
+    return path
+
+
+def test_speaking_score_is_high_on_a_talking_head(shared_media: Path, ava_weights: Path) -> None:
+    plugin = _plugin(ava_weights)
+    assert plugin.method == METHOD_MODEL
+    media = decode_media(shared_media / CLIP)
+    windows = make_windows(media, "s", length_s=2.0, hop_s=2.0)
+    results: list[SpeakerResult] = list(plugin.infer(windows))  # all windows, one batch
+    assert len(results) == len(windows)
+    scores = np.concatenate([f.scores for r in results for f in r.faces])
+    tracks = {f.track_id for r in results for f in r.faces}
+    print(f"\n{CLIP}: mean speaking probability {scores.mean():.3f} over {len(scores)} frames")
+    assert len(tracks) == 1
+    assert len(scores) >= 0.9 * len(media.video)
+    assert float(scores.mean()) > 0.6
+    assert float(np.mean(scores > 0.5)) > 0.7
+
+
+def test_speaker_events_carry_track_and_box(shared_media: Path, ava_weights: Path) -> None:
+    media = decode_media(shared_media / CLIP)
+    windows = make_windows(media, "s", length_s=2.0, hop_s=0.5)
+    events = run_plugin(_plugin(ava_weights), {"s": (media.stream_info("s"), windows)})["s"]
+    spans = [e for e in events if e.type == "speaker"]
+    starts = [e for e in spans if e.phase is Phase.START]
+    ends = [e for e in spans if e.phase is Phase.END]
+    assert starts
+    assert len(starts) == len(ends)  # every span closed, at the latest by close()
+    for e in ends:
+        assert e.data["track_id"] == 1
+        assert len(e.data["box"]) == 4
+        assert e.end_ns > e.start_ns
+    speaking_s = sum(e.end_ns - e.start_ns for e in ends) / NS_PER_S
+    assert speaking_s > 4.0  # of an 8 s clip of continuous talk with short pauses
+
+
+def _speaker_accuracy(events: list[Event], media_path: Path, side: str) -> tuple[int, int]:
+    """Frames (of those inside speaking spans of any face) given to the voiced side only."""
+    media = decode_media(media_path)
+    half = media.width / 2
+    spans = [
+        (e.start_ns, e.end_ns, float(e.data["box"][0]) + float(e.data["box"][2]) / 2)
+        for e in events
+        if e.type == "speaker" and e.phase is Phase.END
+    ]
+    right = total = 0
+    for frame in media.video:
+        sides = {"left" if cx < half else "right" for s, e, cx in spans if s <= frame.pts_ns < e}
+        if sides:
+            total += 1
+            right += sides == {side}
+    return right, total
+
+
+def test_fallback_picks_the_voiced_face_of_two(shared_media: Path, tmp_path: Path) -> None:
+    plugin = _plugin(None)
+    assert plugin.method == METHOD_FALLBACK
+    right = total = 0
+    for side in ("left", "right"):
+        path = compose_side_by_side(
+            shared_media / CLIP, shared_media / OTHER, tmp_path / f"{side}.mp4",
+            audio_from=side, side_px=256, duration_s=6.0,
+        )  # fmt: skip
+        media = decode_media(path)
+        windows = make_windows(media, side, length_s=2.0, hop_s=0.5)
+        events = run_plugin(plugin, {side: (media.stream_info(side), windows)})[side]
+        r, t = _speaker_accuracy(events, path, side)
+        right, total = right + r, total + t
+    share = right / max(total, 1)
+    print(f"\nweight-free fallback: voiced face alone on {share:.1%} of {total} speaking frames")
+    assert total > 50
+    assert share > 0.7
+
+
+def _faceless_windows(n: int) -> list[Window]:
+    rng = np.random.default_rng(1)
+    frames = []
+    from crossmodald.ingest.frames import video_frame_from_luma
+
+    for i in range(n * 50):
+        luma = np.full((240, 320), 60, np.uint8)
+        frames.append(video_frame_from_luma("x", i * 40_000_000, 0, luma, ClockKind.PTS))
+    out = []
+    for w in range(n):
+        start = w * 2 * NS_PER_S
+        audio = (0.1 * rng.standard_normal(32000)).astype(np.float32)
+        out.append(
+            Window("x", w, start, start + 2 * NS_PER_S, tuple(frames[w * 50 : (w + 1) * 50]),
+                   audio, np.ones(32000, np.bool_), 16000, 25.0, ClockKind.PTS)
+        )  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("use_model", [False, True])
+def test_no_face_gives_no_speaker_and_a_zero_confidence_offset(
+    use_model: bool, shared_models: Path
+) -> None:
+    weights = shared_models / "light-asd" / "pretrain_AVA_CVPR.model" if use_model else None
+    if weights is not None and not weights.is_file():
+        pytest.skip(f"Light-ASD weights not available: {weights} is absent")
+    plugin = _plugin(weights)
+    info = StreamInfo("x", "test", True, True, 25.0, 16000, 320, 240, ClockKind.PTS)
+    events = run_plugin(plugin, {"x": (info, _faceless_windows(3))})["x"]
+    assert not [e for e in events if e.type == "speaker"]
+    offsets = [e for e in events if e.type == "sync.offset"]
+    assert len(offsets) == 3
+    for e in offsets:
+        assert e.data["audio_lead_ms"] is None
+        assert e.data["confidence"] == 0.0
+        assert e.data["reason"] == "no face"
+        assert e.data["method"] == (METHOD_MODEL if use_model else METHOD_FALLBACK)
+
+
+def test_bad_weights_fall_back_or_disable(tmp_path: Path) -> None:
+    bad = tmp_path / "corrupt.model"
+    bad.write_bytes(b"not a model")
+    assert _plugin(bad).method == METHOD_FALLBACK
+    with pytest.raises(WeightsError, match=r"corrupt\.model: not a readable PyTorch state dict"):
+        _plugin(bad, on_weights_error="disable")
+    with pytest.raises(WeightsError, match=r"missing\.model: Light-ASD weights file not found"):
+        _plugin(tmp_path / "missing.model", on_weights_error="disable")
+
+
+def test_check_stream() -> None:
+    plugin = _plugin(None)
+    assert plugin.check_stream(StreamInfo("a", "x", False, True)) == "has no video"
+    assert plugin.check_stream(StreamInfo("a", "x", True, False)) == "has no audio"
+    assert plugin.check_stream(StreamInfo("a", "x", True, True)) is None
