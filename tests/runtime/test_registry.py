@@ -97,3 +97,21 @@ def test_device_resolution() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_torch_threads_default_leaves_a_core_for_the_event_loop() -> None:
+    import os
+
+    import torch
+
+    from crossmodald.runtime.device import configure_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(3) == 3
+        assert torch.get_num_threads() == 3
+        expected = max(1, len(os.sched_getaffinity(0)) // 2)
+        assert configure_threads(None) == expected
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)

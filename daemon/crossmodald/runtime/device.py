@@ -36,3 +36,19 @@ def resolve_device(spec: str) -> str:
             raise DeviceError(f"device {spec!r}: this machine has {count} CUDA device(s)")
         return f"cuda:{index}"
     raise DeviceError(f"unknown device {spec!r} (expected auto, cpu, cuda or cuda:N)")
+
+
+def configure_threads(torch_threads: int | None) -> int:
+    """Set torch's intra-op thread count for this process; returns the count used.
+
+    ``None`` means half the CPUs this process may use, at least one: the event loop, the
+    decoders and the sources need a core too, and on small machines oversubscribing torch
+    makes event latency several times worse.
+    """
+    import os
+
+    if torch_threads is None:
+        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        torch_threads = max(1, (available or os.cpu_count() or 2) // 2)
+    torch.set_num_threads(torch_threads)
+    return torch_threads

@@ -25,7 +25,7 @@ from crossmodald.bus.events import Envelope, Event, Phase
 from crossmodald.clock.drift import RateEstimator
 from crossmodald.ingest.base import Source, SourceError, SourceFault
 from crossmodald.media import NS_PER_S, AudioChunk, ClockKind, StreamInfo, VideoFrame
-from crossmodald.runtime.device import resolve_device
+from crossmodald.runtime.device import configure_threads, resolve_device
 from crossmodald.runtime.host import Overload, PluginHost
 from crossmodald.runtime.registry import LoadedConfig, PluginLoadError, PluginRegistry
 from crossmodald.service.config import ConfigError, DaemonConfig, JsonlSinkConfig, SourceConfig
@@ -297,6 +297,9 @@ class Daemon:
         Raises:
             PluginLoadError: A plugin cannot be loaded.
         """
+        if self._plugin_configs:
+            threads = configure_threads(self.config.runtime.torch_threads)
+            log.info("torch uses %d thread(s) per inference call", threads)
         for loaded in self._plugin_configs:
             self.hosts.append(await self._load_host(loaded))
 

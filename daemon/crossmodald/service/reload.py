@@ -10,7 +10,7 @@ changed. What can change while running:
 * ``[window]``: every stream restarts (its windows are built from it);
 * ``[[sinks]]`` by path, ``[logging]`` and ``[service]``: applied in place.
 
-``[api]`` (address, TLS, tokens, limits) takes effect at the next restart; a reload that
+``[api]`` (address, TLS, tokens, limits) and ``[runtime]`` take effect at the next restart; a reload that
 changes it says so in the log and keeps serving with the running ``[api]``.
 """
 
@@ -124,10 +124,12 @@ def diff_configs(
         logging_changed=old.logging != new.logging,
         service_changed=old.service != new.service,
         restart_required=tuple(
-            f"api.{key}" for key in _changed_keys(old.api.model_dump(), new.api.model_dump())
-        )
-        if old.api != new.api
-        else (),
+            f"{section}.{key}"
+            for section in ("api", "runtime")
+            for key in _changed_keys(
+                getattr(old, section).model_dump(), getattr(new, section).model_dump()
+            )
+        ),
     )
 
 
