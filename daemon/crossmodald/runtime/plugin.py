@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from crossmodald.bus.events import Event
 from crossmodald.media import StreamInfo, Window
@@ -31,9 +31,9 @@ class PluginConfig(BaseModel):
     #: torch device: "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", ...
     device: str = "auto"
     #: Most windows per inference call.
-    max_batch: int = 64
+    max_batch: int = Field(64, ge=1, le=4096)
     #: Windows waiting for this plugin before the oldest are dropped.
-    queue_size: int = 256
+    queue_size: int = Field(256, ge=1, le=1_000_000)
 
 
 @runtime_checkable

@@ -1,0 +1,52 @@
+"""User docs stay current: every config key is documented, and the README's commands exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from crossmodald.cli import build_parser
+from crossmodald.runtime.registry import PluginRegistry
+from crossmodald.service import config as cfg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _models() -> list[type[BaseModel]]:
+    models = [
+        obj
+        for obj in vars(cfg).values()
+        if isinstance(obj, type)
+        and issubclass(obj, BaseModel)
+        and obj.__module__ == cfg.__name__
+        and not obj.__name__.startswith("_")
+    ]
+    registry = PluginRegistry.discover()
+    models += [registry.factory(name).config_model for name in registry.names()]
+    return models
+
+
+def test_every_config_key_is_in_the_configuration_reference() -> None:
+    text = (REPO / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"`([a-z_][a-z0-9_]*)`", text))
+    # Sections: `[window]`, `[[sources]]`, `[api.limits]`.
+    for section in re.findall(r"`\[\[?([a-z_.]+)\]\]?`", text):
+        documented.update(section.split("."))
+    missing = sorted(
+        f"{model.__name__}.{key}"
+        for model in _models()
+        for key in model.model_fields
+        if key not in documented and key != "type"
+    )
+    assert not missing, f"undocumented config keys: {missing}"
+
+
+def test_readme_commands_are_real_subcommands() -> None:
+    readme = (REPO / "README.md").read_text()
+    subcommands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    used = set(re.findall(r"^crossmodald ([a-z-]+)", readme, flags=re.MULTILINE))
+    used |= set(re.findall(r"`crossmodald ([a-z-]+)", readme))
+    assert used, "README names no crossmodald command"
+    assert used <= subcommands, f"README names unknown commands: {used - subcommands}"
