@@ -242,6 +242,7 @@ class _Track:
     converter: AudioMonoConverter | None = None
     last_mono_ns: int | None = None
     lost_total: int = 0
+    ended: bool = False
 
 
 class WebRtcSource:
@@ -416,6 +417,10 @@ class WebRtcSource:
                 self._take(track, frame)
         finally:
             log.debug("%s: %s track ended", self.name, kind)
+            track.ended = True
+            if all(t.ended for t in self._tracks.values()):
+                # RTCP BYE or a stopped decoder: the peer is done with every track.
+                self._end("the peer ended its tracks")
 
     def _take(self, track: _Track, frame: Any) -> None:
         arrival_ns = self._clock_ns()
