@@ -388,6 +388,12 @@ class IceServerConfig(_Model):
         return value
 
 
+VideoCodec = Literal["VP8", "H264"]
+AudioCodec = Literal["opus", "PCMU", "PCMA"]
+_VIDEO_CODECS: tuple[VideoCodec, ...] = ("VP8", "H264")
+_AUDIO_CODECS: tuple[AudioCodec, ...] = ("opus", "PCMU", "PCMA")
+
+
 class WebRtcConfig(_Model):
     """WebRTC ingest over WHIP (``[webrtc]``); see docs/webrtc.md."""
 
@@ -411,11 +417,9 @@ class WebRtcConfig(_Model):
     allowed_origins: list[str] = Field(default_factory=lambda: ["*"])
     #: Video codecs accepted, in order of preference (H264: constrained baseline 42e01f/42001f
     #: with packetization-mode=1, what aiortc decodes; OBS sends it).
-    video_codecs: list[Literal["VP8", "H264"]] = Field(default_factory=lambda: ["VP8", "H264"])
+    video_codecs: list[VideoCodec] = Field(default_factory=lambda: list(_VIDEO_CODECS))
     #: Audio codecs accepted, in order of preference.
-    audio_codecs: list[Literal["opus", "PCMU", "PCMA"]] = Field(
-        default_factory=lambda: ["opus", "PCMU", "PCMA"]
-    )
+    audio_codecs: list[AudioCodec] = Field(default_factory=lambda: list(_AUDIO_CODECS))
     #: Decoded media buffered between the WebRTC receiver and analysis (seconds per track);
     #: beyond it the oldest is dropped and counted.
     queue_s: float = Field(2.0, gt=0, le=60)
