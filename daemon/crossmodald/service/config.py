@@ -271,6 +271,16 @@ class ApiLimitsConfig(_Model):
     max_streams_per_client: int = Field(8, ge=1, le=100_000)
 
 
+def check_origins(value: list[str]) -> list[str]:
+    """CORS origins: ``*`` or ``scheme://host[:port]`` with no path."""
+    for origin in value:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ValueError(
+                f"expected an origin like 'https://host[:port]' (no path) or '*', got {origin!r}"
+            )
+    return value
+
+
 class ApiConfig(_Model):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -296,12 +306,7 @@ class ApiConfig(_Model):
     @field_validator("cors_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
-        for origin in value:
-            if origin != "*" and not _ORIGIN.fullmatch(origin):
-                raise ValueError(
-                    f"expected an origin like 'https://host[:port]' (no path) or '*', got {origin!r}"
-                )
-        return value
+        return check_origins(value)
 
     @model_validator(mode="after")
     def _exposure(self) -> ApiConfig:
@@ -435,12 +440,7 @@ class WebRtcConfig(_Model):
     @field_validator("allowed_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
-        for origin in value:
-            if origin != "*" and not _ORIGIN.fullmatch(origin):
-                raise ValueError(
-                    f"expected an origin like 'https://host[:port]' (no path) or '*', got {origin!r}"
-                )
-        return value
+        return check_origins(value)
 
     @field_validator("host_addresses")
     @classmethod
@@ -515,6 +515,7 @@ def _is_union_tag(part: str | int) -> bool:
     # pydantic inserts the discriminator's value ("pattern") or a type name into loc paths.
     return isinstance(part, str) and part in {"pattern", "media", "device", "jsonl"}
 
+
 def _key_text(part: str | int) -> str:
     # A TOML key may hold any character (even a newline); quote odd ones so that every error
     # stays one readable line.
@@ -523,7 +524,6 @@ def _key_text(part: str | int) -> str:
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
 
 
 def validate_config(data: Mapping[str, Any], source: str = "<config>") -> DaemonConfig:
