@@ -8,6 +8,8 @@ Routes:
     ``GET /healthz``         200 while the process serves requests.
     ``GET /readyz``          200 once the daemon is ready, else 503.
     ``GET /metrics``         Prometheus text exposition (:mod:`crossmodald.api.metrics`).
+    ``GET /``                The publish page (WHIP from a browser, events, calibration);
+                             its files under ``GET /static/``. Public.
 
 Security (:mod:`crossmodald.api.auth`, :mod:`crossmodald.api.limits`): bearer tokens with
 scopes per route, CORS allow-list, optional TLS, request size and per-client limits.
@@ -25,6 +27,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, web
@@ -47,6 +50,8 @@ SSE_BATCH_MAX = 256
 SERVER_SHUTDOWN_REASON = "server shutting down"
 #: Longest WebSocket close reason, in bytes (RFC 6455 allows 123).
 _WS_REASON_MAX_BYTES = 123
+#: The publish page and its files (package data), served at ``/`` and ``/static/``.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: Longest ``Last-Event-ID`` / ``last_seq`` value we parse, in characters.
 _MAX_SEQ_DIGITS = 19
 
@@ -132,6 +137,9 @@ def build_app(
     app.router.add_get("/v1/streams/{name}", _stream)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    # The publish page (issue 3 item 5): public, like /healthz (auth.ROUTE_SCOPES).
+    app.router.add_get("/", _index)
+    app.router.add_static("/static/", STATIC_DIR, append_version=False)
     app.on_shutdown.append(_end_subscribers)
     return app
 
@@ -413,6 +421,11 @@ async def _stream(request: web.Request) -> web.Response:
         if stream.get("name") == name:
             return web.json_response(stream)
     return _error(404, f"no stream named {name!r}")
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    """The publish page (static/index.html): WHIP from a browser, live events, calibration."""
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -9,7 +9,8 @@ time taken does not say which token or how much of it matched.
 Scopes: ``subscribe`` (read: events, streams, sources, metrics), ``publish`` (send media: WHIP),
 ``admin`` (change sources, reload; implies the other two). See :data:`ROUTE_SCOPES`; a route not
 listed there needs ``subscribe`` to read (GET/HEAD) and ``admin`` for anything else, so a new
-route is closed until it is placed. ``/healthz`` and ``/readyz`` are public (for probes).
+route is closed until it is placed. ``/healthz`` and ``/readyz`` are public (for probes), and so
+are the publish page ``/`` and its ``/static/`` files.
 
 With no tokens configured the API is open, which the config allows only on a loopback address
 (unless ``allow_unauthenticated``). Open on loopback, two browser attacks remain and are blocked:
@@ -48,6 +49,7 @@ _MAX_TOKEN_CHARS = 4096
 ROUTE_SCOPES: tuple[tuple[str, str, Scope | None], ...] = (
     ("GET HEAD", "/healthz", None),
     ("GET HEAD", "/readyz", None),
+    ("GET HEAD", "/static", None),  # the publish page's files (no data in them)
     ("GET HEAD", "/v1/events", "subscribe"),
     ("GET HEAD", "/v1/streams", "subscribe"),
     ("GET HEAD", "/v1/sources", "subscribe"),
@@ -154,6 +156,8 @@ PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 
 def required_scope(method: str, path: str) -> Scope | None:
     """The scope a request needs by :data:`ROUTE_SCOPES` (None: public)."""
+    if path == "/" and method in ("GET", "HEAD"):
+        return None  # the publish page (exact: a "/" prefix would match every path)
     for methods, prefix, scope in ROUTE_SCOPES:
         if methods != "*" and method not in methods.split():
             continue
