@@ -74,6 +74,7 @@ async def test_drift_estimate_within_20ppm(drift_ppm: float) -> None:
         if e["type"] == "sync.offset" and e["data"].get("drift_ppm") is not None
     ]
     assert drifts, "no drift estimate after 70 s"
+    print(f"true drift {drift_ppm:+.0f} ppm, estimated {drifts[-1]:+.1f} ppm")
     assert abs(drifts[-1] - drift_ppm) <= 20.0, drifts[-5:]
 
 
