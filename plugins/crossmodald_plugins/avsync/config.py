@@ -14,8 +14,9 @@ class AvSyncConfig(PluginConfig):
 
     Attributes:
         method: "flash" (test-pattern flashes and beeps, sub-frame precise), "motion" (visual
-            motion vs audio onsets, for general content) or "auto" (flash where a window shows
-            flashes and beeps, else motion).
+            motion vs audio onsets, for general content), "clap" (hands meeting vs the clap's
+            sound onset, for calibration) or "auto" (flash where a window shows flashes and
+            beeps, else clap where it shows one clap, else motion).
         max_lag_ms: Largest offset searched, either sign.
         smoothing_windows: Confident values the smoothed offset is the median of.
         min_confidence: Windows below this confidence feed neither smoothing, alarm nor drift.
@@ -28,7 +29,7 @@ class AvSyncConfig(PluginConfig):
     """
 
     type: Literal["avsync"]
-    method: Literal["auto", "flash", "motion"] = "auto"
+    method: Literal["auto", "flash", "motion", "clap"] = "auto"
     max_lag_ms: float = Field(500.0, gt=0, le=2000)
     smoothing_windows: int = Field(8, ge=1, le=1000)
     min_confidence: float = Field(0.3, ge=0, le=1)

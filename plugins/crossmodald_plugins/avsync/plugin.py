@@ -9,10 +9,11 @@ import torch
 
 from crossmodald.media import StreamInfo, Window
 from crossmodald.runtime.plugin import PluginConfig
+from crossmodald_plugins.avsync.clap import ClapOutcome, analyze_clap
 from crossmodald_plugins.avsync.config import AvSyncConfig
 from crossmodald_plugins.avsync.flash import analyze_flash
 from crossmodald_plugins.avsync.motion import FaceFinder, analyze_motion
-from crossmodald_plugins.avsync.result import AvSyncResult
+from crossmodald_plugins.avsync.result import AvSyncResult, FlashPair
 from crossmodald_plugins.avsync.session import AvSyncSession
 
 
@@ -29,7 +30,9 @@ class AvSyncPlugin:
     def __init__(self, config: AvSyncConfig, device: str) -> None:
         self.config = config
         self.device = torch.device(device)
-        self._faces = FaceFinder() if config.face_detection and config.method != "flash" else None
+        self._faces = (
+            FaceFinder() if config.face_detection and config.method in ("auto", "motion") else None
+        )
 
     def check_stream(self, stream: StreamInfo) -> str | None:
         """Why this plugin cannot analyse ``stream`` ("has no audio" / "has no video"), or None."""
@@ -58,7 +61,7 @@ class AvSyncPlugin:
         with torch.inference_mode():
             flash = (
                 analyze_flash(batch, self.device, self.config.max_lag_ms)
-                if method != "motion"
+                if method not in ("motion", "clap")
                 else None
             )
             if method == "flash":
@@ -67,6 +70,18 @@ class AvSyncPlugin:
                 motion_rows = list(range(len(batch)))
             else:
                 motion_rows = [i for i, f in enumerate(flash) if not f.pattern_like]
+            # Clap: forced, or (auto) where a window has one impulsive sound and hands meeting.
+            claps: dict[int, ClapOutcome] = {}
+            if method in ("clap", "auto"):
+                found = analyze_clap(
+                    [batch[i] for i in motion_rows], self.device, self.config.max_lag_ms
+                )
+                claps = {
+                    i: c
+                    for i, c in zip(motion_rows, found, strict=True)
+                    if method == "clap" or c.clap_like
+                }
+                motion_rows = [i for i in motion_rows if i not in claps]
             motion = analyze_motion(
                 [batch[i] for i in motion_rows],
                 self.device,
@@ -78,6 +93,10 @@ class AvSyncPlugin:
         results: list[AvSyncResult] = []
         for i, window in enumerate(batch):
             middle_ns = (window.start_ns + window.end_ns) // 2
+            c = claps.get(i)
+            if c is not None:
+                results.append(_clap_result(c, middle_ns))
+                continue
             m = by_row.get(i)
             if m is not None:
                 results.append(
@@ -109,6 +128,21 @@ class AvSyncPlugin:
                 )
             )
         return results
+
+
+def _clap_result(c: ClapOutcome, middle_ns: int) -> AvSyncResult:
+    # The contact and the sound onset are reported as the one pair they form.
+    pairs: tuple[FlashPair, ...] = ()
+    if c.contact_ns is not None and c.audio_onset_ns is not None and c.audio_lead_ms is not None:
+        pairs = (FlashPair(c.contact_ns, c.audio_onset_ns, c.audio_lead_ms),)
+    return AvSyncResult(
+        audio_lead_ms=c.audio_lead_ms,
+        confidence=c.confidence,
+        method="clap",
+        measured_at_ns=c.contact_ns if c.contact_ns is not None else middle_ns,
+        pairs=pairs,
+        reason=c.reason,
+    )
 
 
 class AvSyncFactory:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Method = Literal["flash", "motion"]
+Method = Literal["flash", "motion", "clap"]
 
 
 @dataclass(frozen=True, slots=True)
