@@ -30,7 +30,8 @@
     channel: "closed",
     events: 0,
     types: {},
-    offsets: [], // {ms, confidence, smoothed, clock}
+    offsets: [], // {seq, ms, confidence, smoothed, clock}
+    last_seq: null, // seq of the last event received
     transport: null, // last sync.transport data
     alarm: null,
     ended: null,
@@ -149,12 +150,14 @@
 
   function onEvent(event) {
     state.events += 1;
+    state.last_seq = event.seq;
     state.types[event.type] = (state.types[event.type] || 0) + 1;
     const d = event.data || {};
     switch (event.type) {
       case "sync.offset": {
         if (d.audio_lead_ms !== null && d.audio_lead_ms !== undefined) {
           state.offsets.push({
+            seq: event.seq,
             ms: d.audio_lead_ms,
             confidence: d.confidence ?? 0,
             smoothed: d.smoothed_audio_lead_ms ?? null,
@@ -447,6 +450,7 @@
       events: 0,
       types: {},
       offsets: [],
+      last_seq: null,
       transport: null,
       alarm: null,
       ended: null,
