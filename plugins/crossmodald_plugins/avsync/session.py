@@ -78,7 +78,7 @@ class AvSyncSession:
             "drift_uncertainty_ppm": drift.uncertainty_ppm if drift is not None else None,
             "reason": result.reason or None,
         }
-        if result.method == "flash":
+        if result.method in ("flash", "clap"):  # a clap is one contact/sound pair
             data["pairs"] = [
                 {
                     "video_onset_ns": p.video_onset_ns,
