@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from crossmodald.service.config import (
     MediaSourceConfig,
     PatternSourceConfig,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+from clapkit import write_clap_clip  # the clap recording of the avsync tests
 
 FPS = 30
 FRAME_MS = 1000 / FPS
@@ -88,6 +92,28 @@ async def test_finds_a_known_flash_beep_offset_within_a_frame(
     assert "flash method" in out
     fix = float(re.search(r"audio_shift_ms = ([-0-9.]+)", out).group(1))  # type: ignore[union-attr]
     assert abs((shift_ms - fix) - expected) < 0.11  # applying it cancels the offset
+
+
+@pytest.mark.parametrize(("fps", "true_lead_ms"), [(25, -120.0), (30, 80.0)])
+async def test_finds_a_known_clap_offset_within_a_frame(
+    tmp_path: Path, fps: int, true_lead_ms: float
+) -> None:
+    # Two claps three seconds apart, each hands-meet-then-sound with the same known offset.
+    clip = write_clap_clip(
+        tmp_path / "clap.mkv",
+        fps=fps,
+        audio_lead_ms=true_lead_ms,
+        contacts_s=(1.37, 4.41),
+        seconds=6.0,
+    )
+    config = _config(tmp_path, f'[[sources]]\ntype = "media"\nname = "rec"\nurl = "{clip}"\n')
+    code, out, err = await _run(config, "rec")
+    assert (code, err) == (0, "")
+    assert "clap method" in out
+    measured = float(re.search(r"audio_lead_ms = ([-+0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    assert abs(measured - true_lead_ms) < 1000 / fps
+    fix = float(re.search(r"audio_shift_ms = ([-0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    assert abs(fix + true_lead_ms) < 1000 / fps  # applying it cancels the offset
 
 
 async def test_nothing_to_measure_is_a_clear_failure(tmp_path: Path) -> None:
