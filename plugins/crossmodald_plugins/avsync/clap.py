@@ -21,14 +21,16 @@ the last full-speed pair ``j`` (frames ``j-1, j``) therefore gives the remaining
     T = (t_j + d/2) + d_j * (e[j+1] + e[j+2] + e[j+3]) / e[j]
 
 is exact for a constant approach speed whichever sub-frame phase the contact has (``d_j`` is
-the interval of pair ``j``). ``e`` is proportional to displacement while it stays below the
+the interval of pair ``j``). Hands speed up into a clap, so the speed's trend over the last two
+full pairs is carried on (constant acceleration; never a slowdown) when converting the
+remaining distance into time. ``e`` is proportional to displacement while it stays below the
 hands' size, which holds for claps filmed at 25 fps and above.
 
 A stop is accepted where the pair three after a high-motion pair is still (below a fifth of
-it), the high-motion pair is not slower than the one before it (a hand easing to rest, as at
-the end of the retreat, is no clap) and the run before it is at least two pairs long (a flash
-switching off is no clap). The contact nearest in motion strength within ``max_lag_ms`` of the
-audio onset is the estimate; competing stops lower the confidence.
+it), the high-motion pair is not much slower than the one before it (a hand easing to rest, as
+at the end of the retreat, is no clap) and the run before it is at least two pairs long (a
+flash switching off is no clap). The strongest such stop within ``max_lag_ms`` of the sound
+onset is the contact; competing stops there lower the confidence.
 """
 
 from __future__ import annotations
