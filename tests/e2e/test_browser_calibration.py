@@ -16,19 +16,12 @@ got the same events as SSE subscribers, and Stop (WHIP DELETE) ends the stream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import json
-import os
-import shutil
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -38,7 +31,8 @@ import netnskit  # noqa: E402
 STREAM = "browser"
 #: Confident RTCP-timed windows the stability check looks at.
 LAST_WINDOWS = 10
-#: Largest spread (max - min) of those windows' offsets, ms. Measured here: 2-5 ms.
+#: Largest spread of those windows' offsets, ms, leaving out the highest and the lowest (a
+#: scheduling hiccup on a loaded machine moves one window). Measured here: 1-10 ms untrimmed.
 MAX_SPREAD_MS = 15.0
 #: The browser chain's offset must be within this of the truth (0), ms: a sanity bound well
 #: inside ITU-R BT.1359's acceptability; measured here about -9 ms (audio behind).
@@ -47,16 +41,8 @@ MAX_CHAIN_OFFSET_MS = 80.0
 pytestmark = [pytest.mark.browser, pytest.mark.webrtc]
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found is not None:
-            return found
-    return None
-
-
 def test_browser_calibration_offset_is_stable(tmp_path: Path) -> None:
-    if _chromium() is None:
+    if netnskit.find_chromium() is None:
         pytest.skip("chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
     reason = netnskit.namespace_skip_reason()
     if reason is not None:
@@ -90,6 +76,7 @@ def test_browser_calibration_offset_is_stable(tmp_path: Path) -> None:
     last = [e["data"]["audio_lead_ms"] for e in offsets[-LAST_WINDOWS:]]
     chain_ms = statistics.median(last)
     spread_ms = max(last) - min(last)
+    trimmed = sorted(last)[1:-1]
     transport = [
         e["data"] for e in events if e["type"] == "sync.transport" and e["data"]["timing"] == "rtcp"
     ]
@@ -100,7 +87,7 @@ def test_browser_calibration_offset_is_stable(tmp_path: Path) -> None:
         f"(spread {spread_ms:.1f} ms over {LAST_WINDOWS} windows), "
         f"transport offset {transport_ms:+.1f} ms"
     )
-    assert spread_ms <= MAX_SPREAD_MS, last
+    assert max(trimmed) - min(trimmed) <= MAX_SPREAD_MS, last
     assert abs(chain_ms) <= MAX_CHAIN_OFFSET_MS, last
     assert transport_ms is not None
 
@@ -119,138 +106,38 @@ def test_browser_calibration_offset_is_stable(tmp_path: Path) -> None:
     # Stop on the page: WHIP DELETE ends the stream, the page says so.
     assert "stream.end" in [e["type"] for e in events]
     assert result["page_after_stop"]["session"] is None
-    assert result["page_after_stop"]["status"] in ("stopped", "stream ended: stopped")
+    assert result["page_after_stop"]["status"] == "stopped"
 
 
 # -- inside the namespace -------------------------------------------------------------------------
 
 
-class DevTools:
-    """A minimal Chrome DevTools protocol client on one page target."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self._ids = itertools.count(1)
-
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        call_id = next(self._ids)
-        await self.ws.send_json({"id": call_id, "method": method, "params": params})
-        while True:
-            message = await self.ws.receive_json()
-            if message.get("id") == call_id:
-                if "error" in message:
-                    raise RuntimeError(f"DevTools {method}: {message['error']}")
-                result: dict[str, Any] = message["result"]
-                return result
-
-    async def evaluate(self, expression: str) -> Any:
-        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"page raised: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-
-async def _devtools_port(profile: Path, deadline_s: float) -> int:
-    # With --remote-debugging-port=0 Chromium writes the port it chose into the profile.
-    path = profile / "DevToolsActivePort"
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
-            return int(path.read_text().splitlines()[0])
-        await asyncio.sleep(0.1)
-    raise RuntimeError("chromium did not open its DevTools port")
-
-
-PAGE_STATE = "JSON.stringify(window.crossmodald)"
-
-
 async def _inside(out: Path) -> None:
     netnskit.only_loopback()
-    chromium = _chromium()
-    assert chromium is not None
     config = netnskit.write_config(
         out / "crossmodald.toml", [{"type": "avsync", "method": "flash"}]
     )
     result: dict[str, Any] = {}
     async with netnskit.loopback_daemon(config, out / "daemon.log") as daemon:
-        profile = Path(tempfile.mkdtemp(prefix="chromium-", dir=out))
         url = f"{netnskit.BASE_URL}/?mode=calibrate&stream={STREAM}&autostart=1"
-        flags = [
-            "--headless=new",
-            f"--user-data-dir={profile}",
-            "--remote-debugging-port=0",
-            "--remote-debugging-address=127.0.0.1",
-            # Media: permission prompts granted, audio without a user gesture, nothing played.
-            "--use-fake-ui-for-media-stream",
-            "--autoplay-policy=no-user-gesture-required",
-            "--mute-audio",
-            # ICE on 127.0.0.1 (not mDNS names); see WEBRTC.md §6.
-            "--allow-loopback-in-peer-connection",
-            "--disable-features=WebRtcHideLocalIpsWithMdns,MediaRouter,OptimizationHints",
-            # No traffic of Chromium's own.
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-default-apps",
-            "--disable-extensions",
-            "--disable-domain-reliability",
-            "--disable-client-side-phishing-detection",
-            "--no-pings",
-            "--metrics-recording-only",
-            "--no-first-run",
-            "--no-default-browser-check",
-            # Keep timers and frames running at full rate in the headless page.
-            "--disable-background-timer-throttling",
-            "--disable-renderer-backgrounding",
-            "--disable-backgrounding-occluded-windows",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-        ]
-        if os.geteuid() == 0:
-            flags.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
-        log = (out / "chromium.log").open("w")
-        browser = await asyncio.create_subprocess_exec(
-            chromium, *flags, url, stdout=log, stderr=log
-        )
-        try:
-            port = await _devtools_port(profile, 30)
-            async with daemon.http.get(f"http://127.0.0.1:{port}/json/version") as response:
-                result["browser"] = (await response.json())["Browser"]
-            async with daemon.http.get(f"http://127.0.0.1:{port}/json") as response:
-                target = next(t for t in await response.json() if t["type"] == "page")
-            async with daemon.http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                tools = DevTools(ws)
+        async with netnskit.chromium(url, out, daemon.http) as page:
+            result["browser"] = page.browser
 
-                def windows() -> int:
-                    return sum(
-                        1
-                        for e in daemon.of(STREAM, "sync.offset")
-                        if e["media"]["clock"] == "rtcp"
-                        and e["data"]["audio_lead_ms"] is not None
-                        and e["data"]["confidence"] >= 0.5
-                    )
+            def windows() -> int:
+                return sum(
+                    1
+                    for e in daemon.of(STREAM, "sync.offset")
+                    if e["media"]["clock"] == "rtcp"
+                    and e["data"]["audio_lead_ms"] is not None
+                    and e["data"]["confidence"] >= 0.5
+                )
 
-                await daemon.wait_until(lambda: windows() >= LAST_WINDOWS + 2, 60)
-                await asyncio.sleep(0.5)  # the page takes the same events over its channel
-                result["page"] = json.loads(await tools.evaluate(PAGE_STATE))
-                result["streams"] = (await daemon.get("/v1/streams"))["streams"]
-                await tools.evaluate("document.getElementById('stop').click()")
-                await daemon.wait_until(lambda: bool(daemon.of(STREAM, "stream.end")), 15)
-                await asyncio.sleep(0.5)
-                result["page_after_stop"] = json.loads(await tools.evaluate(PAGE_STATE))
-                with contextlib.suppress(Exception):
-                    await tools.call("Browser.close")
-        finally:
-            if browser.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    browser.terminate()
-                try:
-                    await asyncio.wait_for(browser.wait(), 10)
-                except TimeoutError:
-                    browser.kill()
-                    await browser.wait()
-            log.close()
-            shutil.rmtree(profile, ignore_errors=True)
+            await daemon.wait_until(lambda: windows() >= LAST_WINDOWS + 2, 60)
+            await asyncio.sleep(0.5)  # the page takes the same events over its channel
+            result["page"] = await page.state()
+            result["streams"] = (await daemon.get("/v1/streams"))["streams"]
+            result["page_after_stop"] = await page.stopped()
+            await daemon.wait_until(lambda: bool(daemon.of(STREAM, "stream.end")), 15)
         result["events"] = [e for e in daemon.events if e["stream"] == STREAM]
     (out / "result.json").write_text(json.dumps(result), encoding="utf-8")
 

@@ -37,6 +37,7 @@
     ended: null,
     calibration: null, // {median_ms, spread_ms, windows}
     flashes: 0, // calibration flashes (and beeps) generated
+    codecs: {}, // negotiated codec per kind, from the answer
   };
   window.crossmodald = state;
 
@@ -165,11 +166,17 @@
           });
           if (state.offsets.length > OFFSETS_MAX) state.offsets.shift();
         }
-        const shown = d.smoothed_audio_lead_ms ?? d.audio_lead_ms;
+        // The smoothed value (a median of confident windows); a lone window only if confident.
+        const confident = (d.confidence ?? 0) >= 0.5 ? d.audio_lead_ms : null;
+        const shown = d.smoothed_audio_lead_ms ?? confident;
         if (shown !== null && shown !== undefined) {
           placeNeedle("needle", shown);
           $("offset").textContent =
             `${describeLead(shown)}, confidence ${(d.confidence ?? 0).toFixed(2)}`;
+        } else if (d.audio_lead_ms !== null && d.audio_lead_ms !== undefined) {
+          $("offset").textContent =
+            `no confident estimate yet (window: ${fmtMs(d.audio_lead_ms)}, ` +
+            `confidence ${(d.confidence ?? 0).toFixed(2)})`;
         }
         $("timing").textContent = event.media ? event.media.clock : "–";
         if (state.mode === "calibrate") updateCalibration();
@@ -430,6 +437,23 @@
     if (wanted.length) transceiver.setCodecPreferences([...wanted, ...rtx]);
   }
 
+  /** The codec the answer chose per media kind (its first payload type). */
+  function answerCodecs(sdp) {
+    const codecs = {};
+    let kind = null;
+    let first = null;
+    for (const line of sdp.split(/\r?\n/)) {
+      if (line.startsWith("m=")) {
+        const parts = line.slice(2).split(" ");
+        kind = parts[0];
+        first = parts[3];
+      } else if (kind && line.startsWith(`a=rtpmap:${first} `) && !(kind in codecs)) {
+        codecs[kind] = line.split(" ")[1].split("/")[0];
+      }
+    }
+    return codecs;
+  }
+
   async function errorText(response) {
     const body = await response.text();
     try {
@@ -455,6 +479,7 @@
       alarm: null,
       ended: null,
       calibration: null,
+      codecs: {},
     });
     $("log").replaceChildren();
     $("calibration-label").classList.toggle("hidden", mode !== "calibrate");
@@ -474,7 +499,10 @@
       pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: "max-bundle" });
       pc.addEventListener("connectionstatechange", () => {
         state.connection = pc ? pc.connectionState : "closed";
-        if (state.connection === "connected") setStatus(`publishing as ${stream}`, "live");
+        if (state.connection === "connected") {
+          const used = [state.codecs.video, state.codecs.audio].filter(Boolean).join(" + ");
+          setStatus(`publishing as ${stream}${used ? ` (${used})` : ""}`, "live");
+        }
         else if (state.connection === "failed") fail("the WebRTC connection failed");
         else if (state.connection === "disconnected") setStatus("connection interrupted");
       });
@@ -508,7 +536,9 @@
       const location_ = response.headers.get("Location");
       if (!location_) throw new Error("WHIP answer has no Location header");
       state.session = new URL(location_, url).href;
-      await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+      const answer = await response.text();
+      state.codecs = answerCodecs(answer);
+      await pc.setRemoteDescription({ type: "answer", sdp: answer });
       setStatus("connecting");
     } catch (err) {
       await stop(false);
