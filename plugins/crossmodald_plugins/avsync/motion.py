@@ -147,7 +147,15 @@ def _area_pool(stack: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         y0, x0 = (height - fy * rows) // 2, (width - fx * cols) // 2
         crop = stack[:, y0 : y0 + fy * rows, x0 : x0 + fx * cols]
         blocks = crop.reshape(len(stack), rows, fy, cols, fx)
-        pooled: npt.NDArray[np.float32] = blocks.mean(axis=(2, 4), dtype=np.float32)
+        # Block sums as fy*fx strided adds: ~15x faster than a mean over the axes (2, 4), and
+        # the same values, since every partial sum of 8-bit pixels is an integer that float32
+        # holds exactly (below 2**24), whatever the order.
+        pooled: npt.NDArray[np.float32] = blocks[:, :, 0, :, 0].astype(np.float32)
+        for dy in range(fy):
+            for dx in range(fx):
+                if dy or dx:
+                    pooled += blocks[:, :, dy, :, dx]
+        pooled /= np.float32(fy * fx)
         return pooled
     # Blocks would drop too much (or the picture is smaller than the target): exact area
     # averaging with fractional blocks (slower, so only here).
@@ -231,7 +239,20 @@ def _audio_onsets(
     )
     zero = torch.zeros_like(audio[:, :1], dtype=torch.float64)
     power_sum = torch.cat([zero, torch.cumsum(audio.double() ** 2, dim=1)], dim=1)
-    valid_sum = torch.cat([zero, torch.cumsum(valid.double(), dim=1)], dim=1)
+    # Usually every sample was delivered and no row is padded: the running count of valid
+    # samples is then the sample index itself (exact in float64), no cumulative sum needed.
+    all_valid = all(
+        len(w.audio) == audio.shape[1]
+        and len(w.audio_valid) == len(w.audio)
+        and w.audio_valid.all()
+        for w in windows
+    )
+    if all_valid:
+        valid_sum = torch.arange(audio.shape[1] + 1, dtype=torch.float64, device=device).expand(
+            audio.shape[0], -1
+        )
+    else:
+        valid_sum = torch.cat([zero, torch.cumsum(valid.double(), dim=1)], dim=1)
     # Frame k covers samples [k, k+1) / rate_hz; its boundaries on each row's own sample grid.
     k = torch.arange(n_grid + 1, device=device, dtype=torch.float64)
     bounds = torch.floor(k[None, :] * rates[:, None] / rate_hz).long()
