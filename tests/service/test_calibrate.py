@@ -126,6 +126,18 @@ async def test_nothing_to_measure_is_a_clear_failure(tmp_path: Path) -> None:
     assert err.count("\n") == 1
 
 
+async def test_talking_without_a_clap_or_flash_does_not_calibrate(
+    tmp_path: Path, shared_media: Path
+) -> None:
+    # The motion method gives offsets on a talking head, but none rests on a known instant.
+    clip = shared_media / "talkinghead_hdtf_aoc_25fps.mp4"
+    config = _config(tmp_path, f'[[sources]]\ntype = "media"\nname = "rec"\nurl = "{clip}"\n')
+    code, out, err = await _run(config, "rec", 6.0)
+    assert code == 1
+    assert out == ""
+    assert err.startswith("calibrate: rec: no clap or flash/beep found")
+
+
 async def test_unknown_source_and_bad_config(tmp_path: Path) -> None:
     config = _config(tmp_path, '[[sources]]\ntype = "pattern"\nname = "bars"\n')
     code, _, err = await _run(config, "studio")

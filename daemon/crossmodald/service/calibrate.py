@@ -47,6 +47,10 @@ from crossmodald.window import Windower
 _BATCH = 32
 
 
+#: avsync methods whose offsets rest on one known instant, the only ones calibration trusts.
+CALIBRATION_METHODS = frozenset({"flash", "clap"})
+
+
 class CalibrationError(Exception):
     """Calibration could not measure anything; the message is one line saying why."""
 
@@ -61,7 +65,7 @@ class Calibration:
         spread_ms: Median absolute deviation of those windows' offsets.
         windows: Confident windows used.
         windows_total: Windows analysed.
-        method: The avsync method that measured most of them ("flash" or "motion").
+        method: The avsync method that measured most of them ("flash" or "clap").
         recorded_s: Media seconds recorded.
     """
 
@@ -183,10 +187,14 @@ async def calibrate(
         batch = windows[start : start + _BATCH]
         results.extend(await asyncio.to_thread(plugin.infer, batch))
     min_confidence = float(getattr(loaded.config, "min_confidence", 0.0))
+    # Only events with a known instant (a flash/beep, a clap) calibrate; the motion method's
+    # correlation on whatever else was in view is no reference and would skew the median.
     confident = [
         r
         for r in results
-        if getattr(r, "audio_lead_ms", None) is not None and r.confidence >= min_confidence
+        if getattr(r, "audio_lead_ms", None) is not None
+        and r.confidence >= min_confidence
+        and str(getattr(r, "method", "")) in CALIBRATION_METHODS
     ]
     if not confident:
         reasons = sorted({str(getattr(r, "reason", "")) for r in results} - {""})
