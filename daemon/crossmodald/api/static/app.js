@@ -121,8 +121,8 @@
   function logEvent(event) {
     const li = document.createElement("li");
     const family = event.type.split(".")[0];
-    li.className =
-      event.type === "sync.alarm" ? "alarm-event" : family === "stream" && event.type === "stream.fault" ? "fault" : family;
+    const special = { "sync.alarm": "alarm-event", "stream.fault": "fault", "plugin.error": "error" };
+    li.className = special[event.type] || family;
     const time = (event.ts || "").slice(11, 23);
     const phase = event.phase ? ` [${event.phase}]` : "";
     li.textContent = `${time} ${event.type}${phase} ${summary(event)}`;
@@ -327,7 +327,9 @@
         if (on && !this.lastOn) state.flashes += 1;
         this.draw(on);
         this.lastOn = on;
-        this.nextDrawMs = Math.max(this.nextDrawMs + 1000 / this.fps, t + half);
+        // The next frame one frame interval on; from now when the page fell behind.
+        const next = this.nextDrawMs + 1000 / this.fps;
+        this.nextDrawMs = next > t ? next : t + 1000 / this.fps;
       }
     }
 
