@@ -5,6 +5,7 @@ pattern source (flash method) and, with --motion, from a talking-head clip with 
 (motion method). The batch holds windows of distinct streams, as the runtime builds it.
 
     python benchmarks/bench_avsync_batch.py [--device cpu|cuda] [--sizes 1 8 64 256] [--repeat 5]
+        [--threads N] [--motion]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from crossmodald.ingest import create_source
 from crossmodald.ingest.pacing import VirtualPacer
 from crossmodald.media import NS_PER_S, AudioChunk, VideoFrame, Window
-from crossmodald.runtime.device import resolve_device
+from crossmodald.runtime.device import configure_threads, resolve_device
 from crossmodald.service.config import MediaSourceConfig, PatternSourceConfig
 from crossmodald.window import Windower
 from crossmodald_plugins.avsync import AvSyncConfig, AvSyncFactory
@@ -83,7 +84,11 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 64, 256])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--motion", action="store_true", help="also time the motion method")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: the daemon's, half the CPUs)"
+    )
     args = parser.parse_args()
+    configure_threads(args.threads)
     device = resolve_device(args.device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     pattern = PatternSourceConfig(
