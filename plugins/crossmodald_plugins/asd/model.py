@@ -8,7 +8,7 @@ shape.
 Shapes:
     visual input: (B, T, 112, 112) grey face crops, uint8-valued floats in [0, 255], 25 fps.
     audio input: (B, 4T, 13) MFCCs, 100 per second.
-    output: (B, T) speaking logits (the second logit of the 128->2 audio-visual head).
+    output: (B, T) speaking log-odds (of the 128->2 audio-visual head's softmax).
 """
 
 from __future__ import annotations
@@ -204,11 +204,17 @@ class LightASD(nn.Module):
         return self.model.forward_audio_frontend(mfcc)
 
     def fuse(self, audio_embed: Tensor, visual_embed: Tensor) -> Tensor:
-        """(B, T, 128) embeddings of both -> (B, T) speaking logits."""
+        """(B, T, 128) embeddings of both -> (B, T) speaking log-odds.
+
+        The head was trained through a two-way softmax, so the speaking probability is
+        ``softmax(logits)[1] = sigmoid(logit_1 - logit_0)``; the difference is returned. (The
+        second logit alone, which the reference demo thresholds at 0, carries a common-mode
+        part that moves with the input and is no probability under ``sigmoid``.)
+        """
         fused = self.model.forward_audio_visual_backend(audio_embed, visual_embed)
         logits: Tensor = self.lossAV.FC(fused)
-        return logits[..., 1]
+        return logits[..., 1] - logits[..., 0]
 
     def forward(self, mfcc: Tensor, crops: Tensor) -> Tensor:
-        """Speaking logits (B, T) for MFCCs (B, 4T, 13) and grey face crops (B, T, 112, 112)."""
+        """Speaking log-odds (B, T) for MFCCs (B, 4T, 13) and grey crops (B, T, 112, 112)."""
         return self.fuse(self.audio_embed(mfcc), self.visual_embed(crops))
