@@ -16,13 +16,18 @@ Three tasks, each with its metric:
     (``data.track_id`` and ``data.box`` = ``[x, y, w, h]``) is on the face whose audio plays,
     and on no other face.
 
-Windows are built here straight from the decoded file (no daemon): a plugin sees the same
-:class:`~crossmodald.media.Window` values as under the runtime, windows of all streams of an
-evaluation batched into one :meth:`Plugin.infer` call per window index.
+Media goes through the daemon's own path: :class:`~crossmodald.ingest.media.MediaSource` decodes
+(and, for ``lipsync``, moves the audio by its ``audio_shift_ms``) and the
+:class:`~crossmodald.window.Windower` cuts the windows, so a plugin sees exactly the
+:class:`~crossmodald.media.Window` values ``crossmodald analyze`` gives it; windows of all
+streams of an evaluation are batched into one :meth:`Plugin.infer` call per window index, as the
+runtime batches them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import math
 import statistics
 import sys
@@ -39,16 +44,21 @@ import numpy as np
 import numpy.typing as npt
 
 from crossmodald.bus.events import Event, Phase
-from crossmodald.ingest.frames import to_mono_f32, video_frame_from_luma
+from crossmodald.ingest.base import SourceError, SourceFault
+from crossmodald.ingest.frames import audio_chunk, to_mono_f32, video_frame_from_luma
+from crossmodald.ingest.media import MediaSource
 from crossmodald.media import (
     NS_PER_MS,
     NS_PER_S,
+    AudioChunk,
     ClockKind,
     F32Array,
     StreamInfo,
     VideoFrame,
     Window,
 )
+from crossmodald.service.config import MediaSourceConfig
+from crossmodald.window import Windower
 
 ENTRY_POINT_GROUP = "crossmodald.plugins"
 
@@ -180,6 +190,35 @@ def decode_media(path: Path) -> DecodedMedia:
     return DecodedMedia(path, tuple(frames), audio, audio_rate, audio_start_ns or 0, frame_rate)
 
 
+def _windower(stream: str, info: StreamInfo, length_s: float, hop_s: float) -> Windower:
+    """The daemon's windower for one evaluation stream (no lateness: nothing arrives late)."""
+    if length_s <= 0 or hop_s <= 0:
+        raise EvalError(f"window length and hop must be positive, got {length_s} s / {hop_s} s")
+    try:
+        return Windower(
+            stream,
+            length_ns=round(length_s * NS_PER_S),
+            hop_ns=round(hop_s * NS_PER_S),
+            lateness_ns=0,
+            has_video=info.has_video,
+            has_audio=info.has_audio,
+            sample_rate=info.sample_rate,
+            frame_rate=info.frame_rate,
+            clock=info.clock,
+        )
+    except ValueError as exc:
+        raise EvalError(str(exc)) from exc
+
+
+def _complete(windows: Iterable[Window], first_ns: int, end_ns: int) -> list[Window]:
+    """The windows that lie wholly inside the media ``[first_ns, end_ns)``.
+
+    A shifted audio track starts the windower's grid earlier (or ends it later) than the
+    picture; the partial windows at either end would score a shift against silence.
+    """
+    return [w for w in windows if w.start_ns >= first_ns and w.end_ns <= end_ns]
+
+
 def make_windows(
     media: DecodedMedia,
     stream: str,
@@ -188,7 +227,11 @@ def make_windows(
     hop_s: float = 0.5,
     audio_shift_ms: float = 0.0,
 ) -> list[Window]:
-    """Cut decoded media into event-time windows as the daemon's windower would.
+    """Windows of already decoded media, cut by the daemon's :class:`Windower`.
+
+    The frames and the audio (in 1024-sample chunks, moved earlier by ``audio_shift_ms``) are
+    pushed in pts order, as a source delivers them; only windows wholly inside the media are
+    kept (see :func:`stream_windows` for files).
 
     Args:
         media: The decoded file.
@@ -199,50 +242,110 @@ def make_windows(
             ``audio_lead_ms`` sign); samples shifted in from outside the file are zero and
             flagged invalid.
     """
-    if length_s <= 0 or hop_s <= 0:
-        raise EvalError(f"window length and hop must be positive, got {length_s} s / {hop_s} s")
-    length_ns = round(length_s * NS_PER_S)
-    hop_ns = round(hop_s * NS_PER_S)
-    total_ns = media.duration_ns
-    rate = media.audio_rate
+    info = media.stream_info(stream)
+    windower = _windower(stream, info, length_s, hop_s)
     shift_ns = round(audio_shift_ms * NS_PER_MS)
-    fps = media.frame_rate
-    pts = np.array([f.pts_ns for f in media.video], dtype=np.int64)
-    windows: list[Window] = []
-    index = 0
-    while index * hop_ns + length_ns <= total_ns:
-        start = index * hop_ns
-        end = start + length_ns
-        lo, hi = np.searchsorted(pts, [start, end])
-        if rate:
-            n = length_ns * rate // NS_PER_S
-            # Sample i of the window plays at start + i/rate; with the audio moved earlier by
-            # shift, it is the file's sample at (start + shift + i/rate - audio_start).
-            first = round((start + shift_ns - media.audio_start_ns) * rate / NS_PER_S)
-            idx = np.arange(first, first + n)
-            inside = (idx >= 0) & (idx < len(media.audio))
-            audio = np.where(inside, media.audio[np.clip(idx, 0, max(len(media.audio) - 1, 0))], 0)
-            audio = audio.astype(np.float32)
-            valid = inside
-        else:
-            audio = np.zeros(0, np.float32)
-            valid = np.zeros(0, np.bool_)
-        windows.append(
-            Window(
-                stream=stream,
-                index=index,
-                start_ns=start,
-                end_ns=end,
-                video=media.video[int(lo) : int(hi)],
-                audio=audio,
-                audio_valid=valid,
-                audio_rate=rate,
-                frame_rate=fps,
-                clock=ClockKind.PTS,
+    items: list[VideoFrame | AudioChunk] = list(media.video)
+    rate = media.audio_rate
+    for pos in range(0, len(media.audio), _CHUNK_SAMPLES):
+        pts = media.audio_start_ns + pos * NS_PER_S // rate - shift_ns
+        items.append(
+            audio_chunk(
+                stream, pts, 0, media.audio[pos : pos + _CHUNK_SAMPLES], rate, ClockKind.PTS
             )
         )
-        index += 1
-    return windows
+    items.sort(key=lambda item: item.pts_ns)
+    windows: list[Window] = []
+    for item in items:
+        windows += windower.push(item, 0)
+    windows += windower.flush(0)
+    first = media.video[0].pts_ns if media.video else media.audio_start_ns
+    return _complete(windows, first, media.duration_ns)
+
+
+#: Audio chunk length when pushing decoded audio through the windower.
+_CHUNK_SAMPLES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StreamWindows:
+    """A file run through the daemon's ingest and windowing, as ``crossmodald analyze`` would.
+
+    Attributes:
+        info: What the source reported on opening.
+        windows: The windows wholly inside the media, in order.
+        frames_pts_ns: Pts of every video frame the source delivered.
+    """
+
+    info: StreamInfo
+    windows: list[Window]
+    frames_pts_ns: list[int]
+
+
+def stream_windows(
+    path: Path,
+    stream: str,
+    *,
+    length_s: float = 2.0,
+    hop_s: float = 0.5,
+    audio_shift_ms: float = 0.0,
+) -> StreamWindows:
+    """Decode ``path`` with the daemon's :class:`MediaSource` and cut it with its ``Windower``.
+
+    ``audio_shift_ms`` is the source's own ``audio_shift_ms`` (positive: audio earlier, i.e.
+    leading). Windows that reach outside the picture (or, without video, the audio) are left
+    out, so every shift of a clip yields the same window grid.
+
+    Raises:
+        EvalError: The file is missing or cannot be decoded.
+    """
+    if not path.is_file():
+        raise EvalError(f"media {path}: no such file")
+    config = MediaSourceConfig(
+        type="media",
+        name="eval",
+        url=str(path),
+        realtime=False,
+        audio_shift_ms=audio_shift_ms,
+    )
+    try:
+        return asyncio.run(_stream_windows(config, stream, length_s, hop_s))
+    except SourceError as exc:
+        raise EvalError(f"media {path}: {exc}") from exc
+
+
+async def _stream_windows(
+    config: MediaSourceConfig, stream: str, length_s: float, hop_s: float
+) -> StreamWindows:
+    source = MediaSource(config)
+    try:
+        info = await source.open()
+        info = dataclasses.replace(info, name=stream)
+        windower = _windower(stream, info, length_s, hop_s)
+        windows: list[Window] = []
+        frames: list[int] = []
+        audio_span: list[int] = []
+        async for item in source:
+            if isinstance(item, SourceFault):
+                continue  # a skipped packet: the windows flag what is missing
+            if isinstance(item, VideoFrame):
+                frames.append(item.pts_ns)
+            else:
+                if not audio_span:
+                    audio_span = [item.pts_ns, item.end_ns]
+                audio_span[1] = max(audio_span[1], item.end_ns)
+            windows += windower.push(item, 0)
+        windows += windower.flush(0)
+    finally:
+        await source.aclose()
+    if frames:
+        step_ns = round(NS_PER_S / info.frame_rate) if info.frame_rate else 0
+        first, end = min(frames), max(frames) + step_ns
+    elif audio_span:
+        first, end = audio_span[0], audio_span[1]
+    else:
+        first = end = 0
+    return StreamWindows(info, _complete(windows, first, end), sorted(frames))
 
 
 def compose_side_by_side(
@@ -443,13 +546,13 @@ def evaluate_speech(
 ) -> SpeechMetrics:
     """Run a speech plugin over ``media`` and score it against the RTTM ``labels``."""
     reference = [(round(s * NS_PER_S), round(e * NS_PER_S)) for s, e in read_rttm(labels)]
-    decoded = decode_media(media)
-    if not decoded.audio_rate:
+    cut = stream_windows(media, "eval", length_s=length_s, hop_s=hop_s)
+    if not cut.info.has_audio:
         raise EvalError(f"media {media}: has no audio")
     loaded = load_plugin(plugin, overrides, device)
-    windows = make_windows(decoded, "eval", length_s=length_s, hop_s=hop_s)
-    events = run_plugin(loaded, {"eval": (decoded.stream_info("eval"), windows)})["eval"]
-    return frame_scores(reference, speech_segments(events), decoded.duration_ns)
+    events = run_plugin(loaded, {"eval": (cut.info, cut.windows)})["eval"]
+    total_ns = max((w.end_ns for w in cut.windows), default=0)
+    return frame_scores(reference, speech_segments(events), total_ns)
 
 
 # -- lip sync -----------------------------------------------------------------------------------
@@ -530,17 +633,14 @@ def evaluate_lipsync(
     labels: dict[str, tuple[str, float]] = {}
     frame_ms = 40.0
     for n, clip in enumerate(clips):
-        decoded = decode_media(clip)
-        if not decoded.video or not decoded.audio_rate:
-            raise EvalError(f"media {clip}: needs both video and audio")
-        if n == 0 and decoded.frame_rate:
-            frame_ms = 1000.0 / decoded.frame_rate
         for shift in shifts_ms:
             name = f"{clip.stem}@{shift:+g}ms"
-            windows = make_windows(
-                decoded, name, length_s=length_s, hop_s=hop_s, audio_shift_ms=shift
-            )
-            streams[name] = (decoded.stream_info(name), windows)
+            cut = stream_windows(clip, name, length_s=length_s, hop_s=hop_s, audio_shift_ms=shift)
+            if not cut.info.has_video or not cut.info.has_audio:
+                raise EvalError(f"media {clip}: needs both video and audio")
+            if n == 0 and cut.info.frame_rate:
+                frame_ms = 1000.0 / cut.info.frame_rate
+            streams[name] = (cut.info, cut.windows)
             labels[name] = (clip.name, float(shift))
     events = run_plugin(loaded, streams)
     estimates: list[OffsetEstimate] = []
@@ -632,15 +732,14 @@ def evaluate_speaker(
             path = compose_side_by_side(
                 left, right, Path(tmp) / f"{side}.mp4", audio_from=side, side_px=side_px
             )
-            decoded = decode_media(path)
-            windows = make_windows(decoded, side, length_s=length_s, hop_s=hop_s)
-            info = decoded.stream_info(side)
+            cut = stream_windows(path, side, length_s=length_s, hop_s=hop_s)
+            info, windows = cut.info, cut.windows
             events = run_plugin(loaded, {side: (info, windows)})[side]
             speech = speech_segments(run_plugin(vad, {side: (info, windows)})[side])
             covered_ns = windows[-1].end_ns if windows else 0
-            pts = [f.pts_ns for f in decoded.video if f.pts_ns < covered_ns]
+            pts = [p for p in cut.frames_pts_ns if p < covered_ns]
             m = speaker_accuracy(
-                pts, speech, speaker_spans(events), width=decoded.width, speaking_side=side
+                pts, speech, speaker_spans(events), width=info.width or 0, speaking_side=side
             )
             total = SpeakerMetrics(total.correct + m.correct, total.speech_frames + m.speech_frames)
     return total
