@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import av
 import cv2
 import numpy as np
@@ -130,3 +132,30 @@ def test_unsigned_8_bit_goes_through_swresample() -> None:
     assert mono.dtype == np.float32
     assert mono.shape == (256,)
     np.testing.assert_allclose(mono, 0.5, atol=1e-6)
+
+
+def test_unpadded_luma_is_read_in_place_and_stays_intact(tmp_path: Path) -> None:
+    # 128-px rows are not padded: the luma is a view of the decoded picture, which the decoder
+    # must never write into again while it is referenced (reference-counted frames).
+    rng = np.random.default_rng(3)
+    pictures = [rng.integers(16, 236, (48, 128), dtype=np.uint8) for _ in range(12)]
+    path = tmp_path / "noise.mkv"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 128, 48, "yuv420p"
+        for index, picture in enumerate(pictures):
+            frame = _yuv420(picture)
+            frame.pts = index
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    with av.open(str(path)) as container:
+        decoded = list(container.decode(video=0))
+        lumas = [luma_from_av_frame(frame) for frame in decoded]
+        assert decoded[0].planes[0].line_size == 128
+        assert not lumas[0].flags.owndata  # read in place, not copied
+        del decoded  # only the arrays keep the pictures alive now
+        assert all(luma.flags.c_contiguous for luma in lumas)
+        for luma, picture in zip(lumas, pictures, strict=True):
+            np.testing.assert_array_equal(luma, picture)

@@ -12,7 +12,7 @@ import pytest
 
 from crossmodald.bus.events import Event
 from crossmodald.media import ClockKind, StreamInfo, Window
-from crossmodald.runtime.host import Overload, PluginHost
+from crossmodald.runtime.host import OFFLINE_BATCH, OFFLINE_GATHER_S, Overload, PluginHost
 from crossmodald.runtime.plugin import PluginConfig
 
 
@@ -196,3 +196,56 @@ async def test_max_batch_respected(count: int) -> None:
     await task
     assert sum(len(b) for b in plugin.batches) == count
     assert max(len(b) for b in plugin.batches) <= 64
+
+
+async def test_block_mode_holds_at_most_one_batch_waiting() -> None:
+    # Offline ingest may run no further ahead than one batch: queued windows hold frames.
+    plugin = CountPlugin()
+    plugin.gate.clear()  # a slow model: the worker blocks in infer
+    host, _, task = await start(plugin, overload=Overload.BLOCK, queue_size=256, max_batch=4)
+    host.open_stream(info("a"))
+
+    async def feed() -> None:
+        for index in range(40):
+            await host.submit(window("a", index))
+
+    feeder = asyncio.create_task(feed())
+    await asyncio.sleep(0.1)
+    assert not feeder.done()  # ingest waits ...
+    assert host.queue_depth == 4  # ... with one batch queued behind the one in infer
+    plugin.gate.set()
+    await feeder
+    await host.close_stream("a")
+    await host.aclose()
+    await task
+    seen = [index for batch in plugin.batches for _, index in batch]
+    assert seen == list(range(40))
+
+
+async def test_block_mode_gathers_full_batches() -> None:
+    # Offline, the model sees batches of OFFLINE_BATCH windows, not one window per call.
+    plugin = CountPlugin()
+    host, _, task = await start(plugin, overload=Overload.BLOCK, max_batch=64)
+    host.open_stream(info("a"))
+    for index in range(40):
+        await host.submit(window("a", index))
+    await host.close_stream("a")
+    await host.aclose()
+    await task
+    sizes = [len(batch) for batch in plugin.batches]
+    full, rest = divmod(40, OFFLINE_BATCH)
+    assert sizes == [OFFLINE_BATCH] * full + ([rest] if rest else [])
+    seen = [index for batch in plugin.batches for _, index in batch]
+    assert seen == list(range(40))
+
+
+async def test_block_mode_does_not_hold_a_lone_window_for_long() -> None:
+    plugin = CountPlugin()
+    host, _, task = await start(plugin, overload=Overload.BLOCK, max_batch=64)
+    host.open_stream(info("a"))
+    await host.submit(window("a", 0))
+    await asyncio.sleep(OFFLINE_GATHER_S + 0.5)
+    assert plugin.batches == [[("a", 0)]]
+    await host.close_stream("a")
+    await host.aclose()
+    await task

@@ -134,13 +134,17 @@ def audio_chunk(
 
 
 def luma_from_av_frame(frame: av.VideoFrame) -> U8Image:
-    """The full-resolution Y plane of a decoded picture as a C-contiguous uint8 copy.
+    """The full-resolution Y plane of a decoded picture as a C-contiguous uint8 array.
 
     For the common YUV and grey formats (:data:`Y_PLANE_FORMATS`) the plane is read in place,
-    honouring its ``line_size`` (rows may be padded), and copied once: the copy is needed because
-    the decoder reuses its buffers. ``frame.reformat``/``to_ndarray`` would run swscale on every
-    frame (3.4x slower on a 640x480 H.264 decode). Other formats (rgb24, pal8, 10-bit YUV, ...)
-    are converted to grey by swscale.
+    honouring its ``line_size``. When rows are not padded (``line_size == width``, as FFmpeg's
+    decoders give for widths that are a multiple of 64, 640 among them) the array is a view of
+    the decoded picture, no copy: decoded frames are reference-counted, so the decoder never
+    writes into a picture that is still referenced (the array keeps the frame alive), and the
+    copy was ~80 us of a ~300 us VGA frame budget. Padded rows are copied once into a compact
+    array. ``frame.reformat``/``to_ndarray`` would run swscale on every frame (3.4x slower on a
+    640x480 H.264 decode). Other formats (rgb24, pal8, 10-bit YUV, ...) are converted to grey by
+    swscale.
     """
     if frame.format.name not in Y_PLANE_FORMATS:
         frame = frame.reformat(format="gray")
@@ -149,7 +153,7 @@ def luma_from_av_frame(frame: av.VideoFrame) -> U8Image:
     rows = np.frombuffer(memoryview(plane), dtype=np.uint8, count=line_size * height).reshape(
         height, line_size
     )
-    luma: U8Image = np.ascontiguousarray(rows[:, :width]) if line_size != width else rows.copy()
+    luma: U8Image = np.ascontiguousarray(rows[:, :width]) if line_size != width else rows
     return luma
 
 
