@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,90 @@ def test_check_stream() -> None:
     assert plugin.check_stream(StreamInfo("a", "x", False, True)) == "has no video"
     assert plugin.check_stream(StreamInfo("a", "x", True, False)) == "has no audio"
     assert plugin.check_stream(StreamInfo("a", "x", True, True)) is None
+
+
+# -- dialogue turns -----------------------------------------------------------------------------
+
+
+def _turn_schema() -> dict[str, object]:
+    import json
+
+    from crossmodald.bus.events import __file__ as events_file
+
+    schema = json.loads((Path(events_file).parent / "event.schema.json").read_text("utf-8"))
+    turn: dict[str, object] = schema["$defs"]["dialogue.turn"]
+    return turn
+
+
+def test_dialogue_turns_name_the_voiced_face(shared_media: Path, tmp_path: Path) -> None:
+    import jsonschema
+
+    path = compose_side_by_side(
+        shared_media / CLIP, shared_media / OTHER, tmp_path / "right.mp4",
+        audio_from="right", side_px=256, duration_s=6.0,
+    )  # fmt: skip
+    media = decode_media(path)
+    windows = make_windows(media, "r", length_s=2.0, hop_s=0.5)
+    plugin = _plugin(None)
+    assert plugin.speech is not None  # turns are on by default
+    events = run_plugin(plugin, {"r": (media.stream_info("r"), windows)})["r"]
+    side_of = {
+        e.data["track_id"]: float(e.data["box"][0]) + float(e.data["box"][2]) / 2 > 128
+        for e in events
+        if e.type == "speaker"
+    }
+    turns = [e for e in events if e.type == "dialogue.turn"]
+    assert turns, "no dialogue.turn for 6 s of talk"
+    validator = jsonschema.Draft202012Validator(_turn_schema())
+    for e in turns:
+        validator.validate(dict(e.data))
+        assert e.end_ns > e.start_ns
+        assert e.data["method"] == METHOD_FALLBACK
+    voiced = sum(e.end_ns - e.start_ns for e in turns if side_of.get(e.data["speaker"]) is True)
+    on_screen = sum(e.end_ns - e.start_ns for e in turns if e.data["speaker"] != "off-screen")
+    total = sum(e.end_ns - e.start_ns for e in turns)
+    print(
+        f"\ndialogue turns: {len(turns)} over {total / NS_PER_S:.2f} s; "
+        f"{on_screen / NS_PER_S:.2f} s on a face, {voiced / NS_PER_S:.2f} s on the voiced one"
+    )
+    assert total > 3 * NS_PER_S  # most of 6 s of continuous talk is speech
+    # The weight-free scores need a second or two of context before a face counts as speaking
+    # (those turns are off-screen); the time given to a face must go to the voiced one.
+    assert on_screen > NS_PER_S
+    assert voiced / on_screen > 0.7
+    # Turns never overlap: each stretch of speech is attributed once.
+    spans = sorted((e.start_ns, e.end_ns) for e in turns)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+
+
+def test_speech_without_a_face_is_off_screen(shared_media: Path) -> None:
+    voice = decode_media(shared_media / "speech_jfk_whisper.flac")
+    rate = voice.audio_rate
+    frames = []
+    from crossmodald.ingest.frames import video_frame_from_luma
+
+    luma = np.full((240, 320), 60, np.uint8)
+    for i in range(6 * 25):
+        frames.append(video_frame_from_luma("x", i * 40_000_000, 0, luma, ClockKind.PTS))
+    windows = []
+    for w in range(3):
+        start, n = w * 2 * NS_PER_S, 2 * rate
+        audio = voice.audio[w * n : (w + 1) * n]
+        windows.append(
+            Window("x", w, start, start + 2 * NS_PER_S, tuple(frames[w * 50 : (w + 1) * 50]),
+                   audio, np.ones(n, np.bool_), rate, 25.0, ClockKind.PTS)
+        )  # fmt: skip
+    info = StreamInfo("x", "test", True, True, 25.0, rate, 320, 240, ClockKind.PTS)
+    events = run_plugin(_plugin(None), {"x": (info, windows)})["x"]
+    turns = [e for e in events if e.type == "dialogue.turn"]
+    assert turns  # JFK speaks from the start
+    assert {e.data["speaker"] for e in turns} == {"off-screen"}
+    assert all(e.data["score"] == 0.0 for e in turns)
+
+
+def test_turns_can_be_switched_off() -> None:
+    plugin = _plugin(None, turns=False)
+    assert plugin.speech is None
+    info = StreamInfo("x", "test", True, True, 25.0, 16000, 320, 240, ClockKind.PTS)
+    events = run_plugin(plugin, {"x": (info, _faceless_windows(2))})["x"]
+    assert not [e for e in events if e.type == "dialogue.turn"]

@@ -19,10 +19,16 @@ Events (per stream):
 * ``sync.offset``: data ``audio_lead_ms`` (None without a face), ``confidence`` (low when nobody
   visible is talking), ``method`` (``asd_scan`` or ``mouth_motion``), ``smoothed_audio_lead_ms``
   (median of recent confident values), ``drift_ppm`` (None: not estimated here), ``track_id``.
+* ``dialogue.turn`` (with ``turns``, the default): at the end of each speech segment, who spoke
+  it: data ``speaker`` (a track id, or "off-screen"), ``confidence``, ``score``, ``method``.
+  Speech comes from Silero VAD run on the same windows inside the same :meth:`infer` call (the
+  ``speech`` plugin's model and segmenter, so both agree on where speech is); the speaking face
+  from the per-slot scores above (:func:`crossmodald_plugins.vad.turns.attribute_turns`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import threading
@@ -41,6 +47,10 @@ from crossmodald.bus.events import Event, JsonValue, Phase
 from crossmodald.media import NS_PER_MS, NS_PER_S, StreamInfo, U8Image, Window
 from crossmodald.runtime.plugin import PluginConfig
 from crossmodald_plugins.faces import Box, FaceTracker, FaceTrackerConfig, Track
+from crossmodald_plugins.vad.model import SileroVad
+from crossmodald_plugins.vad.plugin import SpeechConfig, SpeechPlugin, SpeechResult, SpeechSession
+from crossmodald_plugins.vad.segments import SpeechSegment
+from crossmodald_plugins.vad.turns import TrackScores, attribute_turns
 
 from . import fallback
 from .features import MODEL_RATE, CropBox, crop_face, mfcc, resample, smooth_boxes
@@ -88,6 +98,11 @@ class SpeakerConfig(PluginConfig):
     #: Face tracker tuning (see :class:`FaceTrackerConfig`).
     detect_every: int = Field(5, ge=1, le=250)
     min_face: float = Field(0.12, ge=0.01, le=1.0)
+    #: Publish ``dialogue.turn`` events (runs Silero VAD on the same windows).
+    turns: bool = True
+    #: Speaking scores kept per face for attributing turns; a longer segment is attributed
+    #: on its last ``turn_history_s`` only (the bound keeps memory flat).
+    turn_history_s: float = Field(120.0, ge=1.0, le=3600.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +143,8 @@ class SpeakerResult:
     offset: OffsetEstimate | None
     method: str
     ended_tracks: tuple[int, ...] = ()
+    #: Speech probabilities of the window (None when turns are off).
+    speech: SpeechResult | None = None
 
 
 @dataclass(slots=True)
@@ -158,11 +175,23 @@ class SpeakerPlugin:
 
     name = "speaker"
 
-    def __init__(self, config: SpeakerConfig, model: LightASD | None, device: str) -> None:
+    def __init__(
+        self,
+        config: SpeakerConfig,
+        model: LightASD | None,
+        device: str,
+        vad: SileroVad | None = None,
+    ) -> None:
         self.config = config
         self.model = model
         self.device = torch.device(device)
         self.method = METHOD_MODEL if model is not None else METHOD_FALLBACK
+        # Turns need speech segments: the speech plugin's own VAD and segmenter (no updates).
+        self.speech: SpeechPlugin | None = (
+            SpeechPlugin(SpeechConfig(updates=False), vad)
+            if vad is not None and config.turns
+            else None
+        )
         self._trackers: dict[str, FaceTracker] = {}
         self._lock = threading.Lock()
 
@@ -212,7 +241,13 @@ class SpeakerPlugin:
                 self._run_model(jobs)
             else:
                 self._run_fallback(jobs, preps)
-        return [self._result(prep) for prep in preps]
+        results = [self._result(prep) for prep in preps]
+        if self.speech is not None:
+            speech = self.speech.infer(batch)
+            results = [
+                dataclasses.replace(r, speech=p) for r, p in zip(results, speech, strict=True)
+            ]
+        return results
 
     # -- preparation (CPU, per window) ------------------------------------------------------
 
@@ -445,6 +480,12 @@ class SpeakerSession:
         self._open: dict[int, _Speaking] = {}
         self._recent: deque[float] = deque(maxlen=self._config.smoothing_windows)
         self._last: tuple[int, Window] | None = None
+        self._speech: SpeechSession | None = (
+            plugin.speech.open(stream) if plugin.speech is not None else None
+        )
+        # (slot pts, score) per face track, bounded, for attributing dialogue turns.
+        self._history_len = max(1, round(self._config.turn_history_s * NS_PER_S / SLOT_NS))
+        self._history: dict[int, deque[tuple[int, float]]] = {}
 
     def update(self, window: Window, result: SpeakerResult) -> list[Event]:
         """Events for one window."""
@@ -456,6 +497,8 @@ class SpeakerSession:
                     continue  # judged in an earlier (overlapping) window
                 newest = max(newest, int(pts))
                 events += self._step(window, face.track_id, int(pts), box, float(score))
+                if self._speech is not None:
+                    self._remember(face.track_id, int(pts), float(score))
         seen = {face.track_id for face in result.faces}
         for track_id in [*result.ended_tracks, *(t for t in self._open if t not in seen)]:
             if track_id in self._open:
@@ -463,16 +506,54 @@ class SpeakerSession:
         self._done_ns = newest
         if result.offset is not None:
             events.append(self._offset_event(window, result.offset))
+        if self._speech is not None and result.speech is not None:
+            events += self._turns(self._speech.update(window, result.speech), window)
         self._last = (newest, window)
         return events
 
     def close(self) -> list[Event]:
-        """End every open ``speaker`` span."""
+        """End every open ``speaker`` span (and attribute a speech segment still open)."""
         self._plugin.forget(self._stream.name)
         if self._last is None:
             return []
         newest, window = self._last
-        return [self._end(window, track_id, newest) for track_id in list(self._open)]
+        events = [self._end(window, track_id, newest) for track_id in list(self._open)]
+        if self._speech is not None:
+            events += self._turns(self._speech.close(), window)
+        return events
+
+    def _remember(self, track_id: int, pts: int, score: float) -> None:
+        history = self._history.get(track_id)
+        if history is None:
+            history = self._history[track_id] = deque(maxlen=self._history_len)
+        history.append((pts, score))
+
+    def _turns(self, speech_events: list[Event], window: Window) -> list[Event]:
+        """``dialogue.turn`` events for the speech segments that ended."""
+        out: list[Event] = []
+        for ended in speech_events:
+            if ended.phase is not Phase.END:
+                continue
+            segment = SpeechSegment(ended.start_ns, ended.end_ns, 0.0)
+            tracks = [
+                TrackScores(
+                    track_id,
+                    np.array([p for p, _s in history], dtype=np.int64),
+                    np.array([s for _p, s in history], dtype=np.float32),
+                )
+                for track_id, history in self._history.items()
+                if history and history[-1][0] >= segment.start_ns
+            ]
+            for turn in attribute_turns([segment], tracks, threshold=self._threshold):
+                base = turn.event(window.stream, window.clock)
+                out.append(
+                    dataclasses.replace(
+                        base,
+                        data={**base.data, "method": self._plugin.method},
+                        closed_ns=window.closed_ns,
+                    )
+                )
+        return out
 
     def _step(
         self,
@@ -591,4 +672,6 @@ class SpeakerFactory:
                 if config.on_weights_error == "disable":
                     raise
                 log.warning("speaker: %s; using the weight-free fallback", exc)
-        return SpeakerPlugin(config, model, device)
+        # Silero VAD ships inside its package; a failure here is an install fault (VadLoadError).
+        vad = SileroVad(device) if config.turns else None
+        return SpeakerPlugin(config, model, device, vad)
