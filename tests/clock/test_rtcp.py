@@ -148,6 +148,7 @@ def test_timeline_reports_an_rtp_jump_and_continues_by_arrival() -> None:
 def test_transport_offset_is_the_latency_difference() -> None:
     timeline = two_tracks()
     assert timeline.transport().audio_lead_ms is None
+    assert timeline.transport().transport_offset_ms is None
     timeline.add_sender_report("video", ntp_at(0), 1000)
     timeline.add_sender_report("audio", ntp_at(0), 2000)
     # Receiver wall clock 250 ms ahead of the sender's; video 10 ms on the way, audio 130 ms.
@@ -158,6 +159,9 @@ def test_transport_offset_is_the_latency_difference() -> None:
         timeline.add_packet_arrival("video", 1000 + k * 1800, WALL0_NS + t + skew + 10 * NS_PER_MS)
     estimate = timeline.transport()
     assert estimate.audio_lead_ms == pytest.approx(-120.0, abs=0.01)
+    # The same from the timestamps' side: they put the audio 120 ms ahead of its arrival.
+    assert estimate.transport_offset_ms == pytest.approx(120.0, abs=0.01)
+    assert estimate.as_dict()["transport_offset_ms"] == estimate.transport_offset_ms
     assert estimate.audio_latency_ms == pytest.approx(380.0, abs=0.01)
     assert estimate.audio_reports == estimate.video_reports == 1
     assert estimate.as_dict()["timing"] == "arrival"  # no frame mapped yet

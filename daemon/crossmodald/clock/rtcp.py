@@ -257,20 +257,33 @@ class FrameTime:
 
 @dataclass(frozen=True, slots=True)
 class TransportEstimate:
-    """The transport offset: the A/V offset the path from sender to receiver adds.
+    """The transport offset: how the sender's SR-mapped timestamps and the arrival disagree.
 
     Each track's latency is a packet's arrival on the receiver's wall clock minus its SR-mapped
     capture time on the sender's clock. The clocks of two machines differ, so each latency
     alone carries that difference, but the two tracks share the sender's clock and the
-    receiver's, so the difference of the latencies is exact: it is the A/V offset a player that
-    ignored the SRs (playing by arrival) would show, caused by the network and the sender's
-    pacing. The content offset (``sync.offset``) is measured on the SR timeline, where this
-    transport offset has been taken out, so it shows the capture chain alone.
+    receiver's, so the difference of the latencies is exact. It is one measurement, read from
+    either side (both in the ITU-R BT.1359 sign: positive = audio ahead):
+
+    * ``transport_offset_ms`` = audio latency - video latency: the A/V offset the SR-mapped
+      timestamps give media that arrive together. A sender whose audio timestamps (RTP + SRs)
+      say the audio was captured X ms earlier than it was, sending in sync, shows +X here, and
+      ``avsync`` (which measures on the same SR timeline) finds the same +X.
+    * ``audio_lead_ms`` = video latency - audio latency (= -``transport_offset_ms``): how far
+      audio arrives ahead of video relative to their SR-mapped capture times, i.e. what a
+      player that ignored the SRs (playing by arrival) would add to the content offset. With
+      correct SRs it is the network's and the sender pacing's doing: video packets 80 ms late
+      give +80 here (and -80 as ``transport_offset_ms``) while ``sync.offset`` stays put.
+
+    The content offset (``sync.offset``) is measured on the SR timeline, so the offset seen by
+    arrival is ``sync.offset + audio_lead_ms`` (= ``sync.offset - transport_offset_ms``).
 
     Attributes:
+        transport_offset_ms: Audio latency minus video latency (positive: the SR-mapped
+            timestamps put the audio ahead of where its arrival puts it). None until both
+            tracks have SR-mapped packets.
         audio_lead_ms: Video latency minus audio latency (positive: audio arrives ahead of
-            video, relative to their capture; ITU-R BT.1359 sign). None until both tracks
-            have SR-mapped packets.
+            video, relative to their SR-mapped capture). None likewise.
         audio_latency_ms: Median audio latency (includes the clock difference of the hosts).
         video_latency_ms: Median video latency (likewise).
         timing: "rtcp" once every track is mapped by SRs, else "arrival".
@@ -280,6 +293,7 @@ class TransportEstimate:
         samples: Latency samples behind the medians (both tracks).
     """
 
+    transport_offset_ms: float | None
     audio_lead_ms: float | None
     audio_latency_ms: float | None
     video_latency_ms: float | None
@@ -292,6 +306,7 @@ class TransportEstimate:
     def as_dict(self) -> dict[str, float | int | str | None]:
         """The estimate as a JSON-ready dict (the ``sync.transport`` event's data)."""
         return {
+            "transport_offset_ms": self.transport_offset_ms,
             "audio_lead_ms": self.audio_lead_ms,
             "audio_latency_ms": self.audio_latency_ms,
             "video_latency_ms": self.video_latency_ms,
@@ -466,8 +481,11 @@ class StreamTimeline:
 
         audio, video = median_ms("audio"), median_ms("video")
         lead = round(video - audio, 2) if audio is not None and video is not None else None
+        # One number read from both sides; "0.0 -" so that no offset reads as -0.0 in JSON.
+        offset = None if lead is None else 0.0 - lead
         a, v = self._tracks.get("audio"), self._tracks.get("video")
         return TransportEstimate(
+            transport_offset_ms=offset,
             audio_lead_ms=lead,
             audio_latency_ms=audio,
             video_latency_ms=video,
