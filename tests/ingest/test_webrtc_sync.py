@@ -1,22 +1,37 @@
 """WHIP publishers with injected A/V skews: transport offset, content offset, data channel.
 
-Three aiortc publishers (pre-encoded VP8 + Opus, SRs exact to ~1 ms) publish at once into one
-daemon running avsync. Each injects a *content* skew (the capture chain: the beep is earlier
-or later than the flash in the media itself) and a *transport* skew (one track's packets leave
-late while its SRs keep the capture time, as a network delay would look). The daemon must keep
-them apart: ``sync.transport`` reports the transport skew, ``sync.offset`` (measured on the SR
-capture timeline) the content skew. All traffic stays on 127.0.0.1.
+Five aiortc publishers (pre-encoded VP8 + Opus, SRs exact to ~1 ms) publish at once into one
+daemon running avsync (one session for the module: publishing costs seconds of real time).
+Three kinds of skew are injected (signs: positive = audio ahead, ITU-R BT.1359):
+
+* a *content* skew (the capture chain: the beep is earlier or later than the flash in the
+  media itself);
+* a *transport* skew (one track's packets leave late while its SRs keep the capture time, as a
+  network delay would look);
+* a *timestamp* skew (media in sync and sent in sync, but the audio track's RTP timestamps and
+  SRs say it was captured earlier or later than it was, as a sender with a mis-set capture clock
+  would stamp it).
+
+The daemon must keep the first two apart: ``sync.transport`` reports the transport skew as
+``audio_lead_ms``, ``sync.offset`` (measured on the SR capture timeline) the content skew. The
+third shows in both: ``transport_offset_ms`` (what the SR-mapped timestamps say against arrival)
+equals it, and avsync, measuring pictures and sound on those same timestamps, sees it too. All
+traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import jsonschema
 import pytest
-from whipkit import encode_pattern, publish, whip_daemon
+import pytest_asyncio
+from whipkit import WhipDaemon, encode_pattern, publish, whip_daemon
 
 from crossmodald.bus import event_schema
 
@@ -24,24 +39,50 @@ pytestmark = pytest.mark.webrtc
 
 # (stream, content audio lead ms, transport audio lead ms)
 CASES = [("sync0", 0.0, 0.0), ("lead80", 80.0, -120.0), ("lag120", -120.0, 80.0)]
+# (stream, timestamp audio lead ms): the audio stamped that much earlier than captured. The
+# 0 ms case is sync0 above (a publisher with nothing injected), not a second copy of it.
+STAMP_CASES = [("sync0", 0.0), ("stamp80", 80.0), ("stamp-120", -120.0)]
 DURATION_S = 8.0
 
 
-async def test_transport_and_content_offsets_are_measured_apart() -> None:
+@dataclass
+class Session:
+    """What one run of all the publishers left behind."""
+
+    daemon: WhipDaemon
+    listed: dict[str, dict[str, Any]]
+    messages: dict[str, list[tuple[int, str]]]
+    statuses: list[int | None]
+    #: The latest packets' send lateness per stream (ms, max over tracks): what aiortc's
+    #: send-time SRs would have carried, and the publisher's capture-time SRs leave out.
+    sr_lateness_ms: dict[str, float]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def session() -> AsyncIterator[Session]:
+    in_sync = encode_pattern(duration_s=DURATION_S)
     media = {
-        name: encode_pattern(duration_s=DURATION_S, audio_lead_ms=content)
+        name: encode_pattern(duration_s=DURATION_S, audio_lead_ms=content) if content else in_sync
         for name, content, _ in CASES
     }
+    # (stream, media, transport skew, timestamp skew) of every publisher.
+    plan = [(name, media[name], transport, 0.0) for name, _, transport in CASES]
+    plan += [(name, in_sync, 0.0, stamp) for name, stamp in STAMP_CASES if name != "sync0"]
+    names = [name for name, *_ in plan]
     async with whip_daemon() as d:
         publishers = {
-            name: await publish(d.base_url, name, media[name], network_audio_lead_ms=transport)
-            for name, _, transport in CASES
+            name: await publish(
+                d.base_url,
+                name,
+                encoded,
+                network_audio_lead_ms=transport,
+                timestamp_audio_lead_ms=stamp,
+            )
+            for name, encoded, transport, stamp in plan
         }
         try:
             # Until the media runs out: stream.end follows once the peers go quiet (vanish).
-            await d.wait_until(
-                lambda: all(len(d.of(n, "sync.offset")) >= 10 for n, _, _ in CASES), 30
-            )
+            await d.wait_until(lambda: all(len(d.of(n, "sync.offset")) >= 10 for n in names), 30)
             async with (
                 aiohttp.ClientSession() as http,
                 http.get(f"{d.base_url}/v1/streams") as response,
@@ -49,33 +90,85 @@ async def test_transport_and_content_offsets_are_measured_apart() -> None:
                 listed = {s["name"]: s for s in (await response.json())["streams"]}
         finally:
             statuses = [await p.close() for p in publishers.values()]
-        assert statuses == [200, 200, 200]
-        await d.wait_until(lambda: all(d.of(n, "stream.end") for n, _, _ in CASES), 10)
+        await d.wait_until(lambda: all(d.of(n, "stream.end") for n in names), 10)
+    lateness = {
+        n: max((s * 1e3 for t in p.tracks for s in t.sr_lateness_s), default=0.0)
+        for n, p in publishers.items()
+    }
+    yield Session(d, listed, {n: p.messages for n, p in publishers.items()}, statuses, lateness)
 
-    schema = event_schema()
+
+def rtcp_transport(d: WhipDaemon, name: str) -> dict[str, Any]:
+    """The stream's last RTCP-timed ``sync.transport`` data."""
+    reports = [e for e in d.of(name, "sync.transport") if e["data"]["timing"] == "rtcp"]
+    assert reports, f"{name}: no RTCP-timed transport report"
+    assert reports[-1]["media"]["clock"] == "rtcp"
+    data: dict[str, Any] = reports[-1]["data"]
+    return data
+
+
+def content_offset(d: WhipDaemon, name: str) -> float:
+    """The median of the stream's confident RTCP-timed ``sync.offset`` values (ms)."""
+    offsets = [
+        e["data"]["audio_lead_ms"]
+        for e in d.of(name, "sync.offset")
+        if e["media"]["clock"] == "rtcp" and e["data"]["confidence"] >= 0.5
+    ]
+    assert len(offsets) >= 4, f"{name}: {len(offsets)} confident RTCP-timed offsets"
+    return float(statistics.median(offsets))
+
+
+def test_transport_and_content_offsets_are_measured_apart(session: Session) -> None:
+    d = session.daemon
     for name, content, transport in CASES:
         # Transport offset: SR-mapped capture times against packet arrival, within 2 ms.
-        reports = [e for e in d.of(name, "sync.transport") if e["data"]["timing"] == "rtcp"]
-        assert reports, f"{name}: no RTCP-timed transport report"
-        measured = reports[-1]["data"]["audio_lead_ms"]
-        assert measured == pytest.approx(transport, abs=2.0), name
-        assert reports[-1]["media"]["clock"] == "rtcp"
+        data = rtcp_transport(d, name)
+        assert data["audio_lead_ms"] == pytest.approx(transport, abs=2.0), name
+        # The same measurement from the timestamps' side: a late video track means the
+        # timestamps put the audio behind where its arrival does.
+        assert data["transport_offset_ms"] == -data["audio_lead_ms"], name
         # Content offset: avsync on the SR capture timeline, flashes against beeps.
-        offsets = [
-            e["data"]["audio_lead_ms"]
-            for e in d.of(name, "sync.offset")
-            if e["media"]["clock"] == "rtcp" and e["data"]["confidence"] >= 0.5
-        ]
-        assert len(offsets) >= 4, f"{name}: {len(offsets)} confident RTCP-timed offsets"
-        assert statistics.median(offsets) == pytest.approx(content, abs=3.0), name
+        assert content_offset(d, name) == pytest.approx(content, abs=3.0), name
         # /v1/streams shows both, for the publisher's stream name.
-        entry = listed[name]
+        entry = session.listed[name]
         assert entry["source"] == "webrtc"
         assert entry["origin"] == "publisher"
         assert entry["transport"]["audio_lead_ms"] == pytest.approx(transport, abs=2.0)
         assert entry["sync"]["audio_lead_ms"] == pytest.approx(content, abs=5.0)
+
+
+def test_timestamp_skew_shows_in_transport_and_content_offsets(session: Session) -> None:
+    d = session.daemon
+    for name, stamp in STAMP_CASES:
+        data = rtcp_transport(d, name)
+        transport = data["transport_offset_ms"]
+        content = content_offset(d, name)
+        print(
+            f"{name}: timestamp skew {stamp:+.0f} ms, transport offset {transport:+.2f} ms, "
+            f"content offset {content:+.2f} ms, arrival lead {data['audio_lead_ms']:+.2f} ms "
+            f"(packets sent up to {session.sr_lateness_ms[name]:.1f} ms late)"
+        )
+        # What the SR-mapped timestamps say against arrival: the injected skew, within 2 ms.
+        assert transport == pytest.approx(stamp, abs=2.0), name
+        # avsync measures pictures and sound on those same timestamps: it sees the same skew.
+        assert content == pytest.approx(transport, abs=3.0), name
+        assert content == pytest.approx(stamp, abs=3.0), name
+        # Sent in sync: by arrival there is no offset (sync.offset + audio_lead_ms).
+        assert data["audio_lead_ms"] == -transport, name
+        assert content + data["audio_lead_ms"] == pytest.approx(0.0, abs=3.0), name
+        entry = session.listed[name]
+        assert entry["transport"]["transport_offset_ms"] == pytest.approx(stamp, abs=2.0)
+        assert entry["sync"]["audio_lead_ms"] == pytest.approx(stamp, abs=5.0)
+
+
+def test_events_come_back_over_the_data_channel(session: Session) -> None:
+    assert session.statuses == [200] * len(session.messages)  # every DELETE ended its session
+    schema = event_schema()
+    d = session.daemon
+    by_seq = {e["seq"]: e for e in d.events}
+    for name, messages in session.messages.items():
         # Events back over the data channel: this stream's only, the same JSON as SSE.
-        received = [json.loads(text) for _, text in publishers[name].messages]
+        received = [json.loads(text) for _, text in messages]
         assert received, f"{name}: nothing on the events data channel"
         assert {e["stream"] for e in received} == {name}
         assert received[0]["type"] == "stream.start"
@@ -85,5 +178,4 @@ async def test_transport_and_content_offsets_are_measured_apart() -> None:
         seqs = [e["seq"] for e in received]
         assert seqs == sorted(seqs)
         # The SSE-side copy of each event is byte-for-byte what the channel carried.
-        by_seq = {e["seq"]: e for e in d.events}
         assert all(by_seq[e["seq"]] == e for e in received)

@@ -2,14 +2,22 @@
 
 Why pre-encoded: when aiortc encodes, its Sender Reports carry the encoder's delay (10-60 ms of
 error); packing ready-made ``av.Packet``s makes the SRs exact to ~1 ms (WEBRTC.md §6-7), so a
-test can demand the transport offset within 2 ms.
+test can demand the transport offset within 2 ms. aiortc stamps an SR with the time its last
+packet went out, which on a loaded event loop (several publishers and the daemon in one process)
+is late by a few ms at random, and an SR carries that lateness into the mapping of every packet
+after it. So the publisher stamps its SRs with each packet's *capture* time (when it was due),
+as libwebrtc does for video (:func:`capture_time_reports`).
 
 Content comes from the pattern generator (:class:`PatternTimeline`): a white flash and a 1 kHz
 beep every period, with ``audio_lead_ms`` as the *content* skew (what the capture chain did).
 ``network_audio_lead_ms`` is a *transport* skew: one track's packets leave later than their
 capture time (as a network or pacing delay would make them), while its SRs still give the
-capture time, as libwebrtc's capture-time SRs do. That SR behaviour is emulated by shifting the
-sender's NTP stamp for the delayed track; aiortc itself stamps SRs at send time.
+capture time, as libwebrtc's capture-time SRs do.
+``timestamp_audio_lead_ms`` is a *timestamp* skew: media in sync and sent in sync, but the audio
+track's timestamps (its RTP timestamps as its SRs map them to the sender's NTP clock) say the
+audio was captured that much earlier than it was, as a sender with a mis-set audio capture clock
+would stamp it. It is injected by shifting the audio SRs' NTP stamps: a receiver sees only the
+RTP -> NTP mapping, so that is the same as shifting the RTP timestamps against correct SRs.
 
 Network safety: ICE host candidates only on 127.0.0.1 and no STUN servers (see
 :func:`loopback_only`).
@@ -21,6 +29,7 @@ import asyncio
 import contextlib
 import fractions
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +164,11 @@ class PacedPackets(MediaStreamTrack):
         self.t0: float = 0.0
         self.delay_s = 0.0
         self.sent = 0
+        #: Capture time (monotonic s) of the packet ``recv`` returned last: ``t0 + pts``.
+        self.captured_s = 0.0
+        #: How late (s) the latest packets went out against capture + ``delay_s``: what an SR
+        #: stamped at send time would carry (:func:`capture_time_reports` leaves it out).
+        self.sr_lateness_s: deque[float] = deque(maxlen=64)
 
     def _generate(self) -> Iterator[tuple[int, av.Packet]]:
         offset = 0
@@ -171,10 +185,11 @@ class PacedPackets(MediaStreamTrack):
         except StopIteration:
             self.stop()
             raise
-        due = self.t0 + pts / self._rate + self.delay_s
-        wait = due - time.monotonic()
+        captured = self.t0 + pts / self._rate
+        wait = captured + self.delay_s - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
+        self.captured_s = captured
         out = av.Packet(bytes(packet))
         out.pts = out.dts = pts
         out.time_base = fractions.Fraction(1, self._rate)
@@ -183,21 +198,31 @@ class PacedPackets(MediaStreamTrack):
         return out
 
 
-def capture_time_reports(sender: RTCRtpSender, delay_s: float) -> None:
-    """Make this sender's SRs give capture time although its packets leave ``delay_s`` late.
+def capture_time_reports(sender: RTCRtpSender, track: PacedPackets, shift_s: float = 0.0) -> None:
+    """Stamp this sender's SRs with the capture time of their packet, less ``shift_s``.
 
-    aiortc stamps an SR with the send time of the last packet (``__ntp_timestamp``); a property
-    on a per-sender subclass takes ``delay_s`` off every stamp, as libwebrtc's capture-time SRs
-    would read.
+    aiortc stamps an SR with the time the last packet went out (``__ntp_timestamp``, set right
+    after each send, for the packet whose RTP timestamp the SR carries). A property on a
+    per-sender subclass moves each stamp back to that packet's capture time
+    (``track.captured_s``: aiortc sends every packet of a frame before it asks the track for the
+    next one), so neither a track's ``delay_s`` nor event-loop lateness reaches the SRs.
+    ``shift_s`` > 0 then stamps the track that much earlier than it was captured (the timestamp
+    skew). Call it once per sender.
     """
-    shift = round(delay_s * (1 << 32))
+    shift = round(shift_s * (1 << 32))
     key = "_crossmodald_ntp"
 
     def get(self: RTCRtpSender) -> int:
         return int(self.__dict__.get(key, 0))
 
     def set_(self: RTCRtpSender, value: int) -> None:
-        self.__dict__[key] = value - shift if value else 0
+        if not value:
+            self.__dict__[key] = 0
+            return
+        # ``value`` is aiortc's wall clock (NTP) read just now; step it back to the capture.
+        late_s = time.monotonic() - track.captured_s
+        track.sr_lateness_s.append(late_s - track.delay_s)
+        self.__dict__[key] = value - round(late_s * (1 << 32)) - shift
 
     cls = type(
         "CaptureTimeSender",
@@ -242,6 +267,7 @@ async def publish(
     media: EncodedMedia,
     *,
     network_audio_lead_ms: float = 0.0,
+    timestamp_audio_lead_ms: float = 0.0,
     token: str | None = None,
     events_channel: bool = True,
     loop: bool = False,
@@ -254,6 +280,9 @@ async def publish(
     Args:
         network_audio_lead_ms: Transport skew: > 0 delays the video packets by that much,
             < 0 delays the audio packets (SRs keep the capture time; see the module docs).
+        timestamp_audio_lead_ms: Timestamp skew: > 0 makes the audio's RTP timestamps, through
+            its SRs, say it was captured that much earlier than it was (< 0: later); the media
+            and its sending stay as they are.
         offer_filter: Rewrites the offer before it is sent (e.g. :func:`obs_style`).
         origin: An ``Origin`` header to send (as a browser page would).
     """
@@ -269,10 +298,10 @@ async def publish(
         caps = [c for c in Sender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
         pc.getTransceivers()[0].setCodecPreferences(caps)
     lead_s = network_audio_lead_ms / 1000
-    delayed, sender = (video, vsender) if lead_s > 0 else (audio, asender)
-    if lead_s:
-        delayed.delay_s = abs(lead_s)
-        capture_time_reports(sender, abs(lead_s))
+    delayed = video if lead_s > 0 else audio
+    delayed.delay_s = abs(lead_s)
+    capture_time_reports(vsender, video)
+    capture_time_reports(asender, audio, timestamp_audio_lead_ms / 1000)
     headers = {"Content-Type": "application/sdp"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
