@@ -104,7 +104,7 @@
           ? "no estimate"
           : `audio_lead_ms=${fmtMs(d.audio_lead_ms)} conf=${(d.confidence ?? 0).toFixed(2)}`;
       case "sync.transport":
-        return `audio_lead_ms=${fmtMs(d.audio_lead_ms)} timing=${d.timing}`;
+        return `transport_offset_ms=${fmtMs(d.transport_offset_ms)} timing=${d.timing}`;
       case "sync.alarm":
         return `${d.direction} ${fmtMs(d.audio_lead_ms)} (limit ${d.limit_ms} ms)`;
       case "stream.fault":
@@ -184,11 +184,13 @@
       }
       case "sync.transport":
         state.transport = d;
-        placeNeedle("needle-transport", d.audio_lead_ms);
+        // transport_offset_ms: what the sender's SR-mapped timestamps say against arrival,
+        // on the same sign as sync.offset (audio ahead > 0).
+        placeNeedle("needle-transport", d.transport_offset_ms);
         $("transport").textContent =
-          d.audio_lead_ms === null
+          d.transport_offset_ms === null || d.transport_offset_ms === undefined
             ? `waiting for Sender Reports (timing: ${d.timing})`
-            : `${describeLead(d.audio_lead_ms)}; latency audio ${fmtMs(d.audio_latency_ms)}, ` +
+            : `${describeLead(d.transport_offset_ms)}; latency audio ${fmtMs(d.audio_latency_ms)}, ` +
               `video ${fmtMs(d.video_latency_ms)}`;
         break;
       case "sync.alarm": {
