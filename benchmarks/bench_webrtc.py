@@ -30,26 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from benchkit import cpu_seconds, rss_mib
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ingest"))
 
 from whipkit import EncodedMedia, Publisher, encode_pattern, publish
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 FPS = 30
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
 
 CONFIG = """
 [api]
