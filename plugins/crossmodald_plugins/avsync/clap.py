@@ -45,9 +45,9 @@ import torch
 
 from crossmodald.media import NS_PER_S, Window
 from crossmodald_plugins.avsync.batching import masked_max, masked_nanmedian, pad_stack
-from crossmodald_plugins.avsync.flash import SILENCE_PEAK
-from crossmodald_plugins.avsync.flash import _audio_onsets as flash_audio_onsets
-from crossmodald_plugins.avsync.motion import _video_motion as motion_energy
+from crossmodald_plugins.avsync.flash import PAIR_SLACK_S, SILENCE_PEAK
+from crossmodald_plugins.avsync.flash import audio_onsets as flash_audio_onsets
+from crossmodald_plugins.avsync.motion import video_motion as motion_energy
 
 #: Audio peak over the median envelope below which there is no clap (a dominant transient).
 MIN_CLAP_RATIO = 10.0
@@ -67,8 +67,6 @@ _NOT_SLOWING = 0.75
 _RUN_BEFORE = 0.5
 #: Pair spacing that counts as regular (relative to the typical one): dropped frames hide motion.
 _SPACING_TOLERANCE = 0.25
-#: Pairing slack beyond max_lag_ms, so a true offset of exactly max_lag_ms still counts.
-_PAIR_SLACK_S = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +223,7 @@ def analyze_clap(
         picked = torch.tensor(rows, device=device)
         contact, stop, strength, sharp = _contacts([windows[r] for r in rows], device)
         lead_s = contact - onset[picked, None]
-        near = stop & (lead_s.abs() <= max_lag_ms / 1000 + _PAIR_SLACK_S)
+        near = stop & (lead_s.abs() <= max_lag_ms / 1000 + PAIR_SLACK_S)
         n_near[picked] = near.sum(dim=1)
         any_stop[picked] = stop.any(dim=1)
         best = torch.argmax(torch.where(near, strength, torch.full_like(strength, -1.0)), dim=1)

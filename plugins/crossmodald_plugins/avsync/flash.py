@@ -54,7 +54,7 @@ _REFINE_BEFORE = 256
 #: Refinement threshold: this fraction of the way from the noise floor to the burst peak.
 _REFINE_FRACTION = 0.25
 #: Pairing slack beyond max_lag_ms, so a true offset of exactly max_lag_ms still pairs.
-_PAIR_SLACK_S = 0.002
+PAIR_SLACK_S = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +194,7 @@ def _envelope(values: torch.Tensor) -> torch.Tensor:
     return _sliding_max(blocks, _ENV_KERNEL // _ENV_STRIDE)[:, :n_env]
 
 
-def _audio_onsets(
+def audio_onsets(
     windows: Sequence[Window], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Beep onsets of every window.
@@ -297,10 +297,10 @@ def analyze_flash(
     if not windows:
         return []
     v_on, v_ok, contrast, flashy = _video_onsets(windows, device)
-    a_on, a_ok, snr, peak = _audio_onsets(windows, device)
+    a_on, a_ok, snr, peak = audio_onsets(windows, device)
 
     lead_s = v_on[:, None, :] - a_on[:, :, None]  # (B, audio K, video K)
-    near = (lead_s.abs() <= max_lag_ms / 1000 + _PAIR_SLACK_S) & a_ok[:, :, None] & v_ok[:, None, :]
+    near = (lead_s.abs() <= max_lag_ms / 1000 + PAIR_SLACK_S) & a_ok[:, :, None] & v_ok[:, None, :]
     per_audio = near.sum(dim=2, keepdim=True)
     per_video = near.sum(dim=1, keepdim=True)
     paired = near & (per_audio == 1) & (per_video == 1)

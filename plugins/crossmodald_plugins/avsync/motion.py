@@ -163,7 +163,7 @@ def _area_pool(stack: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     return F.adaptive_avg_pool2d(tensor, REGION_SIZE)[:, 0].numpy()
 
 
-def _video_motion(
+def video_motion(
     windows: Sequence[Window], faces: FaceFinder | None, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Region]]:
     """Motion energy per successive frame pair.
@@ -223,7 +223,7 @@ def _resample(
     return out, ok
 
 
-def _audio_onsets(
+def audio_onsets(
     windows: Sequence[Window], rate_hz: float, n_grid: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Half-wave rectified log-energy derivative on the grid k / rate_hz, k = 0..n_grid-1.
@@ -308,10 +308,10 @@ def analyze_motion(
     durations = torch.tensor([w.duration_ns / NS_PER_S for w in windows], device=device)
     in_window = grid < durations[:, None].double()
 
-    mid, energy, e_ok, regions = _video_motion(windows, faces, device)
+    mid, energy, e_ok, regions = video_motion(windows, faces, device)
     vid, vid_ok = _resample(mid, energy, e_ok, grid)
     vid_ok &= in_window
-    aud, aud_ok, loudest_rms = _audio_onsets(windows, rate_hz, n_grid, device)
+    aud, aud_ok, loudest_rms = audio_onsets(windows, rate_hz, n_grid, device)
     aud_ok &= in_window
     count = e_ok.sum(dim=1).clamp_min(1)
     e_mean = (energy * e_ok).sum(dim=1) / count
