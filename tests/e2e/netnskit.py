@@ -68,6 +68,25 @@ def run_isolated(
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
 
 
+def run_browser_script(script: Path, out: Path, timeout_s: float) -> dict[str, Any]:
+    """Run a browser test's own script isolated (``script --inside out``); its result JSON.
+
+    Skips the calling test when Chromium or a loopback-only namespace is not available, and
+    fails it with the script's output when the script fails.
+    """
+    import pytest
+
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
+    reason = namespace_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    done = run_isolated(script, ["--inside", str(out)], timeout_s=timeout_s)
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    result: dict[str, Any] = json.loads((out / "result.json").read_text())
+    return result
+
+
 def only_loopback() -> None:
     """Refuse to go on outside a namespace whose only interface is ``lo``."""
     # if_nameindex asks the kernel for this namespace's interfaces (/sys/class/net would show

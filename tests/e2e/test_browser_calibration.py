@@ -42,15 +42,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.webrtc]
 
 
 def test_browser_calibration_offset_is_stable(tmp_path: Path) -> None:
-    if netnskit.find_chromium() is None:
-        pytest.skip("chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
-    reason = netnskit.namespace_skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    done = netnskit.run_isolated(Path(__file__), ["--inside", str(tmp_path)], timeout_s=150)
-    logs = f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
-    assert done.returncode == 0, logs
-    result = json.loads((tmp_path / "result.json").read_text())
+    result = netnskit.run_browser_script(Path(__file__), tmp_path, timeout_s=150)
     page = result["page"]
     assert page["error"] is None, page["error"]
     assert page["connection"] == "connected"

@@ -28,14 +28,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.webrtc]
 
 
 def test_browser_camera_publishes_with_token_and_h264(tmp_path: Path) -> None:
-    if netnskit.find_chromium() is None:
-        pytest.skip("chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
-    reason = netnskit.namespace_skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    done = netnskit.run_isolated(Path(__file__), ["--inside", str(tmp_path)], timeout_s=120)
-    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
-    result = json.loads((tmp_path / "result.json").read_text())
+    result = netnskit.run_browser_script(Path(__file__), tmp_path, timeout_s=120)
 
     refused = result["refused"]
     assert "answered 401" in refused["error"], refused["error"]
