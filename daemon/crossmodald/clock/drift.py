@@ -237,6 +237,7 @@ class RateEstimator:
         self._bins: dict[int, tuple[int, int]] = {}
         self._max_bins = max_bins
         self._latest_arrival_ns: int | None = None
+        self._checked_oldest_key: int | None = None
 
     def add(self, pts_ns: int, arrival_ns: int) -> None:
         """Add one item's media time and its arrival time on the daemon's monotonic clock."""
@@ -247,6 +248,11 @@ class RateEstimator:
         if self._latest_arrival_ns is None or arrival_ns > self._latest_arrival_ns:
             self._latest_arrival_ns = arrival_ns
         oldest_key = (self._latest_arrival_ns - self._horizon_ns) // self._bin_ns
+        if best is not None and oldest_key == self._checked_oldest_key:
+            # An existing bin and the same horizon as at the last check: nothing can have
+            # become stale or too many (keeps the per-item cost O(1) on live streams).
+            return
+        self._checked_oldest_key = oldest_key
         if len(self._bins) > self._max_bins or min(self._bins) < oldest_key:
             for stale in sorted(self._bins):
                 if stale >= oldest_key and len(self._bins) <= self._max_bins:
