@@ -6,60 +6,23 @@ import asyncio
 import json
 import os
 import re
-import socket
 import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-
-class NotifySocket:
-    """A bound AF_UNIX datagram socket standing in for systemd's; a thread reads it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.05)
-        self.messages: list[dict[str, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            self.messages.append(dict(line.split("=", 1) for line in data.decode().split("\n")))
-
-    async def wait_for(
-        self, predicate: Callable[[dict[str, str]], bool], start: int = 0, timeout_s: float = 60
-    ) -> int:
-        """Index of the first message from ``start`` on that matches."""
-        async with asyncio.timeout(timeout_s):
-            while True:
-                for index in range(start, len(self.messages)):
-                    if predicate(self.messages[index]):
-                        return index
-                await asyncio.sleep(0.02)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
+# The sd_notify listener lives with the service tests; this kit imports it from there.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+from notifykit import NotifyListener
 
 
 @dataclass
 class DaemonProcess:
     proc: asyncio.subprocess.Process
-    notify: NotifySocket
+    notify: NotifyListener
     log: list[str] = field(default_factory=list)
     port: int | None = None
     _reader: asyncio.Task[None] | None = None
@@ -92,11 +55,12 @@ async def start_daemon(
     config: Path, tmp_path: Path, watchdog_usec: int = 2_000_000
 ) -> DaemonProcess:
     """Start `crossmodald run --config CONFIG` with a notify socket; returns once READY=1."""
-    notify = NotifySocket(tmp_path / "notify.sock")
+    notify_path = str(tmp_path / "notify.sock")
+    notify = NotifyListener(notify_path)
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
-        "NOTIFY_SOCKET": str(notify.path),
+        "NOTIFY_SOCKET": notify_path,
         "WATCHDOG_USEC": str(watchdog_usec),
     }
     proc = await asyncio.create_subprocess_exec(
@@ -107,7 +71,7 @@ async def start_daemon(
     daemon = DaemonProcess(proc, notify)
     daemon._reader = asyncio.create_task(daemon._read_log())
     try:
-        await notify.wait_for(lambda m: m.get("READY") == "1")
+        await notify.wait_until(lambda m: m.get("READY") == "1")
     except TimeoutError:
         await daemon.stop()
         raise AssertionError("no READY=1:\n" + daemon.log_text()) from None

@@ -43,10 +43,10 @@ async def _reload(daemon: DaemonProcess) -> dict[str, str]:
     """SIGHUP; wait for RELOADING=1 then READY=1; the messages in between, merged."""
     mark = len(daemon.notify.messages)
     daemon.proc.send_signal(signal.SIGHUP)
-    start = await daemon.notify.wait_for(lambda m: m.get("RELOADING") == "1", mark, 30)
-    done = await daemon.notify.wait_for(lambda m: m.get("READY") == "1", start + 1, 30)
+    start = await daemon.notify.wait_until(lambda m: m.get("RELOADING") == "1", mark, 30)
+    done = await daemon.notify.wait_until(lambda m: m.get("READY") == "1", start + 1, 30)
     merged: dict[str, str] = {}
-    for message in daemon.notify.messages[start : done + 1]:
+    for message in daemon.notify.all()[start : done + 1]:
         if "STATUS" in message:
             merged.setdefault("STATUS_FIRST", message["STATUS"])
         merged.update(message)
@@ -72,7 +72,7 @@ async def test_ready_watchdog_and_reloads(tmp_path: Path) -> None:
     config.write_text(config_text(pattern_sources("s1", "s2")))
     daemon = await start_daemon(config, tmp_path)
     try:
-        ready = next(m for m in daemon.notify.messages if m.get("READY") == "1")
+        ready = next(m for m in daemon.notify.all() if m.get("READY") == "1")
         assert ready["STATUS"].startswith("2 streams running")
         async with aiohttp.ClientSession() as http:
             # READY=1 came after the API listens: it answers at once.
@@ -80,8 +80,8 @@ async def test_ready_watchdog_and_reloads(tmp_path: Path) -> None:
                 assert response.status == 200
             sub = SseSubscriber(daemon.url)
             sub.task = asyncio.create_task(sub.run(http))
-            await daemon.notify.wait_for(lambda m: m.get("WATCHDOG") == "1", timeout_s=5)
-            await daemon.notify.wait_for(lambda m: "event subscribers" in m.get("STATUS", ""))
+            await daemon.notify.wait_until(lambda m: m.get("WATCHDOG") == "1", timeout_s=5)
+            await daemon.notify.wait_until(lambda m: "event subscribers" in m.get("STATUS", ""))
             await _wait(lambda: any(e["type"] == "sync.offset" for e in sub.events))
             async with http.get(f"{daemon.url}/v1/streams") as response:
                 started = {s["name"]: s["started_at"] for s in (await response.json())["streams"]}
@@ -135,8 +135,8 @@ async def test_ready_watchdog_and_reloads(tmp_path: Path) -> None:
             async with asyncio.timeout(STOP_BUDGET_S):
                 assert await daemon.proc.wait() == 0
             await asyncio.wait([sub.task], timeout=5)
-        stopping = [m for m in daemon.notify.messages[mark:] if m.get("STOPPING") == "1"]
-        assert stopping, daemon.notify.messages[mark:]
+        stopping = [m for m in daemon.notify.all()[mark:] if m.get("STOPPING") == "1"]
+        assert stopping, daemon.notify.all()[mark:]
     finally:
         await daemon.stop()
 
@@ -182,7 +182,7 @@ async def test_sigterm_loses_no_accepted_event(tmp_path: Path) -> None:
             assert sub_seqs[-1] == seqs[-1]
         ends = {e["stream"]: e["data"]["reason"] for e in written if e["type"] == "stream.end"}
         assert ends == {"a": "daemon stopping", "b": "daemon stopping", "c": "daemon stopping"}
-        notes = daemon.notify.messages
+        notes = daemon.notify.all()
         ready = next(i for i, m in enumerate(notes) if m.get("READY") == "1")
         stopping = next(i for i, m in enumerate(notes) if m.get("STOPPING") == "1")
         assert ready < stopping
