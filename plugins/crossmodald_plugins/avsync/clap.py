@@ -44,9 +44,8 @@ import numpy.typing as npt
 import torch
 
 from crossmodald.media import NS_PER_S, Window
-from crossmodald_plugins.avsync.batching import masked_max, masked_nanmedian, pad_stack
-from crossmodald_plugins.avsync.flash import PAIR_SLACK_S, SILENCE_PEAK
-from crossmodald_plugins.avsync.flash import audio_onsets as flash_audio_onsets
+from crossmodald_plugins.avsync.batching import masked_max, masked_nanmedian
+from crossmodald_plugins.avsync.flash import PAIR_SLACK_S, SILENCE_PEAK, AudioOnsets, audio_onsets
 from crossmodald_plugins.avsync.motion import video_motion as motion_energy
 
 #: Audio peak over the median envelope below which there is no clap (a dominant transient).
@@ -91,36 +90,30 @@ class ClapOutcome:
 
 
 def _audio_clap(
-    windows: Sequence[Window], device: torch.device
+    windows: Sequence[Window], onsets: AudioOnsets
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The dominant transient of every window.
+    """The dominant transient of every window, from the flash method's onsets of its audio.
 
     Returns:
         onset_s (B,) seconds from window start (of the first onset), count (B,) onsets above
         half the peak, snr (B,) peak over median envelope, peak (B,), and decayed (B,): the
         tail has died down (False when it reaches past the window end).
     """
-    onset_s, onset_ok, snr, peak = flash_audio_onsets(windows, device)
-    count = onset_ok.sum(dim=1)
-    first = torch.argmax(onset_ok.to(torch.int8), dim=1)
-    onset = torch.gather(onset_s, 1, first[:, None])[:, 0]
+    snr, peak, rates = onsets.snr, onsets.peak, onsets.rates_hz
+    magnitude, valid = onsets.magnitude, onsets.valid
+    count = onsets.onset_ok.sum(dim=1)
+    first = torch.argmax(onsets.onset_ok.to(torch.int8), dim=1)
+    onset = torch.gather(onsets.onset_s, 1, first[:, None])[:, 0]
 
-    audio, valid = pad_stack(
-        [w.audio for w in windows], dtype=torch.float32, device=device, min_len=1
-    )
-    valid &= pad_stack([w.audio_valid for w in windows], dtype=torch.bool, device=device)[0]
-    rates = torch.tensor(
-        [max(w.audio_rate, 1) for w in windows], dtype=torch.float64, device=device
-    )
     # Tail [onset + DECAY_FROM_S, onset + DECAY_TO_S) on each row's own sample grid.
     start = torch.ceil((onset + DECAY_FROM_S) * rates).long()
     stop = torch.ceil((onset + DECAY_TO_S) * rates).long()
     span = max(1, math.ceil(max(w.audio_rate for w in windows) * (DECAY_TO_S - DECAY_FROM_S)))
-    idx = start[:, None] + torch.arange(span + 1, device=device)
-    inside = (idx < stop[:, None]) & (idx < audio.shape[1])
-    idx_c = idx.clamp(0, audio.shape[1] - 1)
+    idx = start[:, None] + torch.arange(span + 1, device=magnitude.device)
+    inside = (idx < stop[:, None]) & (idx < magnitude.shape[1])
+    idx_c = idx.clamp(0, magnitude.shape[1] - 1)
     tail_ok = torch.gather(valid, 1, idx_c) & inside
-    tail = masked_max(torch.gather(audio.abs(), 1, idx_c), tail_ok)
+    tail = masked_max(torch.gather(magnitude, 1, idx_c), tail_ok)
     noise = peak / snr.clamp_min(1e-9)
     # The whole tail must lie inside the window: a clap cut off by the window end is not judged.
     complete = tail_ok.sum(dim=1) >= (stop - start).clamp_min(1)
@@ -196,7 +189,10 @@ def _contacts(
 
 
 def analyze_clap(
-    windows: Sequence[Window], device: torch.device, max_lag_ms: float
+    windows: Sequence[Window],
+    device: torch.device,
+    max_lag_ms: float,
+    onsets: AudioOnsets | None = None,
 ) -> list[ClapOutcome]:
     """Run the clap method on a batch of windows (one batched torch computation).
 
@@ -204,13 +200,17 @@ def analyze_clap(
         windows: Windows from any streams.
         device: Torch device.
         max_lag_ms: Pair the sound only with a contact within this many ms.
+        onsets: ``audio_onsets(windows, device)`` when the caller already has it (the flash
+            method's, for ``method = "auto"``); computed here otherwise.
 
     Returns:
         One outcome per window, in order.
     """
     if not windows:
         return []
-    onset, count, snr, peak, decayed = _audio_clap(windows, device)
+    if onsets is None:
+        onsets = audio_onsets(windows, device)
+    onset, count, snr, peak, decayed = _audio_clap(windows, onsets)
     impulsive = (count == 1) & (snr >= MIN_CLAP_RATIO) & (peak > SILENCE_PEAK) & decayed
     # Only windows with a clap-like sound are worth the picture analysis (most are not).
     rows = torch.nonzero(impulsive).flatten().cpu().tolist()

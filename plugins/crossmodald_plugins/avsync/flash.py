@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import numpy.typing as npt
@@ -194,21 +194,53 @@ def _envelope(values: torch.Tensor) -> torch.Tensor:
     return _sliding_max(blocks, _ENV_KERNEL // _ENV_STRIDE)[:, :n_env]
 
 
-def audio_onsets(
-    windows: Sequence[Window], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Beep onsets of every window.
+@dataclass(frozen=True, slots=True)
+class AudioOnsets:
+    """The beep (transient) onsets of a batch of windows, with the samples they were found in.
 
-    Returns:
-        onset_s (B, K) seconds from window start, onset_ok (B, K), snr (B,) burst peak over
-        noise floor, peak (B,) the loudest block.
+    Computed once per batch by :func:`audio_onsets`; the flash method pairs the onsets with
+    flashes and the clap method (``method = "auto"`` hands it the rows flash found no pattern
+    in) checks the one dominant onset and its decay on the same samples.
+
+    Attributes:
+        onset_s: (B, K) onsets in seconds from window start.
+        onset_ok: (B, K) bool, True where ``onset_s`` holds an onset.
+        snr: (B,) burst peak over the noise floor (the median envelope).
+        peak: (B,) the loudest envelope block.
+        magnitude: (B, N) float32 ``|sample|``, 0 where a sample is padding or undelivered.
+        valid: (B, N) bool, True where a sample was delivered.
+        rates_hz: (B,) float64 sample rates (at least 1).
     """
-    audio, _ = pad_stack(
+
+    onset_s: torch.Tensor
+    onset_ok: torch.Tensor
+    snr: torch.Tensor
+    peak: torch.Tensor
+    magnitude: torch.Tensor
+    valid: torch.Tensor
+    rates_hz: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.snr.shape[0])
+
+    def rows(self, index: Sequence[int]) -> AudioOnsets:
+        """The analysis of the windows at ``index``, in that order (``self`` when that is all)."""
+        if list(index) == list(range(len(self))):
+            return self
+        at = torch.tensor(list(index), dtype=torch.long, device=self.snr.device)
+        return AudioOnsets(*(getattr(self, f.name).index_select(0, at) for f in fields(self)))
+
+
+def audio_onsets(windows: Sequence[Window], device: torch.device) -> AudioOnsets:
+    """Beep onsets of every window (one batched computation; see :class:`AudioOnsets`)."""
+    audio, delivered = pad_stack(
         [w.audio for w in windows], dtype=torch.float32, device=device, min_len=_ENV_KERNEL
     )
     valid, _ = pad_stack(
         [w.audio_valid for w in windows], dtype=torch.bool, device=device, min_len=_ENV_KERNEL
     )
+    # A flag past the end of a window's audio flags no sample.
+    valid &= delivered
     rates = torch.tensor(
         [max(w.audio_rate, 1) for w in windows], dtype=torch.float64, device=device
     )
@@ -278,11 +310,14 @@ def audio_onsets(
     onset_s = sample / rates[:, None]
     onset_ok = kept & has
     snr = peak / noise.clamp_min(1e-9)
-    return onset_s, onset_ok, snr, peak
+    return AudioOnsets(onset_s, onset_ok, snr, peak, mag, valid, rates)
 
 
 def analyze_flash(
-    windows: Sequence[Window], device: torch.device, max_lag_ms: float
+    windows: Sequence[Window],
+    device: torch.device,
+    max_lag_ms: float,
+    onsets: AudioOnsets | None = None,
 ) -> list[FlashOutcome]:
     """Run the flash method on a batch of windows (one batched torch computation).
 
@@ -290,14 +325,18 @@ def analyze_flash(
         windows: Windows from any streams.
         device: Torch device to compute on.
         max_lag_ms: Pair a beep only with a flash within this many ms.
+        onsets: ``audio_onsets(windows, device)`` when the caller already has it (computed
+            here otherwise).
 
     Returns:
         One outcome per window, in order.
     """
     if not windows:
         return []
+    if onsets is None:
+        onsets = audio_onsets(windows, device)
     v_on, v_ok, contrast, flashy = _video_onsets(windows, device)
-    a_on, a_ok, snr, peak = audio_onsets(windows, device)
+    a_on, a_ok, snr, peak = onsets.onset_s, onsets.onset_ok, onsets.snr, onsets.peak
 
     lead_s = v_on[:, None, :] - a_on[:, :, None]  # (B, audio K, video K)
     near = (lead_s.abs() <= max_lag_ms / 1000 + PAIR_SLACK_S) & a_ok[:, :, None] & v_ok[:, None, :]

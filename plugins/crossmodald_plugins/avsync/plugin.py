@@ -11,7 +11,7 @@ from crossmodald.media import StreamInfo, Window
 from crossmodald.runtime.plugin import PluginConfig
 from crossmodald_plugins.avsync.clap import ClapOutcome, analyze_clap
 from crossmodald_plugins.avsync.config import AvSyncConfig
-from crossmodald_plugins.avsync.flash import analyze_flash
+from crossmodald_plugins.avsync.flash import analyze_flash, audio_onsets
 from crossmodald_plugins.avsync.motion import FaceFinder, analyze_motion
 from crossmodald_plugins.avsync.result import AvSyncResult, FlashPair
 from crossmodald_plugins.avsync.session import AvSyncSession
@@ -59,8 +59,12 @@ class AvSyncPlugin:
             return []
         method = self.config.method
         with torch.inference_mode():
+            # The beep/transient onsets of each window's audio, found once for the batch: flash
+            # pairs them with flashes, clap (in auto, on the windows flash finds no pattern in)
+            # checks the one dominant onset on them.
+            onsets = audio_onsets(batch, self.device) if method != "motion" else None
             flash = (
-                analyze_flash(batch, self.device, self.config.max_lag_ms)
+                analyze_flash(batch, self.device, self.config.max_lag_ms, onsets)
                 if method not in ("motion", "clap")
                 else None
             )
@@ -73,8 +77,12 @@ class AvSyncPlugin:
             # Clap: forced, or (auto) where a window has one impulsive sound and hands meeting.
             claps: dict[int, ClapOutcome] = {}
             if method in ("clap", "auto"):
+                assert onsets is not None
                 found = analyze_clap(
-                    [batch[i] for i in motion_rows], self.device, self.config.max_lag_ms
+                    [batch[i] for i in motion_rows],
+                    self.device,
+                    self.config.max_lag_ms,
+                    onsets.rows(motion_rows),
                 )
                 claps = {
                     i: c
