@@ -2,10 +2,12 @@
 
 Each window is 2 s of 640x480 30 fps video with 48 kHz audio, cut by the real windower from the
 pattern source (flash method) and, with --motion, from a talking-head clip with face detection
-(motion method). The batch holds windows of distinct streams, as the runtime builds it.
+(motion method); --auto times ``method = "auto"`` on the talking-head windows (not pattern-like,
+so flash, then clap, then motion all look at them). The batch holds windows of distinct streams,
+as the runtime builds it.
 
     python benchmarks/bench_avsync_batch.py [--device cpu|cuda] [--sizes 1 8 64 256] [--repeat 5]
-        [--threads N] [--motion]
+        [--threads N] [--motion] [--auto] [--no-faces] [--no-flash]
 """
 
 from __future__ import annotations
@@ -85,6 +87,13 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--motion", action="store_true", help="also time the motion method")
     parser.add_argument(
+        "--auto", action="store_true", help="also time method=auto on non-pattern windows"
+    )
+    parser.add_argument(
+        "--no-faces", action="store_true", help="motion and auto without face detection"
+    )
+    parser.add_argument("--no-flash", action="store_true", help="skip the flash method timing")
+    parser.add_argument(
         "--threads", type=int, help="torch threads (default: the daemon's, half the CPUs)"
     )
     args = parser.parse_args()
@@ -94,20 +103,29 @@ def main() -> int:
     pattern = PatternSourceConfig(
         type="pattern", name="p", audio_lead_ms=40.0, duration_s=12.0, realtime=False
     )
-    pool = asyncio.run(windows_of(pattern, 16))
-    plugin = AvSyncFactory.create(
-        AvSyncConfig(type="avsync", method="flash", face_detection=False), device
-    )
-    print("flash method (pattern, 640x480 30 fps, 48 kHz):")
-    time_batches(plugin, pool, args.sizes, args.repeat, device)
-    if args.motion:
-        if not CLIP.is_file():
-            print(f"(motion skipped: {CLIP} is absent)")
-            return 0
-        clip = MediaSourceConfig(type="media", name="c", url=str(CLIP), realtime=False)
-        pool = asyncio.run(windows_of(clip, 12))
-        plugin = AvSyncFactory.create(AvSyncConfig(type="avsync", method="motion"), device)
-        print("motion method (talking head 512x512 25 fps, 16 kHz, face detection on):")
+    if not args.no_flash:
+        pool = asyncio.run(windows_of(pattern, 16))
+        plugin = AvSyncFactory.create(
+            AvSyncConfig(type="avsync", method="flash", face_detection=False), device
+        )
+        print("flash method (pattern, 640x480 30 fps, 48 kHz):")
+        time_batches(plugin, pool, args.sizes, args.repeat, device)
+    if not (args.motion or args.auto):
+        return 0
+    if not CLIP.is_file():
+        print(f"(motion and auto skipped: {CLIP} is absent)")
+        return 0
+    clip = MediaSourceConfig(type="media", name="c", url=str(CLIP), realtime=False)
+    pool = asyncio.run(windows_of(clip, 12))
+    methods = [m for m, on in (("motion", args.motion), ("auto", args.auto)) if on]
+    faces = not args.no_faces
+    for method in methods:
+        config = AvSyncConfig(type="avsync", method=method, face_detection=faces)
+        plugin = AvSyncFactory.create(config, device)
+        print(
+            f"{method} method (talking head 512x512 25 fps, 16 kHz, "
+            f"face detection {'on' if faces else 'off'}):"
+        )
         time_batches(plugin, pool, args.sizes, args.repeat, device)
     return 0
 
