@@ -184,3 +184,53 @@ def test_smooth_boxes_is_a_13_frame_median() -> None:
     smoothed = smooth_boxes(boxes)
     assert smoothed[10].cx == 100.0
     assert len(smoothed) == 20
+
+
+def _clip_audio_16k(path: Path) -> torch.Tensor:
+    from crossmodald.service.evaluate import decode_media
+
+    media = decode_media(path)
+    return resample(torch.from_numpy(media.audio), media.audio_rate, 16_000)
+
+
+def test_mfccs_sit_where_the_ava_checkpoint_was_trained(
+    light_asd_dir: Path, shared_media: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first audio layer's BatchNorm statistics are the training MFCCs' fingerprint: ours must
+    match the AVA checkpoint's within a few hundredths of a running SD (a wrong sample scale,
+    pre-emphasis or framing moves it by tenths)."""
+    from crossmodald_plugins.asd import features
+    from crossmodald_plugins.asd.diagnostics import FIRST_AUDIO_LAYER, batchnorm_gap
+
+    audio = [
+        _clip_audio_16k(shared_media / name)
+        for name in ("talkinghead_hdtf_aoc_25fps.mp4", "talkinghead_hdtf_markey_25fps.mp4")
+    ]
+    ava = load_light_asd(light_asd_dir / "pretrain_AVA_CVPR.model")
+
+    def feed(model: LightASD, rate: int = 16_000) -> float:
+        return batchnorm_gap(
+            model,
+            lambda: [model.audio_embed(mfcc(resample(a, 16_000, rate))[None]) for a in audio],
+            FIRST_AUDIO_LAYER,
+        )
+
+    assert feed(ava) < 0.08
+    # The same check tells features without the reference's pre-emphasis apart.
+    monkeypatch.setattr(features, "PREEMPHASIS", 0.0)
+    assert feed(ava) > 0.12
+    monkeypatch.undo()
+    # The TalkSet fine-tune's statistics are those of 44.1/48 kHz audio framed as if it were
+    # 16 kHz, not of 16 kHz audio: that checkpoint cannot be fed like the reference pipeline.
+    talkset = load_light_asd(light_asd_dir / "finetuning_TalkSet.model")
+    assert feed(talkset, 48_000) < 0.08 < 0.2 < feed(talkset)
+
+
+def test_batchnorm_gap_rejects_a_name_that_is_no_batchnorm() -> None:
+    from crossmodald_plugins.asd.diagnostics import batchnorm_gap
+
+    model = LightASD().eval()
+    with pytest.raises(ValueError, match="not a BatchNorm"):
+        batchnorm_gap(model, lambda: None, ("model.audioEncoder.block1.m_3",))
+    with pytest.raises(ValueError, match="no input reached"):
+        batchnorm_gap(model, lambda: None, ("model.audioEncoder.block1.bn_m_3",))
