@@ -49,9 +49,12 @@ _UPSTREAM = "https://github.com/Junhua-Liao/Light-ASD/raw/main/weight/"
 
 #: Published Light-ASD state dicts (MIT licence), by the name ``models fetch`` takes.
 PUBLISHED: dict[str, PublishedWeights] = {
-    # The AVA model is the default: through this project's preprocessing it is the one whose
-    # score depends on the audio (the TalkSet fine-tune scores moving lips as speaking whatever
-    # the sound, so it cannot tell which of two faces talks, nor scan an offset).
+    # The AVA model is the default: it is the one trained on the features the reference pipeline
+    # computes (16 kHz MFCCs; its first-layer BatchNorm statistics match ours, see
+    # diagnostics.py). The TalkSet fine-tune's statistics are those of 44.1/48 kHz audio framed
+    # as if it were 16 kHz, and its score hardly depends on the sound (silence and another
+    # person's speech score as high as the face's own), so it cannot tell which of two faces
+    # talks, nor scan an offset; it is listed for visual-only use.
     "light-asd": PublishedWeights(
         name="light-asd",
         filename="pretrain_AVA_CVPR.model",
@@ -64,7 +67,10 @@ PUBLISHED: dict[str, PublishedWeights] = {
         filename="finetuning_TalkSet.model",
         sha256="efc375833887eefa9d209dc92810e18519b04c3c73ea35a549f2a7f40b7d94d5",
         url=_UPSTREAM + "finetuning_TalkSet.model",
-        about="Light-ASD fine-tuned on TalkSet; Columbia ASD F1 95.5 %",
+        about=(
+            "Light-ASD fine-tuned on TalkSet; Columbia ASD F1 95.5 %; trained on audio at "
+            "another rate: its score ignores the sound (no lip sync, no two-face choice)"
+        ),
     ),
 }
 
