@@ -248,3 +248,39 @@ def test_turns_can_be_switched_off() -> None:
     info = StreamInfo("x", "test", True, True, 25.0, 16000, 320, 240, ClockKind.PTS)
     events = run_plugin(plugin, {"x": (info, _faceless_windows(2))})["x"]
     assert not [e for e in events if e.type == "dialogue.turn"]
+
+
+def _two_faces(first: list[float], second: list[float]) -> SpeakerResult:
+    from crossmodald_plugins.asd.plugin import SLOT_NS, FaceSpeaking
+
+    pts = np.arange(len(first), dtype=np.int64) * SLOT_NS
+    faces = tuple(
+        FaceSpeaking(
+            track_id=track_id,
+            pts_ns=pts,
+            boxes=((x, 50.0, 80.0, 80.0),) * len(scores),
+            scores=np.array(scores, np.float32),
+        )
+        for track_id, x, scores in ((1, 10.0, first), (2, 200.0, second))
+    )
+    return SpeakerResult(faces, None, METHOD_MODEL, ())
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_single_speaker_lets_only_the_best_face_speak(single: bool) -> None:
+    plugin = _plugin(None, turns=False, lipsync=False, single_speaker=single)
+    session = plugin.open(StreamInfo("x", "test", True, True, 25.0, 16000, 320, 240, ClockKind.PTS))
+    window = _faceless_windows(1)[0]
+    # Both faces score above the threshold; face 1 higher for 20 slots, then face 2 for 20.
+    result = _two_faces([0.9] * 20 + [0.6] * 20, [0.8] * 20 + [0.95] * 20)
+    events = [e for e in session.update(window, result) if e.type == "speaker"]
+    starts = [(e.data["track_id"], e.start_ns) for e in events if e.phase is Phase.START]
+    ends = [e.data["track_id"] for e in events if e.phase is Phase.END]
+    if not single:
+        assert sorted(t for t, _ in starts) == [1, 2]
+        assert not ends
+    else:
+        # Face 1 speaks first; when face 2 becomes the best, face 1 ends and face 2 starts.
+        assert [t for t, _ in starts] == [1, 2]
+        assert ends == [1]
+        assert starts[1][1] >= 20 * 40_000_000

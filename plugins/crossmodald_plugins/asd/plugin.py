@@ -87,6 +87,10 @@ class SpeakerConfig(PluginConfig):
     fallback_threshold: float = Field(0.3, gt=0.0, lt=1.0)
     #: Slots a face must stay above / below the threshold before start / end.
     hold_slots: int = Field(3, ge=1, le=250)
+    #: At most one face speaks at a time: on each slot only the best-scoring face can count as
+    #: speaking (for "who is talking" uses: kiosks, robots, call layouts). False lets faces
+    #: speak over each other.
+    single_speaker: bool = False
     #: Estimate the lip-sync offset (``sync.offset`` events).
     lipsync: bool = True
     #: Scan range of the lip-sync offset, ms either side.
@@ -415,6 +419,15 @@ class SpeakerPlugin:
         return OffsetEstimate(lead, confidence, self.method, best.track.track_id, reason)
 
 
+def _best_per_slot(faces: Sequence[FaceSpeaking]) -> dict[int, float]:
+    """The highest face score on each slot pts."""
+    best: dict[int, float] = {}
+    for face in faces:
+        for pts, score in zip(face.pts_ns.tolist(), face.scores.tolist(), strict=True):
+            best[pts] = max(best.get(pts, score), score)
+    return best
+
+
 def _longest_run(flags: Sequence[bool]) -> tuple[int, int] | None:
     best: tuple[int, int] | None = None
     start: int | None = None
@@ -491,12 +504,15 @@ class SpeakerSession:
         """Events for one window."""
         events: list[Event] = []
         newest = self._done_ns
+        best = _best_per_slot(result.faces) if self._config.single_speaker else None
         for face in result.faces:
             for pts, box, score in zip(face.pts_ns, face.boxes, face.scores, strict=True):
                 if pts <= self._done_ns:
                     continue  # judged in an earlier (overlapping) window
                 newest = max(newest, int(pts))
-                events += self._step(window, face.track_id, int(pts), box, float(score))
+                # Under single_speaker a face that is not the best on this slot is not speaking.
+                judged = 0.0 if best is not None and score < best[int(pts)] else float(score)
+                events += self._step(window, face.track_id, int(pts), box, judged)
                 if self._speech is not None:
                     self._remember(face.track_id, int(pts), float(score))
         seen = {face.track_id for face in result.faces}
