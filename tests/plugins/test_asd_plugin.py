@@ -284,3 +284,22 @@ def test_single_speaker_lets_only_the_best_face_speak(single: bool) -> None:
         assert [t for t, _ in starts] == [1, 2]
         assert ends == [1]
         assert starts[1][1] >= 20 * 40_000_000
+
+
+def test_speaker_end_carries_the_last_box_while_speaking() -> None:
+    from crossmodald_plugins.asd.plugin import SLOT_NS, FaceSpeaking
+
+    plugin = _plugin(None, turns=False, lipsync=False)
+    session = plugin.open(StreamInfo("x", "test", True, True, 25.0, 16000, 320, 240, ClockKind.PTS))
+    n = 30
+    face = FaceSpeaking(
+        track_id=1,
+        pts_ns=np.arange(n, dtype=np.int64) * SLOT_NS,
+        boxes=tuple((10.0 + i, 50.0, 80.0, 80.0) for i in range(n)),  # the face moves right
+        scores=np.array([0.9] * 20 + [0.1] * 10, np.float32),
+    )
+    events = session.update(_faceless_windows(1)[0], SpeakerResult((face,), None, METHOD_MODEL))
+    start, end = (e for e in events if e.type == "speaker")
+    assert start.phase is Phase.START
+    assert end.phase is Phase.END
+    assert start.data["box"][0] < end.data["box"][0] == 10.0 + 19

@@ -15,7 +15,8 @@ through the GRU backend in one call.
 Events (per stream):
 
 * ``speaker`` ``start``/``end``: a face track starts / stops speaking; data ``track_id``,
-  ``box`` ``[x, y, w, h]``, ``score`` (mean probability while speaking, on ``end``).
+  ``box`` ``[x, y, w, h]`` (on ``end``: the last box while speaking), ``score`` (on ``start``:
+  the confirming slot's probability; on ``end``: the mean while speaking).
 * ``sync.offset``: data ``audio_lead_ms`` (None without a face), ``confidence`` (low when nobody
   visible is talking), ``method`` (``asd_scan`` or ``mouth_motion``), ``smoothed_audio_lead_ms``
   (median of recent confident values), ``drift_ppm`` (None: not estimated here), ``track_id``.
@@ -584,6 +585,7 @@ class SpeakerSession:
         if score >= self._threshold:
             if speaking is not None:
                 speaking.scores.append(score)
+                speaking.box = box  # ``end`` reports where the face was last seen speaking
                 speaking.below = 0
                 return []
             run = self._above.get(track_id, 0) + 1
