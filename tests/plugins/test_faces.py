@@ -230,3 +230,8 @@ def test_plugin_events_start_update_end_with_boxes() -> None:
         assert y < my < y + h
     end = events[-1]
     assert end.start_ns == events[0].start_ns < end.end_ns
+    # The stream ended with the face in view: closing ends the track one frame after its last
+    # sighting, as a track that leaves mid-stream ends, stamped with the last window's close.
+    last_frame_ns = windows[-1].video[-1].pts_ns
+    assert end.end_ns == last_frame_ns + FRAME_NS
+    assert end.closed_ns == windows[-1].closed_ns

@@ -62,11 +62,13 @@ class FacesSession:
         self._stream = stream
         # track id -> (first pts, latest observation) of tracks that have started
         self._open: dict[int, tuple[int, FaceObservation]] = {}
+        self._last_window: Window | None = None
 
     def update(self, window: Window, result: FacesResult) -> list[Event]:
         """Events for the tracks in one window's result."""
         events: list[Event] = []
         frame_ns = _frame_ns(window)
+        self._last_window = window
         for track in result.tracks:
             last = track.last
             if track.track_id not in self._open:
@@ -100,16 +102,12 @@ class FacesSession:
     def close(self) -> list[Event]:
         """End every open track; forget this stream's tracker."""
         self._plugin.drop_stream(self._stream.name)
+        window = self._last_window
+        if window is None:
+            return []  # no window ever came: no track started
+        # As a track that ends mid-stream: the end is one frame after its last sighting.
         events = [
-            Event(
-                type=EVENT_TYPE,
-                stream=self._stream.name,
-                start_ns=first_ns,
-                end_ns=obs.pts_ns,
-                data=_payload(track_id, obs),
-                phase=Phase.END,
-                clock=self._stream.clock,
-            )
+            self._event(track_id, obs, first_ns, obs.pts_ns + _frame_ns(window), Phase.END, window)
             for track_id, (first_ns, obs) in sorted(self._open.items())
         ]
         self._open.clear()
