@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from crossmodald.media import NS_PER_S
 from crossmodald.service.evaluate import DecodedMedia, decode_media
 from crossmodald_plugins.asd.diagnostics import (
     FIRST_AUDIO_LAYER,
@@ -42,7 +43,9 @@ from crossmodald_plugins.asd.diagnostics import (
     batchnorm_gap,
 )
 from crossmodald_plugins.asd.features import (
+    HOP_SAMPLES,
     MODEL_RATE,
+    WIN_SAMPLES,
     CropBox,
     crop_face,
     mfcc,
@@ -83,7 +86,7 @@ class Clip:
         self.crops = torch.from_numpy(
             np.stack([crop_face(f.luma, b) for f, b in zip(frames, boxes, strict=True)])
         ).float()
-        skip = max(0, (frames[0].pts_ns - media.audio_start_ns) * media.audio_rate // 10**9)
+        skip = max(0, (frames[0].pts_ns - media.audio_start_ns) * media.audio_rate // NS_PER_S)
         audio = torch.from_numpy(np.ascontiguousarray(media.audio[skip:]))
         self.audio = resample(audio, media.audio_rate, MODEL_RATE)
 
@@ -94,7 +97,7 @@ class Clip:
     def features(self, audio: Tensor | None = None) -> Tensor:
         """(1, 4T, 13) MFCCs of ``audio`` (default: the clip's own), zero-padded to the video."""
         a = self.audio if audio is None else audio
-        need = self.frames * AUDIO_STEPS_PER_FRAME * 160 + 240
+        need = (self.frames * AUDIO_STEPS_PER_FRAME - 1) * HOP_SAMPLES + WIN_SAMPLES
         a = torch.nn.functional.pad(a, (0, max(0, need - len(a))))[:need]
         return mfcc(a)[: self.frames * AUDIO_STEPS_PER_FRAME].unsqueeze(0)
 
