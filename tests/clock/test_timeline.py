@@ -10,12 +10,13 @@ from hypothesis import strategies as st
 
 from crossmodald.clock import (
     Mapped,
+    TimelineGroup,
     TrackTimeline,
-    jump_event,
     ns_to_ticks,
     ticks_to_ns,
 )
-from crossmodald.media import NS_PER_S, ClockKind
+from crossmodald.ingest.frames import jump_fault
+from crossmodald.media import NS_PER_S
 
 TB_90K = Fraction(1, 90000)
 TB_48K = Fraction(1, 48000)
@@ -276,20 +277,105 @@ def test_wrap_with_jump_both_reported() -> None:
     assert tl.stats.jumps == 1
 
 
-def test_jump_event_is_a_stream_fault() -> None:
+def test_jump_is_plain_data_and_the_source_builds_the_fault() -> None:
     tl = TrackTimeline(TB_MS, expected_step_ns=1_000_000)
     tl.map(0)
+    assert tl.take_jump() is None
     tl.map(60_000)
-    assert tl.last_jump is not None
-    event = jump_event("cam1", tl.last_jump, ClockKind.PTS, track="video")
-    assert event.type == "stream.fault"
-    assert event.stream == "cam1"
-    assert event.start_ns == event.end_ns == 1_000_000
-    assert event.data["kind"] == "timestamp_jump"
-    assert event.data["jump_ns"] == 59_999_000_000
-    assert event.data["track"] == "video"
-    assert "+59.999 s" in str(event.data["message"])
-    assert event.clock is ClockKind.PTS
+    jump = tl.take_jump()
+    assert jump is not None
+    assert jump is tl.last_jump
+    assert tl.take_jump() is None  # taken once
+    assert jump.as_dict() == {
+        "raw": 60_000,
+        "previous_ns": 0,
+        "raw_ns": 60 * NS_PER_S,
+        "landed_ns": 1_000_000,
+        "jump_ns": 59_999_000_000,
+    }
+    fault = jump_fault("cam1", "video", jump)
+    assert fault.kind == "timestamp_jump"
+    assert fault.pts_ns == 1_000_000
+    assert "cam1: video timestamp jump of +59.999 s" in fault.message
+
+
+# -- rounding, fast path, demuxer-unwrapped input, groups -----------------------------------
+
+
+def test_floor_rounding_matches_integer_division() -> None:
+    tb = Fraction(1, 15360)  # the MP4 muxer's clock for 30 fps: 512 ticks a frame
+    tl = TrackTimeline(tb, rounding="floor")
+    for i in range(0, 90):
+        assert tl.map_ns(512 * i) == i * NS_PER_S // 30
+    assert ticks_to_ns(2 * 512, tb, "floor") == 66_666_666
+    assert ticks_to_ns(2 * 512, tb) == 66_666_667
+    assert ticks_to_ns(-1024, Fraction(1, 48000), "floor") == -21_333_334  # towards -inf
+    with pytest.raises(ValueError, match="rounding"):
+        TrackTimeline(tb, rounding="up")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rounding"):
+        ticks_to_ns(1, tb, "nearest")  # type: ignore[arg-type]
+
+
+def test_map_ns_and_map_agree() -> None:
+    a = TrackTimeline(TB_90K, wrap_bits=33, expected_step_ns=33_366_667)
+    b = TrackTimeline(TB_90K, wrap_bits=33, expected_step_ns=33_366_667)
+    raws = [2**33 - 6006, 2**33 - 3003, 0, 3003, 90000 * 100, 90000 * 100 + 3003, 500]
+    for raw in raws:
+        assert a.map_ns(raw) == b.map(raw).pts_ns
+    assert a.stats == b.stats
+    assert a.stats.wraps == 1
+    assert a.stats.jumps == 2
+
+
+def test_accept_unwrapped_keeps_the_demuxers_value_and_continues() -> None:
+    top = 2**33
+    # FFmpeg put a stream starting just before the wrap below zero (AV_PTS_WRAP_SUB_OFFSET).
+    tl = TrackTimeline(TB_90K, wrap_bits=33, accept_unwrapped=True)
+    assert tl.map_ns(-6000) == ticks_to_ns(-6000, TB_90K)
+    assert tl.map_ns(-3000) == ticks_to_ns(-3000, TB_90K)
+    assert tl.map_ns(0) == 0
+    assert tl.stats.wraps == 1
+    # Or above 2**33 (AV_PTS_WRAP_ADD_OFFSET), and a second wrap it no longer corrects.
+    tl = TrackTimeline(TB_90K, wrap_bits=33, accept_unwrapped=True)
+    assert tl.map_ns(top - 3000) == ticks_to_ns(top - 3000, TB_90K)
+    assert tl.map_ns(top + 3000) == ticks_to_ns(top + 3000, TB_90K)
+    # The demuxer's value in range again (its correction dropped): still continuous.
+    assert tl.map_ns(6000) == ticks_to_ns(top + 6000, TB_90K)
+    assert tl.stats.wraps == 1  # the one the demuxer already unwrapped
+    tl = TrackTimeline(TB_90K, wrap_bits=33, accept_unwrapped=True, max_jump_ns=10**15)
+    tl.map_ns(top + 10)
+    for k in range(1, 40):  # walk to the next wrap in 4 s steps... quickly, with big strides
+        tl.map_ns((top + 10 + k * (top // 40)) % top)
+    assert tl.map_ns(20) == ticks_to_ns(2 * top + 20, TB_90K)
+    assert tl.stats.jumps == 0
+    with pytest.raises(ValueError, match="33-bit"):
+        TrackTimeline(TB_90K, wrap_bits=33).map_ns(-1)
+
+
+def test_group_moves_every_track_by_the_same_amount() -> None:
+    group = TimelineGroup()
+    video = TrackTimeline(TB_90K, expected_step_ns=40_000_000, group=group)
+    audio = TrackTimeline(TB_48K, group=group)
+    # Audio starts 20 ms before video in the input (100 s); then the input jumps back to 0 s.
+    for i in range(5):
+        video.map_ns(9_000_000 + 3600 * i)  # 100 s, 40 ms steps
+        audio.map_ns(4_800_000 - 960 + 960 * i, 20_000_000)  # 99.98 s, 20 ms steps
+    v = video.map(0)
+    assert v.jumped
+    assert v.pts_ns == 100 * NS_PER_S + 5 * 40_000_000  # one step after the video's head
+    a = audio.map(0, duration_ns=20_000_000)  # the audio's own step would put it at 100.08 s
+    assert a.jumped
+    assert a.pts_ns == v.pts_ns
+    # Same move for both: the 20 ms the audio trailed the video by is kept.
+    assert v.jump_ns == a.jump_ns
+    assert group.serial == 1
+    # A track whose own step does not fit the group's move lands on its own.
+    other = TrackTimeline(TB_MS, expected_step_ns=1_000_000, group=group)
+    other.map_ns(0)
+    o = other.map(1_000_000)  # 1000 s ahead
+    assert o.jumped
+    assert o.pts_ns == 1_000_000
+    assert group.serial == 2
 
 
 @given(

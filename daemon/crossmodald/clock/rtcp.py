@@ -24,6 +24,7 @@ from __future__ import annotations
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from crossmodald.media import NS_PER_MS, NS_PER_S, ClockKind
 
@@ -36,6 +37,7 @@ __all__ = [
     "StreamTimeline",
     "TrackSpec",
     "TransportEstimate",
+    "frame_rtp",
     "ntp_to_ns",
     "unix_ns_to_ntp",
 ]
@@ -61,6 +63,26 @@ def unix_ns_to_ntp(unix_ns: int) -> int:
     ntp_ns = unix_ns + NTP_UNIX_OFFSET_S * NS_PER_S
     seconds, rest = divmod(ntp_ns, NS_PER_S)
     return (seconds << 32) | ((rest << 32) // NS_PER_S)
+
+
+def frame_rtp(pts: int, time_base: Fraction, clock_rate: int, origin: int) -> int:
+    """The 32-bit RTP timestamp of a frame aiortc decoded, from its ``pts``.
+
+    aiortc's receiver subtracts the track's first RTP timestamp (``origin``) and hands frames
+    with ``pts`` in ``time_base`` ticks (1/clock_rate for its own decoders); this undoes both, so
+    the frame can be placed by the SRs, which speak in RTP timestamps.
+
+    Args:
+        pts: The frame's pts.
+        time_base: The frame's time base.
+        clock_rate: The track's RTP clock rate.
+        origin: The RTP timestamp aiortc subtracted (0 when not known yet).
+
+    Returns:
+        The RTP timestamp, in ``[0, 2**32)``.
+    """
+    ticks = pts * time_base.numerator * clock_rate // time_base.denominator
+    return (ticks + origin) & 0xFFFFFFFF
 
 
 def _signed32(diff: int) -> int:

@@ -14,7 +14,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from crossmodald.media import THUMB_MAX_SIDE, AudioChunk, ClockKind, U8Image, VideoFrame
+from crossmodald.clock.timeline import TimestampJump
+from crossmodald.ingest.base import SourceFault
+from crossmodald.media import NS_PER_S, THUMB_MAX_SIDE, AudioChunk, ClockKind, U8Image, VideoFrame
 
 #: Pixel formats whose first plane is the 8-bit luma (Y) plane, read in place without swscale.
 Y_PLANE_FORMATS = frozenset(
@@ -226,3 +228,25 @@ class AudioMonoConverter:
             mono = to_mono_f32(packed.reshape(samples, channels), channels_first=False)
         # Mono float32 comes back as a view of the decoder's buffer, which it reuses: copy it.
         return mono.copy() if mono.base is not None else mono
+
+
+def jump_fault(who: str, track: str, jump: TimestampJump) -> SourceFault:
+    """The ``timestamp_jump`` fault for a jump a :class:`~crossmodald.clock.TrackTimeline` rebased.
+
+    clock/ returns the jump as plain data; the source reports it (at the media time where the
+    item landed), so the stream's consumers learn that its raw timestamps were discontinuous.
+
+    Args:
+        who: The source as messages name it (its name or redacted URL).
+        track: Which track jumped ("video", "audio").
+        jump: The jump, from :meth:`~crossmodald.clock.TrackTimeline.take_jump`.
+
+    Returns:
+        The fault, placed where the jumped item landed.
+    """
+    return SourceFault(
+        "timestamp_jump",
+        f"{who}: {track} timestamp jump of {jump.jump_ns / NS_PER_S:+.3f} s rebased "
+        f"(media time kept continuous at {jump.landed_ns / NS_PER_S:.3f} s)",
+        jump.landed_ns,
+    )

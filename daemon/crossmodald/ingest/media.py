@@ -5,12 +5,22 @@ are demuxed and decoded on a worker thread, a batch of packets per call, so the 
 blocks on I/O or a codec and the per-item overhead stays low. One batch is decoded ahead while
 the previous one is consumed (bounded: at most two batches exist).
 
-Timestamps (clock ``PTS``): the raw container PTS, converted to ns exactly through each stream's
-time base; the container's start time is not subtracted, so audio and video stay on the one
-container timeline. Audio is continuous: while a frame's PTS agrees with the running sample count
-to within one time-base tick (plus a sample), the sample count is used, so containers that store
-ms (Matroska/WebM) do not add rounding jitter; a larger jump re-anchors the count (a gap) and is
-counted in :attr:`MediaStats.audio_resyncs`.
+Timestamps (clock ``PTS``): each track's container PTS goes through its own
+:class:`~crossmodald.clock.TrackTimeline` (its time base, floored to whole ns as the rest of the
+daemon does); the container's start time is not subtracted, so audio and video stay on the one
+container timeline. The timelines of a pass share a :class:`~crossmodald.clock.TimelineGroup`:
+
+* counters that wrap are unwrapped (33 bits for MPEG-TS/PS and HLS, 32 for RTP and FLV), also
+  past FFmpeg's own correction of a single wrap;
+* a backward step of more than 0.5 s is a timestamp jump, and so is a forward one of more than
+  5 s in formats FFmpeg marks as having discontinuities (MPEG-TS, HLS, Ogg, ...); elsewhere a
+  forward step is a gap in the media and kept. A jump is rebased (media time stays monotonic,
+  every track moved by the same amount where it fits) and reported as a ``timestamp_jump`` fault.
+
+Audio is continuous: while a chunk's mapped PTS agrees with the running sample count
+(:class:`~crossmodald.clock.samples.SampleCounter`) to within one time-base tick (plus a sample),
+the sample count is used, so containers that store ms (Matroska/WebM) do not add rounding jitter;
+a larger jump re-anchors the count (a gap) and is counted in :attr:`MediaStats.audio_resyncs`.
 
 Items of the two kinds are merged by pts (each kind is already in order) before delivery, with a
 small bounded look-ahead, so real-time pacing follows media time however the file interleaves.
@@ -29,18 +39,23 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import av
 import av.container
 import av.error
+import av.format
 import av.stream
 
+from crossmodald.clock.samples import SampleCounter
+from crossmodald.clock.timeline import TimelineGroup, TrackTimeline, ticks_to_ns
 from crossmodald.ingest.base import SourceError, SourceFault
 from crossmodald.ingest.frames import (
     AudioMonoConverter,
     audio_chunk,
+    jump_fault,
     luma_from_av_frame,
     make_thumb,
 )
@@ -75,6 +90,27 @@ _MAX_READ_ERRORS: Final = 16
 _REBASE_NS: Final = 2 * NS_PER_S
 # At most one decode-error fault per this much media time.
 _FAULT_INTERVAL_NS: Final = NS_PER_S
+# Width of the PTS counter of the formats whose timestamps wrap (FFmpeg's pts_wrap_bits, which
+# PyAV does not expose); any other format's PTS are 64-bit.
+_WRAP_BITS: Final = {
+    "mpegts": 33,
+    "mpegtsraw": 33,
+    "mpeg": 33,
+    "hls": 33,
+    "rtsp": 32,
+    "rtp": 32,
+    "sdp": 32,
+    "flv": 32,
+    "live_flv": 32,
+}
+# A backward PTS step larger than this is a timestamp jump (in any format).
+_MAX_BACKSTEP_NS: Final = NS_PER_S // 2
+# A forward PTS step larger than this is a jump in formats with discontinuities; elsewhere
+# (MP4, Matroska, ...) a forward step is a real gap in the media (a still picture held for
+# seconds, a cut) and is kept, so the other track stays in sync with it.
+_MAX_JUMP_NS: Final = 5 * NS_PER_S
+_NO_FORWARD_JUMP_NS: Final = 1 << 62
+_TS_DISCONT: Final = int(av.format.Flags.ts_discont.value)
 _NETWORK_SCHEMES: Final = frozenset(
     {"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "tcp", "udp", "rtp", "srt", "hls", "mms"}
 )
@@ -145,10 +181,6 @@ class _Audio:
 _Decoded = _Video | _Audio
 
 
-def _tb_to_ns(value: int, num: int, den: int) -> int:
-    return value * num * NS_PER_S // den
-
-
 class _Reader:
     """The PyAV side: one open container, its decoders and timestamp state. Worker thread only."""
 
@@ -160,14 +192,15 @@ class _Reader:
         self.info: StreamInfo | None = None
         self._demux: collections.abc.Iterator[av.Packet[Any]] | None = None
         self._converter = AudioMonoConverter()
-        self._audio_anchor_ns: int | None = None
-        self._audio_count = 0
-        self._audio_rate = 0
-        self._audio_tol_ns = 0
-        self._video_tb = (1, 1)
-        self._audio_tb = (1, 1)
+        # Timestamp mapping (clock/): one timeline per track, made anew for each pass.
+        self._video_tl: TrackTimeline | None = None
+        self._audio_tl: TrackTimeline | None = None
+        self._samples = SampleCounter()
+        self._audio_start_ns = 0
         self._video_step_ns = 0
         self._last_video_ns: int | None = None
+        #: Faults found while decoding the current batch (timestamp jumps).
+        self.faults: list[SourceFault] = []
         self._read_errors_in_row = 0
         #: Pass offset (ns) for looping; first and end pts of the current pass.
         self.offset_ns = 0
@@ -227,13 +260,30 @@ class _Reader:
             raise SourceError(f"{src.display}: has no audio or video stream")
         frame_rate: float | None = None
         width = height = None
+        names = container.format.name.split(",")
+        wrap_bits = next((_WRAP_BITS[n] for n in names if n in _WRAP_BITS), None)
+        discontinuous = bool(int(container.format.flags) & _TS_DISCONT)
+        group = TimelineGroup()
+
+        def timeline(time_base: Fraction, offset_ns: int) -> TrackTimeline:
+            return TrackTimeline(
+                time_base,
+                wrap_bits=wrap_bits,
+                accept_unwrapped=True,
+                max_jump_ns=_MAX_JUMP_NS if discontinuous else _NO_FORWARD_JUMP_NS,
+                max_backstep_ns=_MAX_BACKSTEP_NS,
+                offset_ns=offset_ns,
+                rounding="floor",
+                group=group,
+            )
+
         if self.video is not None:
             # Frame threads: the decoder keeps both cores busy (and this thread free sooner).
             self.video.codec_context.thread_type = "AUTO"
             tb = self.video.time_base
             if tb is None:
                 raise SourceError(f"{src.display}: video stream has no time base")
-            self._video_tb = (tb.numerator, tb.denominator)
+            self._video_tl = timeline(Fraction(tb), self.offset_ns)
             rate = self.video.average_rate or self.video.guessed_rate
             if rate:
                 frame_rate = float(rate)
@@ -245,10 +295,16 @@ class _Reader:
             tb = self.audio.time_base
             if tb is None:
                 raise SourceError(f"{src.display}: audio stream has no time base")
-            self._audio_tb = (tb.numerator, tb.denominator)
+            audio_offset_ns = self.offset_ns - src.audio_shift_ns
+            self._audio_tl = timeline(Fraction(tb), audio_offset_ns)
             sample_rate = self.audio.codec_context.sample_rate or None
             # One tick of the container's clock: finer disagreement is rounding, not a gap.
-            self._audio_tol_ns = -(-tb.numerator * NS_PER_S // tb.denominator)
+            self._samples = SampleCounter(-(-tb.numerator * NS_PER_S // tb.denominator))
+            # Where audio without any stamp starts: the stream's start time.
+            start = self.audio.start_time
+            self._audio_start_ns = audio_offset_ns + (
+                0 if start is None else ticks_to_ns(start, Fraction(tb), "floor")
+            )
         self.info = StreamInfo(
             name=src.name,
             kind="media",
@@ -286,7 +342,6 @@ class _Reader:
         self.pass_first_ns = self.pass_end_ns = None
         self.pass_decoded = 0
         self.close()
-        self._audio_anchor_ns = None
         self._last_video_ns = None
         self._converter = AudioMonoConverter()
         self.open()
@@ -299,9 +354,10 @@ class _Reader:
 
     # -- decoding -------------------------------------------------------------------------
 
-    def read_batch(self) -> tuple[list[_Decoded], bool]:
-        """Decode up to one batch; returns the items and whether the input ended."""
+    def read_batch(self) -> tuple[list[_Decoded], list[SourceFault], bool]:
+        """Decode up to one batch; returns the items, faults found, and whether the input ended."""
         items: list[_Decoded] = []
+        faults = self.faults = []
         demux = self._demux
         assert demux is not None
         assert self.container is not None
@@ -311,7 +367,7 @@ class _Reader:
             try:
                 packet = next(demux)
             except StopIteration:
-                return items, True
+                return items, faults, True
             except av.error.ExitError:
                 raise SourceError(
                     f"{self.source.display}: timed out after {self.source.config.timeout_s:g} s "
@@ -319,7 +375,7 @@ class _Reader:
                 ) from None
             except (av.error.FFmpegError, OSError) as exc:
                 if not self._read_error(exc):
-                    return items, True
+                    return items, faults, True
                 # The old generator is finished; a new one reads on from the current position.
                 demux = self._demux = iter(self.container.demux(*self._streams()))
                 continue
@@ -336,7 +392,7 @@ class _Reader:
                 item = self._convert(frame)
                 if item is not None:
                     items.append(item)
-        return items, False
+        return items, faults, False
 
     def _read_error(self, exc: BaseException) -> bool:
         """Count a read error; False when the input should be treated as ended."""
@@ -363,24 +419,33 @@ class _Reader:
         return item
 
     def _convert_video(self, frame: av.VideoFrame) -> _Video | None:
-        pts = frame.pts if frame.pts is not None else frame.dts
-        if pts is not None:
-            pts_ns = _tb_to_ns(pts, *self._video_tb)
-        elif self._last_video_ns is not None and self._video_step_ns:
-            pts_ns = self._last_video_ns + self._video_step_ns
-        else:
-            pts_ns = 0 if self._last_video_ns is None else self._last_video_ns
+        pts = frame.pts
+        if pts is None:
+            pts = frame.dts
         last_ns = self._last_video_ns
-        if (
+        step_ns = self._video_step_ns
+        jumped = False
+        if pts is not None:
+            timeline = self._video_tl
+            assert timeline is not None
+            pts_ns = timeline.map_ns(pts, step_ns or None)
+            jump = timeline.take_jump()
+            if jump is not None:
+                jumped = True
+                self.faults.append(jump_fault(self.source.display, "video", jump))
+        elif last_ns is not None and step_ns:
+            pts_ns = last_ns + step_ns
+        else:
+            pts_ns = self.offset_ns if last_ns is None else last_ns
+        if jumped or (
             last_ns is not None
-            and self._video_step_ns
-            and (pts_ns <= last_ns or pts_ns - last_ns > 3 * self._video_step_ns)
+            and step_ns
+            and (pts_ns <= last_ns or pts_ns - last_ns > 3 * step_ns)
         ):
             self.source.stats.video_jumps += 1
         self._last_video_ns = pts_ns
         luma = luma_from_av_frame(frame)
-        pts_ns += self.offset_ns
-        self._extend_pass(pts_ns, pts_ns + self._video_step_ns)
+        self._extend_pass(pts_ns, pts_ns + step_ns)
         self.source.stats.video_frames += 1
         return _Video(pts_ns, luma, make_thumb(luma))
 
@@ -389,36 +454,27 @@ class _Reader:
             return None
         samples = self._converter.convert(frame)
         rate = frame.sample_rate
+        count = len(samples)
+        pts = frame.pts
+        stamped_ns: int | None = None
+        if pts is not None:
+            timeline = self._audio_tl
+            assert timeline is not None
+            stamped_ns = timeline.map_ns(pts, count * NS_PER_S // rate)
+            jump = timeline.take_jump()
+            if jump is not None:
+                self.faults.append(jump_fault(self.source.display, "audio", jump))
+        counter = self._samples
+        resyncs = counter.resyncs
+        # The sample count where it agrees with the stamp, so consecutive chunks tile exactly.
+        pts_ns = counter.place(stamped_ns, count, rate, self._audio_start_ns)
         stats = self.source.stats
-        stamped_ns = None if frame.pts is None else _tb_to_ns(frame.pts, *self._audio_tb)
-        pts_ns: int | None = None
-        anchor = self._audio_anchor_ns
-        if anchor is not None and rate == self._audio_rate:
-            expected_ns = anchor + self._audio_count * NS_PER_S // rate
-            tolerance_ns = self._audio_tol_ns + NS_PER_S // rate
-            if stamped_ns is None or abs(stamped_ns - expected_ns) <= tolerance_ns:
-                # Continuous audio: the sample count is exact, the container's stamp rounded.
-                pts_ns = expected_ns
-            else:
-                stats.audio_resyncs += 1
-        if pts_ns is None:
-            if stamped_ns is None:
-                # No stamp and nothing to count from: start at the stream's start time.
-                start = self.audio.start_time if self.audio is not None else None
-                stamped_ns = 0 if start is None else _tb_to_ns(start, *self._audio_tb)
-            pts_ns = stamped_ns
-            self._audio_anchor_ns = pts_ns
-            self._audio_count = 0
-            self._audio_rate = rate
-        self._audio_count += len(samples)
-        assert self._audio_anchor_ns is not None
-        # From the running count, so that consecutive chunks tile the timeline exactly.
-        end_ns = self._audio_anchor_ns + self._audio_count * NS_PER_S // rate
-        shift_ns = self.offset_ns - self.source.audio_shift_ns
-        item = _Audio(pts_ns + shift_ns, samples, rate)
-        self._extend_pass(item.pts_ns, end_ns + shift_ns)
+        if counter.resyncs != resyncs:
+            stats.audio_resyncs += 1
+        assert counter.end_ns is not None
+        self._extend_pass(pts_ns, counter.end_ns)
         stats.audio_chunks += 1
-        return item
+        return _Audio(pts_ns, samples, rate)
 
     def _extend_pass(self, start_ns: int, end_ns: int) -> None:
         if self.pass_first_ns is None or start_ns < self.pass_first_ns:
@@ -493,19 +549,19 @@ class MediaSource:
             if future.done():
                 self._inflight = None
 
-    def _start_batch(self) -> asyncio.Future[tuple[list[_Decoded], bool]]:
+    def _start_batch(self) -> asyncio.Future[tuple[list[_Decoded], list[SourceFault], bool]]:
         future = asyncio.get_running_loop().run_in_executor(self._executor, self._reader.read_batch)
         self._inflight = future  # type: ignore[assignment]
         return future
 
-    async def _batches(self) -> AsyncIterator[tuple[list[_Decoded], bool]]:
+    async def _batches(self) -> AsyncIterator[tuple[list[_Decoded], list[SourceFault], bool]]:
         """Decoded batches, one decoded ahead; loops restart here."""
         pending = self._start_batch()
         while True:
-            items, ended = await asyncio.shield(pending)
+            items, faults, ended = await asyncio.shield(pending)
             self._inflight = None
             if ended:
-                yield items, True
+                yield items, faults, True
                 if self._closed or not self.config.loop:
                     return
                 if self._reader.pass_decoded == 0:
@@ -517,7 +573,7 @@ class MediaSource:
             if self._closed:
                 return
             pending = self._start_batch()
-            yield items, False
+            yield items, faults, False
 
     async def _run(self) -> AsyncIterator[MediaItem | SourceFault]:
         info = await self.open()
@@ -550,12 +606,14 @@ class MediaSource:
             return None
 
         try:
-            async for batch, ended in self._batches():
+            async for batch, faults, ended in self._batches():
                 for decoded in batch:
                     if isinstance(decoded, _Video):
                         video_q.append(decoded)
                     else:
                         audio_q.append(decoded)
+                for fault in faults:
+                    yield fault
                 while (item := pop_next(ended)) is not None:
                     if realtime:
                         now_ns = pacer.now_ns()

@@ -46,7 +46,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from crossmodald.bus.events import Event
-from crossmodald.clock.rtcp import OPUS_DECODER_DELAY_NS, StreamTimeline, TrackSpec
+from crossmodald.clock.rtcp import OPUS_DECODER_DELAY_NS, StreamTimeline, TrackSpec, frame_rtp
 from crossmodald.ingest.base import SourceError, SourceFault
 from crossmodald.ingest.frames import AudioMonoConverter, audio_chunk, video_frame_from_av
 from crossmodald.media import NS_PER_S, ClockKind, MediaItem, StreamInfo
@@ -427,9 +427,8 @@ class WebRtcSource:
         track.last_mono_ns = arrival_ns
         self._last_media_ns = arrival_ns
         origin = _rtp_origin(track.receiver) or 0
-        tb = frame.time_base
-        ticks = frame.pts * tb.numerator * track.clock_rate // tb.denominator
-        placed = self.timeline.map_frame(track.kind, (ticks + origin) & 0xFFFFFFFF, arrival_ns)
+        rtp = frame_rtp(frame.pts, frame.time_base, track.clock_rate, origin)
+        placed = self.timeline.map_frame(track.kind, rtp, arrival_ns)
         if placed.change in ("timestamp_jump", "sender_restart", "mapping_moved"):
             self.stats.timestamp_jumps += 1
             self._fault(
