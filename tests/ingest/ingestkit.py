@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 
 from crossmodald.ingest.base import Source, SourceFault
@@ -106,3 +109,42 @@ def beep_onsets(samples: np.ndarray, threshold: float = 0.25) -> list[int]:
         if not onsets or index - onsets[-1] > 20_000:  # beeps are >= 0.5 s apart here
             onsets.append(int(index))
     return onsets
+
+
+def write_ts(
+    path: Path, start_ticks: int, seconds: float, fps: int = 25, rate: int = 48000
+) -> None:
+    """A small MPEG-TS file (H.264 + MP2, 1/90000 time base) whose PTS start at ``start_ticks``.
+
+    PTS past 2**33 are written modulo 2**33 by FFmpeg's muxer, so a start near 2**33 gives a
+    file whose PTS wrap. Video frame ``i`` is at ``start + i * 90000 / fps`` ticks; audio comes in
+    1152-sample MP2 frames from ``start`` on.
+    """
+    tb = Fraction(1, 90000)
+    with av.open(str(path), "w", format="mpegts") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.time_base = tb
+        video.codec_context.time_base = tb
+        video.codec_context.options = {"preset": "ultrafast"}
+        audio = out.add_stream("mp2", rate=rate)
+        audio.layout = "mono"
+        audio.time_base = tb
+        for i in range(round(seconds * fps)):
+            picture = np.full((48 * 3 // 2, 64), 16 + i % 200, np.uint8)
+            frame = av.VideoFrame.from_ndarray(picture, format="yuv420p")
+            frame.pts, frame.time_base = start_ticks + i * 90000 // fps, tb
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for j in range(int(seconds * rate) // 1152):
+            chunk = av.AudioFrame.from_ndarray(
+                np.zeros((1, 1152), np.int16), format="s16", layout="mono"
+            )
+            chunk.sample_rate = rate
+            chunk.pts, chunk.time_base = start_ticks + j * 1152 * 90000 // rate, tb
+            for packet in audio.encode(chunk):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+        for packet in audio.encode(None):
+            out.mux(packet)

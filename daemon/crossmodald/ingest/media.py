@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import av
@@ -110,7 +110,8 @@ _MAX_BACKSTEP_NS: Final = NS_PER_S // 2
 # seconds, a cut) and is kept, so the other track stays in sync with it.
 _MAX_JUMP_NS: Final = 5 * NS_PER_S
 _NO_FORWARD_JUMP_NS: Final = 1 << 62
-_TS_DISCONT: Final = int(av.format.Flags.ts_discont.value)
+# AVFMT_TS_DISCONT (PyAV types the flag as its enum, the format's flags as an int).
+_TS_DISCONT: Final = cast(int, av.format.Flags.ts_discont.value)
 _NETWORK_SCHEMES: Final = frozenset(
     {"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "tcp", "udp", "rtp", "srt", "hls", "mms"}
 )
