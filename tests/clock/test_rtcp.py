@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from crossmodald.clock.rtcp import (
     SrMapper,
     StreamTimeline,
     TrackSpec,
+    frame_rtp,
     ntp_to_ns,
     unix_ns_to_ntp,
 )
@@ -175,3 +178,12 @@ def test_timeline_rejects_bad_tracks() -> None:
         timeline.map_frame("audio", 0, 0)
     with pytest.raises(ValueError, match="clock_rate"):
         SrMapper(0)
+
+
+def test_frame_rtp_undoes_aiortcs_origin_and_time_base() -> None:
+    # aiortc's own decoders: pts in 1/clock_rate ticks, counted from the first RTP timestamp.
+    assert frame_rtp(3000, Fraction(1, 90000), 90000, 1_000) == 4_000
+    # Wraps at 32 bits.
+    assert frame_rtp(960, Fraction(1, 48000), 48000, 2**32 - 480) == 480
+    # Another time base is rescaled (floored) to RTP ticks.
+    assert frame_rtp(1, Fraction(1, 1000), 90000, 0) == 90

@@ -52,6 +52,7 @@ from typing import Final
 import av
 import numpy as np
 
+from crossmodald.clock.timeline import ticks_to_ns
 from crossmodald.ingest.base import SourceError, SourceFault
 from crossmodald.ingest.frames import audio_chunk, video_frame_from_luma
 from crossmodald.ingest.pacing import MonotonicPacer, Pacer
@@ -108,6 +109,9 @@ class PatternTimeline:
         self.width = config.width
         self.height = config.height
         self.sample_rate = config.sample_rate
+        # The synthetic clocks: a tick per frame and a tick per sample, mapped through clock/.
+        self._frame_tb = 1 / self.fps
+        self._sample_tb = Fraction(1, self.sample_rate)
         self.period_ns = _ns(config.period_s)
         self.flash_ns = _ns(config.flash_ms / 1000)
         self.beep_ns = _ns(config.beep_ms / 1000)
@@ -135,7 +139,7 @@ class PatternTimeline:
 
     def frame_pts_ns(self, index: int) -> int:
         """Exact ``index / fps`` floored to whole ns."""
-        return index * NS_PER_S * self.fps.denominator // self.fps.numerator
+        return ticks_to_ns(index, self._frame_tb, "floor")
 
     def flash_start_ns(self, k: int) -> int:
         """``T_k``: true time flash ``k`` turns on."""
@@ -181,7 +185,7 @@ class PatternTimeline:
 
     def sample_pts_ns(self, n: int) -> int:
         """Stamped (nominal) time of sample ``n``: ``n / sample_rate`` floored to ns."""
-        return n * NS_PER_S // self.sample_rate
+        return ticks_to_ns(n, self._sample_tb, "floor")
 
     def sample_true_ns(self, n: int) -> int:
         """True time sample ``n`` was taken, rounded up to whole ns."""
