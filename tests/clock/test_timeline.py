@@ -376,6 +376,20 @@ def test_group_moves_every_track_by_the_same_amount() -> None:
     assert o.jumped
     assert o.pts_ns == 1_000_000
     assert group.serial == 2
+    # A move is taken only near where the first track landed.
+    far = TimelineGroup(span_ns=NS_PER_S)
+    first = TrackTimeline(TB_MS, expected_step_ns=1_000_000, group=far)
+    late = TrackTimeline(TB_MS, expected_step_ns=1_000_000, max_jump_ns=10**15, group=far)
+    first.map_ns(100_000)
+    late.map_ns(100_000)
+    assert first.map_ns(0) == 100_001_000_000  # a splice back by 100 s: moved by +100.001 s
+    late.map_ns(150_000)  # the other track goes on to 150 s (a forward gap it keeps)
+    # Back to 49.5 s: the group's move would put it at 149.501 s, within its step limits but
+    # 49.5 s from where the splice landed: not the same discontinuity, so its own landing.
+    assert late.map_ns(49_500) == 150_001_000_000
+    assert far.serial == 2
+    with pytest.raises(ValueError, match="span_ns"):
+        TimelineGroup(span_ns=0)
 
 
 @given(

@@ -180,19 +180,29 @@ class TimelineGroup:
     When a member track jumps and no other member has started a discontinuity it has not yet
     taken, the jump starts one: the group remembers how far the track was moved. The next member
     to jump first tries that same move: if it puts the item within its own normal step limits
-    (and within ``max_jump_ns`` of where the first track landed), it takes it, so audio and video
-    keep exactly the offset they had in the input; otherwise it lands on its own (one expected
-    step after its head) and starts a new discontinuity.
+    and within ``span_ns`` of where the first track landed, it takes it, so audio and video keep
+    exactly the offset they had in the input; otherwise it lands on its own (one expected step
+    after its head) and starts a new discontinuity.
+
+    Args:
+        span_ns: How far from the first track's landing another track's item may be placed by
+            the same move (the tracks of one input are interleaved more closely than this).
 
     Attributes:
         serial: Discontinuities started so far.
         move_ns: How far the latest discontinuity moved its first track (landed minus raw).
         landed_ns: Where that track's item landed.
+
+    Raises:
+        ValueError: On a span that is not positive.
     """
 
-    __slots__ = ("landed_ns", "move_ns", "serial")
+    __slots__ = ("landed_ns", "move_ns", "serial", "span_ns")
 
-    def __init__(self) -> None:
+    def __init__(self, span_ns: int = 5 * NS_PER_S) -> None:
+        if span_ns <= 0:
+            raise ValueError(f"timeline group span_ns must be positive, got {span_ns}")
+        self.span_ns = span_ns
         self.serial = 0
         self.move_ns = 0
         self.landed_ns = 0
@@ -336,7 +346,7 @@ class TrackTimeline:
             step = candidate - head
             if (
                 -self.max_backstep_ns <= step <= self.max_jump_ns
-                and abs(candidate - group.landed_ns) <= self.max_jump_ns
+                and abs(candidate - group.landed_ns) <= group.span_ns
             ):
                 self._group_serial = group.serial
                 return candidate
