@@ -3,7 +3,7 @@
 A :class:`TrackTimeline` turns the integer timestamps a container or RTP stream carries (ticks of
 a :class:`fractions.Fraction` time base such as 1/90000, 1/48000 or 1/1000) into integer
 nanoseconds, exactly: every value is computed from the unwrapped tick count with integer
-arithmetic and round-half-even, so no error accumulates over hours.
+arithmetic and rounded once (see Rounding below), so no error accumulates over hours.
 
 It also repairs the two things raw timestamps do in the wild:
 
@@ -20,10 +20,10 @@ It also repairs the two things raw timestamps do in the wild:
   discontinuity of the whole source (a spliced MPEG-TS, an encoder restart) moves every track by
   the same amount and their A/V relation survives it.
 
-Rounding: ``"half_even"`` (the default) rounds each time to the nearest ns; ``"floor"`` truncates
-towards minus infinity, as ``ticks * num * 10**9 // den`` does (container PTS, so that a frame
-at exactly ``i / fps`` lands where :class:`~crossmodald.ingest.pattern.PatternTimeline` and the
-rest of the daemon put it).
+Rounding: ``"half_even"`` (the default) rounds each time to the nearest ns; ``"floor"`` takes the
+largest whole ns not after it, as ``ticks * num * 10**9 // den`` does (what the media source
+uses for container PTS, so that a frame at exactly ``i / fps`` lands on ``i * 10**9 // fps`` like
+the pattern's own timeline and every sample count in the daemon).
 
 Example:
     >>> from fractions import Fraction
