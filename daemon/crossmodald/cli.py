@@ -419,6 +419,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         window_s=args.window,
         hop_s=args.hop,
         second=args.second,
+        max_seconds=args.max_seconds,
+        progress=None if args.quiet else sys.stderr,
     )
 
 
@@ -512,6 +514,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop", type=float, help="window hop in seconds")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="plugin config override")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        metavar="S",
+        help="analyse only the first S seconds of each clip (a quick check)",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress lines on stderr (one per clip/shift)"
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("models", help="manage model weights")
