@@ -232,9 +232,8 @@ async def run_daemon(
         PluginLoadError: A plugin cannot be loaded.
         ValueError: ``max_seconds`` is not positive.
     """
-    from crossmodald.ingest import create_source
     from crossmodald.runtime.host import Overload
-    from crossmodald.service.daemon import Daemon
+    from crossmodald.service.daemon import Daemon, default_source_factory
 
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be positive, got {max_seconds:g}")
@@ -247,10 +246,12 @@ async def run_daemon(
         if on_event is not None:
             on_event(envelope)
 
+    build = default_source_factory()  # the daemon's own way to build a source
+
     def make_source(source_config: SourceConfig) -> Source:
         record = StreamRecord(source_config.name)
         records[source_config.name] = record
-        return _TapSource(create_source(source_config), record, limit_ns)
+        return _TapSource(build(source_config), record, limit_ns)
 
     daemon = Daemon(
         config,
