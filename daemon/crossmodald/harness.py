@@ -52,7 +52,7 @@ __all__ = [
     "run_plugins_sync",
 ]
 
-_SOURCE = TypeAdapter(SourceConfig)
+_SOURCE: TypeAdapter[SourceConfig] = TypeAdapter(SourceConfig)
 
 
 @dataclass(slots=True)
