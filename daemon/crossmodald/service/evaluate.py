@@ -47,7 +47,15 @@ from crossmodald.bus.events import Envelope, Event, Phase
 from crossmodald.harness import HarnessResult, StreamRecord, run_plugins
 from crossmodald.ingest.base import SourceError, SourceFault
 from crossmodald.ingest.media import MediaSource
-from crossmodald.media import NS_PER_MS, NS_PER_S, AudioChunk, F32Array, VideoFrame
+from crossmodald.media import (
+    NS_PER_MS,
+    NS_PER_S,
+    AudioChunk,
+    ClockKind,
+    F32Array,
+    StreamInfo,
+    VideoFrame,
+)
 from crossmodald.runtime.registry import PluginLoadError, PluginRegistry
 from crossmodald.service.config import ConfigError, MediaSourceConfig, WindowConfig
 
@@ -85,6 +93,15 @@ class DecodedMedia:
     frame_rate: float | None
 
     @property
+    def duration_ns(self) -> int:
+        """End of the media: the later of the audio's end and one frame after the last frame."""
+        ends = [self.audio_start_ns + len(self.audio) * NS_PER_S // max(self.audio_rate, 1)]
+        if self.video:
+            step = round(NS_PER_S / self.frame_rate) if self.frame_rate else 0
+            ends.append(self.video[-1].pts_ns + step)
+        return max(ends)
+
+    @property
     def width(self) -> int:
         """Picture width in pixels (0 without video)."""
         return self.video[0].width if self.video else 0
@@ -93,6 +110,20 @@ class DecodedMedia:
     def height(self) -> int:
         """Picture height in pixels (0 without video)."""
         return self.video[0].height if self.video else 0
+
+    def stream_info(self, name: str) -> StreamInfo:
+        """What a source of this media would report, named ``name``."""
+        return StreamInfo(
+            name=name,
+            kind="media",
+            has_video=bool(self.video),
+            has_audio=self.audio_rate > 0,
+            frame_rate=self.frame_rate,
+            sample_rate=self.audio_rate or None,
+            width=self.width or None,
+            height=self.height or None,
+            clock=ClockKind.PTS,
+        )
 
 
 def decode_media(path: Path) -> DecodedMedia:
