@@ -389,3 +389,25 @@ def test_windows_without_an_estimate_count_as_misses() -> None:
     )
     assert metrics.hit_rate() == 0.5
     assert metrics.median_unshifted_ms() == 10.0
+
+
+@needs_media
+def test_cli_progress_goes_to_stderr_unless_quiet(capsys: pytest.CaptureFixture[str]) -> None:
+    from crossmodald.cli import main
+
+    args = [
+        "eval",
+        "speech",
+        str(MEDIA / "speech_2speakers_pyannote_sample.wav"),
+        str(MEDIA / "speech_2speakers_pyannote_sample.rttm"),
+        "--max-seconds",
+        "8",
+    ]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "frames (10 ms)  800" in out
+    assert err.startswith("eval: speech_2speakers_pyannote_sample.wav done (1/1, ")
+    assert main([*args, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "frames (10 ms)  800" in out
+    assert err == ""
