@@ -40,6 +40,12 @@ class Probe:
     """A real plugin that reports, per window, which sample it starts with and who shared its call."""
 
     name = "probe"
+    # Plugin contract v2 (branch wip-plugins) asks for these; v1 ignores them.
+    provides = None
+    metrics = ()
+
+    def new_state(self, stream: StreamInfo) -> None:
+        return None
 
     def check_stream(self, stream: StreamInfo) -> str | None:
         return None if stream.has_audio else "has no audio"
@@ -47,7 +53,9 @@ class Probe:
     def open(self, stream: StreamInfo) -> ProbeSession:
         return ProbeSession()
 
-    def infer(self, batch: Sequence[Window]) -> list[dict[str, Any]]:
+    def infer(self, batch: Sequence[Any]) -> list[dict[str, Any]]:
+        # v1 passes windows, v2 items carrying one.
+        batch = [getattr(item, "window", item) for item in batch]
         streams = sorted({w.stream for w in batch})
         return [
             {
@@ -66,9 +74,13 @@ class ProbeSession:
     def close(self) -> list[Event]:
         return []
 
+    def status(self) -> dict[str, Any]:
+        return {}
+
 
 class ProbeFactory:
     config_model = ProbeConfig
+    provides = None
 
     @classmethod
     def create(cls, config: ProbeConfig, device: str) -> Probe:
@@ -190,6 +202,7 @@ def test_bad_tables_raise_clear_errors(tmp_path: Path) -> None:
 
 class BrokenFactory:
     config_model = ProbeConfig
+    provides = None
 
     @classmethod
     def create(cls, config: ProbeConfig, device: str) -> Probe:

@@ -82,8 +82,39 @@ def run_plugin(
 ) -> dict[str, list[Event]]:
     """Feed a loaded plugin the windows of several streams; its events per stream.
 
-    Window ``i`` of every stream goes into one ``infer`` call.
+    Window ``i`` of every stream goes into one ``infer`` call. Where the plugin contract v2's
+    synchronous chain exists (``crossmodald.runtime.harness``, branch wip-plugins), the plugin
+    runs behind the providers its config requires, as the host runs it.
     """
+    try:
+        from crossmodald.runtime.harness import (  # type: ignore[import-not-found]
+            PluginChain,
+            with_providers,
+        )
+    except ImportError:
+        return _run_plugin_v1(plugin, streams)
+    from crossmodald.runtime.plugin import PluginConfig
+
+    config = getattr(plugin, "config", None)
+    device = str(getattr(plugin, "device", "cpu"))
+    chain = PluginChain(
+        with_providers(plugin, config, device)
+        if isinstance(config, PluginConfig)
+        else [(plugin, ())]
+    )
+    for info, _w in streams.values():
+        chain.open(info)
+    depth = max((len(w) for _i, w in streams.values()), default=0)
+    for index in range(depth):
+        chain.run([w[index] for _n, (_i, w) in streams.items() if index < len(w)])
+    for name in streams:
+        chain.close(name)
+    return {name: chain.events[plugin.name].get(name, []) for name in streams}
+
+
+def _run_plugin_v1(
+    plugin: Any, streams: Mapping[str, tuple[StreamInfo, Sequence[Window]]]
+) -> dict[str, list[Event]]:
     sessions = {name: plugin.open(info) for name, (info, _w) in streams.items()}
     events: dict[str, list[Event]] = {name: [] for name in streams}
     depth = max((len(w) for _i, w in streams.values()), default=0)

@@ -167,6 +167,12 @@ class XcorrOffset:
     """
 
     name = "xcorr"
+    # Plugin contract v2 (branch wip-plugins) asks for these; v1 ignores them.
+    provides = None
+    metrics = ()
+
+    def new_state(self, stream: StreamInfo) -> None:
+        return None
 
     def __init__(self, media: DecodedMedia) -> None:
         self.media = media
@@ -181,7 +187,8 @@ class XcorrOffset:
     def open(self, stream: StreamInfo) -> XcorrSession:
         return XcorrSession()
 
-    def infer(self, batch: Sequence[Window]) -> list[float]:
+    def infer(self, batch: Sequence[Any]) -> list[float]:
+        batch = [getattr(item, "window", item) for item in batch]  # v2 items carry the window
         out = []
         rate = self.media.audio_rate
         for w in batch:
@@ -207,6 +214,7 @@ class XcorrConfig(PluginConfig):
 
 class XcorrFactory:
     config_model = XcorrConfig
+    provides = None
 
     @classmethod
     def create(cls, config: XcorrConfig, device: str) -> XcorrOffset:
@@ -220,6 +228,9 @@ class XcorrSession:
 
     def close(self) -> list[Event]:
         return []
+
+    def status(self) -> dict[str, Any]:
+        return {}
 
 
 @needs_media
@@ -267,6 +278,11 @@ class SideOracle:
     """
 
     name = "oracle"
+    provides = None
+    metrics = ()
+
+    def new_state(self, stream: StreamInfo) -> None:
+        return None
 
     def __init__(self, lie: bool = False) -> None:
         self.lie = lie
@@ -280,8 +296,9 @@ class SideOracle:
         side = stream.name if not self.lie else {"left": "right", "right": "left"}[stream.name]
         return OracleSession(stream.name, side, stream.width or 0)
 
-    def infer(self, batch: Sequence[Window]) -> list[Any]:
-        return [self.trackers[w.stream].update(w.video) for w in batch]
+    def infer(self, batch: Sequence[Any]) -> list[Any]:
+        windows = [getattr(item, "window", item) for item in batch]  # v2 items carry the window
+        return [self.trackers[w.stream].update(w.video) for w in windows]
 
 
 class OracleConfig(PluginConfig):
@@ -290,6 +307,7 @@ class OracleConfig(PluginConfig):
 
 class OracleFactory:
     config_model = OracleConfig
+    provides = None
 
     @classmethod
     def create(cls, config: OracleConfig, device: str) -> SideOracle:
@@ -326,6 +344,9 @@ class OracleSession:
             )
             for tid, (s, e, box) in self.open.items()
         ]
+
+    def status(self) -> dict[str, Any]:
+        return {}
 
 
 @needs_media
