@@ -350,6 +350,18 @@ class OracleSession:
 
 
 @needs_media
+async def test_decode_and_evaluate_work_inside_a_running_loop() -> None:
+    media = decode_media(AOC)  # reads on its own thread and loop
+    assert len(media.video) == 200
+    assert media.audio_rate == 16000
+    registry = PluginRegistry({"xcorr": XcorrFactory})
+    metrics = evaluate_lipsync(
+        [AOC], plugin="xcorr", overrides={"clip": str(AOC)}, registry=registry, shifts_ms=(40.0,)
+    )
+    assert metrics.hit_rate() == 1.0
+
+
+@needs_media
 def test_compose_side_by_side(tmp_path: Path) -> None:
     out = compose_side_by_side(AOC, MARKEY, tmp_path / "two.mp4", audio_from="right", side_px=256)
     composed = decode_media(out)

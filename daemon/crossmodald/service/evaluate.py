@@ -33,11 +33,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
 import av
 import numpy as np
@@ -63,6 +64,8 @@ from crossmodald.service.config import ConfigError, MediaSourceConfig, WindowCon
 SPEECH_FRAME_NS = 10 * NS_PER_MS
 
 Task = Literal["speech", "lipsync", "speaker"]
+
+_T = TypeVar("_T")
 
 
 class EvalError(Exception):
@@ -135,10 +138,25 @@ def decode_media(path: Path) -> DecodedMedia:
     if not path.is_file():
         raise EvalError(f"media {path}: no such file")
     config = MediaSourceConfig(type="media", name="eval", url=str(path), realtime=False)
+
     try:
-        return asyncio.run(_read_all(path, MediaSource(config)))
+        return _run_sync(lambda: _read_all(path, MediaSource(config)))
     except SourceError as exc:
         raise EvalError(f"media {path}: {exc}") from exc
+
+
+def _run_sync(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a coroutine to its end from synchronous code, even one a running loop called.
+
+    Inside a running event loop (an async test, a notebook) it runs on a thread with a loop of
+    its own, as ``asyncio.run`` cannot nest.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with ThreadPoolExecutor(1, thread_name_prefix="eval") as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 async def _read_all(path: Path, source: MediaSource) -> DecodedMedia:
@@ -300,8 +318,8 @@ def run_streams(
     except ValueError as exc:
         raise EvalError(str(exc).splitlines()[-1].strip()) from None
     try:
-        result = asyncio.run(
-            run_plugins(
+        result = _run_sync(
+            lambda: run_plugins(
                 sources,
                 tables,
                 window=window,
