@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import logging
 import statistics
@@ -216,9 +215,8 @@ def format_event_line(event: dict[str, Any]) -> str:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from crossmodald.runtime.host import Overload
+    from crossmodald.harness import run_daemon
     from crossmodald.runtime.registry import PluginLoadError
-    from crossmodald.service.daemon import Daemon
     from crossmodald.service.logs import setup_logging
 
     try:
@@ -231,27 +229,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     printer = _Printer(args.format, sys.stdout)
 
     async def main() -> int:
+        # The daemon as the test harness runs it (blocking queues, no API); eval and
+        # calibrate go the same way. What exists once the plugins are loaded (modules, torch,
+        # models) lives until exit: frozen out of the collector's sight, full collections
+        # stop rescanning it, and exit is ~0.35 s faster with torch.
         try:
-            daemon = Daemon(
+            result = await run_daemon(
                 config,
-                overload=Overload.BLOCK,
-                serve_api=False,
-                listeners=(printer,),
+                on_event=printer,
                 config_source=str(args.config or "analyze"),
+                freeze_gc=True,
             )
-            await daemon.load_plugins()
         except ConfigError as exc:
             return _config_errors(exc)
         except (PluginLoadError, ValueError) as exc:
             return _fail(str(exc))
-        # What exists now (modules, torch, models) lives until exit: out of the collector's
-        # sight, full collections stop rescanning it, and exit is ~0.35 s faster with torch.
-        gc.freeze()
-        stop = asyncio.Event()
-        code = await daemon.run(stop, exit_when_sources_end=True)
-        if code != 0:
-            state = next(iter(daemon.stream_states.values()), None)
-            message = (state.error if state else None) or "analysis failed"
+        if result.code != 0:
+            message = next(iter(result.errors.values()), None) or "analysis failed"
             return _fail(message)
         return 0
 
@@ -419,6 +413,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         window_s=args.window,
         hop_s=args.hop,
         second=args.second,
+        max_seconds=args.max_seconds,
+        progress=None if args.quiet else sys.stderr,
     )
 
 
@@ -512,6 +508,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop", type=float, help="window hop in seconds")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="plugin config override")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        metavar="S",
+        help="analyse only the first S seconds of each clip (a quick check)",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress lines on stderr (one per clip/shift)"
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("models", help="manage model weights")

@@ -7,15 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from windowkit import make_windows, run_plugin
 
 from crossmodald.bus.events import Event, Phase
 from crossmodald.media import NS_PER_S, ClockKind, StreamInfo, Window
-from crossmodald.service.evaluate import (
-    compose_side_by_side,
-    decode_media,
-    make_windows,
-    run_plugin,
-)
+from crossmodald.service.evaluate import compose_side_by_side, decode_media
 from crossmodald_plugins.asd import SpeakerConfig, SpeakerFactory, SpeakerPlugin, WeightsError
 from crossmodald_plugins.asd.plugin import METHOD_FALLBACK, METHOD_MODEL, SpeakerResult
 

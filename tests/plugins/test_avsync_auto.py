@@ -14,10 +14,10 @@ import pytest
 import torch
 from clapkit import write_clap_clip
 from test_avsync_motion import mouth_window
+from windowkit import build_source, record_windows
 
 from crossmodald.ingest.pattern import write_pattern_file
 from crossmodald.media import Window
-from crossmodald.service.calibrate import build_source, record_windows
 from crossmodald.service.config import MediaSourceConfig, PatternSourceConfig, WindowConfig
 from crossmodald_plugins.avsync import AvSyncConfig, AvSyncFactory, AvSyncPlugin, flash
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clapkit import write_clap_clip
+from windowkit import build_source, record_windows
 
 from crossmodald.ingest.pattern import write_pattern_file
 from crossmodald.media import Window
-from crossmodald.service.calibrate import build_source, record_windows
 from crossmodald.service.config import MediaSourceConfig, PatternSourceConfig, WindowConfig
 from crossmodald_plugins.avsync import AvSyncConfig, AvSyncFactory, AvSyncPlugin
 from crossmodald_plugins.avsync.clap import analyze_clap

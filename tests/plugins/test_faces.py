@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from windowkit import make_windows, run_plugin
 
 from crossmodald.bus.events import Phase
 from crossmodald.ingest.frames import video_frame_from_luma
 from crossmodald.media import NS_PER_S, ClockKind, StreamInfo, VideoFrame, Window
-from crossmodald.service.evaluate import decode_media, make_windows, run_plugin
+from crossmodald.service.evaluate import decode_media
 from crossmodald_plugins.faces import (
     Box,
     FacesConfig,

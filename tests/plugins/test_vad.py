@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from windowkit import make_windows, run_plugin
 
 from crossmodald.bus.events import Phase
 from crossmodald.media import NS_PER_S, ClockKind, StreamInfo, Window
-from crossmodald.service.evaluate import decode_media, make_windows, run_plugin
+from crossmodald.service.evaluate import decode_media
 from crossmodald_plugins.vad import (
     SileroVad,
     SpeechConfig,

@@ -1,4 +1,4 @@
-"""The evaluation framework: media to windows, running plugins, and the three metrics."""
+"""The evaluation framework: the three tasks through the daemon's pipeline, and their metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 
 from crossmodald.bus.events import Event, Phase
 from crossmodald.media import NS_PER_MS, NS_PER_S, ClockKind, StreamInfo, Window
+from crossmodald.runtime.plugin import PluginConfig
+from crossmodald.runtime.registry import PluginRegistry
 from crossmodald.service.evaluate import (
     DecodedMedia,
     EvalError,
@@ -21,11 +23,11 @@ from crossmodald.service.evaluate import (
     evaluate_lipsync,
     evaluate_speaker,
     frame_scores,
-    make_windows,
     read_rttm,
     speaker_accuracy,
 )
 from crossmodald_plugins.faces import FaceTracker
+from crossmodald_plugins.vad import SpeechFactory
 
 MEDIA = Path(__file__).resolve().parents[2] / ".." / "shared" / "media"
 needs_media = pytest.mark.skipif(
@@ -81,28 +83,7 @@ def test_speaker_accuracy_counts_only_speech_frames() -> None:
     assert speaker_accuracy(pts, speech, both, width=800, speaking_side="left").correct == 0
 
 
-# -- windows ------------------------------------------------------------------------------------
-
-
-def _ramp_media(rate: int = 1000, seconds: int = 4) -> DecodedMedia:
-    audio = np.arange(rate * seconds, dtype=np.float32)
-    return DecodedMedia(Path("ramp"), (), audio, rate, 0, None)
-
-
-def test_windows_grid_and_audio_shift_sign() -> None:
-    media = _ramp_media()
-    plain = make_windows(media, "r", length_s=1.0, hop_s=0.5)
-    assert [w.start_ns for w in plain] == [i * NS_PER_S // 2 for i in range(7)]
-    assert plain[2].audio[0] == 1000  # sample at 1.0 s
-    # Audio leads by 100 ms: what plays at t is what the file has at t + 100 ms.
-    lead = make_windows(media, "r", length_s=1.0, hop_s=0.5, audio_shift_ms=100)
-    assert lead[2].audio[0] == 1100
-    assert not lead[-1].audio_valid[-1]  # shifted in from past the end: flagged
-    lag = make_windows(media, "r", length_s=1.0, hop_s=0.5, audio_shift_ms=-100)
-    assert lag[0].audio[:100].sum() == 0
-    assert not lag[0].audio_valid[:100].any()
-    assert lag[0].audio_valid[100:].all()
-    assert lag[0].audio[100] == 0
+# -- media ------------------------------------------------------------------------------------
 
 
 def test_bad_media_is_one_line(tmp_path: Path) -> None:
@@ -110,12 +91,32 @@ def test_bad_media_is_one_line(tmp_path: Path) -> None:
         decode_media(tmp_path / "none.mp4")
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00" * 100)
-    with pytest.raises(EvalError, match=r"junk\.mp4: cannot open"):
+    with pytest.raises(EvalError, match=r"junk\.mp4: (cannot open|not a media file)"):
         decode_media(junk)
     err = io.StringIO()
     assert eval_command("speech", tmp_path / "none.wav", tmp_path / "x.rttm", out=err) == 2
     assert eval_command("speech", tmp_path / "none.wav", None, out=err) == 2
     assert eval_command("no-such-plugin", junk, None, task="lipsync", out=err) == 2
+    assert eval_command("speech", junk, junk, task="speech", max_seconds=0, out=err) == 2
+
+
+def test_unknown_plugin_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wav = tmp_path / "quiet.wav"
+    _silence(wav)
+    rttm = tmp_path / "a.rttm"
+    rttm.write_text("SPEAKER f 1 0.5 1.0 <NA> <NA> s1 <NA> <NA>\n")
+    assert eval_command("no-such-plugin", wav, rttm, out=io.StringIO()) == 2
+    assert "unknown plugin 'no-such-plugin'" in capsys.readouterr().err
+
+
+def _silence(path: Path, seconds: float = 3.0, rate: int = 16000) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(b"\0\0" * round(seconds * rate))
 
 
 # -- speech -------------------------------------------------------------------------------------
@@ -138,6 +139,23 @@ def test_speech_f1_on_the_two_speaker_sample() -> None:
     assert float(lines["recall"]) >= 0.9
 
 
+@needs_media
+def test_speech_progress_and_max_seconds() -> None:
+    out, progress = io.StringIO(), io.StringIO()
+    code = eval_command(
+        "speech",
+        MEDIA / "speech_2speakers_pyannote_sample.wav",
+        MEDIA / "speech_2speakers_pyannote_sample.rttm",
+        max_seconds=10.0,
+        out=out,
+        progress=progress,
+    )
+    assert code == 0, out.getvalue()
+    lines = dict(line.split(None, 1) for line in out.getvalue().splitlines()[1:] if line.strip())
+    assert lines["frames"].split()[-1] == "1000"  # "frames (10 ms)": the first 10 s only
+    assert progress.getvalue().startswith("eval: speech_2speakers_pyannote_sample.wav done (1/1")
+
+
 # -- lip sync plumbing --------------------------------------------------------------------------
 
 
@@ -149,10 +167,18 @@ class XcorrOffset:
     """
 
     name = "xcorr"
+    # Plugin contract v2 (branch wip-plugins) asks for these; v1 ignores them.
+    provides = None
+    metrics = ()
+
+    def new_state(self, stream: StreamInfo) -> None:
+        return None
 
     def __init__(self, media: DecodedMedia) -> None:
         self.media = media
-        self.pad = media.audio_rate  # one second of silence on both sides
+        # Silence on both sides: the daemon's windows reach up to a hop (1 s) and a shift beyond
+        # the media, and the search adds half a second more.
+        self.pad = 2 * media.audio_rate
         self.padded = np.pad(media.audio, self.pad)
 
     def check_stream(self, stream: StreamInfo) -> str | None:
@@ -161,7 +187,8 @@ class XcorrOffset:
     def open(self, stream: StreamInfo) -> XcorrSession:
         return XcorrSession()
 
-    def infer(self, batch: Sequence[Window]) -> list[float]:
+    def infer(self, batch: Sequence[Any]) -> list[float]:
+        batch = [getattr(item, "window", item) for item in batch]  # v2 items carry the window
         out = []
         rate = self.media.audio_rate
         for w in batch:
@@ -171,11 +198,27 @@ class XcorrOffset:
                 lag = lag_ms * rate // 1000
                 lo = first + lag + self.pad
                 ref = self.padded[lo : lo + len(w.audio)]
+                ref = np.pad(ref, (0, len(w.audio) - len(ref)))  # past the padded end
                 score = float(np.dot(ref * w.audio_valid, w.audio))
                 if score > best:
                     best, best_lag = score, lag_ms
             out.append(float(best_lag))
         return out
+
+
+class XcorrConfig(PluginConfig):
+    """The clip whose true audio the plugin correlates against."""
+
+    clip: str
+
+
+class XcorrFactory:
+    config_model = XcorrConfig
+    provides = None
+
+    @classmethod
+    def create(cls, config: XcorrConfig, device: str) -> XcorrOffset:
+        return XcorrOffset(decode_media(Path(config.clip)))
 
 
 class XcorrSession:
@@ -186,19 +229,41 @@ class XcorrSession:
     def close(self) -> list[Event]:
         return []
 
+    def status(self) -> dict[str, Any]:
+        return {}
+
 
 @needs_media
 def test_lipsync_evaluation_follows_applied_shifts() -> None:
-    plugin = XcorrOffset(decode_media(AOC))
-    metrics = evaluate_lipsync([AOC], plugin=plugin, shifts_ms=(-200.0, 0.0, 120.0))
+    registry = PluginRegistry({"xcorr": XcorrFactory})
+    clip = {"clip": str(AOC)}
+    metrics = evaluate_lipsync(
+        [AOC], plugin="xcorr", overrides=clip, registry=registry, shifts_ms=(-200.0, 0.0, 120.0)
+    )
     assert metrics.tolerance_ms == pytest.approx(40.0)
     assert len(metrics.estimates) == 3 * 4  # 8 s clip, 5 s windows, 1 s hop
     assert metrics.hit_rate("xcorr") == 1.0
     assert metrics.median_unshifted_ms("xcorr") == 0.0
     assert sorted({e.audio_lead_ms for e in metrics.estimates}) == [-200.0, 0.0, 120.0]
     out = io.StringIO()
-    assert eval_command(plugin, AOC, None, task="lipsync", shifts_ms=(80.0,), out=out) == 0
+    progress = io.StringIO()
+    code = eval_command(
+        "xcorr",
+        AOC,
+        None,
+        task="lipsync",
+        shifts_ms=(80.0, -40.0),
+        overrides=clip,
+        registry=registry,
+        max_seconds=6.5,
+        out=out,
+        progress=progress,
+    )
+    assert code == 0
     assert "xcorr" in out.getvalue()
+    assert "estimates       4" in out.getvalue()  # 6.5 s: two whole 5 s windows per shift
+    assert progress.getvalue().count(" done (") == 2
+    assert "shift +80 ms done" in progress.getvalue()
     assert "100.0%" in out.getvalue()
 
 
@@ -213,6 +278,11 @@ class SideOracle:
     """
 
     name = "oracle"
+    provides = None
+    metrics = ()
+
+    def new_state(self, stream: StreamInfo) -> None:
+        return None
 
     def __init__(self, lie: bool = False) -> None:
         self.lie = lie
@@ -224,15 +294,32 @@ class SideOracle:
     def open(self, stream: StreamInfo) -> OracleSession:
         self.trackers[stream.name] = FaceTracker()
         side = stream.name if not self.lie else {"left": "right", "right": "left"}[stream.name]
-        return OracleSession(side, stream.width or 0)
+        return OracleSession(stream.name, side, stream.width or 0)
 
-    def infer(self, batch: Sequence[Window]) -> list[Any]:
-        return [self.trackers[w.stream].update(w.video) for w in batch]
+    def infer(self, batch: Sequence[Any]) -> list[Any]:
+        windows = [getattr(item, "window", item) for item in batch]  # v2 items carry the window
+        return [self.trackers[w.stream].update(w.video) for w in windows]
+
+
+class OracleConfig(PluginConfig):
+    lie: bool = False
+
+
+class OracleFactory:
+    config_model = OracleConfig
+    provides = None
+
+    @classmethod
+    def create(cls, config: OracleConfig, device: str) -> SideOracle:
+        return SideOracle(config.lie)
+
+
+ORACLE = PluginRegistry({"oracle": OracleFactory, "speech": SpeechFactory})
 
 
 class OracleSession:
-    def __init__(self, side: str, width: int) -> None:
-        self.side, self.width = side, width
+    def __init__(self, stream: str, side: str, width: int) -> None:
+        self.stream, self.side, self.width = stream, side, width
         self.open: dict[int, tuple[int, int, list[float]]] = {}
 
     def update(self, window: Window, tracks: Any) -> list[Event]:
@@ -246,9 +333,32 @@ class OracleSession:
 
     def close(self) -> list[Event]:
         return [
-            Event("speaker", "s", s, e, {"track_id": tid, "box": box}, Phase.END, ClockKind.PTS)
+            Event(
+                "speaker",
+                self.stream,
+                s,
+                e,
+                {"track_id": tid, "box": box},
+                Phase.END,
+                ClockKind.PTS,
+            )
             for tid, (s, e, box) in self.open.items()
         ]
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+
+@needs_media
+async def test_decode_and_evaluate_work_inside_a_running_loop() -> None:
+    media = decode_media(AOC)  # reads on its own thread and loop
+    assert len(media.video) == 200
+    assert media.audio_rate == 16000
+    registry = PluginRegistry({"xcorr": XcorrFactory})
+    metrics = evaluate_lipsync(
+        [AOC], plugin="xcorr", overrides={"clip": str(AOC)}, registry=registry, shifts_ms=(40.0,)
+    )
+    assert metrics.hit_rate() == 1.0
 
 
 @needs_media
@@ -274,9 +384,23 @@ def test_compose_side_by_side(tmp_path: Path) -> None:
 
 @needs_media
 def test_speaker_evaluation_scores_the_side_that_speaks(tmp_path: Path) -> None:
-    right = evaluate_speaker(AOC, MARKEY, plugin=SideOracle(), side_px=256, workdir=tmp_path)
+    right = evaluate_speaker(
+        AOC, MARKEY, plugin="oracle", registry=ORACLE, side_px=256, workdir=tmp_path
+    )
     assert right.speech_frames > 200  # both arrangements, most of 8 s each
     assert right.accuracy > 0.9
+    wrong = evaluate_speaker(
+        AOC,
+        MARKEY,
+        plugin="oracle",
+        overrides={"lie": True},
+        registry=ORACLE,
+        side_px=256,
+        workdir=tmp_path,
+        max_seconds=4.0,
+    )
+    assert 50 < wrong.speech_frames < right.speech_frames
+    assert wrong.accuracy < 0.1
     with pytest.raises(EvalError, match="no audio"):
         compose_side_by_side(
             AOC,
@@ -298,3 +422,25 @@ def test_windows_without_an_estimate_count_as_misses() -> None:
     )
     assert metrics.hit_rate() == 0.5
     assert metrics.median_unshifted_ms() == 10.0
+
+
+@needs_media
+def test_cli_progress_goes_to_stderr_unless_quiet(capsys: pytest.CaptureFixture[str]) -> None:
+    from crossmodald.cli import main
+
+    args = [
+        "eval",
+        "speech",
+        str(MEDIA / "speech_2speakers_pyannote_sample.wav"),
+        str(MEDIA / "speech_2speakers_pyannote_sample.rttm"),
+        "--max-seconds",
+        "8",
+    ]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "frames (10 ms)  800" in out
+    assert err.startswith("eval: speech_2speakers_pyannote_sample.wav done (1/1, ")
+    assert main([*args, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "frames (10 ms)  800" in out
+    assert err == ""

@@ -1,9 +1,10 @@
 """``crossmodald calibrate``: measure a stream's A/V offset and print the config correction.
 
 Record ``seconds`` of a configured source while a clap, or the pattern page's flash and beep,
-happens in front of the camera and microphone; cut the recording into the configured windows;
-run the avsync plugin's own analysis (:meth:`Plugin.infer`, the same code the daemon runs) on
-them, and take the median of the confident per-window offsets. The result is printed with the
+happens in front of the camera and microphone, through the daemon's own pipeline
+(:func:`crossmodald.harness.run_daemon`: the source, the configured windows, the avsync plugin
+in its host, its ``sync.offset`` events), and take the median of the confident per-window
+offsets. The result is printed with the
 TOML line that cancels it:
 
 * a ``device`` source: ``camera.latency_ms`` when audio leads (the camera stamps late), else
@@ -17,19 +18,15 @@ Offsets use the one sign of the project: ``audio_lead_ms`` > 0 when audio is ahe
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from crossmodald.ingest import create_source
-from crossmodald.ingest.base import Source, SourceError
-from crossmodald.ingest.device import DeviceSource
-from crossmodald.media import NS_PER_S, AudioChunk, VideoFrame, Window
-from crossmodald.runtime.device import DeviceError, resolve_device
+from crossmodald.harness import harness_config, run_daemon
+from crossmodald.ingest.base import SourceError
+from crossmodald.runtime.device import DeviceError
 from crossmodald.runtime.registry import PluginLoadError, PluginRegistry
 from crossmodald.service.config import (
     ConfigError,
@@ -38,14 +35,8 @@ from crossmodald.service.config import (
     MediaSourceConfig,
     PatternSourceConfig,
     SourceConfig,
-    WindowConfig,
     load_config,
 )
-from crossmodald.window import Windower
-
-#: Windows handed to the plugin per inference call.
-_BATCH = 32
-
 
 #: avsync methods whose offsets rest on one known instant, the only ones calibration trusts.
 CALIBRATION_METHODS = frozenset({"flash", "clap"})
@@ -98,58 +89,17 @@ def correction_lines(config: SourceConfig, audio_lead_ms: float) -> list[str]:
     return []
 
 
-def build_source(config: SourceConfig) -> Source:
-    """The source to record from; files and patterns are read as fast as they decode."""
-    if isinstance(config, DeviceSourceConfig):
-        return DeviceSource(config)
-    if isinstance(config, MediaSourceConfig | PatternSourceConfig):
-        return create_source(config.model_copy(update={"realtime": False}))
-    raise SourceError(f"{config.name}: cannot calibrate a {config.type!r} source")
+def recording_source(config: SourceConfig) -> SourceConfig:
+    """The source to record from; files and patterns are read as fast as they decode.
 
-
-async def record_windows(
-    source: Source, seconds: float, window: WindowConfig
-) -> tuple[list[Window], float]:
-    """Open ``source``, record ``seconds`` of media time and cut it into event-time windows.
-
-    Returns:
-        The windows, and the media seconds recorded (both tracks).
+    Raises:
+        SourceError: The source type cannot be calibrated.
     """
-    info = await source.open()
-    try:
-        if not (info.has_audio and info.has_video):
-            missing = "audio" if not info.has_audio else "video"
-            raise CalibrationError(f"{source.name}: has no {missing}; calibration needs both")
-        windower = Windower(
-            source.name,
-            length_ns=round(window.length_s * NS_PER_S),
-            hop_ns=round(window.hop_s * NS_PER_S),
-            lateness_ns=round(window.lateness_s * NS_PER_S),
-            has_video=True,
-            has_audio=True,
-            sample_rate=info.sample_rate,
-            frame_rate=info.frame_rate,
-            clock=info.clock,
-            max_gap_ns=round(window.max_gap_s * NS_PER_S),
-        )
-        windows: list[Window] = []
-        first_ns: int | None = None
-        heads = {"video": -1, "audio": -1}
-        span_ns = round(seconds * NS_PER_S)
-        async for item in source:
-            if not isinstance(item, VideoFrame | AudioChunk):
-                continue  # faults: the recording goes on; the windows show any gap
-            first_ns = item.pts_ns if first_ns is None else min(first_ns, item.pts_ns)
-            kind = "video" if isinstance(item, VideoFrame) else "audio"
-            end_ns = item.end_ns if isinstance(item, AudioChunk) else item.pts_ns
-            heads[kind] = max(heads[kind], end_ns - first_ns)
-            windows.extend(windower.push(item, time.monotonic_ns()))
-            if min(heads.values()) >= span_ns:
-                break
-        windows.extend(windower.flush(time.monotonic_ns()))
-        return windows, max(0, min(heads.values())) / NS_PER_S
-    finally:
-        await source.aclose()
+    if isinstance(config, DeviceSourceConfig):
+        return config
+    if isinstance(config, MediaSourceConfig | PatternSourceConfig):
+        return config.model_copy(update={"realtime": False})
+    raise SourceError(f"{config.name}: cannot calibrate a {config.type!r} source")
 
 
 def _plugin_table(config: DaemonConfig) -> dict[str, Any]:
@@ -161,9 +111,17 @@ def _plugin_table(config: DaemonConfig) -> dict[str, Any]:
 
 
 async def calibrate(
-    config: DaemonConfig, source_name: str, seconds: float, *, config_source: str = "<config>"
+    config: DaemonConfig,
+    source_name: str,
+    seconds: float,
+    *,
+    config_source: str = "<config>",
+    registry: PluginRegistry | None = None,
 ) -> Calibration:
     """Record a configured source and measure its offset with the avsync plugin.
+
+    The recording runs through the daemon (:func:`crossmodald.harness.run_daemon`) with the
+    config's ``[window]``, logging and runtime settings and its ``avsync`` table.
 
     Raises:
         CalibrationError: Unknown source, no audio or video, or no confident estimate.
@@ -177,35 +135,45 @@ async def calibrate(
         raise CalibrationError(f"no source named {source_name!r} (sources: {known})")
     if seconds <= 0:
         raise CalibrationError(f"seconds must be positive, got {seconds:g}")
-    registry = PluginRegistry.discover()
-    (loaded,) = registry.validate([_plugin_table(config)], config_source)
-    plugin = registry.create(loaded, resolve_device(loaded.config.device))
-
-    windows, recorded_s = await record_windows(build_source(source_config), seconds, config.window)
-    results: list[Any] = []
-    for start in range(0, len(windows), _BATCH):
-        batch = windows[start : start + _BATCH]
-        results.extend(await asyncio.to_thread(plugin.infer, batch))
+    registry = registry if registry is not None else PluginRegistry.discover()
+    table = _plugin_table(config)
+    (loaded,) = registry.validate([table], config_source)
     min_confidence = float(getattr(loaded.config, "min_confidence", 0.0))
+    run_config = harness_config([recording_source(source_config)], [table], base=config)
+    result = await run_daemon(
+        run_config, registry=registry, max_seconds=seconds, config_source=config_source
+    )
+    record = result.streams[source_name]
+    info = record.info
+    if info is None:  # the source did not open: the daemon says why
+        raise SourceError(result.errors.get(source_name, f"{source_name}: cannot open"))
+    if not (info.has_audio and info.has_video):
+        missing = "audio" if not info.has_audio else "video"
+        raise CalibrationError(f"{source_name}: has no {missing}; calibration needs both")
+    failures = result.failures()
+    if failures:
+        raise SourceError(failures[0])
+    recorded_s = record.recorded_s()
+    results = [e.data for e in result.events(source_name) if e.type == "sync.offset"]
     # Only events with a known instant (a flash/beep, a clap) calibrate; the motion method's
     # correlation on whatever else was in view is no reference and would skew the median.
     confident = [
         r
         for r in results
-        if getattr(r, "audio_lead_ms", None) is not None
-        and r.confidence >= min_confidence
-        and str(getattr(r, "method", "")) in CALIBRATION_METHODS
+        if r.get("audio_lead_ms") is not None
+        and float(r.get("confidence", 0.0)) >= min_confidence
+        and str(r.get("method", "")) in CALIBRATION_METHODS
     ]
     if not confident:
-        reasons = sorted({str(getattr(r, "reason", "")) for r in results} - {""})
+        reasons = sorted({str(r.get("reason") or "") for r in results} - {""})
         why = f" ({'; '.join(reasons)})" if reasons else ""
         raise CalibrationError(
             f"{source_name}: no clap or flash/beep found in {recorded_s:.1f} s of "
-            f"{len(windows)} window(s){why}; make one in front of the camera and microphone"
+            f"{len(results)} window(s){why}; make one in front of the camera and microphone"
         )
-    leads = [float(r.audio_lead_ms) for r in confident]
+    leads = [float(r["audio_lead_ms"]) for r in confident]
     median = statistics.median(leads)
-    methods = [str(r.method) for r in confident]
+    methods = [str(r["method"]) for r in confident]
     return Calibration(
         source=source_name,
         audio_lead_ms=median,

@@ -16,36 +16,37 @@ Three tasks, each with its metric:
     (``data.track_id`` and ``data.box`` = ``[x, y, w, h]``) is on the face whose audio plays,
     and on no other face.
 
-Media goes through the daemon's own path: :class:`~crossmodald.ingest.media.MediaSource` decodes
-(and, for ``lipsync``, moves the audio by its ``audio_shift_ms``) and the
-:class:`~crossmodald.window.Windower` cuts the windows, so a plugin sees exactly the
-:class:`~crossmodald.media.Window` values ``crossmodald analyze`` gives it; windows of all
-streams of an evaluation are batched into one :meth:`Plugin.infer` call per window index, as the
-runtime batches them.
+Nothing here decodes, windows or runs plugins itself: every task goes through
+:func:`crossmodald.harness.run_plugins`, i.e. the daemon's own pipeline as ``crossmodald
+analyze`` runs it (the media source decodes and, for ``lipsync``, moves the audio by its
+``audio_shift_ms``; the windower cuts the windows; the plugin host batches the windows of all
+streams of an evaluation into shared inference calls). Only events of windows wholly inside the
+media count: a shifted audio track starts the window grid earlier (or ends it later) than the
+picture, and a window partly outside would score a shift against silence.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
 import av
 import numpy as np
 import numpy.typing as npt
 
-from crossmodald.bus.events import Event, Phase
+from crossmodald.bus.events import Envelope, Event, Phase
+from crossmodald.harness import HarnessResult, StreamRecord, run_plugins
 from crossmodald.ingest.base import SourceError, SourceFault
-from crossmodald.ingest.frames import audio_chunk, to_mono_f32, video_frame_from_luma
 from crossmodald.ingest.media import MediaSource
 from crossmodald.media import (
     NS_PER_MS,
@@ -55,17 +56,16 @@ from crossmodald.media import (
     F32Array,
     StreamInfo,
     VideoFrame,
-    Window,
 )
-from crossmodald.service.config import MediaSourceConfig
-from crossmodald.window import Windower
-
-ENTRY_POINT_GROUP = "crossmodald.plugins"
+from crossmodald.runtime.registry import PluginLoadError, PluginRegistry
+from crossmodald.service.config import ConfigError, MediaSourceConfig, WindowConfig
 
 #: Frame step of the frame-level speech metric.
 SPEECH_FRAME_NS = 10 * NS_PER_MS
 
 Task = Literal["speech", "lipsync", "speaker"]
+
+_T = TypeVar("_T")
 
 
 class EvalError(Exception):
@@ -77,7 +77,7 @@ class EvalError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class DecodedMedia:
-    """A whole file decoded: grey frames and mono float32 audio on the file's own timeline.
+    """A whole file as the daemon's media source delivers it (for composing test media).
 
     Attributes:
         path: The file.
@@ -97,6 +97,7 @@ class DecodedMedia:
 
     @property
     def duration_ns(self) -> int:
+        """End of the media: the later of the audio's end and one frame after the last frame."""
         ends = [self.audio_start_ns + len(self.audio) * NS_PER_S // max(self.audio_rate, 1)]
         if self.video:
             step = round(NS_PER_S / self.frame_rate) if self.frame_rate else 0
@@ -105,13 +106,16 @@ class DecodedMedia:
 
     @property
     def width(self) -> int:
+        """Picture width in pixels (0 without video)."""
         return self.video[0].width if self.video else 0
 
     @property
     def height(self) -> int:
+        """Picture height in pixels (0 without video)."""
         return self.video[0].height if self.video else 0
 
     def stream_info(self, name: str) -> StreamInfo:
+        """What a source of this media would report, named ``name``."""
         return StreamInfo(
             name=name,
             kind="media",
@@ -125,227 +129,63 @@ class DecodedMedia:
         )
 
 
-def _pts_ns(pts: int | None, time_base: Fraction | None) -> int | None:
-    if pts is None or time_base is None:
-        return None
-    return int(pts * time_base.numerator * NS_PER_S // time_base.denominator)
-
-
 def decode_media(path: Path) -> DecodedMedia:
-    """Decode a file's first video and first audio stream with PyAV.
+    """Read a whole file through the daemon's :class:`MediaSource` (no second decoder).
 
     Raises:
-        EvalError: The file is missing or FFmpeg cannot read it.
+        EvalError: The file is missing or cannot be decoded (one line naming it).
     """
     if not path.is_file():
         raise EvalError(f"media {path}: no such file")
+    config = MediaSourceConfig(type="media", name="eval", url=str(path), realtime=False)
+
     try:
-        container = av.open(str(path))
-    except av.FFmpegError as exc:
-        raise EvalError(f"media {path}: cannot open: {exc}") from exc
-    frames: list[VideoFrame] = []
-    pieces: list[F32Array] = []
-    audio_rate = 0
-    audio_start_ns: int | None = None
-    frame_rate: float | None = None
-    with container:
-        vstream = container.streams.video[0] if container.streams.video else None
-        astream = container.streams.audio[0] if container.streams.audio else None
-        if vstream is not None and vstream.average_rate:
-            frame_rate = float(vstream.average_rate)
-        wanted = [s for s in (vstream, astream) if s is not None]
-        if not wanted:
-            raise EvalError(f"media {path}: has neither video nor audio")
-        try:
-            for packet in container.demux(wanted):
-                for decoded in packet.decode():
-                    if isinstance(decoded, av.VideoFrame):
-                        pts = _pts_ns(decoded.pts, decoded.time_base)
-                        if pts is None:
-                            continue
-                        if decoded.format.name not in ("yuv420p", "yuvj420p", "gray", "yuv444p"):
-                            decoded = decoded.reformat(format="yuv420p")
-                        plane = decoded.planes[0]
-                        luma = np.frombuffer(memoryview(plane), np.uint8).reshape(
-                            -1, plane.line_size
-                        )
-                        luma = luma[: plane.height, : plane.width].copy()
-                        frames.append(video_frame_from_luma(path.name, pts, 0, luma, ClockKind.PTS))
-                    elif isinstance(decoded, av.AudioFrame):
-                        data = decoded.to_ndarray()
-                        planar = decoded.format.is_planar
-                        mono = to_mono_f32(data, channels_first=planar)
-                        if not planar and data.ndim == 2 and data.shape[0] == 1:
-                            # Packed layouts come as (1, n * channels): de-interleave first.
-                            channels = len(decoded.layout.channels)
-                            mono = to_mono_f32(data.reshape(-1, channels), channels_first=False)
-                        if audio_start_ns is None:
-                            audio_start_ns = _pts_ns(decoded.pts, decoded.time_base) or 0
-                        audio_rate = decoded.sample_rate
-                        pieces.append(mono)
-        except av.FFmpegError as exc:
-            raise EvalError(f"media {path}: cannot decode: {exc}") from exc
-    frames.sort(key=lambda f: f.pts_ns)
-    audio = np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
-    return DecodedMedia(path, tuple(frames), audio, audio_rate, audio_start_ns or 0, frame_rate)
-
-
-def _windower(stream: str, info: StreamInfo, length_s: float, hop_s: float) -> Windower:
-    """The daemon's windower for one evaluation stream (no lateness: nothing arrives late)."""
-    if length_s <= 0 or hop_s <= 0:
-        raise EvalError(f"window length and hop must be positive, got {length_s} s / {hop_s} s")
-    try:
-        return Windower(
-            stream,
-            length_ns=round(length_s * NS_PER_S),
-            hop_ns=round(hop_s * NS_PER_S),
-            lateness_ns=0,
-            has_video=info.has_video,
-            has_audio=info.has_audio,
-            sample_rate=info.sample_rate,
-            frame_rate=info.frame_rate,
-            clock=info.clock,
-        )
-    except ValueError as exc:
-        raise EvalError(str(exc)) from exc
-
-
-def _complete(windows: Iterable[Window], first_ns: int, end_ns: int) -> list[Window]:
-    """The windows that lie wholly inside the media ``[first_ns, end_ns)``.
-
-    A shifted audio track starts the windower's grid earlier (or ends it later) than the
-    picture; the partial windows at either end would score a shift against silence.
-    """
-    return [w for w in windows if w.start_ns >= first_ns and w.end_ns <= end_ns]
-
-
-def make_windows(
-    media: DecodedMedia,
-    stream: str,
-    *,
-    length_s: float = 2.0,
-    hop_s: float = 0.5,
-    audio_shift_ms: float = 0.0,
-) -> list[Window]:
-    """Windows of already decoded media, cut by the daemon's :class:`Windower`.
-
-    The frames and the audio (in 1024-sample chunks, moved earlier by ``audio_shift_ms``) are
-    pushed in pts order, as a source delivers them; only windows wholly inside the media are
-    kept (see :func:`stream_windows` for files).
-
-    Args:
-        media: The decoded file.
-        stream: Stream name the windows carry.
-        length_s: Window length.
-        hop_s: Step between window starts.
-        audio_shift_ms: Move the audio earlier by this much (positive: audio leads video, the
-            ``audio_lead_ms`` sign); samples shifted in from outside the file are zero and
-            flagged invalid.
-    """
-    info = media.stream_info(stream)
-    windower = _windower(stream, info, length_s, hop_s)
-    shift_ns = round(audio_shift_ms * NS_PER_MS)
-    items: list[VideoFrame | AudioChunk] = list(media.video)
-    rate = media.audio_rate
-    for pos in range(0, len(media.audio), _CHUNK_SAMPLES):
-        pts = media.audio_start_ns + pos * NS_PER_S // rate - shift_ns
-        items.append(
-            audio_chunk(
-                stream, pts, 0, media.audio[pos : pos + _CHUNK_SAMPLES], rate, ClockKind.PTS
-            )
-        )
-    items.sort(key=lambda item: item.pts_ns)
-    windows: list[Window] = []
-    for item in items:
-        windows += windower.push(item, 0)
-    windows += windower.flush(0)
-    first = media.video[0].pts_ns if media.video else media.audio_start_ns
-    return _complete(windows, first, media.duration_ns)
-
-
-#: Audio chunk length when pushing decoded audio through the windower.
-_CHUNK_SAMPLES = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class StreamWindows:
-    """A file run through the daemon's ingest and windowing, as ``crossmodald analyze`` would.
-
-    Attributes:
-        info: What the source reported on opening.
-        windows: The windows wholly inside the media, in order.
-        frames_pts_ns: Pts of every video frame the source delivered.
-    """
-
-    info: StreamInfo
-    windows: list[Window]
-    frames_pts_ns: list[int]
-
-
-def stream_windows(
-    path: Path,
-    stream: str,
-    *,
-    length_s: float = 2.0,
-    hop_s: float = 0.5,
-    audio_shift_ms: float = 0.0,
-) -> StreamWindows:
-    """Decode ``path`` with the daemon's :class:`MediaSource` and cut it with its ``Windower``.
-
-    ``audio_shift_ms`` is the source's own ``audio_shift_ms`` (positive: audio earlier, i.e.
-    leading). Windows that reach outside the picture (or, without video, the audio) are left
-    out, so every shift of a clip yields the same window grid.
-
-    Raises:
-        EvalError: The file is missing or cannot be decoded.
-    """
-    if not path.is_file():
-        raise EvalError(f"media {path}: no such file")
-    config = MediaSourceConfig(
-        type="media",
-        name="eval",
-        url=str(path),
-        realtime=False,
-        audio_shift_ms=audio_shift_ms,
-    )
-    try:
-        return asyncio.run(_stream_windows(config, stream, length_s, hop_s))
+        return _run_sync(lambda: _read_all(path, MediaSource(config)))
     except SourceError as exc:
         raise EvalError(f"media {path}: {exc}") from exc
 
 
-async def _stream_windows(
-    config: MediaSourceConfig, stream: str, length_s: float, hop_s: float
-) -> StreamWindows:
-    source = MediaSource(config)
+def _run_sync(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a coroutine to its end from synchronous code, even one a running loop called.
+
+    Inside a running event loop (an async test, a notebook) it runs on a thread with a loop of
+    its own, as ``asyncio.run`` cannot nest.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with ThreadPoolExecutor(1, thread_name_prefix="eval") as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
+
+
+async def _read_all(path: Path, source: MediaSource) -> DecodedMedia:
     try:
         info = await source.open()
-        info = dataclasses.replace(info, name=stream)
-        windower = _windower(stream, info, length_s, hop_s)
-        windows: list[Window] = []
-        frames: list[int] = []
-        audio_span: list[int] = []
+        frames: list[VideoFrame] = []
+        pieces: list[F32Array] = []
+        audio_start_ns: int | None = None
         async for item in source:
             if isinstance(item, SourceFault):
-                continue  # a skipped packet: the windows flag what is missing
+                continue
             if isinstance(item, VideoFrame):
-                frames.append(item.pts_ns)
-            else:
-                if not audio_span:
-                    audio_span = [item.pts_ns, item.end_ns]
-                audio_span[1] = max(audio_span[1], item.end_ns)
-            windows += windower.push(item, 0)
-        windows += windower.flush(0)
+                frames.append(item)
+            elif isinstance(item, AudioChunk):
+                if audio_start_ns is None:
+                    audio_start_ns = item.pts_ns
+                pieces.append(item.samples)
     finally:
         await source.aclose()
-    if frames:
-        step_ns = round(NS_PER_S / info.frame_rate) if info.frame_rate else 0
-        first, end = min(frames), max(frames) + step_ns
-    elif audio_span:
-        first, end = audio_span[0], audio_span[1]
-    else:
-        first = end = 0
-    return StreamWindows(info, _complete(windows, first, end), sorted(frames))
+    frames.sort(key=lambda f: f.pts_ns)
+    audio = np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
+    return DecodedMedia(
+        path,
+        tuple(frames),
+        audio,
+        info.sample_rate or 0 if pieces else 0,
+        audio_start_ns or 0,
+        info.frame_rate if frames else None,
+    )
 
 
 def compose_side_by_side(
@@ -410,57 +250,123 @@ def compose_side_by_side(
     return out
 
 
-# -- running a plugin ---------------------------------------------------------------------------
+# -- running plugins through the daemon ---------------------------------------------------------
 
 
-def load_plugin(
-    name: str | Any, overrides: Mapping[str, Any] | None = None, device: str = "cpu"
-) -> Any:
-    """Build plugin ``name`` from its entry point with a config of its defaults + ``overrides``.
+def plugin_table(
+    name: str, overrides: Mapping[str, Any] | None = None, device: str = "cpu"
+) -> dict[str, Any]:
+    """The ``[[plugins]]`` table of plugin ``name`` on ``device`` with config ``overrides``."""
+    return {"type": name, "device": device, **(overrides or {})}
 
-    A plugin object already built (anything but a string) is returned as it is.
+
+def media_source(path: Path, name: str, audio_shift_ms: float = 0.0) -> MediaSourceConfig:
+    """A file read as fast as it decodes, as ``crossmodald analyze`` reads it.
 
     Raises:
-        EvalError: No such plugin, or its config or loading fails.
+        EvalError: The file does not exist.
     """
-    if not isinstance(name, str):
-        return name
-    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    entry = found.get(name)
-    if entry is None:
-        raise EvalError(f"plugin {name!r}: not installed (installed: {', '.join(sorted(found))})")
+    if not path.is_file():
+        raise EvalError(f"media {path}: no such file")
+    return MediaSourceConfig(
+        type="media", name=name, url=str(path), realtime=False, audio_shift_ms=audio_shift_ms
+    )
+
+
+class Progress:
+    """One line on ``out`` as each stream of an evaluation ends (``None``: quiet)."""
+
+    def __init__(self, out: TextIO | None, labels: Mapping[str, str]) -> None:
+        self.out = out
+        self.labels = dict(labels)
+        self.done = 0
+        self.started = time.monotonic()
+
+    def __call__(self, envelope: Envelope) -> None:
+        if self.out is None or envelope.type != "stream.end":
+            return
+        self.done += 1
+        label = self.labels.get(envelope.stream, envelope.stream)
+        elapsed = time.monotonic() - self.started
+        print(
+            f"eval: {label} done ({self.done}/{len(self.labels)}, {elapsed:.0f} s)",
+            file=self.out,
+            flush=True,
+        )
+
+
+def run_streams(
+    sources: Sequence[MediaSourceConfig],
+    tables: Sequence[Mapping[str, Any]],
+    *,
+    length_s: float,
+    hop_s: float,
+    registry: PluginRegistry | None = None,
+    max_seconds: float | None = None,
+    progress: Progress | None = None,
+) -> HarnessResult:
+    """Run plugin ``tables`` over ``sources`` in one daemon (see :mod:`crossmodald.harness`).
+
+    Raises:
+        EvalError: Bad window settings, a plugin that cannot be set up, or a stream that failed.
+    """
+    if length_s <= 0 or hop_s <= 0:
+        raise EvalError(f"window length and hop must be positive, got {length_s} s / {hop_s} s")
     try:
-        factory = entry.load()
-        config = factory.config_model.model_validate({"type": name, **(overrides or {})})
-        return factory.create(config, device)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EvalError(f"plugin {name!r}: cannot load: {first}") from exc
-
-
-def run_plugin(
-    plugin: Any,
-    streams: Mapping[str, tuple[StreamInfo, Sequence[Window]]],
-) -> dict[str, list[Event]]:
-    """Run a loaded plugin over windows of several streams; events per stream.
-
-    Window ``i`` of every stream goes into one ``infer`` call, as the runtime batches them.
-    """
-    sessions = {name: plugin.open(info) for name, (info, _w) in streams.items()}
-    events: dict[str, list[Event]] = {name: [] for name in streams}
-    depth = max((len(w) for _i, w in streams.values()), default=0)
-    for index in range(depth):
-        batch = [(name, w[index]) for name, (_i, w) in streams.items() if index < len(w)]
-        results = plugin.infer([window for _n, window in batch])
-        if len(results) != len(batch):
-            raise EvalError(
-                f"plugin {plugin.name!r}: {len(results)} results for {len(batch)} windows"
+        # Windows close as soon as the media is past them: nothing arrives late from a file.
+        window = WindowConfig(length_s=length_s, hop_s=hop_s, lateness_s=0.0)
+    except ValueError as exc:
+        raise EvalError(str(exc).splitlines()[-1].strip()) from None
+    try:
+        result = _run_sync(
+            lambda: run_plugins(
+                sources,
+                tables,
+                window=window,
+                registry=registry,
+                max_seconds=max_seconds,
+                on_event=progress,
             )
-        for (name, window), result in zip(batch, results, strict=True):
-            events[name] += sessions[name].update(window, result)
-    for name, session in sessions.items():
-        events[name] += session.close()
-    return events
+        )
+    except ConfigError as exc:
+        raise EvalError(exc.errors[0] if exc.errors else str(exc)) from None
+    except PluginLoadError as exc:
+        raise EvalError(str(exc)) from None
+    return result
+
+
+def check_result(result: HarnessResult) -> None:
+    """Raise the first failure of a harness run (a stream that failed, refused or errored).
+
+    Raises:
+        EvalError: Something failed.
+    """
+    failures = result.failures()
+    if failures:
+        raise EvalError(failures[0])
+
+
+def complete_end_ns(record: StreamRecord, length_s: float, hop_s: float) -> int:
+    """End of the last window of the daemon's grid that lies wholly inside the stream's media.
+
+    The windower's grid starts at the first delivered pts rounded down to the hop.
+    """
+    span = record.media_span_ns()
+    first = record.first_pts_ns
+    if span is None or first is None:
+        return 0
+    length_ns, hop_ns = round(length_s * NS_PER_S), round(hop_s * NS_PER_S)
+    origin = (first // hop_ns) * hop_ns
+    last_k = (span[1] - length_ns - origin) // hop_ns
+    # The first window wholly inside starts at or after the media's start.
+    if origin + last_k * hop_ns < span[0]:
+        return 0
+    return origin + last_k * hop_ns + length_ns
+
+
+def inside(event: Event, span: tuple[int, int] | None) -> bool:
+    """Whether an event's media span lies wholly inside ``span``."""
+    return span is not None and event.start_ns >= span[0] and event.end_ns <= span[1]
 
 
 # -- speech -------------------------------------------------------------------------------------
@@ -538,21 +444,37 @@ def evaluate_speech(
     media: Path,
     labels: Path,
     *,
-    plugin: str | Any = "speech",
+    plugin: str = "speech",
     overrides: Mapping[str, Any] | None = None,
     device: str = "cpu",
     length_s: float = 2.0,
     hop_s: float = 0.5,
+    registry: PluginRegistry | None = None,
+    max_seconds: float | None = None,
+    progress: TextIO | None = None,
 ) -> SpeechMetrics:
-    """Run a speech plugin over ``media`` and score it against the RTTM ``labels``."""
+    """Run a speech plugin over ``media`` and score it against the RTTM ``labels``.
+
+    The score covers the windows wholly inside the media (or its first ``max_seconds``).
+    """
     reference = [(round(s * NS_PER_S), round(e * NS_PER_S)) for s, e in read_rttm(labels)]
-    cut = stream_windows(media, "eval", length_s=length_s, hop_s=hop_s)
-    if not cut.info.has_audio:
+    source = media_source(media, "eval")
+    result = run_streams(
+        [source],
+        [plugin_table(plugin, overrides, device)],
+        length_s=length_s,
+        hop_s=hop_s,
+        registry=registry,
+        max_seconds=max_seconds,
+        progress=Progress(progress, {"eval": media.name}),
+    )
+    record = result.streams["eval"]
+    if record.info is not None and not record.info.has_audio:
         raise EvalError(f"media {media}: has no audio")
-    loaded = load_plugin(plugin, overrides, device)
-    events = run_plugin(loaded, {"eval": (cut.info, cut.windows)})["eval"]
-    total_ns = max((w.end_ns for w in cut.windows), default=0)
-    return frame_scores(reference, speech_segments(events), total_ns)
+    check_result(result)
+    total_ns = complete_end_ns(record, length_s, hop_s)
+    segments = [s for s in speech_segments(result.events("eval")) if s[0] < total_ns]
+    return frame_scores(reference, segments, total_ns)
 
 
 # -- lip sync -----------------------------------------------------------------------------------
@@ -614,40 +536,60 @@ DEFAULT_SHIFTS_MS = (-400.0, -200.0, -80.0, 0.0, 120.0, 240.0, 400.0)
 def evaluate_lipsync(
     clips: Sequence[Path],
     *,
-    plugin: str | Any,
+    plugin: str,
     shifts_ms: Sequence[float] = DEFAULT_SHIFTS_MS,
     overrides: Mapping[str, Any] | None = None,
     device: str = "cpu",
     length_s: float = 5.0,
     hop_s: float = 1.0,
     tolerance_ms: float | None = None,
+    registry: PluginRegistry | None = None,
+    max_seconds: float | None = None,
+    progress: TextIO | None = None,
 ) -> LipSyncMetrics:
     """Shift each clip's audio by each amount and collect the plugin's offset estimates.
 
-    ``tolerance_ms`` defaults to one frame of the first clip (40 ms at 25 fps).
+    Every (clip, shift) pair is one stream of one daemon run, so the plugin host batches
+    their windows together. ``tolerance_ms`` defaults to one frame of the first clip (40 ms
+    at 25 fps).
     """
     if not clips:
         raise EvalError("lipsync: no clips given")
-    loaded = load_plugin(plugin, overrides, device)
-    streams: dict[str, tuple[StreamInfo, Sequence[Window]]] = {}
+    sources: list[MediaSourceConfig] = []
     labels: dict[str, tuple[str, float]] = {}
-    frame_ms = 40.0
     for n, clip in enumerate(clips):
-        for shift in shifts_ms:
-            name = f"{clip.stem}@{shift:+g}ms"
-            cut = stream_windows(clip, name, length_s=length_s, hop_s=hop_s, audio_shift_ms=shift)
-            if not cut.info.has_video or not cut.info.has_audio:
-                raise EvalError(f"media {clip}: needs both video and audio")
-            if n == 0 and cut.info.frame_rate:
-                frame_ms = 1000.0 / cut.info.frame_rate
-            streams[name] = (cut.info, cut.windows)
+        for k, shift in enumerate(shifts_ms):
+            # Stream names are short and plain (config names allow no '@' or '+').
+            name = f"clip{n}.shift{k}"
+            sources.append(media_source(clip, name, audio_shift_ms=shift))
             labels[name] = (clip.name, float(shift))
-    events = run_plugin(loaded, streams)
+    result = run_streams(
+        sources,
+        [plugin_table(plugin, overrides, device)],
+        length_s=length_s,
+        hop_s=hop_s,
+        registry=registry,
+        max_seconds=max_seconds,
+        progress=Progress(
+            progress,
+            {name: f"{clip} shift {shift:+g} ms" for name, (clip, shift) in labels.items()},
+        ),
+    )
+    for name, record in result.streams.items():
+        info = record.info
+        if info is not None and not (info.has_video and info.has_audio):
+            raise EvalError(f"media {labels[name][0]}: needs both video and audio")
+    check_result(result)
+    first = result.streams[sources[0].name].info
+    frame_ms = 1000.0 / first.frame_rate if first is not None and first.frame_rate else 40.0
     estimates: list[OffsetEstimate] = []
-    for name, evs in events.items():
+    for name, record in result.streams.items():
         clip_name, shift = labels[name]
-        for event in evs:
+        span = record.media_span_ns()
+        for event in result.events(name):
             if event.type != "sync.offset" or "audio_lead_ms" not in event.data:
+                continue
+            if not inside(event, span):
                 continue
             estimates.append(
                 OffsetEstimate(
@@ -712,34 +654,56 @@ def evaluate_speaker(
     left: Path,
     right: Path,
     *,
-    plugin: str | Any,
+    plugin: str,
     overrides: Mapping[str, Any] | None = None,
     device: str = "cpu",
     length_s: float = 2.0,
     hop_s: float = 0.5,
     side_px: int = 384,
     workdir: Path | None = None,
+    registry: PluginRegistry | None = None,
+    max_seconds: float | None = None,
+    progress: TextIO | None = None,
 ) -> SpeakerMetrics:
     """Compose both arrangements (voice of the left face, voice of the right) and score them.
 
-    Speech presence comes from the ``speech`` plugin run on the same audio.
+    Speech presence comes from the ``speech`` plugin, run in the same daemon on the same
+    windows as the speaker plugin.
     """
-    loaded = load_plugin(plugin, overrides, device)
-    vad = load_plugin("speech", None, device)
+    tables = [plugin_table(plugin, overrides, device)]
+    if plugin != "speech":
+        tables.append(plugin_table("speech", None, device))
     total = SpeakerMetrics(0, 0)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for side in ("left", "right"):
+            if progress is not None:
+                print(f"eval: composing {side}-hand voice", file=progress, flush=True)
             path = compose_side_by_side(
-                left, right, Path(tmp) / f"{side}.mp4", audio_from=side, side_px=side_px
+                left,
+                right,
+                Path(tmp) / f"{side}.mp4",
+                audio_from=side,
+                side_px=side_px,
+                duration_s=max_seconds,
             )
-            cut = stream_windows(path, side, length_s=length_s, hop_s=hop_s)
-            info, windows = cut.info, cut.windows
-            events = run_plugin(loaded, {side: (info, windows)})[side]
-            speech = speech_segments(run_plugin(vad, {side: (info, windows)})[side])
-            covered_ns = windows[-1].end_ns if windows else 0
-            pts = [p for p in cut.frames_pts_ns if p < covered_ns]
+            result = run_streams(
+                [media_source(path, side)],
+                tables,
+                length_s=length_s,
+                hop_s=hop_s,
+                registry=registry,
+                max_seconds=max_seconds,
+                progress=Progress(progress, {side: f"{side}-hand voice"}),
+            )
+            check_result(result)
+            record = result.streams[side]
+            events = result.events(side)
+            covered_ns = complete_end_ns(record, length_s, hop_s)
+            speech = [s for s in speech_segments(events) if s[0] < covered_ns]
+            pts = sorted(p for p in record.video_pts_ns if p < covered_ns)
+            width = record.info.width if record.info is not None else None
             m = speaker_accuracy(
-                pts, speech, speaker_spans(events), width=info.width or 0, speaking_side=side
+                pts, speech, speaker_spans(events), width=width or 0, speaking_side=side
             )
             total = SpeakerMetrics(total.correct + m.correct, total.speech_frames + m.speech_frames)
     return total
@@ -758,7 +722,7 @@ def _clips(media: Path) -> list[Path]:
 
 
 def eval_command(
-    plugin: str | Any,
+    plugin: str,
     media: Path,
     labels: Path | None = None,
     *,
@@ -769,7 +733,10 @@ def eval_command(
     window_s: float | None = None,
     hop_s: float | None = None,
     second: Path | None = None,
+    max_seconds: float | None = None,
+    registry: PluginRegistry | None = None,
     out: TextIO | None = None,
+    progress: TextIO | None = None,
 ) -> int:
     """``crossmodald eval``: run ``plugin`` over labelled media and print its metrics.
 
@@ -784,12 +751,26 @@ def eval_command(
         window_s: Window length (default 2 s; 5 s for ``lipsync``).
         hop_s: Window hop (default 0.5 s; 1 s for ``lipsync``).
         second: For ``speaker``: the right-hand clip (``media`` is the left one).
+        max_seconds: Analyse only the first this many seconds of each clip.
+        registry: Where plugins are found (default: installed entry points).
         out: Where to print (stdout by default).
+        progress: Where a line goes as each clip (each shift, for ``lipsync``) is done
+            (None: nowhere).
 
     Returns:
         0 when the evaluation ran and printed its metrics, 2 on bad input (error printed to
         stderr as one line).
     """
+    if max_seconds is not None and not max_seconds > 0:
+        print(f"eval: --max-seconds must be positive, got {max_seconds:g}", file=sys.stderr)
+        return 2
+    common: dict[str, Any] = {
+        "overrides": overrides,
+        "device": device,
+        "registry": registry,
+        "max_seconds": max_seconds,
+        "progress": progress,
+    }
     stream = out if out is not None else sys.stdout
     printer: Callable[[str], None] = lambda line: print(line, file=stream)  # noqa: E731
     if task is None:
@@ -806,10 +787,9 @@ def eval_command(
                 media,
                 labels,
                 plugin=plugin,
-                overrides=overrides,
-                device=device,
                 length_s=window_s or 2.0,
                 hop_s=hop_s or 0.5,
+                **common,
             )
             printer(f"speech  {media.name}  vs  {labels.name}")
             printer(f"  frames (10 ms)  {sm.frames}")
@@ -822,13 +802,11 @@ def eval_command(
                 _clips(media),
                 plugin=plugin,
                 shifts_ms=shifts_ms,
-                overrides=overrides,
-                device=device,
                 length_s=window_s or 5.0,
                 hop_s=hop_s or 1.0,
+                **common,
             )
-            label = plugin if isinstance(plugin, str) else getattr(plugin, "name", "?")
-            printer(f"lipsync  {label}  shifts {', '.join(f'{s:+g}' for s in shifts_ms)} ms")
+            printer(f"lipsync  {plugin}  shifts {', '.join(f'{s:+g}' for s in shifts_ms)} ms")
             printer(f"  estimates       {len(lm.estimates)}")
             for method in lm.methods() or ["(none)"]:
                 median = lm.median_unshifted_ms(method)
@@ -844,10 +822,9 @@ def eval_command(
                 media,
                 second,
                 plugin=plugin,
-                overrides=overrides,
-                device=device,
                 length_s=window_s or 2.0,
                 hop_s=hop_s or 0.5,
+                **common,
             )
             printer(f"speaker  {media.name} | {second.name}")
             printer(f"  speech frames   {am.speech_frames}")
