@@ -1,0 +1,278 @@
+"""Stream management: what runs, where it came from, and the ``/v1/sources`` control.
+
+:class:`StreamState` is what ``/v1/streams`` shows about one stream; :class:`StreamManager`
+(a part of :class:`~crossmodald.service.daemon.Daemon`) adds, stops and forgets streams, and
+answers ``/v1/sources`` (see :mod:`crossmodald.api.sources`). The stream's own task (source ->
+windower -> plugin hosts) is in :mod:`crossmodald.service.pipeline`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from crossmodald.clock.drift import RateEstimator
+from crossmodald.ingest.base import Source
+from crossmodald.media import NS_PER_S, ClockKind, StreamInfo
+from crossmodald.runtime.host import PluginHost
+from crossmodald.service.config import SourceConfig
+from crossmodald.window import Windower
+
+SourceFactory = Callable[[SourceConfig], Source]
+
+#: Ended streams kept for /v1/streams beyond the running ones (oldest forgotten first).
+MAX_ENDED_STREAMS = 64
+#: Where a stream came from: the config file, the REST API, or a publisher (WHIP).
+ORIGINS = ("config", "api", "publisher")
+
+
+@dataclass(slots=True)
+class StreamState:
+    """What /v1/streams shows about one stream."""
+
+    name: str
+    kind: str
+    origin: str = "config"  # config, api, publisher (see ORIGINS)
+    #: The validated source config, when the stream was built from one (restartable).
+    source_config: SourceConfig | None = None
+    state: str = "starting"  # starting, running, ended, failed
+    error: str | None = None
+    info: StreamInfo | None = None
+    started_at: float = field(default_factory=time.time)
+    video_frames: int = 0
+    audio_chunks: int = 0
+    audio_samples: int = 0
+    faults: int = 0
+    last_media_ns: int | None = None
+    plugins: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    last_offset: dict[str, Any] | None = None
+    #: The latest ``sync.transport`` data (WebRTC: the A/V offset the network adds).
+    transport: dict[str, Any] | None = None
+    alarm: bool = False
+    windower: Windower | None = None
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    #: The plugin hosts this stream's windows go to (swapped in place by a reload).
+    hosts: list[PluginHost] = field(default_factory=list)
+    #: Per-track clock rate against the daemon's monotonic clock (live streams only).
+    video_rate: RateEstimator | None = None
+    audio_rate: RateEstimator | None = None
+
+    def clock_rates(self) -> dict[str, float | None]:
+        """Transport view of the clocks: each track's rate error and the A/V drift, in ppm."""
+        video = self.video_rate.estimate() if self.video_rate else None
+        audio = self.audio_rate.estimate() if self.audio_rate else None
+        return {
+            "video_ppm": round(video.ppm, 1) if video else None,
+            "audio_ppm": round(audio.ppm, 1) if audio else None,
+            "av_drift_ppm": round(audio.ppm - video.ppm, 1) if audio and video else None,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        info = self.info
+        out: dict[str, Any] = {
+            "name": self.name,
+            "source": self.kind,
+            "origin": self.origin,
+            "state": self.state,
+            "error": self.error,
+            "started_at": self.started_at,
+            "has_video": info.has_video if info else None,
+            "has_audio": info.has_audio if info else None,
+            "frame_rate": info.frame_rate if info else None,
+            "sample_rate": info.sample_rate if info else None,
+            "width": info.width if info else None,
+            "height": info.height if info else None,
+            "clock": (info.clock if info else ClockKind.UNKNOWN).value,
+            "video_frames": self.video_frames,
+            "audio_chunks": self.audio_chunks,
+            "audio_seconds": round(self.audio_samples / info.sample_rate, 3)
+            if info and info.sample_rate
+            else 0.0,
+            "faults": self.faults,
+            "media_time_s": round(self.last_media_ns / NS_PER_S, 3)
+            if self.last_media_ns is not None
+            else None,
+            "plugins": list(self.plugins),
+            "refused": dict(self.refused),
+            "sync": self.last_offset,
+            "transport": self.transport,
+            "clock_rates": self.clock_rates(),
+            "alarm": self.alarm,
+        }
+        if self.windower is not None:
+            out["windows"] = self.windower.stats.as_dict()
+        return out
+
+
+def default_source_factory(pacer: Any = None) -> SourceFactory:
+    from crossmodald.ingest import create_source
+
+    def factory(config: SourceConfig) -> Source:
+        return create_source(config, clock=pacer)
+
+    return factory
+
+
+class StreamManager:
+    """Adds, stops and forgets streams; the ``/v1/sources`` control (a part of the daemon).
+
+    The attributes below are the daemon's (set in its constructor); the stream's task itself is
+    :meth:`crossmodald.service.pipeline.StreamPipeline._run_stream`.
+    """
+
+    stream_states: dict[str, StreamState]
+    _source_factory: SourceFactory
+    _stopping: asyncio.Event
+    _tg: asyncio.TaskGroup | None
+
+    if TYPE_CHECKING:
+
+        async def _run_stream(
+            self, state: StreamState, make_source: Callable[[], Source]
+        ) -> None: ...
+
+    # -- streams -------------------------------------------------------------------------
+
+    def _bind_factory(self, config: SourceConfig) -> Callable[[], Source]:
+        return lambda: self._source_factory(config)
+
+    def add_stream(
+        self,
+        name: str,
+        kind: str,
+        make_source: Callable[[], Source],
+        *,
+        origin: str = "api",
+        config: SourceConfig | None = None,
+    ) -> asyncio.Task[None]:
+        """Start a stream while the daemon runs (configured sources, WHIP publishers, REST).
+
+        Args:
+            name: The stream's name (unique among running streams).
+            kind: The source type, for /v1/streams.
+            make_source: Builds the source (called in the stream's task).
+            origin: ``config``, ``api`` or ``publisher``.
+            config: The source config it was built from, if any (a reload with a new
+                ``[window]`` can then restart it).
+
+        Raises:
+            RuntimeError: The daemon is not running or is stopping.
+            ValueError: A stream of that name is still running, or ``origin`` is unknown.
+        """
+        if self._tg is None or self._stopping.is_set():
+            raise RuntimeError("the daemon is not running")
+        if origin not in ORIGINS:
+            raise ValueError(f"origin must be one of {', '.join(ORIGINS)}, got {origin!r}")
+        old = self.stream_states.get(name)
+        if old is not None and old.task is not None and not old.task.done():
+            raise ValueError(f"stream {name!r} is already running")
+        self._forget_ended()
+        state = StreamState(name=name, kind=kind, origin=origin, source_config=config)
+        self.stream_states.pop(name, None)  # re-inserted last: /v1/streams lists newest last
+        self.stream_states[name] = state
+        state.task = self._tg.create_task(
+            self._run_stream(state, make_source), name=f"stream:{name}"
+        )
+        return state.task
+
+    def _forget_ended(self) -> None:
+        ended = [
+            name
+            for name, state in self.stream_states.items()
+            if state.task is not None and state.task.done()
+        ]
+        for name in ended[: max(0, len(ended) - MAX_ENDED_STREAMS + 1)]:
+            del self.stream_states[name]
+
+    async def stop_stream(self, name: str) -> None:
+        """Stop one stream: its open windows are finished and its sessions closed first.
+
+        Raises:
+            KeyError: No stream has that name.
+        """
+        state = self.stream_states.get(name)
+        if state is None:
+            raise KeyError(name)
+        state.stop_requested.set()
+        if state.task is not None:
+            await asyncio.wait([state.task])
+
+    async def remove_stream(self, name: str) -> StreamState:
+        """Stop one stream and forget it (it leaves /v1/streams); returns its last state.
+
+        Raises:
+            KeyError: No stream has that name.
+        """
+        await self.stop_stream(name)
+        return self.stream_states.pop(name)
+
+    # -- SourcesControl (for /v1/sources) ------------------------------------------------
+
+    def sources(self) -> list[dict[str, Any]]:
+        """Every stream with where it came from and its (redacted) source config."""
+        return [source_entry(state) for state in self.stream_states.values()]
+
+    def start_source(self, config: SourceConfig) -> asyncio.Task[None]:
+        """Start a stream from a source config given through the API.
+
+        The source is built before anything starts, so a source that cannot exist is refused.
+
+        Raises:
+            RuntimeError: The daemon is not running or is stopping.
+            ValueError: A stream of that name is running.
+            SourceError: The config describes a source that cannot exist.
+        """
+        if self._tg is None or self._stopping.is_set():
+            raise RuntimeError("the daemon is not running")
+        existing = self.stream_states.get(config.name)
+        if existing is not None and existing.task is not None and not existing.task.done():
+            raise ValueError(f"stream {config.name!r} is already running")
+        source = self._source_factory(config)
+        return self.add_stream(
+            config.name, config.type, _prebuilt(source), origin="api", config=config
+        )
+
+    async def remove_source(self, name: str) -> dict[str, Any]:
+        """Stop a stream (any origin) and forget it; returns its last entry.
+
+        Raises:
+            KeyError: No stream has that name.
+        """
+        return source_entry(await self.remove_stream(name))
+
+
+def source_entry(state: StreamState) -> dict[str, Any]:
+    """One stream as ``/v1/sources`` shows it: origin, state and its config, secrets hidden."""
+    config = state.source_config.model_dump(mode="json") if state.source_config else None
+    if config is not None and isinstance(config.get("url"), str):
+        config["url"] = redact_url(config["url"])
+    return {
+        "name": state.name,
+        "type": state.kind,
+        "origin": state.origin,
+        "state": state.state,
+        "error": state.error,
+        "config": config,
+    }
+
+
+def redact_url(url: str) -> str:
+    """Hide the password in ``scheme://user:password@host/...`` (RTSP cameras carry them)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}" if ":" in userinfo else url
+
+
+def _prebuilt(source: Source) -> Callable[[], Source]:
+    return lambda: source
