@@ -108,7 +108,9 @@ class PluginChain:
                 BatchItem(
                     batch[i],
                     stage.states[batch[i].stream],
-                    Inputs({n.key: products[i][n.key] for n in stage.needs if n.key in products[i]}),
+                    Inputs(
+                        {n.key: products[i][n.key] for n in stage.needs if n.key in products[i]}
+                    ),
                 )
                 for i in rows
             ]

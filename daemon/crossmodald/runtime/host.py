@@ -559,6 +559,8 @@ def link_hosts(hosts: Iterable[PluginHost]) -> None:
         for need in host.needs:
             providers = by_key.get(need.key, [])
             if not providers and not need.optional:
-                raise ValueError(f"plugin {host.name!r} needs {need.key.name}: no plugin provides it")
+                raise ValueError(
+                    f"plugin {host.name!r} needs {need.key.name}: no plugin provides it"
+                )
             for provider in providers:
                 host.add_provider(need.key, provider)

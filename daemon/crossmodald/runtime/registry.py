@@ -237,8 +237,6 @@ def _plugin_problem(plugin: object, name: str, provides: object) -> str | None:
     if got != provides:
         return f"a plugin providing {got!r}, but its factory declares {provides!r}"
     metrics = getattr(plugin, "metrics", None)
-    if not isinstance(metrics, list | tuple) or not all(
-        isinstance(m, MetricSpec) for m in metrics
-    ):
+    if not isinstance(metrics, list | tuple) or not all(isinstance(m, MetricSpec) for m in metrics):
         return f"a plugin whose `metrics` is not a sequence of MetricSpec ({metrics!r})"
     return None

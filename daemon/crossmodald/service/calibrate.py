@@ -30,6 +30,7 @@ from crossmodald.ingest.base import Source, SourceError
 from crossmodald.ingest.device import DeviceSource
 from crossmodald.media import NS_PER_S, AudioChunk, VideoFrame, Window
 from crossmodald.runtime.device import DeviceError, resolve_device
+from crossmodald.runtime.plugin import BatchItem
 from crossmodald.runtime.registry import PluginLoadError, PluginRegistry
 from crossmodald.service.config import (
     ConfigError,
@@ -185,7 +186,9 @@ async def calibrate(
     results: list[Any] = []
     for start in range(0, len(windows), _BATCH):
         batch = windows[start : start + _BATCH]
-        results.extend(await asyncio.to_thread(plugin.infer, batch))
+        # avsync keeps no per-stream inference state (plugin contract v2: state None).
+        items = [BatchItem(w, None) for w in batch]
+        results.extend(await asyncio.to_thread(plugin.infer, items))
     min_confidence = float(getattr(loaded.config, "min_confidence", 0.0))
     # Only events with a known instant (a flash/beep, a clap) calibrate; the motion method's
     # correlation on whatever else was in view is no reference and would skew the median.

@@ -446,21 +446,25 @@ def run_plugin(
 
     Window ``i`` of every stream goes into one ``infer`` call, as the runtime batches them.
     """
-    sessions = {name: plugin.open(info) for name, (info, _w) in streams.items()}
-    events: dict[str, list[Event]] = {name: [] for name in streams}
+    # Plugin contract v2: run the plugin behind the providers its config requires.
+    from crossmodald.runtime.harness import PluginChain, with_providers
+    from crossmodald.runtime.plugin import PluginConfig
+
+    config = getattr(plugin, "config", None)
+    device = str(getattr(plugin, "device", "cpu"))
+    chain = PluginChain(
+        with_providers(plugin, config, device)
+        if isinstance(config, PluginConfig)
+        else [(plugin, ())]
+    )
+    for info, _w in streams.values():
+        chain.open(info)
     depth = max((len(w) for _i, w in streams.values()), default=0)
     for index in range(depth):
-        batch = [(name, w[index]) for name, (_i, w) in streams.items() if index < len(w)]
-        results = plugin.infer([window for _n, window in batch])
-        if len(results) != len(batch):
-            raise EvalError(
-                f"plugin {plugin.name!r}: {len(results)} results for {len(batch)} windows"
-            )
-        for (name, window), result in zip(batch, results, strict=True):
-            events[name] += sessions[name].update(window, result)
-    for name, session in sessions.items():
-        events[name] += session.close()
-    return events
+        chain.run([w[index] for _n, (_i, w) in streams.items() if index < len(w)])
+    for name in streams:
+        chain.close(name)
+    return {name: chain.events[plugin.name].get(name, []) for name in streams}
 
 
 # -- speech -------------------------------------------------------------------------------------

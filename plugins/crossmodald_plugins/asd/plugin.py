@@ -215,9 +215,7 @@ class SpeakerPlugin:
             "Latest A/V offset (positive: audio ahead of video).",
             "audio_lead_ms",
         ),
-        MetricSpec(
-            "crossmodald_stream_speakers", "gauge", "Faces speaking now.", "speaking_faces"
-        ),
+        MetricSpec("crossmodald_stream_speakers", "gauge", "Faces speaking now.", "speaking_faces"),
     )
 
     def __init__(self, config: SpeakerConfig, model: LightASD | None, device: str) -> None:

@@ -18,8 +18,8 @@ from pydantic import Field, model_validator
 from crossmodald.bus.events import Event, JsonValue, Phase
 from crossmodald.media import NS_PER_MS, NS_PER_S, StreamInfo, Window
 from crossmodald.runtime.plugin import BatchItem, MetricSpec, PluginConfig, ProductKey
-from crossmodald_plugins.vad.model import CHUNK, CHUNK_NS, VAD_RATE, SileroVad, resample
 from crossmodald_plugins.products import SPEECH, SPEECH_CHUNK_NS, SpeechProbs
+from crossmodald_plugins.vad.model import CHUNK, CHUNK_NS, VAD_RATE, SileroVad, resample
 from crossmodald_plugins.vad.segments import SegmentChange, SpeechSegmenter
 
 assert SPEECH_CHUNK_NS == CHUNK_NS, "the speech product's grid is Silero's chunk"
