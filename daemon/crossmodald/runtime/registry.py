@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from crossmodald.runtime.compat import as_v2, is_v1
 from crossmodald.runtime.plugin import MetricSpec, Plugin, PluginConfig, PluginFactory, ProductKey
 from crossmodald.service.config import ConfigError, format_validation_error
 
@@ -216,6 +217,13 @@ class PluginRegistry:
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PluginLoadError(f"plugin {name!r}: failed to load: {first}") from exc
+        if is_v1(plugin):
+            log.warning(
+                "plugin %s keeps plugin contract version 1 (infer on windows); adapted: it gets "
+                "no per-stream state, products or metrics",
+                name,
+            )
+            plugin = as_v2(plugin)
         problem = _plugin_problem(plugin, name, getattr(loaded.factory, "provides", None))
         if problem is not None:
             raise PluginLoadError(f"plugin {name!r}: create() returned {problem}")

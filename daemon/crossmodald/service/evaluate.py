@@ -447,9 +447,11 @@ def run_plugin(
     Window ``i`` of every stream goes into one ``infer`` call, as the runtime batches them.
     """
     # Plugin contract v2: run the plugin behind the providers its config requires.
+    from crossmodald.runtime.compat import as_v2
     from crossmodald.runtime.harness import PluginChain, with_providers
     from crossmodald.runtime.plugin import PluginConfig
 
+    plugin = as_v2(plugin)
     config = getattr(plugin, "config", None)
     device = str(getattr(plugin, "device", "cpu"))
     chain = PluginChain(
