@@ -210,6 +210,7 @@ async def test_silent_provider_publishes_nothing_and_status_is_per_stream() -> N
     assert [m.name for m in c_host.metric_specs()] == ["crossmodald_stream_test_last"]
     await finish([p_host, c_host], ["a"], tasks)
     assert {e.type for e in events} == {"consumer.window", "consumer.closed"}
+    assert c_host.stream_status("a") == {"last": "1"}  # an ended stream keeps its last status
 
 
 async def test_provider_failure_is_a_clear_error_for_the_consumers_window() -> None:

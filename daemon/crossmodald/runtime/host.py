@@ -65,6 +65,8 @@ OFFLINE_GATHER_S = 0.25
 #: Products held for windows a consumer has not taken yet, per consumer (a bound: entries for
 #: windows the consumer dropped are evicted oldest first).
 INBOX_LIMIT = 4096
+#: Closed streams whose last session status is kept (``/v1/streams`` lists ended streams).
+CLOSED_STATUS_LIMIT = 1024
 
 
 class Overload(enum.StrEnum):
@@ -153,6 +155,7 @@ class PluginHost:
         self._consumers: list[PluginHost] = []
         self._inbox: OrderedDict[_WindowKey, dict[ProductKey[Any], object]] = OrderedDict()
         self._inbox_changed = asyncio.Event()
+        self._closed_status: OrderedDict[str, dict[str, JsonValue]] = OrderedDict()
 
     # -- providers and consumers ---------------------------------------------------------
 
@@ -215,15 +218,17 @@ class PluginHost:
         for need in self.needs:
             if not need.optional and not self._serving(need.key, info.name):
                 return f"needs {need.key.name}, which no plugin provides for this stream"
+        self._closed_status.pop(info.name, None)
         self._states[info.name] = self.plugin.new_state(info)
         self._sessions[info.name] = self.plugin.open(info)
         return None
 
     def stream_status(self, stream: str) -> dict[str, JsonValue] | None:
-        """The status the stream's session reports (None: no session)."""
+        """The status the stream's session reports (after it closed: its last status; None:
+        the plugin never analysed the stream)."""
         session = self._sessions.get(stream)
         if session is None:
-            return None
+            return self._closed_status.get(stream)
         try:
             return dict(session.status())
         except Exception:
@@ -483,6 +488,11 @@ class PluginHost:
         )
 
     def _close_session(self, marker: _CloseMarker) -> None:
+        final = self.stream_status(marker.stream)
+        if final is not None:
+            self._closed_status[marker.stream] = final
+            while len(self._closed_status) > CLOSED_STATUS_LIMIT:
+                self._closed_status.popitem(last=False)
         session = self._sessions.pop(marker.stream, None)
         self._states.pop(marker.stream, None)
         self.stats.window_latency_ms_by_stream.pop(marker.stream, None)  # bounded by live streams
