@@ -176,7 +176,7 @@ async def finish(hosts: Sequence[PluginHost], streams: Sequence[str], tasks: lis
 
 
 async def test_consumer_gets_the_providers_product_with_the_same_window() -> None:
-    p_host, c_host, provider, consumer, events, tasks = await pair()
+    p_host, c_host, _provider, consumer, events, tasks = await pair()
     for name in ("a", "b"):
         assert p_host.open_stream(info(name)) is None
         assert c_host.open_stream(info(name)) is None

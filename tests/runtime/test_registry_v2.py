@@ -124,7 +124,9 @@ def test_optional_need_adds_nothing() -> None:
 
 def test_missing_provider_and_cycle_are_config_errors() -> None:
     reg = PluginRegistry({"user": factory("user", needs=(Need(BLOB),))})
-    with pytest.raises(ConfigError, match="'user' needs test.blob, which no installed plugin"):
+    with pytest.raises(
+        ConfigError, match=re.escape("'user' needs test.blob, which no installed plugin")
+    ):
         reg.validate([{"type": "user"}], "test")
     cyclic = PluginRegistry(
         {
