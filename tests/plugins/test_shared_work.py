@@ -43,7 +43,7 @@ async def test_one_tracker_and_one_vad_pass_per_stream_and_window(shared_media: 
             await asyncio.sleep(0.05)
 
     # One tracker per stream, held by the faces host; each window went through it once.
-    trackers = [o for o in gc.get_objects() if isinstance(o, FaceTracker)]
+    trackers = [o for o in gc.get_objects() if type(o) is FaceTracker]
     assert sorted(id(t) for t in trackers) == sorted(id(faces._states[s]) for s in streams)
     assert [faces._states[s].updates for s in streams] == [n, n]
     # One VAD pass per window: the speech plugin's model ran each window once; the speaker
