@@ -136,9 +136,16 @@ def _stream(frames: int, audio_s: float) -> dict[str, Any]:
             "audio_gap_samples": 960,
         },
         "clock_rates": {"video_ppm": 1.5, "audio_ppm": -20.0, "av_drift_ppm": -21.5},
-        "sync": {"audio_lead_ms": 40.0, "drift_ppm": -21.0, "confidence": 0.9},
-        "alarm": False,
+        # Every plugin's own status (what its session reports), as /v1/streams shows it.
+        "plugin_status": {
+            "avsync": {"audio_lead_ms": 40.0, "drift_ppm": -21.0, "alarm": False},
+            "lipcount": {"lips": 7, "label": "not a number"},
+        },
     }
+
+
+def _spec(name: str, kind: str, key: str, **labels: str) -> dict[str, Any]:
+    return {"name": name, "type": kind, "help": f"{name}.", "key": key, "labels": labels}
 
 
 async def test_metrics_from_streams_plugins_bus_and_process(start_server: StartServer) -> None:
@@ -157,8 +164,22 @@ async def test_metrics_from_streams_plugins_bus_and_process(start_server: StartS
         "window_latency_count": 10,
         "window_latency_ms_by_stream": {"cam1": 25.0},
         "dropped_by_stream": {"cam1": 1},
+        "metrics": [
+            _spec("crossmodald_stream_audio_lead_ms", "gauge", "audio_lead_ms"),
+            _spec("crossmodald_stream_sync_drift_ppm", "gauge", "drift_ppm"),
+            _spec("crossmodald_stream_alarm", "gauge", "alarm"),
+        ],
     }
-    streams = StatsStreams(items=[_stream(0, 0.0)], plugins=[plugin])
+    # A third-party plugin's declared metrics come out the same way as the built-in ones.
+    third = {
+        "plugin": "lipcount",
+        "metrics": [
+            _spec("crossmodald_stream_lips_total", "counter", "lips", side="upper"),
+            _spec("crossmodald_stream_lip_label", "gauge", "label"),
+            _spec("crossmodald_stream_lip_missing", "gauge", "absent"),
+        ],
+    }
+    streams = StatsStreams(items=[_stream(0, 0.0)], plugins=[plugin, third])
     config = ApiConfig(port=0, subscriber_queue=4)
     bus = EventBus(config.replay_size, config.subscriber_queue, config.slow_subscriber_s)
     app = build_app(bus, streams, config)
@@ -197,6 +218,15 @@ async def test_metrics_from_streams_plugins_bus_and_process(start_server: StartS
     assert get(series, "crossmodald_stream_clock_rate_ppm", track="audio") == -20.0
     assert get(series, "crossmodald_stream_audio_lead_ms", stream="cam1") == 40.0
     assert get(series, "crossmodald_stream_sync_drift_ppm", stream="cam1") == -21.0
+    assert get(series, "crossmodald_stream_alarm", stream="cam1", plugin="avsync") == 0
+    assert types["crossmodald_stream_lips_total"] == "counter"
+    lips = get(series, "crossmodald_stream_lips_total", stream="cam1", plugin="lipcount")
+    assert lips == 7
+    assert ("crossmodald_stream_lips_total", frozenset({
+        ("stream", "cam1"), ("plugin", "lipcount"), ("side", "upper")
+    })) in series  # fmt: skip
+    # A non-numeric or missing status value gives no sample (the family is still declared).
+    assert not [k for k in series if k[0].startswith("crossmodald_stream_lip_")]
     assert get(series, "crossmodald_stream_faults_total", stream="cam1") == 2
     assert types["crossmodald_plugin_inference_seconds"] == "summary"
     assert get(series, "crossmodald_plugin_inference_seconds_sum", plugin="avsync") == 0.05
@@ -205,7 +235,8 @@ async def test_metrics_from_streams_plugins_bus_and_process(start_server: StartS
     assert get(series, "crossmodald_plugin_last_batch_windows", plugin="avsync") == 3
     assert get(series, "crossmodald_plugin_errors_total", plugin="avsync") == 1
     assert get(series, "crossmodald_plugin_queue_depth", plugin="avsync") == 2
-    assert get(series, "crossmodald_plugin_window_latency_seconds_sum") == pytest.approx(0.3)
+    latency_sum = get(series, "crossmodald_plugin_window_latency_seconds_sum", plugin="avsync")
+    assert latency_sum == pytest.approx(0.3)
     assert get(
         series, "crossmodald_stream_window_latency_seconds", stream="cam1", plugin="avsync"
     ) == pytest.approx(0.025)
@@ -278,3 +309,7 @@ async def test_metrics_of_a_running_daemon() -> None:
     latency = get(series, "crossmodald_stream_window_latency_seconds", stream="live1")
     assert 0 <= latency < 5
     assert get(series, "crossmodald_plugin_errors_total", plugin="avsync") == 0
+    # avsync's declared metrics, from its session's status (pattern source: a known offset).
+    assert get(series, "crossmodald_stream_alarm", stream="live1", plugin="avsync") == 0
+    lead = get(series, "crossmodald_stream_audio_lead_ms", stream="live1", plugin="avsync")
+    assert abs(lead) < 5

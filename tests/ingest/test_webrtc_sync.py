@@ -134,7 +134,7 @@ def test_transport_and_content_offsets_are_measured_apart(session: Session) -> N
         assert entry["source"] == "webrtc"
         assert entry["origin"] == "publisher"
         assert entry["transport"]["audio_lead_ms"] == pytest.approx(transport, abs=2.0)
-        assert entry["sync"]["audio_lead_ms"] == pytest.approx(content, abs=5.0)
+        assert entry["plugin_status"]["avsync"]["audio_lead_ms"] == pytest.approx(content, abs=5.0)
 
 
 def test_timestamp_skew_shows_in_transport_and_content_offsets(session: Session) -> None:
@@ -158,7 +158,7 @@ def test_timestamp_skew_shows_in_transport_and_content_offsets(session: Session)
         assert content + data["audio_lead_ms"] == pytest.approx(0.0, abs=3.0), name
         entry = session.listed[name]
         assert entry["transport"]["transport_offset_ms"] == pytest.approx(stamp, abs=2.0)
-        assert entry["sync"]["audio_lead_ms"] == pytest.approx(stamp, abs=5.0)
+        assert entry["plugin_status"]["avsync"]["audio_lead_ms"] == pytest.approx(stamp, abs=5.0)
 
 
 def test_events_come_back_over_the_data_channel(session: Session) -> None:

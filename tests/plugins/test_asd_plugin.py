@@ -7,13 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from chainkit import PluginChain, with_providers
 from windowkit import make_windows, run_plugin
 
 from crossmodald.bus.events import Event, Phase
 from crossmodald.media import NS_PER_S, ClockKind, StreamInfo, Window
+from crossmodald.runtime.plugin import Need
 from crossmodald.service.evaluate import compose_side_by_side, decode_media
 from crossmodald_plugins.asd import SpeakerConfig, SpeakerFactory, SpeakerPlugin, WeightsError
 from crossmodald_plugins.asd.plugin import METHOD_FALLBACK, METHOD_MODEL, SpeakerResult
+from crossmodald_plugins.products import FACE_TRACKS, SPEECH
 
 CLIP = "talkinghead_hdtf_aoc_25fps.mp4"
 OTHER = "talkinghead_hdtf_markey_25fps.mp4"
@@ -37,7 +40,9 @@ def test_speaking_score_is_high_on_a_talking_head(shared_media: Path, ava_weight
     assert plugin.method == METHOD_MODEL
     media = decode_media(shared_media / CLIP)
     windows = make_windows(media, "s", length_s=2.0, hop_s=2.0)
-    results: list[SpeakerResult] = list(plugin.infer(windows))  # all windows, one batch
+    chain = PluginChain(with_providers(plugin, plugin.config, "cpu"))  # faces, speech first
+    chain.open(media.stream_info("s"))
+    results: list[SpeakerResult] = chain.run(windows)["speaker"]  # all windows, one batch
     assert len(results) == len(windows)
     scores = np.concatenate([f.scores for r in results for f in r.faces])
     tracks = {f.track_id for r in results for f in r.faces}
@@ -182,7 +187,7 @@ def test_dialogue_turns_name_the_voiced_face(shared_media: Path, tmp_path: Path)
     media = decode_media(path)
     windows = make_windows(media, "r", length_s=2.0, hop_s=0.5)
     plugin = _plugin(None)
-    assert plugin.speech is not None  # turns are on by default
+    assert Need(SPEECH) in plugin.config.requires()  # turns are on by default
     events = run_plugin(plugin, {"r": (media.stream_info("r"), windows)})["r"]
     side_of = {
         e.data["track_id"]: float(e.data["box"][0]) + float(e.data["box"][2]) / 2 > 128
@@ -240,7 +245,7 @@ def test_speech_without_a_face_is_off_screen(shared_media: Path) -> None:
 
 def test_turns_can_be_switched_off() -> None:
     plugin = _plugin(None, turns=False)
-    assert plugin.speech is None
+    assert plugin.config.requires() == (Need(FACE_TRACKS),)
     info = StreamInfo("x", "test", True, True, 25.0, 16000, 320, 240, ClockKind.PTS)
     events = run_plugin(plugin, {"x": (info, _faceless_windows(2))})["x"]
     assert not [e for e in events if e.type == "dialogue.turn"]

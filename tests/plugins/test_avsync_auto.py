@@ -76,7 +76,7 @@ def test_auto_finds_each_windows_audio_onsets_once(
             for attr, value in vars(module).items():
                 if value is real:
                     monkeypatch.setattr(module, attr, counting)
-    results = _plugin("auto").infer(batch)
+    results = _plugin("auto").analyze(batch)
     methods = Counter(r.method for r in results)
     # Every method had windows to look at, so the shared onsets reached all of them.
     assert set(methods) == {"flash", "clap", "motion"}, methods
@@ -86,7 +86,7 @@ def test_auto_finds_each_windows_audio_onsets_once(
 
 def test_auto_answers_what_each_method_answers(kinds: dict[str, list[Window]]) -> None:
     batch = [w for windows in kinds.values() for w in windows]
-    auto = _plugin("auto").infer(batch)
+    auto = _plugin("auto").analyze(batch)
     kind_of = [kind for kind, windows in kinds.items() for _ in windows]
     by_kind = {
         k: Counter(r.method for r, kk in zip(auto, kind_of, strict=True) if kk == k) for k in kinds
@@ -97,19 +97,19 @@ def test_auto_answers_what_each_method_answers(kinds: dict[str, list[Window]]) -
     assert set(by_kind["natural"]) == {"motion"}
 
     # Flash looks at the whole batch; exactly the same answers on the pattern-like windows.
-    forced_flash = _plugin("flash").infer(batch)
+    forced_flash = _plugin("flash").analyze(batch)
     for mine, theirs in zip(auto, forced_flash, strict=True):
         if mine.method == "flash":
             assert mine == theirs
     # Clap looks at the rest, as auto hands them over: the same answers where it finds a clap.
     rest = [i for i, r in enumerate(auto) if r.method != "flash"]
-    forced_clap = _plugin("clap").infer([batch[i] for i in rest])
+    forced_clap = _plugin("clap").analyze([batch[i] for i in rest])
     for i, theirs in zip(rest, forced_clap, strict=True):
         assert (auto[i].method == "clap") == (theirs.audio_lead_ms is not None)
         if auto[i].method == "clap":
             assert auto[i] == theirs
     # Motion gets what neither claimed.
     motion_rows = [i for i, r in enumerate(auto) if r.method == "motion"]
-    forced_motion = _plugin("motion").infer([batch[i] for i in motion_rows])
+    forced_motion = _plugin("motion").analyze([batch[i] for i in motion_rows])
     assert [auto[i] for i in motion_rows] == forced_motion
     assert any(r.audio_lead_ms is not None for r in forced_motion)

@@ -50,8 +50,8 @@ async def test_clap_offset_within_a_frame(
     )
     windows = await clip_windows(clip, 3.0)
     frame_ms = 1000 / fps
-    forced = clap_plugin.infer(windows)
-    auto = auto_plugin.infer(windows)
+    forced = clap_plugin.analyze(windows)
+    auto = auto_plugin.analyze(windows)
     confident = [r for r in forced if r.audio_lead_ms is not None and r.confidence >= 0.3]
     assert confident, [r.reason for r in forced]
     errors = [r.audio_lead_ms - lead_ms for r in confident if r.audio_lead_ms is not None]
@@ -74,10 +74,10 @@ async def test_batch_matches_single_calls(tmp_path: Path, clap_plugin: AvSyncPlu
         tmp_path / "clap.mkv", fps=25, audio_lead_ms=40.0, contacts_s=(1.2,), seconds=2.5
     )
     windows = await clip_windows(clip, 2.5)
-    batched = clap_plugin.infer(windows)
+    batched = clap_plugin.analyze(windows)
     assert any(r.audio_lead_ms is not None for r in batched)
     for window, many in zip(windows, batched, strict=True):
-        (one,) = clap_plugin.infer([window])
+        (one,) = clap_plugin.analyze([window])
         assert (one.audio_lead_ms is None) == (many.audio_lead_ms is None)
         if one.audio_lead_ms is not None:
             assert many.audio_lead_ms == pytest.approx(one.audio_lead_ms, abs=1e-6)
@@ -99,7 +99,7 @@ async def test_pattern_windows_stay_flash_in_auto(
     )
     clip = tmp_path / "pattern.mp4"
     write_pattern_file(pattern, clip, duration_s=4.0)
-    results = auto_plugin.infer(await clip_windows(clip, 4.0))
+    results = auto_plugin.analyze(await clip_windows(clip, 4.0))
     estimated = [r for r in results if r.audio_lead_ms is not None]
     assert estimated
     assert all(r.method == "flash" for r in estimated)
@@ -132,9 +132,9 @@ async def test_sounds_that_are_not_claps(
         "no clap sound": hiss,
     }
     windows = [replace(window, audio=audio.astype(np.float32)) for audio in cases.values()]
-    assert [r.reason for r in clap_plugin.infer(windows)] == list(cases)
+    assert [r.reason for r in clap_plugin.analyze(windows)] == list(cases)
     # Auto falls back to the motion method for all of them (no flash either).
-    assert [r.method for r in auto_plugin.infer(windows)] == ["motion"] * len(cases)
+    assert [r.method for r in auto_plugin.analyze(windows)] == ["motion"] * len(cases)
 
 
 async def test_no_clap_reasons(tmp_path: Path, clap_plugin: AvSyncPlugin) -> None:
@@ -144,12 +144,12 @@ async def test_no_clap_reasons(tmp_path: Path, clap_plugin: AvSyncPlugin) -> Non
     )
     windows = await clip_windows(silent, 2.0)
     muted = [replace(w, audio=w.audio * 0) for w in windows]
-    assert {r.reason for r in clap_plugin.infer(muted)} == {"silent audio"}
+    assert {r.reason for r in clap_plugin.analyze(muted)} == {"silent audio"}
     # The clap's sound but a frozen picture (every frame the first one, at its own time).
     window = windows[0]
     frozen = tuple(replace(window.video[0], pts_ns=f.pts_ns) for f in window.video)
     still = replace(window, video=frozen)
-    (result,) = clap_plugin.infer([still])
+    (result,) = clap_plugin.analyze([still])
     assert result.audio_lead_ms is None
     assert result.reason.startswith("no hands meeting")
 

@@ -107,7 +107,7 @@ def plugin() -> AvSyncPlugin:
 def test_offsets_within_2ms(plugin: AvSyncPlugin, fps: Fraction, rate: int) -> None:
     rng = np.random.default_rng(int(fps * 1000) + rate)
     windows = [pattern_window(fps, rate, lead, rng, index=i) for i, lead in enumerate(OFFSETS_MS)]
-    results = plugin.infer(windows)
+    results = plugin.analyze(windows)
     for lead, result in zip(OFFSETS_MS, results, strict=True):
         assert result.method == "flash"
         assert result.audio_lead_ms is not None, f"{lead} ms: {result.reason}"
@@ -128,7 +128,7 @@ def test_flash_onset_is_sub_frame_and_on_the_media_timeline(plugin: AvSyncPlugin
         flash_times_s=[flash_s],
         start_s=19.5,
     )
-    (result,) = plugin.infer([window])
+    (result,) = plugin.analyze([window])
     (pair,) = result.pairs
     assert abs(pair.video_onset_ns - flash_s * NS_PER_S) < 0.2e6
     assert abs(pair.audio_onset_ns - flash_s * NS_PER_S) < 0.2e6
@@ -141,7 +141,7 @@ def test_noisy_audio_and_a_second_tone_still_within_2ms(plugin: AvSyncPlugin) ->
         pattern_window(Fraction(30), 44100, lead, rng, noise=0.01, tone_hz=440.0, seed=i)
         for i, lead in enumerate((-250.0, 0.0, 77.0))
     ]
-    for lead, result in zip((-250.0, 0.0, 77.0), plugin.infer(windows), strict=True):
+    for lead, result in zip((-250.0, 0.0, 77.0), plugin.analyze(windows), strict=True):
         assert result.audio_lead_ms is not None
         assert abs(result.audio_lead_ms - lead) < 2.0
 
@@ -156,8 +156,8 @@ def test_batching_matches_single_calls(plugin: AvSyncPlugin) -> None:
             fps=Fraction(30), rate=48000, audio_lead_ms=0, flash_times_s=[], start_s=3.0
         ),
     ]
-    batched = plugin.infer(windows)
-    single = [plugin.infer([w])[0] for w in windows]
+    batched = plugin.analyze(windows)
+    single = [plugin.analyze([w])[0] for w in windows]
     for one, many in zip(single, batched, strict=True):
         assert one.method == many.method
         assert one.pairs == many.pairs
@@ -210,7 +210,7 @@ def test_no_flash_or_silence_gives_null_not_garbage() -> None:
     # Flashes and beeps, but every beep 600 ms away from every flash (half the period).
     unpaired = pattern_window(Fraction(30), 48000, 600.0, rng)
     control = pattern_window(Fraction(30), 48000, 0.0, rng)
-    results = plugin.infer([no_flash, silent, unpaired, control])
+    results = plugin.analyze([no_flash, silent, unpaired, control])
     _null(results[0])
     assert results[0].reason == "no flash onset"
     _null(results[1])
@@ -235,7 +235,7 @@ def test_auto_falls_back_to_motion_without_a_pattern(plugin: AvSyncPlugin) -> No
         30.0,
         ClockKind.SYNTHETIC,
     )
-    (result,) = plugin.infer([silent])
+    (result,) = plugin.analyze([silent])
     assert result.method == "motion"
     _null(result)
 
@@ -247,9 +247,9 @@ def test_batch_of_256_windows_is_fast(plugin: AvSyncPlugin) -> None:
         for lead in np.linspace(-400, 400, 8)
     ]
     batch = distinct * 32
-    plugin.infer(batch[:4])  # warm up torch's kernels
+    plugin.analyze(batch[:4])  # warm up torch's kernels
     started = time.perf_counter()
-    results = plugin.infer(batch)
+    results = plugin.analyze(batch)
     elapsed = time.perf_counter() - started
     print(f"infer(256 windows of 2 s, 30 fps, 48 kHz): {elapsed:.2f} s")
     assert len(results) == 256

@@ -94,7 +94,7 @@ def motion_plugin() -> AvSyncPlugin:
 
 def test_motion_recovers_a_known_shift(motion_plugin: AvSyncPlugin) -> None:
     windows = [mouth_window(lead, seed=seed) for seed in SEEDS for lead in LEADS_MS]
-    results = motion_plugin.infer(windows)
+    results = motion_plugin.analyze(windows)
     est = np.array([r.audio_lead_ms for r in results], dtype=float).reshape(len(SEEDS), -1)
     assert all(r.method == "motion" and r.peak is not None for r in results)
     assert all(r.peak is not None and r.peak.region == "frame" for r in results)
@@ -112,9 +112,9 @@ def test_motion_recovers_a_known_shift(motion_plugin: AvSyncPlugin) -> None:
 
 def test_motion_batch_matches_single_calls(motion_plugin: AvSyncPlugin) -> None:
     windows = [mouth_window(lead, seed=3) for lead in (-80.0, 120.0)]
-    batched = motion_plugin.infer(windows)
+    batched = motion_plugin.analyze(windows)
     for window, many in zip(windows, batched, strict=True):
-        (one,) = motion_plugin.infer([window])
+        (one,) = motion_plugin.analyze([window])
         assert one.audio_lead_ms is not None
         assert many.audio_lead_ms is not None
         assert many.audio_lead_ms == pytest.approx(one.audio_lead_ms, abs=1e-6)
@@ -148,7 +148,7 @@ def test_no_motion_or_silence_gives_null(motion_plugin: AvSyncPlugin) -> None:
         25.0,
         ClockKind.PTS,
     )
-    results = motion_plugin.infer([still, silent, no_video])
+    results = motion_plugin.analyze([still, silent, no_video])
     for result, reason in zip(
         results, ("no motion", "silent audio", "too few video frames"), strict=True
     ):
@@ -224,7 +224,7 @@ def test_talking_head_shift(shared_media: Path, motion_plugin: AvSyncPlugin) -> 
     estimates: dict[float, npt.NDArray[np.float64]] = {}
     regions = set()
     for shift in (-200.0, 0.0, 200.0):
-        results = motion_plugin.infer(_clip_windows(frames, audio, rate, audio_start_ns, shift))
+        results = motion_plugin.analyze(_clip_windows(frames, audio, rate, audio_start_ns, shift))
         regions |= {r.peak.region for r in results if r.peak is not None}
         estimates[shift] = np.array(
             [np.nan if r.audio_lead_ms is None else r.audio_lead_ms for r in results]

@@ -51,7 +51,7 @@ async def test_pattern_offsets_within_2ms(
     plugin: AvSyncPlugin, lead_ms: float, fps: object, rate: int
 ) -> None:
     _, windows = await _windows(audio_lead_ms=lead_ms, fps=fps, sample_rate=rate, duration_s=12.0)
-    results = plugin.infer(windows)
+    results = plugin.analyze(windows)
     estimates = [r.audio_lead_ms for r in results if r.audio_lead_ms is not None]
     assert len(estimates) >= len(windows) // 2
     assert all(r.method == "flash" for r in results if r.audio_lead_ms is not None)
@@ -65,7 +65,7 @@ async def test_pattern_drift_100ppm_within_20ppm_after_60s(plugin: AvSyncPlugin)
     events = []
     for start in range(0, len(windows), 64):
         batch = windows[start : start + 64]
-        for window, result in zip(batch, plugin.infer(batch), strict=True):
+        for window, result in zip(batch, plugin.analyze(batch), strict=True):
             events += session.update(window, result)
     offsets = [e for e in events if e.type == "sync.offset"]
     drift = offsets[-1].data["drift_ppm"]

@@ -215,9 +215,9 @@ def test_batch_across_streams_and_rates_equals_one_by_one(plugin: object) -> Non
         _window("c", 0, (0.2 * rng.standard_normal(88200)).astype(np.float32), 44100),
         _window("d", 1, np.zeros(0, np.float32), 0),
     ]
-    together = plugin.infer(windows)  # type: ignore[attr-defined]
+    together = plugin.probabilities(windows)  # type: ignore[attr-defined]
     for window, result in zip(windows, together, strict=True):
-        (alone,) = plugin.infer([window])  # type: ignore[attr-defined]
+        (alone,) = plugin.probabilities([window])  # type: ignore[attr-defined]
         assert result.first_chunk == alone.first_chunk
         np.testing.assert_allclose(result.probs, alone.probs, atol=1e-5)
     # Chunks lie on the stream's 32 ms grid inside the window.
@@ -230,11 +230,11 @@ def test_batch_across_streams_and_rates_equals_one_by_one(plugin: object) -> Non
 @needs_media
 def test_missing_audio_is_silence(plugin: object) -> None:
     audio = _speechy(2.0, 16000)
-    full = plugin.infer([_window("s", 0, audio, 16000)])[0]  # type: ignore[attr-defined]
+    full = plugin.probabilities([_window("s", 0, audio, 16000)])[0]  # type: ignore[attr-defined]
     assert full.probs.max() > 0.9
     valid = np.ones(len(audio), np.bool_)
     valid[: len(audio) // 2] = False
-    half = plugin.infer([_window("s", 0, audio, 16000, valid=valid)])[0]  # type: ignore[attr-defined]
+    half = plugin.probabilities([_window("s", 0, audio, 16000, valid=valid)])[0]  # type: ignore[attr-defined]
     n = len(half.probs)
     assert not half.valid[: n // 2 - 1].any()
     assert half.valid[n // 2 + 1 :].all()

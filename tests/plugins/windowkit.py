@@ -14,6 +14,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from chainkit import PluginChain, with_providers
+
 from crossmodald.bus.events import Event
 from crossmodald.ingest import create_source
 from crossmodald.ingest.base import Source
@@ -27,6 +29,7 @@ from crossmodald.media import (
     VideoFrame,
     Window,
 )
+from crossmodald.runtime.plugin import PluginConfig
 from crossmodald.service.config import MediaSourceConfig, PatternSourceConfig, WindowConfig
 from crossmodald.service.evaluate import DecodedMedia
 from crossmodald.window import Windower
@@ -82,19 +85,9 @@ def run_plugin(
 ) -> dict[str, list[Event]]:
     """Feed a loaded plugin the windows of several streams; its events per stream.
 
-    Window ``i`` of every stream goes into one ``infer`` call. Where the plugin contract v2's
-    synchronous chain exists (``crossmodald.runtime.harness``, branch wip-plugins), the plugin
-    runs behind the providers its config requires, as the host runs it.
+    Window ``i`` of every stream goes into one ``infer`` call; the plugin runs behind the
+    providers its config requires (:mod:`chainkit`), as the daemon's host runs it.
     """
-    try:
-        from crossmodald.runtime.harness import (  # type: ignore[import-not-found]
-            PluginChain,
-            with_providers,
-        )
-    except ImportError:
-        return _run_plugin_v1(plugin, streams)
-    from crossmodald.runtime.plugin import PluginConfig
-
     config = getattr(plugin, "config", None)
     device = str(getattr(plugin, "device", "cpu"))
     chain = PluginChain(
@@ -110,23 +103,6 @@ def run_plugin(
     for name in streams:
         chain.close(name)
     return {name: chain.events[plugin.name].get(name, []) for name in streams}
-
-
-def _run_plugin_v1(
-    plugin: Any, streams: Mapping[str, tuple[StreamInfo, Sequence[Window]]]
-) -> dict[str, list[Event]]:
-    sessions = {name: plugin.open(info) for name, (info, _w) in streams.items()}
-    events: dict[str, list[Event]] = {name: [] for name in streams}
-    depth = max((len(w) for _i, w in streams.values()), default=0)
-    for index in range(depth):
-        batch = [(name, w[index]) for name, (_i, w) in streams.items() if index < len(w)]
-        results = plugin.infer([window for _n, window in batch])
-        assert len(results) == len(batch), f"{len(results)} results for {len(batch)} windows"
-        for (name, window), result in zip(batch, results, strict=True):
-            events[name] += sessions[name].update(window, result)
-    for name, session in sessions.items():
-        events[name] += session.close()
-    return events
 
 
 def build_source(config: MediaSourceConfig | PatternSourceConfig) -> Source:

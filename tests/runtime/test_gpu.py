@@ -53,8 +53,8 @@ def test_avsync_on_cuda_matches_cpu() -> None:
 
     windows = pattern_windows(12, -70.0)
     config = AvSyncConfig(type="avsync", method="flash", face_detection=False)
-    cpu = AvSyncFactory.create(config, "cpu").infer(windows)
-    gpu = AvSyncFactory.create(config, "cuda:0").infer(windows)
+    cpu = AvSyncFactory.create(config, "cpu").analyze(windows)
+    gpu = AvSyncFactory.create(config, "cuda:0").analyze(windows)
     for a, b in zip(cpu, gpu, strict=True):
         assert (a.audio_lead_ms is None) == (b.audio_lead_ms is None)
         if a.audio_lead_ms is not None and b.audio_lead_ms is not None:

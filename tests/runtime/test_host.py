@@ -13,7 +13,7 @@ import pytest
 from crossmodald.bus.events import Event
 from crossmodald.media import ClockKind, StreamInfo, Window
 from crossmodald.runtime.host import OFFLINE_BATCH, OFFLINE_GATHER_S, Overload, PluginHost
-from crossmodald.runtime.plugin import PluginConfig
+from crossmodald.runtime.plugin import BatchItem, PluginConfig
 
 
 class CountConfig(PluginConfig):
@@ -34,12 +34,17 @@ class CountSession:
         self.closed = True
         return [Event("test.closed", self.stream, 0, 0)]
 
+    def status(self) -> dict[str, Any]:
+        return {"closed": self.closed}
+
 
 class CountPlugin:
     """Records every batch it sees; can be told to fail or to wait."""
 
     name = "count"
     config_model: ClassVar[type[PluginConfig]] = CountConfig
+    provides = None
+    metrics = ()
 
     def __init__(self) -> None:
         self.batches: list[list[tuple[str, int]]] = []
@@ -51,10 +56,14 @@ class CountPlugin:
     def check_stream(self, stream: StreamInfo) -> str | None:
         return None if stream.has_audio else "has no audio"
 
+    def new_state(self, stream: StreamInfo) -> None:
+        return None
+
     def open(self, stream: StreamInfo) -> CountSession:
         return CountSession(stream.name)
 
-    def infer(self, batch: Sequence[Window]) -> list[Any]:
+    def infer(self, items: Sequence[BatchItem[None]]) -> list[Any]:
+        batch = [item.window for item in items]
         self.gate.wait(5)
         self.threads.add(threading.current_thread().name)
         self.batches.append([(w.stream, w.index) for w in batch])

@@ -172,7 +172,34 @@ RATES = web.AppKey("api_metric_rates", RateMeter)
 # -- collectors ---------------------------------------------------------------------------------
 
 
-def _stream_metrics(out: MetricsText, streams: list[dict[str, Any]], rates: RateMeter) -> None:
+def _plugin_stream_metrics(
+    out: MetricsText, stream: dict[str, Any], plugins: list[dict[str, Any]]
+) -> None:
+    """The per-stream metrics every plugin declares, read from its session's status.
+
+    Built-in and third-party plugins alike: a declared metric ``name`` with status key ``key``
+    becomes ``name{stream, plugin, **labels}`` = ``plugin_status[plugin][key]`` (True/False as
+    1/0; a missing, None or non-numeric value gives no sample).
+    """
+    statuses = stream.get("plugin_status") or {}
+    for p in plugins:
+        plugin = str(p.get("plugin", ""))
+        status = statuses.get(plugin)
+        for spec in p.get("metrics") or ():
+            value = status.get(spec["key"]) if isinstance(status, dict) else None
+            number = value if isinstance(value, int | float) else None  # bool is an int
+            labels = {"stream": str(stream.get("name", "")), "plugin": plugin}
+            labels.update({str(k): str(v) for k, v in (spec.get("labels") or {}).items()})
+            out.add(spec["name"], spec["type"], spec["help"], number, labels)
+
+
+def _stream_metrics(
+    out: MetricsText,
+    streams: list[dict[str, Any]],
+    rates: RateMeter,
+    plugins: list[dict[str, Any]] | None = None,
+) -> None:
+    plugins = plugins or []
     names: list[str] = []
     for s in streams:
         name = str(s.get("name", ""))
@@ -297,26 +324,7 @@ def _stream_metrics(out: MetricsText, streams: list[dict[str, Any]], rates: Rate
             rates_ppm.get("av_drift_ppm"),
             lab,
         )
-        sync = s.get("sync") or {}
-        lead = sync.get("audio_lead_ms")
-        out.add(
-            "crossmodald_stream_audio_lead_ms",
-            "gauge",
-            "Latest A/V offset (positive: audio ahead of video).",
-            float(lead) if isinstance(lead, int | float) else None,
-            lab,
-        )
-        drift = sync.get("drift_ppm")
-        out.add(
-            "crossmodald_stream_sync_drift_ppm",
-            "gauge",
-            "A/V drift the sync analysis estimates (ppm).",
-            float(drift) if isinstance(drift, int | float) else None,
-            lab,
-        )
-        out.add(
-            "crossmodald_stream_alarm", "gauge", "1 while a sync alarm is on.", s.get("alarm"), lab
-        )
+        _plugin_stream_metrics(out, s, plugins)
     rates.retain(names)
 
 
@@ -600,9 +608,10 @@ def render(app: web.Application) -> str:
     out.add(
         "crossmodald_ready", "gauge", "1 once the daemon is ready to serve.", state.streams.ready()
     )
-    _stream_metrics(out, state.streams.streams(), rates)
+    plugins = state.streams.plugin_stats() if isinstance(state.streams, PluginStatsView) else []
+    _stream_metrics(out, state.streams.streams(), rates, plugins)
     if isinstance(state.streams, PluginStatsView):
-        _plugin_metrics(out, state.streams.plugin_stats())
+        _plugin_metrics(out, plugins)
     _bus_metrics(out, state.bus)
     _api_metrics(out, app)
     _process_metrics(out)

@@ -7,8 +7,20 @@ thread (so the event loop never blocks on a model), and hands each result to the
 windows are dropped and counted when it is full; in ``block`` mode (offline analysis) submitters
 wait while one batch is already waiting, and the worker gathers a batch of
 :data:`OFFLINE_BATCH` windows (at most ``max_batch`` and ``queue_size``) before it calls the
-model, unless a stream closes or the oldest window has waited :data:`OFFLINE_GATHER_S`. A plugin that raises is isolated: the error is counted and reported as a ``plugin.error``
-event, and the streams and other plugins go on.
+model, unless a stream closes or the oldest window has waited :data:`OFFLINE_GATHER_S`. A plugin
+that raises is isolated: the error is counted and reported as a ``plugin.error`` event, and the
+streams and other plugins go on.
+
+The host owns each stream's plugin state (:meth:`Plugin.new_state`) and passes it back with the
+stream's windows; one worker per host means no two ``infer`` calls of a plugin overlap.
+
+Providers and consumers (see :mod:`crossmodald.runtime.plugin`): :func:`link_hosts` connects
+every consumer host to the hosts providing what its config requires. A provider hands its result
+for each window to its consumers (:meth:`PluginHost.deliver`); a consumer's worker waits until
+every window of its batch has its products, then calls ``infer`` with them. A window the
+provider dropped on overload is dropped by the consumer too (counted); a window the provider
+failed on is a ``plugin.error`` of the consumer for that window, naming the provider. A *silent*
+host (a provider the registry added for a consumer) publishes no events of its own.
 """
 
 from __future__ import annotations
@@ -18,15 +30,24 @@ import contextlib
 import enum
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from crossmodald.bus.events import Event
+from crossmodald.bus.events import Event, JsonValue
 from crossmodald.media import StreamInfo, Window
-from crossmodald.runtime.plugin import Plugin, PluginConfig, Session
+from crossmodald.runtime.plugin import (
+    BatchItem,
+    Inputs,
+    MetricSpec,
+    Need,
+    Plugin,
+    PluginConfig,
+    ProductKey,
+    Session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +60,13 @@ Publish = Callable[[Event], object]
 OFFLINE_BATCH = 8
 #: Offline, a batch goes to the model after this long even if not full (a slow network input).
 OFFLINE_GATHER_S = 0.25
+
+
+#: Products held for windows a consumer has not taken yet, per consumer (a bound: entries for
+#: windows the consumer dropped are evicted oldest first).
+INBOX_LIMIT = 4096
+#: Closed streams whose last session status is kept (``/v1/streams`` lists ended streams).
+CLOSED_STATUS_LIMIT = 1024
 
 
 class Overload(enum.StrEnum):
@@ -67,6 +95,26 @@ class HostStats:
 
 
 @dataclass(frozen=True, slots=True)
+class _Dropped:
+    """The provider dropped this window on overload."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """The provider failed on this window."""
+
+    message: str
+
+
+_DROPPED = _Dropped()
+_WindowKey = tuple[str, int, int]
+
+
+def _key(window: Window) -> _WindowKey:
+    return (window.stream, window.start_ns, window.end_ns)
+
+
+@dataclass(frozen=True, slots=True)
 class _CloseMarker:
     stream: str
     done: asyncio.Future[None]
@@ -77,35 +125,119 @@ class PluginHost:
 
     def __init__(
         self,
-        plugin: Plugin,
+        plugin: Plugin[Any, Any],
         config: PluginConfig,
         publish: Publish,
         *,
         overload: Overload = Overload.DROP_OLDEST,
+        silent: bool = False,
     ) -> None:
         self.plugin = plugin
         self.name = plugin.name
         self.config = config
+        #: A provider added for a consumer: its sessions' events and errors are not published.
+        self.silent = silent
         self._publish = publish
         self._overload = overload
         self._queue: deque[Window | _CloseMarker] = deque()
         self._windows_queued = 0
         self._markers_queued = 0
         self._changed = asyncio.Condition()
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, Session[Any]] = {}
+        self._states: dict[str, Any] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"plugin:{self.name}")
         self.stats = HostStats()
         self._closed = False
+        self.needs: tuple[Need, ...] = tuple(config.requires())
+        self.provides: ProductKey[Any] | None = plugin.provides
+        # Provider hosts per needed product (a reload may briefly leave an old and a new one).
+        self._providers: dict[ProductKey[Any], list[PluginHost]] = {}
+        self._consumers: list[PluginHost] = []
+        self._inbox: OrderedDict[_WindowKey, dict[ProductKey[Any], object]] = OrderedDict()
+        self._inbox_changed = asyncio.Event()
+        self._closed_status: OrderedDict[str, dict[str, JsonValue]] = OrderedDict()
+
+    # -- providers and consumers ---------------------------------------------------------
+
+    def add_provider(self, key: ProductKey[Any], provider: PluginHost) -> None:
+        """Take ``key`` from ``provider`` (its results for this host's streams' windows)."""
+        hosts = self._providers.setdefault(key, [])
+        if provider not in hosts:
+            hosts.append(provider)
+        if self not in provider._consumers:
+            provider._consumers.append(self)
+
+    def remove_provider(self, provider: PluginHost) -> None:
+        """Stop taking products from a retired ``provider``."""
+        for hosts in self._providers.values():
+            if provider in hosts:
+                hosts.remove(provider)
+        if self in provider._consumers:
+            provider._consumers.remove(self)
+
+    def deliver(self, key: ProductKey[Any], window: Window, value: object) -> None:
+        """A provider's product for one window (or that it dropped / failed on it)."""
+        if window.stream not in self._sessions:
+            return
+        self._inbox.setdefault(_key(window), {})[key] = value
+        while len(self._inbox) > INBOX_LIMIT:
+            self._inbox.popitem(last=False)
+        self._inbox_changed.set()
+
+    def _serving(self, key: ProductKey[Any], stream: str) -> bool:
+        return any(h.has_stream(stream) for h in self._providers.get(key, ()))
+
+    def _awaited(self, window: Window) -> list[ProductKey[Any]]:
+        return [n.key for n in self.needs if self._serving(n.key, window.stream)]
+
+    def _inputs_ready(self, batch: Sequence[Window]) -> bool:
+        for window in batch:
+            got = self._inbox.get(_key(window), {})
+            if any(key not in got for key in self._awaited(window)):
+                return False
+        return True
+
+    async def _wait_inputs(self, batch: Sequence[Window]) -> None:
+        while not self._inputs_ready(batch):
+            self._inbox_changed.clear()
+            if self._inputs_ready(batch):
+                return
+            await self._inbox_changed.wait()
 
     # -- streams -------------------------------------------------------------------------
 
     def open_stream(self, info: StreamInfo) -> str | None:
-        """Start a session for ``info``; returns why the plugin refuses the stream, or None."""
+        """Start a session for ``info``; returns why the plugin refuses the stream, or None.
+
+        A consumer refuses a stream no provider of a required product analyses (so providers
+        are opened first: hosts in dependency order).
+        """
         reason = self.plugin.check_stream(info)
         if reason is not None:
             return reason
+        for need in self.needs:
+            if not need.optional and not self._serving(need.key, info.name):
+                return f"needs {need.key.name}, which no plugin provides for this stream"
+        self._closed_status.pop(info.name, None)
+        self._states[info.name] = self.plugin.new_state(info)
         self._sessions[info.name] = self.plugin.open(info)
         return None
+
+    def stream_status(self, stream: str) -> dict[str, JsonValue] | None:
+        """The status the stream's session reports (after it closed: its last status; None:
+        the plugin never analysed the stream)."""
+        session = self._sessions.get(stream)
+        if session is None:
+            return self._closed_status.get(stream)
+        try:
+            return dict(session.status())
+        except Exception:
+            log.exception("plugin %s: session status failed on %s", self.name, stream)
+            return None
+
+    def metric_specs(self) -> Sequence[MetricSpec]:
+        """The per-stream metrics the plugin declares."""
+        return tuple(self.plugin.metrics)
 
     def has_stream(self, stream: str) -> bool:
         return stream in self._sessions
@@ -141,14 +273,21 @@ class PluginHost:
             self.stats.windows_in += 1
             self._changed.notify_all()
 
+    def _count_drop(self, window: Window) -> None:
+        self.stats.windows_dropped += 1
+        by_stream = self.stats.dropped_by_stream
+        by_stream[window.stream] = by_stream.get(window.stream, 0) + 1
+        self._inbox.pop(_key(window), None)
+        if self.provides is not None:
+            for consumer in self._consumers:
+                consumer.deliver(self.provides, window, _DROPPED)
+
     def _drop_oldest_window(self) -> None:
         for index, item in enumerate(self._queue):
             if isinstance(item, Window):
                 del self._queue[index]
                 self._windows_queued -= 1
-                self.stats.windows_dropped += 1
-                by_stream = self.stats.dropped_by_stream
-                by_stream[item.stream] = by_stream.get(item.stream, 0) + 1
+                self._count_drop(item)
                 if (
                     self.stats.windows_dropped in (1, 10, 100)
                     or self.stats.windows_dropped % 1000 == 0
@@ -194,6 +333,8 @@ class PluginHost:
                     batch, marker = self._take_batch()
                     self._changed.notify_all()
                 if batch:
+                    if self.needs:
+                        await self._wait_inputs(batch)
                     await self._run_batch(batch)
                 if marker is not None:
                     self._close_session(marker)
@@ -202,6 +343,10 @@ class PluginHost:
             for item in self._queue:
                 if isinstance(item, _CloseMarker) and not item.done.done():
                     item.done.set_result(None)
+                elif isinstance(item, Window) and self.provides is not None:
+                    # Consumers must not wait for windows this worker will never run.
+                    for consumer in self._consumers:
+                        consumer.deliver(self.provides, item, _DROPPED)
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _take_batch(self) -> tuple[list[Window], _CloseMarker | None]:
@@ -219,22 +364,73 @@ class PluginHost:
             batch.append(item)
         return batch, None
 
+    def _items(self, batch: list[Window]) -> tuple[list[BatchItem[Any]], list[Window]]:
+        """The batch items with their inputs; windows the providers dropped or failed on are
+        counted (dropped) or reported (error) and left out."""
+        items: list[BatchItem[Any]] = []
+        kept: list[Window] = []
+        for window in batch:
+            got = self._inbox.pop(_key(window), {})
+            values: dict[ProductKey[Any], object] = {}
+            problem: str | None = None
+            dropped = False
+            for need in self.needs:
+                value = got.get(need.key)
+                if isinstance(value, _Dropped):
+                    dropped = dropped or not need.optional
+                elif isinstance(value, _Failed):
+                    if not need.optional:
+                        problem = f"input {need.key.name} unavailable: {value.message}"
+                elif value is not None:
+                    values[need.key] = value
+                elif not need.optional:
+                    problem = f"input {need.key.name} unavailable: no provider analysed the window"
+            if dropped:
+                self._count_drop(window)
+                continue
+            if problem is not None:
+                self.stats.errors += 1
+                self._report_error(window.stream, [window], problem)
+                self._fail_consumers([window], problem)
+                continue
+            items.append(BatchItem(window, self._states.get(window.stream), Inputs(values)))
+            kept.append(window)
+        return items, kept
+
+    def _fail_consumers(self, windows: Sequence[Window], message: str) -> None:
+        if self.provides is None:
+            return
+        failed = _Failed(f"provider {self.name} failed: {message}")
+        for consumer in self._consumers:
+            for window in windows:
+                consumer.deliver(self.provides, window, failed)
+
     async def _run_batch(self, batch: list[Window]) -> None:
+        items, batch = self._items(batch)
+        if not batch:
+            return
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._executor, self._infer, batch)
+            results = await loop.run_in_executor(self._executor, self._infer, items)
         except Exception as exc:  # a plugin fault must not take the daemon down
             self.stats.errors += 1
             log.exception("plugin %s: inference failed on a batch of %d", self.name, len(batch))
+            message = f"{type(exc).__name__}: {exc}"
             for stream in sorted({w.stream for w in batch}):
-                self._report_error(stream, batch, exc)
+                self._report_error(stream, batch, message)
+            self._fail_consumers(batch, message)
             return
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         self.stats.batches += 1
         self.stats.last_batch_size = len(batch)
         self.stats.last_infer_ms = elapsed_ms
         self.stats.infer_ms_total += elapsed_ms
+        if self.provides is not None:
+            # Consumers' workers can start on this batch while our sessions make events.
+            for consumer in self._consumers:
+                for window, result in zip(batch, results, strict=True):
+                    consumer.deliver(self.provides, window, result)
         done_ns = time.monotonic_ns()
         for window, result in zip(batch, results, strict=True):
             session = self._sessions.get(window.stream)
@@ -252,18 +448,29 @@ class PluginHost:
             except Exception as exc:
                 self.stats.errors += 1
                 log.exception("plugin %s: session update failed on %s", self.name, window.stream)
-                self._report_error(window.stream, [window], exc)
+                self._report_error(window.stream, [window], f"{type(exc).__name__}: {exc}")
                 continue
-            for event in events:
-                self._publish(event)
+            if not self.silent:
+                for event in events:
+                    self._publish(event)
 
-    def _infer(self, batch: Sequence[Window]) -> Sequence[Any]:
-        results = self.plugin.infer(batch)
-        if len(results) != len(batch):
-            raise RuntimeError(f"returned {len(results)} results for {len(batch)} windows")
+    def _infer(self, items: Sequence[BatchItem[Any]]) -> Sequence[Any]:
+        results = self.plugin.infer(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"returned {len(results)} results for {len(items)} windows")
+        key = self.provides
+        if key is not None:
+            for result in results:
+                if not isinstance(result, key.type):
+                    raise TypeError(
+                        f"provides {key.name} but returned {type(result).__name__}, "
+                        f"not {key.type.__name__}"
+                    )
         return results
 
-    def _report_error(self, stream: str, batch: Sequence[Window], exc: BaseException) -> None:
+    def _report_error(self, stream: str, batch: Sequence[Window], message: str) -> None:
+        if self.silent:
+            return  # the consumers report the failure for their windows
         spans = [w for w in batch if w.stream == stream]
         self._publish(
             Event(
@@ -273,7 +480,7 @@ class PluginHost:
                 end_ns=max(w.end_ns for w in spans),
                 data={
                     "plugin": self.name,
-                    "message": f"{type(exc).__name__}: {exc}",
+                    "message": message,
                     "count": self.stats.errors,
                 },
                 clock=spans[0].clock,
@@ -281,12 +488,20 @@ class PluginHost:
         )
 
     def _close_session(self, marker: _CloseMarker) -> None:
+        final = self.stream_status(marker.stream)
+        if final is not None:
+            self._closed_status[marker.stream] = final
+            while len(self._closed_status) > CLOSED_STATUS_LIMIT:
+                self._closed_status.popitem(last=False)
         session = self._sessions.pop(marker.stream, None)
+        self._states.pop(marker.stream, None)
         self.stats.window_latency_ms_by_stream.pop(marker.stream, None)  # bounded by live streams
         try:
             if session is not None:
-                for event in session.close():
-                    self._publish(event)
+                events = session.close()
+                if not self.silent:
+                    for event in events:
+                        self._publish(event)
         except Exception:
             self.stats.errors += 1
             log.exception("plugin %s: session close failed on %s", self.name, marker.stream)
@@ -304,6 +519,19 @@ class PluginHost:
         s = self.stats
         return {
             "plugin": self.name,
+            "silent": self.silent,
+            "provides": self.provides.name if self.provides is not None else None,
+            "requires": [{"product": n.key.name, "optional": n.optional} for n in self.needs],
+            "metrics": [
+                {
+                    "name": m.name,
+                    "type": m.type,
+                    "help": m.help,
+                    "key": m.key,
+                    "labels": dict(m.labels),
+                }
+                for m in self.plugin.metrics
+            ],
             "queue_depth": self._windows_queued,
             "windows_in": s.windows_in,
             "windows_done": s.windows_done,
@@ -320,3 +548,29 @@ class PluginHost:
             },
             "dropped_by_stream": dict(s.dropped_by_stream),
         }
+
+
+def link_hosts(hosts: Iterable[PluginHost]) -> None:
+    """Connect every consumer host to the hosts providing the products its config requires.
+
+    Call after building the hosts and after each reload swap; whoever retires a host unlinks
+    it (:meth:`PluginHost.remove_provider`) once it has drained, so a consumer may briefly take
+    a product from an old and a new provider.
+
+    Raises:
+        ValueError: A required product that no host provides (the registry prevents this).
+    """
+    hosts = list(hosts)
+    by_key: dict[ProductKey[Any], list[PluginHost]] = {}
+    for host in hosts:
+        if host.provides is not None:
+            by_key.setdefault(host.provides, []).append(host)
+    for host in hosts:
+        for need in host.needs:
+            providers = by_key.get(need.key, [])
+            if not providers and not need.optional:
+                raise ValueError(
+                    f"plugin {host.name!r} needs {need.key.name}: no plugin provides it"
+                )
+            for provider in providers:
+                host.add_provider(need.key, provider)

@@ -19,10 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crossmodald.bus.events import Envelope, Event, Phase
+from crossmodald.bus.events import Envelope, Event
 from crossmodald.ingest.base import Source, SourceError
+from crossmodald.ingest.webrtc import SYNC_TRANSPORT
 from crossmodald.runtime.device import configure_threads, resolve_device
-from crossmodald.runtime.host import Overload, PluginHost
+from crossmodald.runtime.host import Overload, PluginHost, link_hosts
 from crossmodald.runtime.registry import LoadedConfig, PluginLoadError, PluginRegistry
 from crossmodald.service.config import ConfigError, DaemonConfig, JsonlSinkConfig
 from crossmodald.service.lifecycle import run_stage, run_stage_call
@@ -180,12 +181,10 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
         envelope = self.bus.publish(event)
         state = self.stream_states.get(event.stream)
         if state is not None:
-            if event.type == "sync.offset":
-                state.last_offset = dict(event.data)
-            elif event.type == "sync.transport":
+            # Plugin values reach /v1/streams through their sessions' status, not events; the
+            # transport offset is the WebRTC source's own event.
+            if event.type == SYNC_TRANSPORT:
                 state.transport = dict(event.data)
-            elif event.type == "sync.alarm":
-                state.alarm = event.phase is Phase.START
             elif event.type == "stream.fault":
                 state.faults += 1
         for listener in self._listeners:
@@ -205,12 +204,15 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
             log.info("torch uses %d thread(s) per inference call", threads)
         for loaded in self._plugin_configs:
             self.hosts.append(await self._load_host(loaded))
+        link_hosts(self.hosts)
 
     async def _load_host(self, loaded: LoadedConfig) -> PluginHost:
         device = resolve_device(loaded.config.device)
         plugin = await asyncio.to_thread(self.registry.create, loaded, device)
         log.info("plugin %s loaded on %s", loaded.config.type, device)
-        return PluginHost(plugin, loaded.config, self.publish, overload=self._overload)
+        return PluginHost(
+            plugin, loaded.config, self.publish, overload=self._overload, silent=loaded.silent
+        )
 
     async def run(self, stop: asyncio.Event, *, exit_when_sources_end: bool = False) -> int:
         """Run until ``stop`` is set (or every source ended, when asked); returns an exit code.
@@ -423,6 +425,11 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
             try:
                 for name in (*diff.plugins_added, *diff.plugins_changed):
                     new_hosts[name] = await self._load_host(by_type[name])
+                running = {h.name for h in self.hosts}
+                for loaded in plugin_configs:  # providers the registry added for a consumer
+                    name = loaded.config.type
+                    if loaded.silent and name not in running and name not in new_hosts:
+                        new_hosts[name] = await self._load_host(loaded)
                 for name in (*diff.sources_added, *diff.sources_changed):
                     new_sources[name] = self._source_factory(new_by_name[name])
                 for sink_config in new.sinks:

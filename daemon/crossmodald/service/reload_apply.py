@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from crossmodald.bus.bus import EventBus
 from crossmodald.ingest.base import Source
 from crossmodald.media import StreamInfo
-from crossmodald.runtime.host import PluginHost
+from crossmodald.runtime.host import PluginHost, link_hosts
 from crossmodald.service.config import DaemonConfig, JsonlSinkConfig, SourceConfig
 from crossmodald.service.lifecycle import run_stage, run_stage_call
 from crossmodald.service.reload import ConfigDiff
@@ -105,6 +105,8 @@ class ReloadApplier:
         for host in new_hosts.values():
             self.hosts.append(host)
             self._start_host(host)
+        # Consumers take products from new providers (before streams open on new consumers).
+        link_hosts(self.hosts)
         for state in self.stream_states.values():
             for old_host, _task in retired:
                 if old_host in state.hosts:
@@ -119,6 +121,8 @@ class ReloadApplier:
                 _retire(old_host, task, list(self.stream_states)),
                 service.drain_plugins_s,
             )
+            for host in self.hosts:
+                host.remove_provider(old_host)
         # Sinks: close removed and changed ones (everything they hold is written), then open
         # added and changed ones.
         closed_at: dict[str, int] = {}

@@ -49,10 +49,8 @@ class StreamState:
     last_media_ns: int | None = None
     plugins: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
-    last_offset: dict[str, Any] | None = None
     #: The latest ``sync.transport`` data (WebRTC: the A/V offset the network adds).
     transport: dict[str, Any] | None = None
-    alarm: bool = False
     windower: Windower | None = None
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -99,10 +97,12 @@ class StreamState:
             else None,
             "plugins": list(self.plugins),
             "refused": dict(self.refused),
-            "sync": self.last_offset,
             "transport": self.transport,
+            # Every plugin's own per-stream status, the same way for built-in and third-party.
+            "plugin_status": {
+                h.name: h.stream_status(self.name) for h in self.hosts if not h.silent
+            },
             "clock_rates": self.clock_rates(),
-            "alarm": self.alarm,
         }
         if self.windower is not None:
             out["windows"] = self.windower.stats.as_dict()

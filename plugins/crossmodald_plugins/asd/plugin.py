@@ -1,7 +1,8 @@
 """The ``speaker`` plugin: who is talking (per face track, per frame) and the lip-sync offset.
 
-Per window, for every face track (from :class:`crossmodald_plugins.faces.FaceTracker`, one per
-stream), on a 25 fps slot grid starting at the window's first frame:
+Per window, for every face track (the ``faces`` plugin's
+:data:`~crossmodald_plugins.products.FACE_TRACKS`: one tracker per stream, shared with every
+other consumer), on a 25 fps slot grid starting at the window's first frame:
 
 * a speaking probability per slot from Light-ASD (face crops + MFCCs), or, without weights, from
   the weight-free mouth-motion fallback;
@@ -22,9 +23,14 @@ Events (per stream):
   (median of recent confident values), ``drift_ppm`` (None: not estimated here), ``track_id``.
 * ``dialogue.turn`` (with ``turns``, the default): at the end of each speech segment, who spoke
   it: data ``speaker`` (a track id, or "off-screen"), ``confidence``, ``score``, ``method``.
-  Speech comes from Silero VAD run on the same windows inside the same :meth:`infer` call (the
-  ``speech`` plugin's model and segmenter, so both agree on where speech is); the speaking face
-  from the per-slot scores above (:func:`crossmodald_plugins.vad.turns.attribute_turns`).
+  Speech comes from the ``speech`` plugin's VAD probabilities for the same window
+  (:data:`~crossmodald_plugins.products.SPEECH`, one VAD pass per stream) through its segmenter
+  with default settings; the speaking face from the per-slot scores above
+  (:func:`crossmodald_plugins.vad.turns.attribute_turns`).
+
+The face tracker's settings (``detect_every``, ``min_face``, ...) belong to the ``faces`` table;
+without one, the registry runs ``faces`` (and, with ``turns``, ``speech``) silently with its
+defaults.
 """
 
 from __future__ import annotations
@@ -32,9 +38,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import statistics
-import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -42,14 +47,14 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import numpy.typing as npt
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from crossmodald.bus.events import Event, JsonValue, Phase
 from crossmodald.media import NS_PER_MS, NS_PER_S, StreamInfo, U8Image, Window
-from crossmodald.runtime.plugin import PluginConfig
-from crossmodald_plugins.faces import Box, FaceTracker, FaceTrackerConfig, Track
-from crossmodald_plugins.vad.model import SileroVad
-from crossmodald_plugins.vad.plugin import SpeechConfig, SpeechPlugin, SpeechResult, SpeechSession
+from crossmodald.runtime.plugin import BatchItem, MetricSpec, Need, PluginConfig, ProductKey
+from crossmodald_plugins.faces import Box, Track
+from crossmodald_plugins.products import FACE_TRACKS, SPEECH
+from crossmodald_plugins.vad.plugin import SpeechConfig, SpeechResult, SpeechSession
 from crossmodald_plugins.vad.segments import SpeechSegment
 from crossmodald_plugins.vad.turns import TrackScores, attribute_turns
 
@@ -72,6 +77,10 @@ SLOT_NS = 40 * NS_PER_MS
 MIN_SLOTS = 8
 #: Scores are averaged over this many slots either side (as the reference pipeline did).
 SMOOTH_SLOTS = 2
+
+
+#: Keys of the speaker table that now belong to the ``faces`` table.
+MOVED_TO_FACES = ("detect_every", "min_face")
 
 
 class SpeakerConfig(PluginConfig):
@@ -100,14 +109,32 @@ class SpeakerConfig(PluginConfig):
     min_speaking: float = Field(0.5, gt=0.0, lt=1.0)
     #: Recent confident offsets in the median ``smoothed_audio_lead_ms``.
     smoothing_windows: int = Field(5, ge=1, le=1000)
-    #: Face tracker tuning (see :class:`FaceTrackerConfig`).
-    detect_every: int = Field(5, ge=1, le=250)
-    min_face: float = Field(0.12, ge=0.01, le=1.0)
-    #: Publish ``dialogue.turn`` events (runs Silero VAD on the same windows).
+    #: Publish ``dialogue.turn`` events (needs the ``speech`` plugin's VAD probabilities).
     turns: bool = True
     #: Speaking scores kept per face for attributing turns; a longer segment is attributed
     #: on its last ``turn_history_s`` only (the bound keeps memory flat).
     turn_history_s: float = Field(120.0, ge=1.0, le=3600.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        # Before plugin contract v2 the speaker plugin ran its own face tracker.
+        if isinstance(data, Mapping):
+            moved = sorted(k for k in MOVED_TO_FACES if k in data)
+            if moved:
+                keys = ", ".join(moved)
+                raise ValueError(
+                    f"{keys}: moved to the faces plugin (the speaker uses its face tracks); "
+                    f'set {keys} in a [[plugins]] table with type = "faces"'
+                )
+        return data
+
+    def requires(self) -> tuple[Need, ...]:
+        """Face tracks always; speech probabilities when ``turns`` is on."""
+        needs = [Need(FACE_TRACKS)]
+        if self.turns:
+            needs.append(Need(SPEECH))
+        return tuple(needs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,25 +207,22 @@ class SpeakerPlugin:
 
     name = "speaker"
 
-    def __init__(
-        self,
-        config: SpeakerConfig,
-        model: LightASD | None,
-        device: str,
-        vad: SileroVad | None = None,
-    ) -> None:
+    provides: ClassVar[ProductKey[Any] | None] = None
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec(
+            "crossmodald_stream_audio_lead_ms",
+            "gauge",
+            "Latest A/V offset (positive: audio ahead of video).",
+            "audio_lead_ms",
+        ),
+        MetricSpec("crossmodald_stream_speakers", "gauge", "Faces speaking now.", "speaking_faces"),
+    )
+
+    def __init__(self, config: SpeakerConfig, model: LightASD | None, device: str) -> None:
         self.config = config
         self.model = model
         self.device = torch.device(device)
         self.method = METHOD_MODEL if model is not None else METHOD_FALLBACK
-        # Turns need speech segments: the speech plugin's own VAD and segmenter (no updates).
-        self.speech: SpeechPlugin | None = (
-            SpeechPlugin(SpeechConfig(updates=False), vad)
-            if vad is not None and config.turns
-            else None
-        )
-        self._trackers: dict[str, FaceTracker] = {}
-        self._lock = threading.Lock()
 
     # -- Plugin protocol --------------------------------------------------------------------
 
@@ -210,36 +234,17 @@ class SpeakerPlugin:
             return "has no audio"
         return None
 
+    def new_state(self, stream: StreamInfo) -> None:
+        """No inference state of its own: tracks and speech come as inputs."""
+        return None
+
     def open(self, stream: StreamInfo) -> SpeakerSession:
-        """A session (and a face tracker) for a new stream."""
-        with self._lock:
-            self._trackers[stream.name] = FaceTracker(
-                FaceTrackerConfig(
-                    detect_every=self.config.detect_every, min_face=self.config.min_face
-                )
-            )
+        """A session for a new stream."""
         return SpeakerSession(self, stream)
 
-    def forget(self, stream: str) -> None:
-        """Drop a closed stream's tracker."""
-        with self._lock:
-            self._trackers.pop(stream, None)
-
-    def _tracker(self, stream: str) -> FaceTracker:
-        with self._lock:
-            tracker = self._trackers.get(stream)
-            if tracker is None:
-                tracker = FaceTracker(
-                    FaceTrackerConfig(
-                        detect_every=self.config.detect_every, min_face=self.config.min_face
-                    )
-                )
-                self._trackers[stream] = tracker
-            return tracker
-
-    def infer(self, batch: Sequence[Window]) -> list[SpeakerResult]:
+    def infer(self, batch: Sequence[BatchItem[None]]) -> list[SpeakerResult]:
         """Score every face of every window (one model pass for all), and scan the offset."""
-        preps = [self._prepare(i, window) for i, window in enumerate(batch)]
+        preps = [self._prepare(i, item) for i, item in enumerate(batch)]
         jobs = [job for prep in preps for job in prep.jobs]
         if jobs:
             if self.model is not None:
@@ -247,17 +252,18 @@ class SpeakerPlugin:
             else:
                 self._run_fallback(jobs, preps)
         results = [self._result(prep) for prep in preps]
-        if self.speech is not None:
-            speech = self.speech.infer(batch)
+        if self.config.turns:
             results = [
-                dataclasses.replace(r, speech=p) for r, p in zip(results, speech, strict=True)
+                dataclasses.replace(r, speech=item.inputs[SPEECH])
+                for r, item in zip(results, batch, strict=True)
             ]
         return results
 
     # -- preparation (CPU, per window) ------------------------------------------------------
 
-    def _prepare(self, index: int, window: Window) -> _WindowPrep:
-        tracks = self._tracker(window.stream).update(window.video)
+    def _prepare(self, index: int, item: BatchItem[None]) -> _WindowPrep:
+        window = item.window
+        tracks = item.inputs[FACE_TRACKS].tracks
         ended = [t.track_id for t in tracks if t.ended_pts_ns is not None]
         if not window.video:
             return _WindowPrep(np.zeros(0, np.int64), None, np.zeros(0, np.float32), [], ended)
@@ -494,9 +500,12 @@ class SpeakerSession:
         self._open: dict[int, _Speaking] = {}
         self._recent: deque[float] = deque(maxlen=self._config.smoothing_windows)
         self._last: tuple[int, Window] | None = None
+        # The speech plugin's segmenter with default settings (no updates) over its shared
+        # probabilities: the turns see the same speech segments a default ``speech`` table does.
         self._speech: SpeechSession | None = (
-            plugin.speech.open(stream) if plugin.speech is not None else None
+            SpeechSession(SpeechConfig(updates=False), stream) if self._config.turns else None
         )
+        self._last_offset: dict[str, JsonValue] | None = None
         # (slot pts, score) per face track, bounded, for attributing dialogue turns.
         self._history_len = max(1, round(self._config.turn_history_s * NS_PER_S / SLOT_NS))
         self._history: dict[int, deque[tuple[int, float]]] = {}
@@ -528,9 +537,20 @@ class SpeakerSession:
         self._last = (newest, window)
         return events
 
+    def status(self) -> Mapping[str, JsonValue]:
+        """Faces speaking now and the latest lip-sync offset (``sync.offset`` data fields)."""
+        out: dict[str, JsonValue] = {
+            "method": self._plugin.method,
+            "speaking_faces": len(self._open),
+            "speaking_track_ids": sorted(self._open),
+        }
+        last = self._last_offset or {}
+        for key in ("audio_lead_ms", "smoothed_audio_lead_ms", "confidence", "track_id"):
+            out[key] = last.get(key)
+        return out
+
     def close(self) -> list[Event]:
         """End every open ``speaker`` span (and attribute a speech segment still open)."""
-        self._plugin.forget(self._stream.name)
         if self._last is None:
             return []
         newest, window = self._last
@@ -657,6 +677,7 @@ class SpeakerSession:
             "track_id": offset.track_id,
             "reason": offset.reason,
         }
+        self._last_offset = data
         return Event(
             type=OFFSET_EVENT,
             stream=window.stream,
@@ -672,6 +693,7 @@ class SpeakerFactory:
     """Entry point ``speaker`` of group ``crossmodald.plugins``."""
 
     config_model: ClassVar[type[PluginConfig]] = SpeakerConfig
+    provides: ClassVar[ProductKey[Any] | None] = None
 
     @classmethod
     def create(cls, config: Any, device: str) -> SpeakerPlugin:
@@ -690,6 +712,4 @@ class SpeakerFactory:
                 if config.on_weights_error == "disable":
                     raise
                 log.warning("speaker: %s; using the weight-free fallback", exc)
-        # Silero VAD ships inside its package; a failure here is an install fault (VadLoadError).
-        vad = SileroVad(device) if config.turns else None
-        return SpeakerPlugin(config, model, device, vad)
+        return SpeakerPlugin(config, model, device)

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from crossmodald.runtime.plugin import PluginConfig
+from crossmodald.runtime.plugin import Need, PluginConfig
+from crossmodald_plugins.products import FACE_TRACKS
 
 
 class AvSyncConfig(PluginConfig):
@@ -25,7 +26,9 @@ class AvSyncConfig(PluginConfig):
         alarm_windows: Consecutive confident windows outside (inside) the band that start (end)
             an alarm.
         motion_rate_hz: Common rate of the motion and audio-onset signals of the motion method.
-        face_detection: Look for a face and use its mouth region for motion (else whole frame).
+        face_detection: Look for a face and use its mouth region for motion (else whole frame):
+            the ``faces`` plugin's tracks when it is enabled (one tracker per stream), else a
+            Haar detection of this plugin's own on the middle frame of each window.
     """
 
     type: Literal["avsync"]
@@ -38,6 +41,12 @@ class AvSyncConfig(PluginConfig):
     alarm_windows: int = Field(3, ge=1, le=1000)
     motion_rate_hz: float = Field(100.0, ge=20, le=1000)
     face_detection: bool = True
+
+    def requires(self) -> tuple[Need, ...]:
+        """Face tracks, optionally, when the motion method runs with face detection."""
+        if self.face_detection and self.method in ("auto", "motion"):
+            return (Need(FACE_TRACKS, optional=True),)
+        return ()
 
     @model_validator(mode="after")
     def _lag_resolution(self) -> AvSyncConfig:

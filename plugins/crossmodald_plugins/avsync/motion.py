@@ -121,11 +121,19 @@ class FaceFinder:
         return box
 
 
-def _regions(window: Window, faces: FaceFinder | None) -> tuple[npt.NDArray[np.float32], Region]:
+#: A window's mouth region from shared face tracks: (x0, y0, x1, y1), or "none" (no face).
+MouthBox = tuple[int, int, int, int] | Literal["none"]
+
+
+def _regions(
+    window: Window, faces: FaceFinder | None, mouth: MouthBox | None = None
+) -> tuple[npt.NDArray[np.float32], Region]:
     """The per-frame region pictures of a window, pooled to REGION_SIZE: (F, rows, cols)."""
     frames = window.video
     box = None
-    if faces is not None:
+    if mouth is not None:
+        box = None if mouth == "none" else mouth
+    elif faces is not None:
         box = faces.mouth_box(frames[len(frames) // 2].luma)
     if box is not None:
         x0, y0, x1, y1 = box
@@ -164,7 +172,10 @@ def _area_pool(stack: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
 
 
 def video_motion(
-    windows: Sequence[Window], faces: FaceFinder | None, device: torch.device
+    windows: Sequence[Window],
+    faces: FaceFinder | None,
+    device: torch.device,
+    mouths: Sequence[MouthBox | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Region]]:
     """Motion energy per successive frame pair.
 
@@ -176,9 +187,9 @@ def video_motion(
     regions: list[Region] = []
     times: list[npt.NDArray[np.float64]] = []
     rows, cols = REGION_SIZE
-    for w in windows:
+    for i, w in enumerate(windows):
         if len(w.video) >= 2:
-            pic, region = _regions(w, faces)
+            pic, region = _regions(w, faces, mouths[i] if mouths is not None else None)
         else:
             pic, region = np.zeros((0, rows, cols), dtype=np.float32), "frame"
         pictures.append(pic)
@@ -287,6 +298,7 @@ def analyze_motion(
     max_lag_ms: float,
     rate_hz: float,
     faces: FaceFinder | None,
+    mouths: Sequence[MouthBox | None] | None = None,
 ) -> list[MotionOutcome]:
     """Run the motion method on a batch of windows (one batched torch computation).
 
@@ -296,6 +308,8 @@ def analyze_motion(
         max_lag_ms: Largest lag searched, either sign.
         rate_hz: Common rate of both signals.
         faces: Face finder for mouth regions, or None to use whole frames.
+        mouths: Per window, the mouth region from shared face tracks (overrides ``faces``;
+            None: ask ``faces``).
 
     Returns:
         One outcome per window, in order.
@@ -308,7 +322,7 @@ def analyze_motion(
     durations = torch.tensor([w.duration_ns / NS_PER_S for w in windows], device=device)
     in_window = grid < durations[:, None].double()
 
-    mid, energy, e_ok, regions = video_motion(windows, faces, device)
+    mid, energy, e_ok, regions = video_motion(windows, faces, device, mouths)
     vid, vid_ok = _resample(mid, energy, e_ok, grid)
     vid_ok &= in_window
     aud, aud_ok, loudest_rms = audio_onsets(windows, rate_hz, n_grid, device)

@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from crossmodald.media import StreamInfo, Window
-from crossmodald.runtime.plugin import PluginConfig
+from crossmodald.runtime.plugin import BatchItem, MetricSpec, PluginConfig, ProductKey
 from crossmodald_plugins.avsync.clap import ClapOutcome, analyze_clap
 from crossmodald_plugins.avsync.config import AvSyncConfig
 from crossmodald_plugins.avsync.flash import analyze_flash, audio_onsets
-from crossmodald_plugins.avsync.motion import FaceFinder, analyze_motion
+from crossmodald_plugins.avsync.motion import FaceFinder, MouthBox, analyze_motion
 from crossmodald_plugins.avsync.result import AvSyncResult, FlashPair
 from crossmodald_plugins.avsync.session import AvSyncSession
+from crossmodald_plugins.products import FACE_TRACKS, FaceTracks
+
+#: The per-stream metrics (names and meanings kept from before plugins declared them).
+METRICS = (
+    MetricSpec(
+        "crossmodald_stream_audio_lead_ms",
+        "gauge",
+        "Latest A/V offset (positive: audio ahead of video).",
+        "audio_lead_ms",
+    ),
+    MetricSpec(
+        "crossmodald_stream_sync_drift_ppm",
+        "gauge",
+        "A/V drift the sync analysis estimates (ppm).",
+        "drift_ppm",
+    ),
+    MetricSpec("crossmodald_stream_alarm", "gauge", "1 while a sync alarm is on.", "alarm"),
+)
 
 
 class AvSyncPlugin:
@@ -26,6 +44,8 @@ class AvSyncPlugin:
     """
 
     name = "avsync"
+    provides: ClassVar[ProductKey[Any] | None] = None
+    metrics: ClassVar[tuple[MetricSpec, ...]] = METRICS
 
     def __init__(self, config: AvSyncConfig, device: str) -> None:
         self.config = config
@@ -42,6 +62,10 @@ class AvSyncPlugin:
             return "has no video"
         return None
 
+    def new_state(self, stream: StreamInfo) -> None:
+        """No per-stream inference state (smoothing and alarm live in the session)."""
+        return None
+
     def open(self, stream: StreamInfo) -> AvSyncSession:
         """A session for a new stream.
 
@@ -53,10 +77,23 @@ class AvSyncPlugin:
             raise ValueError(f"avsync: stream {stream.name!r} {problem}")
         return AvSyncSession(stream, self.config)
 
-    def infer(self, batch: Sequence[Window]) -> list[AvSyncResult]:
-        """One result per window, computed for the whole batch at once (on a worker thread)."""
+    def infer(self, items: Sequence[BatchItem[None]]) -> list[AvSyncResult]:
+        """One result per window, computed for the whole batch at once (on a worker thread).
+
+        The motion method takes each window's mouth region from the ``faces`` plugin's tracks
+        when they come as input, else from this plugin's own face finder.
+        """
+        batch = [item.window for item in items]
+        shared = [item.inputs.get(FACE_TRACKS) for item in items]
+        return self.analyze(batch, shared)
+
+    def analyze(
+        self, batch: Sequence[Window], tracks: Sequence[FaceTracks | None] | None = None
+    ) -> list[AvSyncResult]:
+        """:meth:`infer` on plain windows (``tracks``: the shared face tracks per window)."""
         if not batch:
             return []
+        shared = list(tracks) if tracks is not None else [None] * len(batch)
         method = self.config.method
         with torch.inference_mode():
             # The beep/transient onsets of each window's audio, found once for the batch: flash
@@ -96,6 +133,7 @@ class AvSyncPlugin:
                 max_lag_ms=self.config.max_lag_ms,
                 rate_hz=self.config.motion_rate_hz,
                 faces=self._faces,
+                mouths=[_mouth_from_tracks(batch[i], shared[i]) for i in motion_rows],
             )
         by_row = dict(zip(motion_rows, motion, strict=True))
         results: list[AvSyncResult] = []
@@ -138,6 +176,29 @@ class AvSyncPlugin:
         return results
 
 
+def _mouth_from_tracks(window: Window, tracks: FaceTracks | None) -> MouthBox | None:
+    """The shared tracks' answer for the motion method: the largest face's mouth on the middle
+    frame as (x0, y0, x1, y1), ``"none"`` when the tracker sees no face there, None when no
+    tracks came (the plugin's own finder looks)."""
+    if tracks is None:
+        return None
+    if not window.video:
+        return "none"
+    middle = window.video[len(window.video) // 2]
+    boxes = [
+        obs.box for t in tracks.tracks for obs in t.observations if obs.pts_ns == middle.pts_ns
+    ]
+    if not boxes:
+        return "none"
+    mouth = max(boxes, key=lambda b: b.w * b.h).mouth()
+    height, width = middle.luma.shape
+    x0, y0 = max(0, int(mouth.x)), max(0, int(mouth.y))
+    x1, y1 = min(width, int(mouth.x + mouth.w + 0.999)), min(height, int(mouth.y + mouth.h + 0.999))
+    if x1 - x0 < 8 or y1 - y0 < 4:
+        return "none"
+    return (x0, y0, x1, y1)
+
+
 def _clap_result(c: ClapOutcome, middle_ns: int) -> AvSyncResult:
     # The contact and the sound onset are reported as the one pair they form.
     pairs: tuple[FlashPair, ...] = ()
@@ -157,6 +218,7 @@ class AvSyncFactory:
     """Entry point of the ``avsync`` plugin (group ``crossmodald.plugins``)."""
 
     config_model: ClassVar[type[PluginConfig]] = AvSyncConfig
+    provides: ClassVar[ProductKey[Any] | None] = None
 
     @classmethod
     def create(cls, config: PluginConfig, device: str) -> AvSyncPlugin:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
+from collections.abc import Mapping
 from typing import Literal
 
 from crossmodald.bus.events import Event, JsonValue, Phase
@@ -46,6 +47,7 @@ class AvSyncSession:
         self._outside_run = 0
         self._inside_run = 0
         self._last_span: tuple[int, int, ClockKind, int] | None = None
+        self._last_data: dict[str, JsonValue] | None = None
 
     @property
     def alarm(self) -> Direction | None:
@@ -97,10 +99,35 @@ class AvSyncSession:
                 if result.peak is not None
                 else None
             )
+        self._last_data = data
         events = [self._event(OFFSET_EVENT, data, None)]
         if confident and smoothed is not None:
             events.extend(self._alarm_step(smoothed))
         return events
+
+    def status(self) -> Mapping[str, JsonValue]:
+        """The latest ``sync.offset`` fields of this stream and whether the alarm is on.
+
+        Keys: ``audio_lead_ms``, ``confidence``, ``method``, ``smoothed_audio_lead_ms``,
+        ``drift_ppm``, ``drift_uncertainty_ppm``, ``reason`` (None before the first window),
+        ``alarm`` (bool) and ``alarm_direction`` ("audio_leads", "audio_lags" or None).
+        """
+        last = self._last_data or {}
+        out: dict[str, JsonValue] = {
+            key: last.get(key)
+            for key in (
+                "audio_lead_ms",
+                "confidence",
+                "method",
+                "smoothed_audio_lead_ms",
+                "drift_ppm",
+                "drift_uncertainty_ppm",
+                "reason",
+            )
+        }
+        out["alarm"] = self._alarm is not None
+        out["alarm_direction"] = self._alarm
+        return out
 
     def close(self) -> list[Event]:
         """End an open alarm (the stream ended)."""

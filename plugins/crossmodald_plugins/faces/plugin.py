@@ -1,18 +1,22 @@
-"""The ``faces`` plugin: face tracks per stream as ``face`` start/update/end events."""
+"""The ``faces`` plugin: face tracks per stream as ``face`` start/update/end events.
+
+It provides :data:`~crossmodald_plugins.products.FACE_TRACKS`: its result for a window (the tracks
+on the window's frames) goes to every consumer, so a stream has one tracker however many
+plugins use faces. The tracker is the host-owned per-stream state.
+"""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from crossmodald.bus.events import Event, Phase
+from crossmodald.bus.events import Event, JsonValue, Phase
 from crossmodald.media import StreamInfo, Window
-from crossmodald.runtime.plugin import PluginConfig
-from crossmodald_plugins.faces.tracker import FaceObservation, FaceTracker, FaceTrackerConfig, Track
+from crossmodald.runtime.plugin import BatchItem, MetricSpec, PluginConfig, ProductKey
+from crossmodald_plugins.faces.tracker import FaceObservation, FaceTracker, FaceTrackerConfig
+from crossmodald_plugins.products import FACE_TRACKS, FaceTracks
 
 EVENT_TYPE = "face"
 
@@ -43,11 +47,8 @@ class FacesConfig(PluginConfig):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class FacesResult:
-    """What :meth:`FacesPlugin.infer` found in one window: the tracks on its frames."""
-
-    tracks: tuple[Track, ...]
+#: What :meth:`FacesPlugin.infer` finds in one window (the shared product's type).
+FacesResult = FaceTracks
 
 
 def _payload(track_id: int, obs: FaceObservation) -> dict[str, Any]:
@@ -60,6 +61,7 @@ class FacesSession:
     def __init__(self, plugin: FacesPlugin, stream: StreamInfo) -> None:
         self._plugin = plugin
         self._stream = stream
+        self._faces_seen = 0
         # track id -> (first pts, latest observation) of tracks that have started
         self._open: dict[int, tuple[int, FaceObservation]] = {}
         self._last_window: Window | None = None
@@ -72,6 +74,7 @@ class FacesSession:
         for track in result.tracks:
             last = track.last
             if track.track_id not in self._open:
+                self._faces_seen += 1
                 first = track.observations[0]
                 events.append(
                     self._event(
@@ -99,9 +102,12 @@ class FacesSession:
                 )
         return events
 
+    def status(self) -> Mapping[str, JsonValue]:
+        """Faces on screen now and tracks started so far."""
+        return {"faces": len(self._open), "tracks_started": self._faces_seen}
+
     def close(self) -> list[Event]:
-        """End every open track; forget this stream's tracker."""
-        self._plugin.drop_stream(self._stream.name)
+        """End every open track."""
         window = self._last_window
         if window is None:
             return []  # no window ever came: no track started
@@ -141,51 +147,42 @@ def _frame_ns(window: Window) -> int:
 
 
 class FacesPlugin:
-    """One tracker per stream; detection and tracking run in :meth:`infer` (worker thread)."""
+    """Face detection and tracking; the per-stream :class:`FaceTracker` is host-owned state."""
 
     name = "faces"
+    provides: ClassVar[ProductKey[Any]] = FACE_TRACKS
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("crossmodald_stream_faces", "gauge", "Face tracks on screen.", "faces"),
+    )
 
     def __init__(self, config: FacesConfig) -> None:
         self.config = config
         self._tracker_config = config.tracker_config()
-        self._trackers: dict[str, FaceTracker] = {}
-        # open()/close() run on the event loop, infer() on a worker thread.
-        self._lock = threading.Lock()
 
     def check_stream(self, stream: StreamInfo) -> str | None:
         return None if stream.has_video else "has no video"
 
+    def new_state(self, stream: StreamInfo) -> FaceTracker:
+        """The stream's tracker."""
+        return FaceTracker(self._tracker_config)
+
     def open(self, stream: StreamInfo) -> FacesSession:
-        with self._lock:
-            self._trackers[stream.name] = FaceTracker(self._tracker_config)
         return FacesSession(self, stream)
 
-    def drop_stream(self, name: str) -> None:
-        """Forget a stream's tracker (its session closed)."""
-        with self._lock:
-            self._trackers.pop(name, None)
-
-    def tracker(self, stream: str) -> FaceTracker:
-        """The tracker of a stream (created on first use)."""
-        with self._lock:
-            tracker = self._trackers.get(stream)
-            if tracker is None:
-                tracker = self._trackers[stream] = FaceTracker(self._tracker_config)
-            return tracker
-
-    def infer(self, batch: Sequence[Window]) -> list[FacesResult]:
+    def infer(self, batch: Sequence[BatchItem[FaceTracker]]) -> list[FaceTracks]:
         """Track faces through each window's frames (each stream's windows in order).
 
         Haar detection does not batch; the work per window is one detector pass every
         ``detect_every`` new frames plus optical flow on the rest.
         """
-        return [FacesResult(tuple(self.tracker(w.stream).update(w.video))) for w in batch]
+        return [FaceTracks(tuple(item.state.update(item.window.video))) for item in batch]
 
 
 class FacesFactory:
     """Entry point ``faces`` of group ``crossmodald.plugins``."""
 
     config_model: ClassVar[type[PluginConfig]] = FacesConfig
+    provides: ClassVar[ProductKey[Any] | None] = FACE_TRACKS
 
     @classmethod
     def create(cls, config: Any, device: str) -> FacesPlugin:

@@ -233,6 +233,8 @@ class FaceTracker:
         self._frame_count = 0
         self._last_pts_ns: int | None = None
         self._prev_small: U8Image | None = None
+        #: Calls of :meth:`update` (one per window in the daemon: shows the work is not repeated).
+        self.updates = 0
         self._flow_scale = 1.0
 
     @property
@@ -259,6 +261,7 @@ class FaceTracker:
             The confirmed tracks with at least one observation among ``frames``, by track id.
             A track that ended during these frames has ``ended_pts_ns`` set.
         """
+        self.updates += 1
         for frame in frames:
             if self._last_pts_ns is None or frame.pts_ns > self._last_pts_ns:
                 self._process(frame)

@@ -102,6 +102,9 @@ class SileroVad:
         self.path = model_path
         # One model instance, possibly called from several worker threads.
         self._lock = threading.Lock()
+        #: Signals (rows) run through :meth:`chunk_probs` so far: one per window in the daemon,
+        #: however many plugins use speech.
+        self.rows_run = 0
 
     @torch.inference_mode()
     def chunk_probs(self, audio: torch.Tensor) -> torch.Tensor:
@@ -120,6 +123,7 @@ class SileroVad:
         steps = total // CHUNK
         if steps == 0 or batch == 0:
             return torch.zeros((batch, steps), device=self.device)
+        self.rows_run += batch
         audio = audio.to(self.device, torch.float32)
         # Each chunk with the 64 samples before it (zeros before the start), as the model expects.
         padded = F.pad(audio, (CONTEXT, 0))

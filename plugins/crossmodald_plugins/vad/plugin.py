@@ -1,9 +1,13 @@
-"""The ``speech`` plugin: Silero VAD over each window, ``speech`` start/update/end events."""
+"""The ``speech`` plugin: Silero VAD over each window, ``speech`` start/update/end events.
+
+It provides :data:`~crossmodald_plugins.products.SPEECH`: its result for a window (VAD
+probabilities per 32 ms chunk) goes to every consumer, so a stream has one VAD pass however many
+plugins use speech.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -11,11 +15,14 @@ import numpy.typing as npt
 import torch
 from pydantic import Field, model_validator
 
-from crossmodald.bus.events import Event, Phase
+from crossmodald.bus.events import Event, JsonValue, Phase
 from crossmodald.media import NS_PER_MS, NS_PER_S, StreamInfo, Window
-from crossmodald.runtime.plugin import PluginConfig
+from crossmodald.runtime.plugin import BatchItem, MetricSpec, PluginConfig, ProductKey
+from crossmodald_plugins.products import SPEECH, SPEECH_CHUNK_NS, SpeechProbs
 from crossmodald_plugins.vad.model import CHUNK, CHUNK_NS, VAD_RATE, SileroVad, resample
 from crossmodald_plugins.vad.segments import SegmentChange, SpeechSegmenter
+
+assert SPEECH_CHUNK_NS == CHUNK_NS, "the speech product's grid is Silero's chunk"
 
 EVENT_TYPE = "speech"
 
@@ -52,26 +59,8 @@ class SpeechConfig(PluginConfig):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class SpeechResult:
-    """Speech probabilities of one window on the stream's 32 ms chunk grid.
-
-    Chunk ``k`` covers ``[k * CHUNK_NS, (k + 1) * CHUNK_NS)`` of the stream's timeline, so
-    overlapping windows agree on which chunk is which.
-
-    Attributes:
-        first_chunk: Index of the first chunk.
-        probs: Speech probability per chunk, float32.
-        valid: Per chunk, False where too little audio was delivered (probability then 0).
-    """
-
-    first_chunk: int
-    probs: npt.NDArray[np.float32]
-    valid: npt.NDArray[np.bool_]
-
-    def chunk_span_ns(self, i: int) -> tuple[int, int]:
-        k = self.first_chunk + i
-        return k * CHUNK_NS, (k + 1) * CHUNK_NS
+#: Speech probabilities of one window (the shared product's type; see :class:`SpeechProbs`).
+SpeechResult = SpeechProbs
 
 
 EMPTY_RESULT = SpeechResult(0, np.zeros(0, np.float32), np.zeros(0, np.bool_))
@@ -87,6 +76,7 @@ class SpeechSession:
         self._next_chunk: int | None = None
         self._clock = stream.clock
         self._closed_ns = 0
+        self._probability: float | None = None
 
     def update(self, window: Window, result: SpeechResult) -> list[Event]:
         """Feed the chunks this window adds (overlap with earlier windows is skipped)."""
@@ -103,6 +93,8 @@ class SpeechSession:
             events += self._events(self._segmenter.push(start_ns, end_ns, prob), window)
             new_probs.append(prob)
             self._next_chunk = k + 1
+        if new_probs:
+            self._probability = float(np.mean(new_probs))
         open_segment = self._segmenter.open_segment
         if (
             self._config.updates
@@ -123,6 +115,13 @@ class SpeechSession:
                 )
             )
         return events
+
+    def status(self) -> Mapping[str, JsonValue]:
+        """Whether speech is on and the latest window's mean probability."""
+        return {
+            "speaking": self._segmenter.open_segment is not None,
+            "probability": round(self._probability, 4) if self._probability is not None else None,
+        }
 
     def close(self) -> list[Event]:
         """Close an open segment."""
@@ -182,6 +181,10 @@ class SpeechPlugin:
     """Silero VAD on every window of a batch, in one model call."""
 
     name = "speech"
+    provides: ClassVar[ProductKey[Any]] = SPEECH
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("crossmodald_stream_speaking", "gauge", "1 while speech is on.", "speaking"),
+    )
 
     def __init__(self, config: SpeechConfig, vad: SileroVad) -> None:
         self.config = config
@@ -190,10 +193,18 @@ class SpeechPlugin:
     def check_stream(self, stream: StreamInfo) -> str | None:
         return None if stream.has_audio else "has no audio"
 
+    def new_state(self, stream: StreamInfo) -> None:
+        """No per-stream inference state: each window is analysed from a fresh VAD state."""
+        return None
+
     def open(self, stream: StreamInfo) -> SpeechSession:
         return SpeechSession(self.config, stream)
 
-    def infer(self, batch: Sequence[Window]) -> list[SpeechResult]:
+    def infer(self, batch: Sequence[BatchItem[None]]) -> list[SpeechResult]:
+        """Chunk probabilities for every item's window (see :meth:`probabilities`)."""
+        return self.probabilities([item.window for item in batch])
+
+    def probabilities(self, batch: Sequence[Window]) -> list[SpeechResult]:
         """Chunk probabilities for every window: resampled to 16 kHz (grouped by rate), then
         one batched VAD call over all windows of the batch, each from a fresh state (the part
         of a window that overlaps the previous one warms the LSTM up)."""
@@ -233,6 +244,7 @@ class SpeechFactory:
     """Entry point ``speech`` of group ``crossmodald.plugins``."""
 
     config_model: ClassVar[type[PluginConfig]] = SpeechConfig
+    provides: ClassVar[ProductKey[Any] | None] = SPEECH
 
     @classmethod
     def create(cls, config: Any, device: str) -> SpeechPlugin:
