@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from crossmodald.config_errors import ConfigError, format_validation_error
 from crossmodald.runtime.plugin import Plugin, PluginConfig, PluginFactory
-from crossmodald.service.config import ConfigError, format_validation_error
 
 ENTRY_POINT_GROUP = "crossmodald.plugins"
 
