@@ -50,6 +50,11 @@ class ReloadOutcome(Protocol):
 class SourcesControl(Protocol):
     """What these routes need from the daemon (the composition root provides it)."""
 
+    @property
+    def source_types(self) -> SourceRegistry:
+        """The source types a ``POST`` body is validated with (its ``type`` picks one)."""
+        ...
+
     def sources(self) -> list[dict[str, Any]]:
         """Every stream as a JSON-compatible dict with ``name``, ``origin``, ``state``."""
         ...
@@ -163,7 +168,7 @@ async def _create(request: web.Request) -> web.Response:
     if not isinstance(data, dict):
         return _error(400, f"expected a JSON object (one source table), got {type(data).__name__}")
     try:
-        config = SourceRegistry.default().validate(data)
+        config = control.source_types.validate(data)
     except ValidationError as exc:
         errors = format_validation_error(exc)
         return _error(400, errors[0] if errors else "invalid source", errors=errors)

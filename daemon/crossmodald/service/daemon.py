@@ -124,8 +124,10 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
         self.config_path = config_path
         self.registry = registry or PluginRegistry.discover()
         self._plugin_configs = self.registry.validate(config.plugins, config_source)
+        #: The ``[[sources]]`` / ``[[sinks]]`` types (``POST /v1/sources`` validates with them).
+        self.source_types = source_types or SourceRegistry.default()
         self.sink_types = sink_types or SinkRegistry.default()
-        self._source_factory = source_factory or default_source_factory(types=source_types)
+        self._source_factory = source_factory or default_source_factory(types=self.source_types)
         self._overload = overload
         self._serve_api = serve_api and config.api.enabled
         self._listeners = listeners
