@@ -30,7 +30,7 @@ from crossmodald.ingest.pacing import Pacer, VirtualPacer
 from crossmodald.ingest.pattern import PatternSource, PatternSourceConfig, PatternSourceFactory
 from crossmodald.ingest.registry import SourceConfigBase, SourceRegistry
 from crossmodald.runtime.host import Overload
-from crossmodald.service.config import validate_config
+from crossmodald.service.config import load_config, validate_config
 from crossmodald.service.daemon import Daemon
 
 # -- a third party's source type: "bars", a pattern with fewer knobs ------------------------
@@ -311,3 +311,49 @@ async def test_jsonl_sink_is_a_sink_and_aclose_writes_everything_taken(
     assert len(path.read_text().splitlines()) == 5
     await sink.flush()  # closed: nothing left to do, no error
     assert dataclasses.asdict(sink.stats)["last_seq"] == 5
+
+
+async def test_reload_tells_sinks_apart_by_identity(tmp_path: Path) -> None:
+    from crossmodald.bus.events import Event
+
+    MemorySinkFactory.made.clear()
+    sources, sinks = _sources(), _sinks()
+    path = tmp_path / "crossmodald.toml"
+
+    def write(*labels: str, types: str = "[]") -> None:
+        tables = "".join(
+            f'[[sinks]]\ntype = "memory"\nlabel = "{label}"\ntypes = {types}\n' for label in labels
+        )
+        path.write_text("[api]\nenabled = false\n" + tables)
+
+    write("a", "b")
+    daemon = Daemon(
+        load_config(path, source_types=sources, sink_types=sinks),
+        serve_api=False,
+        config_path=path,
+        source_types=sources,
+        sink_types=sinks,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    async with asyncio.timeout(10):
+        while not daemon.ready():  # noqa: ASYNC110 - no ready event
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # let the sinks subscribe
+    a, b = MemorySinkFactory.made
+    daemon.publish(Event(type="test.one", stream="s", start_ns=0, end_ns=0))
+    # b changes (a filter), c is new, a goes.
+    write("b", "c", types='["test."]')
+    result = await daemon.reload_from_file()
+    assert result.ok, result.errors
+    assert result.diff is not None
+    assert result.diff.summary() == "sinks +memory:c -memory:a ~memory:b"
+    _a, _b, b2, c = MemorySinkFactory.made
+    await asyncio.sleep(0.05)
+    daemon.publish(Event(type="test.two", stream="s", start_ns=0, end_ns=0))
+    stop.set()
+    assert await asyncio.wait_for(task, 10) == 0
+    assert [e.type for e in a.seen] == ["test.one"]  # closed: nothing after the reload
+    assert [e.type for e in b.seen] == ["test.one"]
+    assert [e.type for e in b2.seen] == ["test.two"]  # the changed sink goes on, no gap
+    assert [e.type for e in c.seen] == ["test.two"]

@@ -243,25 +243,44 @@ def validate_config(
         raise ConfigError(source, format_validation_error(exc)) from None
 
 
-def load_config_text(text: str, source: str = "<config>") -> DaemonConfig:
+def load_config_text(
+    text: str,
+    source: str = "<config>",
+    *,
+    source_types: SourceRegistry | None = None,
+    sink_types: SinkRegistry | None = None,
+) -> DaemonConfig:
+    """Parse and validate TOML text; the registries as in :func:`validate_config`."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
-    return validate_config(data, source)
+    return validate_config(data, source, source_types=source_types, sink_types=sink_types)
 
 
-def load_config(path: Path | None) -> DaemonConfig:
-    """Load a config file, or the embedded default (``configs/default.toml``) when ``path`` is None."""
+def load_config(
+    path: Path | None,
+    *,
+    source_types: SourceRegistry | None = None,
+    sink_types: SinkRegistry | None = None,
+) -> DaemonConfig:
+    """Load a config file, or the embedded default (``configs/default.toml``) when ``path`` is None.
+
+    Args:
+        path: The file.
+        source_types: The source types to validate ``[[sources]]`` with (default: installed).
+        sink_types: The sink types to validate ``[[sinks]]`` with (default: installed).
+    """
     if path is None:
-        return load_config_text(default_config_text(), "configs/default.toml")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), ["not UTF-8 text"]) from None
-    return load_config_text(text, str(path))
+        text, source = default_config_text(), "configs/default.toml"
+    else:
+        try:
+            text, source = path.read_text(encoding="utf-8"), str(path)
+        except OSError as exc:
+            raise ConfigError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
+        except UnicodeDecodeError:
+            raise ConfigError(str(path), ["not UTF-8 text"]) from None
+    return load_config_text(text, source, source_types=source_types, sink_types=sink_types)
 
 
 def default_config_text() -> str:

@@ -394,7 +394,12 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
         self.notifier.reloading()
         try:
             try:
-                new = await asyncio.to_thread(load_config, self.config_path)
+                new = await asyncio.to_thread(
+                    load_config,
+                    self.config_path,
+                    source_types=self.source_types,
+                    sink_types=self.sink_types,
+                )
             except ConfigError as exc:
                 return self._rejected(source, exc.errors)
             return await self.reload(new, source)
