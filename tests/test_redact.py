@@ -20,6 +20,11 @@ from crossmodald.service.config import load_config_text
         ("rtmp://streamkey@live.example/app", "rtmp://***@live.example/app"),
         # an "@" inside the password (not encoded): the host is after the last one
         ("rtsp://a:p@ss@cam:554/x", "rtsp://***@cam:554/x"),
+        # a "/" inside the password (not encoded): "admin:pa" is no host:port, so it is userinfo
+        ("rtsp://admin:pa/ss@cam/x?token=1", "rtsp://***@cam/x?token=***"),
+        ("http://h:8080/users/@me", "http://h:8080/users/@me"),
+        ("http://host/path@x", "http://host/path@x"),
+        ("http://[::1]:80/a@b", "http://[::1]:80/a@b"),
         # IPv6 hosts and ports kept as written
         ("rtsp://admin:pw@[::1]:8554/live", "rtsp://***@[::1]:8554/live"),
         ("http://[fe80::1%25eth0]:80/a.mp4", "http://[fe80::1%25eth0]:80/a.mp4"),

@@ -82,6 +82,8 @@ def redact_url(url: str) -> str:
         if at != -1:
             end = min(end, at)
     authority, tail = rest[:end], rest[end:]
+    if "@" not in authority:
+        authority, tail = _unencoded_slash(authority, tail)
     userinfo, at_sign, host = authority.rpartition("@")
     if at_sign and userinfo:
         authority = f"{MASK}@{host}"
@@ -99,6 +101,22 @@ def redact_text(text: str) -> str:
     if "://" not in text:
         return text
     return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+
+def _unencoded_slash(authority: str, tail: str) -> tuple[str, str]:
+    """``user:pa/ss@host`` (a password with an unencoded "/"): the authority runs to the "@".
+
+    Read as a host, ``user:pa`` would have a port that is not a number: no real authority
+    looks like that, so the text up to the last "@" (before any query) is the userinfo.
+    """
+    host = authority.rsplit("]", 1)[-1]  # an IPv6 literal has colons of its own
+    if ":" not in host or host.rpartition(":")[2].isdigit():
+        return authority, tail
+    head = tail.split("?", 1)[0].split("#", 1)[0]
+    userinfo_end = head.rfind("@")
+    if userinfo_end == -1:
+        return authority, tail
+    return authority + tail[: userinfo_end + 1], tail[userinfo_end + 1 :]
 
 
 def _redact_parameters(query: str) -> str:
