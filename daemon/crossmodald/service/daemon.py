@@ -8,6 +8,13 @@ flush the sinks, close the API; see :mod:`crossmodald.service.lifecycle`). While
 (:mod:`crossmodald.service.reload`), and streams can be added and stopped one by one (REST
 ``/v1/sources``, see :mod:`crossmodald.api.sources`). systemd hears about all of it through
 :class:`~crossmodald.service.notify.Notifier` (READY, RELOADING, STOPPING, STATUS, WATCHDOG).
+
+:class:`Daemon` is composed of parts by role, each in its module: stream management and the
+``/v1/sources`` control (:mod:`crossmodald.service.streams`), the per-stream pipeline
+(:mod:`crossmodald.service.pipeline`) and the reload applier
+(:mod:`crossmodald.service.reload_apply`). Sources and sinks are built by the factories their
+``type`` names (entry-point groups ``crossmodald.sources`` and ``crossmodald.sinks``); every
+sink is run, reloaded and read through :class:`~crossmodald.bus.sinks.Sink`.
 """
 
 from __future__ import annotations
