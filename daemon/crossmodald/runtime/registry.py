@@ -21,9 +21,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from crossmodald.config_errors import ConfigError, format_validation_error
 from crossmodald.runtime.compat import as_v2, is_v1
 from crossmodald.runtime.plugin import MetricSpec, Plugin, PluginConfig, PluginFactory, ProductKey
-from crossmodald.service.config import ConfigError, format_validation_error
 
 ENTRY_POINT_GROUP = "crossmodald.plugins"
 
