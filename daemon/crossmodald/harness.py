@@ -28,10 +28,11 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from crossmodald.bus.events import Envelope, Event, Phase
 from crossmodald.ingest.base import Source, SourceFault
+from crossmodald.ingest.registry import SourceRegistry
 from crossmodald.media import NS_PER_S, AudioChunk, ClockKind, MediaItem, StreamInfo, VideoFrame
 from crossmodald.runtime.registry import PluginRegistry
 from crossmodald.service.config import (
@@ -51,8 +52,6 @@ __all__ = [
     "run_plugins",
     "run_plugins_sync",
 ]
-
-_SOURCE: TypeAdapter[SourceConfig] = TypeAdapter(SourceConfig)
 
 
 @dataclass(slots=True)
@@ -175,7 +174,12 @@ def harness_config(
     errors: list[str] = []
     for index, source in enumerate(sources):
         try:
-            model = source if not isinstance(source, Mapping) else _SOURCE.validate_python(source)
+            # By the model of the table's type (the base model alone refuses every type's keys).
+            model = (
+                source
+                if not isinstance(source, Mapping)
+                else SourceRegistry.default().validate(source)
+            )
         except ValidationError as exc:
             errors.extend(format_validation_error(exc, ("sources", index)))
             continue
