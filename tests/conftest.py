@@ -11,6 +11,10 @@ SHARED = REPO.parent / "shared"
 MEDIA = SHARED / "media"
 MODELS = SHARED / "models"
 
+# tests/extpkg is an example third-party package with tests of its own, which import it as
+# installed; tests/e2e/test_extending.py installs it in a temporary folder and runs them there.
+collect_ignore = ["extpkg"]
+
 
 @pytest.fixture
 def shared_media() -> Path:
