@@ -68,3 +68,19 @@ def test_readme_commands_are_real_subcommands() -> None:
     used |= set(re.findall(r"`crossmodald ([a-z-]+)", readme))
     assert used, "README names no crossmodald command"
     assert used <= subcommands, f"README names unknown commands: {used - subcommands}"
+
+
+def test_extending_guide_code_is_the_example_package() -> None:
+    # docs/extending.md quotes the example package (tests/extpkg) block by block; each block
+    # marked with a file must still be in that file word for word, so the guide cannot drift.
+    text = (REPO / "docs" / "extending.md").read_text()
+    blocks = re.findall(r"<!-- from: (\S+) -->\n```[a-z]*\n(.*?)```", text, flags=re.DOTALL)
+    assert len(blocks) >= 8
+    stale = [
+        f"{path}: {code.splitlines()[0]}"
+        for path, code in blocks
+        if not (REPO / path).is_file() or code not in (REPO / path).read_text()
+    ]
+    assert not stale, f"docs/extending.md quotes code that is not in its file: {stale}"
+    for name in ("LoudnessFactory", "ToneSourceFactory", "CsvSinkFactory"):
+        assert name in text
