@@ -41,6 +41,7 @@ draws alone.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import math
 from collections.abc import AsyncIterator, Iterator
@@ -52,6 +53,7 @@ from typing import Final
 import av
 import numpy as np
 
+from crossmodald.bus.events import JsonValue
 from crossmodald.clock.timeline import ticks_to_ns
 from crossmodald.ingest.base import SourceError, SourceFault
 from crossmodald.ingest.frames import audio_chunk, video_frame_from_luma
@@ -321,6 +323,10 @@ class PatternSource:
     async def aclose(self) -> None:
         """Stop the stream (idempotent); a running iteration ends at its next item."""
         self._closed = True
+
+    def status(self) -> dict[str, JsonValue]:
+        """``source_status`` in /v1/streams: :class:`PatternStats` (what its faults removed)."""
+        return dataclasses.asdict(self.stats)
 
     def schedule(self) -> Iterator[_Pending]:
         """Every item that will be delivered, in delivery order (faults applied, nothing rendered).

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from crossmodald.bus.events import Envelope, Event
 from crossmodald.ingest.base import Source, SourceError
-from crossmodald.ingest.webrtc import SYNC_TRANSPORT
 from crossmodald.runtime.device import configure_threads, resolve_device
 from crossmodald.runtime.host import Overload, PluginHost, link_hosts
 from crossmodald.runtime.registry import LoadedConfig, PluginLoadError, PluginRegistry
@@ -180,13 +179,9 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
     def publish(self, event: Event) -> Envelope:
         envelope = self.bus.publish(event)
         state = self.stream_states.get(event.stream)
-        if state is not None:
-            # Plugin values reach /v1/streams through their sessions' status, not events; the
-            # transport offset is the WebRTC source's own event.
-            if event.type == SYNC_TRANSPORT:
-                state.transport = dict(event.data)
-            elif event.type == "stream.fault":
-                state.faults += 1
+        # Plugin and source values reach /v1/streams through their own status(), not events.
+        if state is not None and event.type == "stream.fault":
+            state.faults += 1
         for listener in self._listeners:
             listener(envelope)
         return envelope
