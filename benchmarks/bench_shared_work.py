@@ -135,7 +135,9 @@ def main() -> int:
         best_short = {name: float("inf") for name in SETS}
         for attempt in range(args.repeat):
             for name, plugins in SETS.items():
-                keep = args.events_dir / f"{name}.jsonl" if args.events_dir and not attempt else None
+                keep = (
+                    args.events_dir / f"{name}.jsonl" if args.events_dir and not attempt else None
+                )
                 best_full[name] = min(best_full[name], analyze_cpu(full, plugins, keep))
                 best_short[name] = min(best_short[name], analyze_cpu(short, plugins, None))
     steady_s = seconds - short_s

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
-
-import torch
+from typing import TYPE_CHECKING, ClassVar
 
 from crossmodald.media import StreamInfo, Window
 from crossmodald.runtime.plugin import PluginConfig
-from crossmodald_plugins.avsync.clap import ClapOutcome, analyze_clap
 from crossmodald_plugins.avsync.config import AvSyncConfig
-from crossmodald_plugins.avsync.flash import analyze_flash, audio_onsets
-from crossmodald_plugins.avsync.motion import FaceFinder, analyze_motion
 from crossmodald_plugins.avsync.result import AvSyncResult, FlashPair
 from crossmodald_plugins.avsync.session import AvSyncSession
+
+if TYPE_CHECKING:
+    from crossmodald_plugins.avsync.clap import ClapOutcome
+
+# torch and the analysis modules (which import torch) load when a plugin is built, not with the
+# entry point: `check-config` and `plugins` only need the factory and its config model (~2 s).
 
 
 class AvSyncPlugin:
@@ -28,6 +29,10 @@ class AvSyncPlugin:
     name = "avsync"
 
     def __init__(self, config: AvSyncConfig, device: str) -> None:
+        import torch
+
+        from crossmodald_plugins.avsync.motion import FaceFinder
+
         self.config = config
         self.device = torch.device(device)
         self._faces = (
@@ -55,6 +60,12 @@ class AvSyncPlugin:
 
     def infer(self, batch: Sequence[Window]) -> list[AvSyncResult]:
         """One result per window, computed for the whole batch at once (on a worker thread)."""
+        import torch
+
+        from crossmodald_plugins.avsync.clap import analyze_clap
+        from crossmodald_plugins.avsync.flash import analyze_flash, audio_onsets
+        from crossmodald_plugins.avsync.motion import analyze_motion
+
         if not batch:
             return []
         method = self.config.method
