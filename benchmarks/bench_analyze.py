@@ -77,8 +77,8 @@ def transcode_clip(src: Path, dst: Path, seconds: float) -> None:
         resampler = av.AudioResampler(format="fltp", layout="mono", rate=48000)
         chunks = []
         for frame in inp.decode(audio=0):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray()[0])
+            for resampled in resampler.resample(frame):
+                chunks.append(resampled.to_ndarray()[0])
         audio = np.concatenate(chunks)
     with av.open(str(dst), "w") as out:
         vs = out.add_stream("libx264", rate=30)
@@ -88,11 +88,11 @@ def transcode_clip(src: Path, dst: Path, seconds: float) -> None:
         n_frames = int(seconds * 30)
         for i in range(n_frames):
             src_index = int(i * 25 / 30) % len(vframes)
-            frame = av.VideoFrame.from_ndarray(vframes[src_index], format="rgb24")
-            frame = frame.reformat(width=640, height=480, format="yuv420p")
-            frame.pts = i
-            frame.time_base = Fraction(1, 30)
-            for packet in vs.encode(frame):
+            picture = av.VideoFrame.from_ndarray(vframes[src_index], format="rgb24")
+            picture = picture.reformat(width=640, height=480, format="yuv420p")
+            picture.pts = i
+            picture.time_base = Fraction(1, 30)
+            for packet in vs.encode(picture):
                 out.mux(packet)
         for packet in vs.encode(None):
             out.mux(packet)
@@ -100,10 +100,10 @@ def transcode_clip(src: Path, dst: Path, seconds: float) -> None:
         looped = np.resize(audio, total).astype(np.float32)
         for start in range(0, total, 1024):
             block = looped[start : start + 1024][None, :]
-            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
-            frame.sample_rate = 48000
-            frame.pts = start
-            for packet in aus.encode(frame):
+            samples = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
+            samples.sample_rate = 48000
+            samples.pts = start
+            for packet in aus.encode(samples):
                 out.mux(packet)
         for packet in aus.encode(None):
             out.mux(packet)
@@ -129,7 +129,9 @@ def measure(
         runs["ds"].append(run_measured([*decode_argv, str(short)]))
         runs["as"].append(run_measured(analyze_argv(short, plugins)))
     best = {key: min(w for w, _ in values) for key, values in runs.items()}
-    steady = (best["df"] - best["ds"]) / max(best["af"] - best["as"], 1e-3)
+    # Too short a file (or too noisy a machine) leaves no steady part to measure: say so.
+    spent = best["af"] - best["as"]
+    steady = (best["df"] - best["ds"]) / spent if spent > 0 else float("nan")
     rss = max(m for _, m in runs["af"])
     print(
         f"{label:<34} {best['df']:7.2f} {best['af']:8.2f} {best['ds']:7.2f} {best['as']:8.2f} "
