@@ -13,12 +13,16 @@ same content and format, and both the decode and the analyze of that short file 
 
 The raw ratio (decode wall / analyze wall, start-up included) is printed too.
 
+With ``--compare-tree PATH`` (another checkout, e.g. ../main) analyze also runs with that tree's
+``daemon/`` and ``plugins/`` first on ``PYTHONPATH``, interleaved with this one's, and a second
+line and the ratio of the two steady ratios are printed: a before/after in one run.
+
 Files: a pattern file (H.264 + AAC, written by the project, default plugins: avsync), and, when
 ../shared/media is there, a real talking-head clip transcoded to 640x480 30 fps + 48 kHz AAC and
 looped, analysed with avsync + faces (``--clip-plugin`` to change).
 
     python benchmarks/bench_analyze.py [--repeat 3] [--seconds 300] [--clip-seconds 60]
-        [--plugin NAME ...] [--clip-plugin NAME ...] [--no-clip]
+        [--plugin NAME ...] [--clip-plugin NAME ...] [--no-clip] [--compare-tree ../../main]
 
 Prints the load average before and after, then one line per file: wall seconds (best of N) of
 decode and analyze for the full and the 1 s file, the raw ratio, the steady ratio, peak RSS of
@@ -55,10 +59,20 @@ with av.open(sys.argv[1]) as c:
 SHORT_S = 1.0
 
 
-def run_measured(argv: list[str]) -> tuple[float, float]:
+def tree_env(tree: Path | None) -> dict[str, str] | None:
+    """The environment that imports crossmodald from checkout ``tree`` (None: as installed)."""
+    if tree is None:
+        return None
+    env = dict(os.environ)
+    paths = [str(tree / "daemon"), str(tree / "plugins")]
+    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of one subprocess."""
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     assert proc.stderr is not None
@@ -118,26 +132,46 @@ def analyze_argv(path: Path, plugins: list[str]) -> list[str]:
 
 
 def measure(
-    label: str, full: Path, short: Path, seconds: float, plugins: list[str], repeat: int
+    label: str,
+    full: Path,
+    short: Path,
+    seconds: float,
+    plugins: list[str],
+    repeat: int,
+    other: Path | None = None,
 ) -> None:
-    """Interleaved decode/analyze runs of the full and the short file; prints one line."""
+    """Interleaved decode/analyze runs of the full and the short file; prints one line.
+
+    With ``other`` (another checkout) its analyze runs too, interleaved, on a second line.
+    """
     decode_argv = [sys.executable, "-c", DECODE_ONLY]
-    runs: dict[str, list[tuple[float, float]]] = {"df": [], "ds": [], "af": [], "as": []}
+    trees: list[tuple[str, dict[str, str] | None]] = [("", tree_env(REPO))]
+    if other is not None:
+        trees.append(("o", tree_env(other)))
+    runs: dict[str, list[tuple[float, float]]] = {"df": [], "ds": []}
     for _ in range(repeat):
         runs["df"].append(run_measured([*decode_argv, str(full)]))
-        runs["af"].append(run_measured(analyze_argv(full, plugins)))
+        for key, env in trees:
+            runs.setdefault(key + "af", []).append(run_measured(analyze_argv(full, plugins), env))
         runs["ds"].append(run_measured([*decode_argv, str(short)]))
-        runs["as"].append(run_measured(analyze_argv(short, plugins)))
+        for key, env in trees:
+            runs.setdefault(key + "as", []).append(run_measured(analyze_argv(short, plugins), env))
     best = {key: min(w for w, _ in values) for key, values in runs.items()}
-    # Too short a file (or too noisy a machine) leaves no steady part to measure: say so.
-    spent = best["af"] - best["as"]
-    steady = (best["df"] - best["ds"]) / spent if spent > 0 else float("nan")
-    rss = max(m for _, m in runs["af"])
-    print(
-        f"{label:<34} {best['df']:7.2f} {best['af']:8.2f} {best['ds']:7.2f} {best['as']:8.2f} "
-        f"{best['df'] / best['af']:6.2f} {steady:7.2f} {rss:8.0f} "
-        f"{seconds / best['af']:7.1f}"
-    )
+    steadies: list[float] = []
+    for key, _ in trees:
+        af, as_ = best[key + "af"], best[key + "as"]
+        # Too short a file (or too noisy a machine) leaves no steady part to measure: say so.
+        spent = af - as_
+        steady = (best["df"] - best["ds"]) / spent if spent > 0 else float("nan")
+        steadies.append(steady)
+        rss = max(m for _, m in runs[key + "af"])
+        name = label if not key else "  same, other tree"
+        print(
+            f"{name:<34} {best['df']:7.2f} {af:8.2f} {best['ds']:7.2f} {as_:8.2f} "
+            f"{best['df'] / af:6.2f} {steady:7.2f} {rss:8.0f} {seconds / af:7.1f}"
+        )
+    if other is not None:
+        print(f"    steady this/other: {steadies[0] / steadies[1]:.2f}")
     print(f"    plugins: {','.join(plugins) or 'default (avsync)'}")
 
 
@@ -151,7 +185,11 @@ def main() -> int:
         "--clip-plugin", action="append", default=None, help="plugins for the clip (avsync,faces)"
     )
     parser.add_argument("--no-clip", action="store_true", help="measure the pattern file only")
+    parser.add_argument("--compare-tree", type=Path, help="another checkout to compare with")
     args = parser.parse_args()
+    other = args.compare_tree.resolve() if args.compare_tree else None
+    if other is not None and not (other / "daemon" / "crossmodald").is_dir():
+        raise SystemExit(f"{other}: not a crossmodald checkout (no daemon/crossmodald)")
     clip_plugins = args.clip_plugin or ["avsync", "faces"]
     print(
         f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
@@ -178,7 +216,7 @@ def main() -> int:
             f"{'dec 1s':>7} {'anal 1s':>8} {'raw':>6} {'steady':>7} {'anl MiB':>8} {'x rt':>7}"
         )
         for label, full, short, seconds, plugins in files:
-            measure(label, full, short, seconds, plugins, args.repeat)
+            measure(label, full, short, seconds, plugins, args.repeat, other)
     print(
         "raw = decode wall / analyze wall; steady = the same with the 1 s file's times"
         " subtracted from both (start-up excluded; target >= 0.8)"
