@@ -7,7 +7,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from crossmodald import api_config
+from crossmodald.bus.sinks import SinkRegistry
 from crossmodald.cli import build_parser
+from crossmodald.ingest import webrtc_config
+from crossmodald.ingest.registry import SourceRegistry
 from crossmodald.runtime.registry import PluginRegistry
 from crossmodald.service import config as cfg
 
@@ -15,14 +19,28 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _models() -> list[type[BaseModel]]:
+    # The service composes models that each part owns (the API's, WebRTC's, every source and
+    # sink type's): all of them, and every model nested in them, are checked.
     models = [
         obj
-        for obj in vars(cfg).values()
+        for module in (cfg, api_config, webrtc_config)
+        for obj in vars(module).values()
         if isinstance(obj, type)
         and issubclass(obj, BaseModel)
-        and obj.__module__ == cfg.__name__
+        and obj.__module__ == module.__name__
         and not obj.__name__.startswith("_")
     ]
+    for types in (SourceRegistry.discover(), SinkRegistry.discover()):
+        for name in types.names():
+            model = types.config_model(name)
+            models.append(model)
+            # Nested tables (a device's `camera`: `CameraConfig | None`).
+            models += [
+                arg
+                for field in model.model_fields.values()
+                for arg in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                if isinstance(arg, type) and issubclass(arg, BaseModel)
+            ]
     registry = PluginRegistry.discover()
     models += [registry.factory(name).config_model for name in registry.names()]
     return models

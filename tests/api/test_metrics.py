@@ -6,6 +6,7 @@ import asyncio
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -280,9 +281,12 @@ port = 0
 """
 
 
-async def test_metrics_of_a_running_daemon() -> None:
+async def test_metrics_of_a_running_daemon(tmp_path: Path) -> None:
     """A real daemon (real-time pattern source, avsync plugin) scraped twice over its API."""
-    daemon = Daemon(load_config_text(_DAEMON_TOML))
+    sink = tmp_path / "events.jsonl"
+    daemon = Daemon(
+        load_config_text(_DAEMON_TOML + f'\n[[sinks]]\ntype = "jsonl"\npath = "{sink}"\n')
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))
     try:
@@ -313,3 +317,7 @@ async def test_metrics_of_a_running_daemon() -> None:
     assert get(series, "crossmodald_stream_alarm", stream="live1", plugin="avsync") == 0
     lead = get(series, "crossmodald_stream_audio_lead_ms", stream="live1", plugin="avsync")
     assert abs(lead) < 5
+    # Sink counters, read through the Sink protocol (the JSONL sink wrote the stream's events).
+    assert get(series, "crossmodald_sink_events_written_total", sink=str(sink)) >= 1
+    assert get(series, "crossmodald_sink_last_seq", sink=str(sink)) >= 1
+    assert get(series, "crossmodald_sink_resumes_total", sink=str(sink)) == 0

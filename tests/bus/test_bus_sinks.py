@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from crossmodald.bus import Event, EventBus, JsonlSink
-from crossmodald.service.config import JsonlSinkConfig
+from crossmodald.bus import Event, EventBus, JsonlSink, Sink
+from crossmodald.bus.jsonl import JsonlSinkConfig
 
 
 def ev(n: int, type_: str = "sync.offset", stream: str = "cam1") -> Event:
@@ -24,6 +24,8 @@ async def test_writes_every_accepted_event_and_flushes_on_close(tmp_path: Path) 
     path = tmp_path / "deep" / "dir" / "events.jsonl"
     bus = EventBus(replay_size=100, subscriber_queue=10_000, slow_subscriber_s=5.0)
     sink = JsonlSink(JsonlSinkConfig(type="jsonl", path=path, fsync=True), batch_max=7)
+    assert isinstance(sink, Sink)  # the protocol the daemon runs every sink through
+    assert sink.identity == str(path)
     task = asyncio.create_task(sink.run(bus))
     await asyncio.sleep(0.05)  # let it subscribe
     for n in range(1, 501):

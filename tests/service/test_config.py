@@ -70,7 +70,11 @@ port = 70000
     assert any(e.startswith("sources.0.fps: expected a frame rate") for e in errors)
     assert "sources.0.colour: unknown key" in errors
     assert "sources.1.url: required key is missing" in errors
-    assert any(e.startswith("sources.2:") and "webcam" in e for e in errors)
+    # An unknown type names the installed ones.
+    assert (
+        "sources.2.type: unknown source type (installed: device, media, pattern) (got 'webcam')"
+        in errors
+    )
     assert any(e.startswith("window.hop_s:") and "'x'" in e for e in errors)
     assert any(e.startswith("api.port:") and "70000" in e for e in errors)
     assert str(info.value).startswith("bad.toml: ")

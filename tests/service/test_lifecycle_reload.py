@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import textwrap
 import threading
 import time
@@ -381,6 +382,33 @@ async def test_rest_sources(daemon_at: Any) -> None:
             assert "not JSON" in (await response.json())["error"]
         async with http.post(f"{run.url}/v1/sources", json=[1, 2]) as response:
             assert response.status == 400
+        # The body is validated by the model of its type; an unknown type names the installed.
+        async with http.post(
+            f"{run.url}/v1/sources", json={"type": "ndi", "name": "n"}
+        ) as response:
+            assert response.status == 400
+            error = (await response.json())["error"]
+            assert error.startswith("type: unknown source type (installed: ")
+            assert "pattern" in error
+        # A credentialed URL is never shown back: not in the entry, not when it fails.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        url = f"rtsp://admin:hunter2@127.0.0.1:{port}/s?token=s3cret"
+        body = {"type": "media", "name": "cam", "url": url, "timeout_s": 2}
+        async with http.post(f"{run.url}/v1/sources", json=body) as response:
+            assert response.status == 201, await response.text()
+            text = await response.text()
+        assert f"rtsp://***@127.0.0.1:{port}/s?token=***" in text
+        await run.wait_event(lambda e: e["type"] == "stream.fault" and e["stream"] == "cam")
+        async with http.get(f"{run.url}/v1/sources/cam") as response:
+            text = await response.text()
+        assert "failed" in text
+        for shown in (text, repr(run.events)):
+            assert "hunter2" not in shown
+            assert "s3cret" not in shown
+        async with http.delete(f"{run.url}/v1/sources/cam") as response:
+            assert response.status == 200
         async with http.post(f"{run.url}/v1/sources", json={"x": "y" * 70_000}) as response:
             assert response.status == 413
         await run.wait_event(lambda e: e["type"] == "test.window" and e["stream"] == "rest1")

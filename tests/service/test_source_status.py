@@ -17,9 +17,10 @@ import pytest
 from crossmodald.bus.events import JsonValue
 from crossmodald.ingest import create_source
 from crossmodald.ingest.base import ReportsStatus, Source, SourceError, source_metrics
+from crossmodald.ingest.registry import SourceConfigBase
 from crossmodald.media import MediaItem, StreamInfo
 from crossmodald.runtime.plugin import MetricSpec as PluginMetricSpec
-from crossmodald.service.config import SourceConfig, load_config_text
+from crossmodald.service.config import load_config_text
 from crossmodald.service.daemon import Daemon
 from crossmodald.status import MetricSpec
 
@@ -92,7 +93,7 @@ class BadMetrics(Wrapped):
     metrics = ({"name": "test_bad", "type": "gauge", "help": "", "key": "x"},)
 
 
-def _factory(config: SourceConfig) -> Source:
+def _factory(config: SourceConfigBase) -> Source:
     inner = create_source(config)
     kind = {"own": Counting, "plain": Wrapped, "bad": BadMetrics}.get(config.name)
     return kind(inner) if kind is not None else inner

@@ -35,8 +35,8 @@ from aiohttp import WSCloseCode, web
 from crossmodald.api import auth as _auth
 from crossmodald.api import metrics as _metrics
 from crossmodald.api.limits import LIMITS, ClientLimits, limits_middleware, server_kwargs
+from crossmodald.api_config import ApiConfig
 from crossmodald.bus.bus import EventBus, EventFilter, SubscriberClosed, Subscription
-from crossmodald.service.config import ApiConfig
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Literal
 
 from aiohttp import hdrs, web
 
-from crossmodald.service.config import ApiConfig, ApiTokenConfig, TlsConfig, is_loopback_host
+from crossmodald.api_config import ApiConfig, ApiTokenConfig, TlsConfig, is_loopback_host
 
 log = logging.getLogger(__name__)
 

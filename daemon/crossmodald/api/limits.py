@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from crossmodald.service.config import ApiLimitsConfig
+from crossmodald.api_config import ApiLimitsConfig
 
 log = logging.getLogger(__name__)
 

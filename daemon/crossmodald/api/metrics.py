@@ -91,6 +91,16 @@ class _Family:
     samples: list[tuple[str, Labels, float | int | bool]] = field(default_factory=list)
 
 
+@runtime_checkable
+class SinkStatsView(Protocol):
+    """Optional part of the daemon the exporter reads when it has it."""
+
+    def sink_stats(self) -> list[dict[str, Any]]:
+        """One dict per running sink: ``sink`` (its identity) and its
+        :class:`~crossmodald.bus.sinks.SinkStats` fields, read through the Sink protocol."""
+        ...
+
+
 class MetricsText:
     """Builds one exposition: families with HELP/TYPE lines and escaped label values."""
 
@@ -479,6 +489,39 @@ def _plugin_metrics(out: MetricsText, plugins: list[dict[str, Any]]) -> None:
             )
 
 
+def _sink_metrics(out: MetricsText, sinks: list[dict[str, Any]]) -> None:
+    for sink in sinks:
+        lab = {"sink": str(sink.get("sink", ""))}
+        out.add(
+            "crossmodald_sink_events_written_total",
+            "counter",
+            "Events a sink wrote and flushed.",
+            int(sink.get("written", 0)),
+            lab,
+        )
+        out.add(
+            "crossmodald_sink_resumes_total",
+            "counter",
+            "Times a sink was closed as slow and resubscribed.",
+            int(sink.get("resumes", 0)),
+            lab,
+        )
+        out.add(
+            "crossmodald_sink_missed_resumes_total",
+            "counter",
+            "Resumes after which the replay buffer no longer held every missed event.",
+            int(sink.get("missed_resumes", 0)),
+            lab,
+        )
+        out.add(
+            "crossmodald_sink_last_seq",
+            "gauge",
+            "seq of the last event a sink wrote.",
+            int(sink.get("last_seq", 0)),
+            lab,
+        )
+
+
 def _bus_metrics(out: MetricsText, bus: Any) -> None:
     stats = bus.stats()
     out.add("crossmodald_subscribers", "gauge", "Open event subscribers.", stats.subscribers)
@@ -655,6 +698,8 @@ def render(app: web.Application) -> str:
     _stream_metrics(out, state.streams.streams(), rates, plugins, sources)
     if isinstance(state.streams, PluginStatsView):
         _plugin_metrics(out, plugins)
+    if isinstance(state.streams, SinkStatsView):
+        _sink_metrics(out, state.streams.sink_stats())
     _bus_metrics(out, state.bus)
     _api_metrics(out, app)
     _process_metrics(out)

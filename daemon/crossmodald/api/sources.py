@@ -3,7 +3,8 @@
 Routes (added to the API application by :func:`add_source_routes`):
     ``GET /v1/sources``              ``{"sources": [...]}``: every stream, with its origin
                                      (``config``, ``api``, ``publisher``), state and source
-                                     config (secrets and URL passwords hidden).
+                                     config (secrets and URL credentials hidden, see
+                                     :mod:`crossmodald.redact`).
     ``GET /v1/sources/{name}``       One of them.
     ``POST /v1/sources``             Start a stream: the body is one ``[[sources]]`` table as
                                      JSON, e.g. ``{"type": "pattern", "name": "bars"}``;
@@ -26,15 +27,15 @@ import json
 from typing import Any, Protocol
 
 from aiohttp import web
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
+from crossmodald.config_errors import format_validation_error
 from crossmodald.ingest.base import SourceError
-from crossmodald.service.config import SourceConfig, format_validation_error
+from crossmodald.ingest.registry import SourceConfigBase, SourceRegistry
+from crossmodald.redact import redact_text
 
 #: Largest POST /v1/sources body, in bytes (one source table).
 MAX_SOURCE_BODY_BYTES = 64 * 1024
-
-_SOURCE_ADAPTER: TypeAdapter[SourceConfig] = TypeAdapter(SourceConfig)
 
 
 class ReloadOutcome(Protocol):
@@ -49,11 +50,16 @@ class ReloadOutcome(Protocol):
 class SourcesControl(Protocol):
     """What these routes need from the daemon (the composition root provides it)."""
 
+    @property
+    def source_types(self) -> SourceRegistry:
+        """The source types a ``POST`` body is validated with (its ``type`` picks one)."""
+        ...
+
     def sources(self) -> list[dict[str, Any]]:
         """Every stream as a JSON-compatible dict with ``name``, ``origin``, ``state``."""
         ...
 
-    def start_source(self, config: SourceConfig) -> asyncio.Task[None]:
+    def start_source(self, config: SourceConfigBase) -> asyncio.Task[None]:
         """Start a stream; returns its task.
 
         Raises:
@@ -162,7 +168,7 @@ async def _create(request: web.Request) -> web.Response:
     if not isinstance(data, dict):
         return _error(400, f"expected a JSON object (one source table), got {type(data).__name__}")
     try:
-        config = _SOURCE_ADAPTER.validate_python(data)
+        config = control.source_types.validate_table(data)
     except ValidationError as exc:
         errors = format_validation_error(exc)
         return _error(400, errors[0] if errors else "invalid source", errors=errors)
@@ -176,7 +182,7 @@ async def _create(request: web.Request) -> web.Response:
         return _error(409, str(exc))
     except SourceError as exc:
         slot.release()
-        return _error(422, f"source {config.name!r}: {exc}")
+        return _error(422, redact_text(f"source {config.name!r}: {exc}"))
     except RuntimeError as exc:
         slot.release()
         return _error(503, str(exc))

@@ -52,8 +52,10 @@ from aiortc.rtcpeerconnection import find_common_codecs
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription
 
-from crossmodald.bus.bus import EventBus, EventFilter, SubscriberClosed
+from crossmodald.bus.bus import EventBus, EventFilter, SubscriberClosed, Subscription
 from crossmodald.bus.events import Event
+from crossmodald.bus.sinks import SinkStats, run_sink
+from crossmodald.config_base import NAME_PATTERN
 from crossmodald.ingest.base import Source
 from crossmodald.ingest.webrtc import (
     WebRtcSource,
@@ -61,10 +63,11 @@ from crossmodald.ingest.webrtc import (
     ice_configuration,
     install_receiver_hooks,
 )
-from crossmodald.service.config import NAME_PATTERN, WebRtcConfig
+from crossmodald.ingest.webrtc_config import WebRtcConfig
 
 __all__ = [
     "WHIP_PREFIX",
+    "DataChannelSink",
     "OfferError",
     "OfferSummary",
     "StreamHost",
@@ -550,16 +553,65 @@ class WhipEndpoint:
 
     async def _forward(self, session: WhipSession, channel: RTCDataChannel) -> None:
         """Send the stream's events over the channel (from the stream's first event on)."""
+        sink = DataChannelSink(channel, session.stream, identity=f"whip:{session.id}:events")
+        await run_sink(sink, self.host.bus, session.first_seq)
+
+
+class DataChannelSink:
+    """A :class:`~crossmodald.bus.sinks.Sink` that sends one stream's events over a WebRTC
+    data channel, as the same JSON text as one SSE ``data:`` line.
+
+    Backpressure: above ``high_bytes`` buffered in the channel it stops taking events until
+    the buffer drains below ``low_bytes``; meanwhile its bus subscription's bounded queue
+    fills, and a channel that stays stuck is closed by the bus as a slow subscriber.
+
+    Args:
+        channel: An open (or opening) data channel.
+        stream: Only this stream's events are sent.
+        identity: Its name among sinks (logs, metrics).
+        high_bytes: Buffered bytes above which it waits.
+        low_bytes: Buffered bytes below which it goes on.
+    """
+
+    def __init__(
+        self,
+        channel: RTCDataChannel,
+        stream: str,
+        *,
+        identity: str,
+        high_bytes: int = _CHANNEL_HIGH_BYTES,
+        low_bytes: int = _CHANNEL_LOW_BYTES,
+    ) -> None:
+        self.channel = channel
+        self.stream = stream
+        self._identity = identity
+        self._high = high_bytes
+        self._low = low_bytes
+        self.stats = SinkStats()
+        self._sub: Subscription | None = None
+        self._closing = False
+
+    @property
+    def identity(self) -> str:
+        """The name given at construction."""
+        return self._identity
+
+    async def run(self, bus: EventBus, after_seq: int | None = None) -> None:
+        """Send events until the channel closes, :meth:`aclose`, or the bus ends it."""
+        if self._closing:
+            return
         try:
-            sub = self.host.bus.subscribe(
-                EventFilter.from_lists([], [session.stream]),
-                session.first_seq,
-                name=f"whip:{session.stream}:datachannel",
+            sub = bus.subscribe(
+                EventFilter.from_lists([], [self.stream]),
+                after_seq,
+                name=f"whip:{self.stream}:datachannel",
             )
         except SubscriberClosed:
             return
+        self._sub = sub
+        channel = self.channel
         low = asyncio.Event()
-        channel.bufferedAmountLowThreshold = _CHANNEL_LOW_BYTES
+        channel.bufferedAmountLowThreshold = self._low
         channel.on("bufferedamountlow", low.set)
         try:
             async for envelope in sub:
@@ -568,13 +620,25 @@ class WhipEndpoint:
                         break
                     continue
                 channel.send(envelope.json)
-                if channel.bufferedAmount > _CHANNEL_HIGH_BYTES:
+                self.stats.written += 1
+                self.stats.batches += 1
+                self.stats.last_seq = envelope.seq
+                if channel.bufferedAmount > self._high:
                     low.clear()
                     await low.wait()
         except SubscriberClosed as exc:
-            log.info("whip: %s: events channel closed: %s", session.stream, exc.reason)
+            log.info("whip: %s: events channel closed: %s", self.stream, exc.reason)
         finally:
             await sub.aclose()
+
+    async def flush(self) -> None:
+        """Nothing to do: each event is handed to the channel as it is taken off the bus."""
+
+    async def aclose(self) -> None:
+        """Stop taking events (what was sent stays sent)."""
+        self._closing = True
+        if self._sub is not None:
+            self._sub.end("sink closing")
 
 
 def _capability(codec: RTCRtpCodecParameters) -> RTCRtpCodecCapability:

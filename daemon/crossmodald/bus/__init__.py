@@ -10,7 +10,8 @@ from crossmodald.bus.bus import (
     event_schema,
 )
 from crossmodald.bus.events import SCHEMA_VERSION, Envelope, Event, Phase
-from crossmodald.bus.sinks import JsonlSink, SinkStats
+from crossmodald.bus.jsonl import JsonlSink
+from crossmodald.bus.sinks import Sink, SinkStats
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -21,6 +22,7 @@ __all__ = [
     "EventFilter",
     "JsonlSink",
     "Phase",
+    "Sink",
     "SinkStats",
     "SubscriberClosed",
     "SubscriberStats",

@@ -1,29 +1,63 @@
-"""Sinks: consumers that take events off the bus and put them somewhere durable.
+"""Sinks: consumers that take events off the bus and put them somewhere.
 
 A sink is an ordinary bus subscriber (one mechanism for everyone): it reads its
-:class:`~crossmodald.bus.bus.Subscription` and writes in batches off the event loop. If the
-bus closes it for being slow (a stalled disk), it resubscribes with the last ``seq`` it wrote
-and catches up from the replay buffer; events that fell out of that buffer meanwhile are
-counted in ``SinkStats.missed_resumes`` and logged. An envelope the sink has taken off its
-subscription is never lost: :meth:`JsonlSink.aclose` writes and flushes everything queued.
+:class:`~crossmodald.bus.bus.Subscription` from a ``seq`` on and writes what it takes off it.
+Every sink satisfies :class:`Sink`; the daemon starts, reloads, flushes and closes sinks, and
+reads their :class:`SinkStats`, only through it. An envelope a sink has taken off its
+subscription is never lost: :meth:`Sink.aclose` writes and flushes everything it holds.
+
+Sink types of ``[[sinks]]`` tables are found by entry point (group ``crossmodald.sinks``, the
+entry point's name is the ``type``), the built-in ``jsonl`` (:mod:`crossmodald.bus.jsonl`)
+included::
+
+    [project.entry-points."crossmodald.sinks"]
+    mqtt = "my_package.mqtt:MqttSinkFactory"
+
+    class MqttSinkConfig(SinkConfigBase):
+        type: Literal["mqtt"]
+        broker: str
+
+        @property
+        def identity(self) -> str:
+            return f"mqtt:{self.broker}"
+
+    class MqttSinkFactory:
+        config_model = MqttSinkConfig
+
+        @classmethod
+        def create(cls, config: MqttSinkConfig) -> Sink: ...
+
+        @classmethod
+        def check(cls, config: MqttSinkConfig) -> None: ...  # or nothing to check
+
+Sinks made by other parts (the WebRTC data channel that sends a publisher its events, see
+:mod:`crossmodald.api.whip`) are the same kind of object, run by :func:`run_sink`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 from dataclasses import dataclass
-from typing import IO
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from crossmodald.bus.bus import EventBus, EventFilter, SubscriberClosed, Subscription
-from crossmodald.bus.events import Envelope
-from crossmodald.service.config import JsonlSinkConfig
+from crossmodald.bus.bus import EventBus
+from crossmodald.config_base import ConfigModel
+from crossmodald.entrypoints import TypeRegistry
+
+__all__ = [
+    "SINKS_GROUP",
+    "Sink",
+    "SinkConfigBase",
+    "SinkFactory",
+    "SinkRegistry",
+    "SinkStats",
+    "run_sink",
+]
 
 log = logging.getLogger(__name__)
 
-#: Most envelopes written in one batch (one write + flush in a worker thread).
-BATCH_MAX = 512
+#: The entry-point group sink types are found in.
+SINKS_GROUP = "crossmodald.sinks"
 
 
 @dataclass(slots=True)
@@ -31,7 +65,7 @@ class SinkStats:
     """Counters of one sink.
 
     Attributes:
-        written: Envelopes written and flushed.
+        written: Envelopes written (sent, stored) and flushed.
         batches: Write batches.
         resumes: Times it was closed as slow and resubscribed.
         missed_resumes: Resumes where the replay buffer no longer held every missed envelope.
@@ -45,113 +79,106 @@ class SinkStats:
     last_seq: int = 0
 
 
-class JsonlSink:
-    """Appends one JSON line per matching envelope to a file.
+@runtime_checkable
+class Sink(Protocol):
+    """Something that takes events off the bus and puts them somewhere.
 
-    Run :meth:`run` as a task (``tg.create_task(sink.run(bus), name="sink:jsonl")``); stop it
-    with :meth:`aclose`, which drains and flushes, or by closing the bus.
-
-    Args:
-        config: The sink's config (path, type/stream filters, fsync).
-        batch_max: Most envelopes per write batch.
-
-    Raises:
-        ValueError: A filter entry in the config is malformed.
+    Run :meth:`run` as a task; stop it with :meth:`aclose` (or by closing the bus).
     """
 
-    def __init__(self, config: JsonlSinkConfig, *, batch_max: int = BATCH_MAX) -> None:
-        if batch_max < 1:
-            raise ValueError(f"batch_max must be >= 1, got {batch_max}")
-        try:
-            self.filter = EventFilter.from_lists(config.types, config.streams)
-        except ValueError as exc:
-            raise ValueError(f"jsonl sink {config.path}: {exc}") from None
-        self.config = config
-        self.stats = SinkStats()
-        self._batch_max = batch_max
-        self._sub: Subscription | None = None
-        self._closing = False
-        self._done = asyncio.Event()
-        self._running = False
+    @property
+    def identity(self) -> str:
+        """What it writes to (a path, a broker topic, a peer), unique among running sinks.
 
-    async def run(self, bus: EventBus, *, after_seq: int | None = None) -> None:
+        A reload keeps a sink whose identity and config are unchanged, and replaces one whose
+        config changed; the new sink goes on from the ``seq`` where the old one stopped.
+        """
+        ...
+
+    @property
+    def stats(self) -> SinkStats:
+        """Its counters (read by ``/metrics``)."""
+        ...
+
+    async def run(self, bus: EventBus, after_seq: int | None = None) -> None:
         """Subscribe and write until :meth:`aclose` or the bus closes (everything flushed).
 
         Args:
             bus: The bus to read.
-            after_seq: Write every envelope after this ``seq`` (replayed from the bus's buffer),
-                so that events published while the file opens are not missed; None: only
-                those published after the subscription.
+            after_seq: Take every envelope after this ``seq`` (replayed from the bus's buffer);
+                None: those published after the subscription.
 
         Raises:
-            OSError: The file cannot be opened or written (the error names the path).
+            OSError: Its destination cannot be opened or written (the message names it).
         """
-        if self._running:
-            raise RuntimeError(f"jsonl sink {self.config.path} is already running")
-        self._running = True
-        try:
-            file = await asyncio.to_thread(self._open)
-            try:
-                await self._consume(bus, file, after_seq)
-            finally:
-                await asyncio.to_thread(file.close)
-        finally:
-            self._done.set()
+        ...
 
-    async def _consume(self, bus: EventBus, file: IO[str], after_seq: int | None = None) -> None:
-        # Resume point: the last seq written, or (before the first write) the newest seq when
-        # the sink first subscribed, so a cut-off before any write still loses nothing.
-        last_seq: int | None = after_seq
-        first_seq_seen = bus.last_seq if after_seq is None else after_seq
-        while not self._closing:
-            try:
-                sub = bus.subscribe(self.filter, last_seq, name=f"sink:jsonl:{self.config.path}")
-            except SubscriberClosed:
-                return  # the bus has shut down
-            self._sub = sub
-            if not sub.replay_complete:
-                self.stats.missed_resumes += 1
-                log.warning(
-                    "jsonl sink %s: replay buffer no longer holds every event after seq %s",
-                    self.config.path,
-                    last_seq,
-                )
-            try:
-                async for first in sub:
-                    batch = [first, *sub.drain_nowait(self._batch_max - 1)]
-                    await asyncio.to_thread(self._write, file, batch)
-                    last_seq = batch[-1].seq
-                return  # aclose() of the subscription: nothing more to do
-            except SubscriberClosed as exc:
-                if not exc.slow:
-                    return  # the bus shut down or aclose() ended it; all queued was written
-                self.stats.resumes += 1
-                log.warning("jsonl sink %s: %s; resuming", self.config.path, exc.reason)
-                if last_seq is None:
-                    last_seq = first_seq_seen
-
-    def _open(self) -> IO[str]:
-        path = self.config.path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return path.open("a", encoding="utf-8")
-        except OSError as exc:
-            raise OSError(exc.errno, f"jsonl sink: cannot open {path}: {exc.strerror}") from None
-
-    def _write(self, file: IO[str], batch: list[Envelope]) -> None:
-        # Runs in a worker thread: one write, one flush (and fsync) per batch.
-        file.write("".join(env.json + "\n" for env in batch))
-        file.flush()
-        if self.config.fsync:
-            os.fsync(file.fileno())
-        self.stats.written += len(batch)
-        self.stats.batches += 1
-        self.stats.last_seq = batch[-1].seq
+    async def flush(self) -> None:
+        """Return once everything taken off the bus so far is written and flushed."""
+        ...
 
     async def aclose(self) -> None:
-        """Stop taking new events, write and flush everything queued, close the file."""
-        self._closing = True
-        if self._sub is not None:
-            self._sub.end("sink closing")
-        if self._running:
-            await self._done.wait()
+        """Stop taking events, write and flush everything taken, release (idempotent)."""
+        ...
+
+
+class SinkConfigBase(ConfigModel):
+    """What every ``[[sinks]]`` table has; a sink type's model subclasses it.
+
+    A subclass narrows ``type`` to its own name and, if one daemon may run more than one sink
+    of its type, overrides :attr:`identity`.
+
+    Attributes:
+        type: The sink type (the entry point's name).
+    """
+
+    type: str
+
+    @property
+    def identity(self) -> str:
+        """What the sink writes to, unique among ``[[sinks]]``; the same as its sink's."""
+        return self.type
+
+
+class SinkFactory(Protocol):
+    """What an entry point of group ``crossmodald.sinks`` names."""
+
+    #: The model of this type's ``[[sinks]]`` table.
+    config_model: ClassVar[type[SinkConfigBase]]
+
+    @classmethod
+    def create(cls, config: Any) -> Sink:
+        """Build the sink a validated config (an instance of ``config_model``) describes.
+
+        Raises:
+            ValueError: The config describes a sink that cannot exist.
+        """
+        ...
+
+    @classmethod
+    def check(cls, config: Any) -> None:
+        """Fail early (before READY, or rejecting a reload) when the sink cannot work.
+
+        Runs in a worker thread: it may block (open a file, resolve a host).
+
+        Raises:
+            OSError: Its destination cannot be opened (the message names it).
+        """
+        ...
+
+
+class SinkRegistry(TypeRegistry[SinkFactory, SinkConfigBase]):
+    """The sink types installed on this machine (entry-point group ``crossmodald.sinks``)."""
+
+    kind = "sink"
+    group = SINKS_GROUP
+    base = SinkConfigBase
+    required = ("create", "check")
+
+
+async def run_sink(sink: Sink, bus: EventBus, after_seq: int | None = None) -> None:
+    """Run a sink; a sink whose destination fails is logged, and nothing else stops with it."""
+    try:
+        await sink.run(bus, after_seq)
+    except OSError as exc:
+        log.error("sink %s failed: %s", sink.identity, exc)

@@ -1,22 +1,37 @@
 """Sources: where timed frames and audio chunks come from.
 
-:func:`create_source` builds the source a validated config describes; every source satisfies
+:func:`create_source` builds the source a validated ``[[sources]]`` table describes, through
+the factory its ``type`` names (entry-point group ``crossmodald.sources``, see
+:mod:`crossmodald.ingest.registry`); every source satisfies
 :class:`~crossmodald.ingest.base.Source`.
+
+The names below are imported on first use, so that importing one source type (or reading a
+config) does not import every other one (OpenCV, PyAV, aiortc).
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from crossmodald.ingest.base import Source, SourceError, SourceFault
-from crossmodald.ingest.device import DeviceSource
-from crossmodald.ingest.media import MediaSource, MediaStats
 from crossmodald.ingest.pacing import MonotonicPacer, Pacer, VirtualPacer
-from crossmodald.ingest.pattern import (
-    PatternSource,
-    PatternStats,
-    PatternTimeline,
-    write_pattern_file,
+from crossmodald.ingest.registry import (
+    SourceConfigBase,
+    SourceFactory,
+    SourceRegistry,
+    create_source,
 )
-from crossmodald.service.config import DeviceSourceConfig, MediaSourceConfig, PatternSourceConfig
+
+if TYPE_CHECKING:
+    from crossmodald.ingest.device import DeviceSource
+    from crossmodald.ingest.media import MediaSource, MediaStats
+    from crossmodald.ingest.pattern import (
+        PatternSource,
+        PatternStats,
+        PatternTimeline,
+        write_pattern_file,
+    )
 
 __all__ = [
     "DeviceSource",
@@ -28,37 +43,29 @@ __all__ = [
     "PatternStats",
     "PatternTimeline",
     "Source",
+    "SourceConfigBase",
     "SourceError",
+    "SourceFactory",
     "SourceFault",
+    "SourceRegistry",
     "VirtualPacer",
     "create_source",
     "write_pattern_file",
 ]
 
+_LAZY = {
+    "DeviceSource": "crossmodald.ingest.device",
+    "MediaSource": "crossmodald.ingest.media",
+    "MediaStats": "crossmodald.ingest.media",
+    "PatternSource": "crossmodald.ingest.pattern",
+    "PatternStats": "crossmodald.ingest.pattern",
+    "PatternTimeline": "crossmodald.ingest.pattern",
+    "write_pattern_file": "crossmodald.ingest.pattern",
+}
 
-def create_source(
-    config: PatternSourceConfig | MediaSourceConfig | DeviceSourceConfig,
-    *,
-    clock: Pacer | None = None,
-) -> Source:
-    """The source a config describes.
 
-    Args:
-        config: A validated ``[[sources]]`` entry.
-        clock: The pacing clock (default: real time, :class:`MonotonicPacer`); tests pass a
-            :class:`VirtualPacer`.
-
-    Raises:
-        SourceError: The config describes a source that cannot exist (e.g. a pattern whose
-            flash outlasts its period). Opening errors come later, from ``open()``.
-    """
-    pacer: Pacer = clock if clock is not None else MonotonicPacer()
-    if isinstance(config, PatternSourceConfig):
-        return PatternSource(config, pacer)
-    if isinstance(config, MediaSourceConfig):
-        return MediaSource(config, pacer)
-    if isinstance(config, DeviceSourceConfig):
-        return DeviceSource(config)  # live devices keep their own time: no pacer
-    raise SourceError(
-        f"{getattr(config, 'name', '?')}: unknown source type {type(config).__name__}"
-    )
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

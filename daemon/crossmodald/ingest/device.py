@@ -38,14 +38,18 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field, model_validator
 
 from crossmodald.clock.samples import SampleClock, StreamTimeMapper, camera_capture_ns
+from crossmodald.config_base import ConfigModel
 from crossmodald.ingest.base import SourceError, SourceFault
 from crossmodald.ingest.frames import audio_chunk, to_mono_f32, video_frame_from_luma
+from crossmodald.ingest.pacing import Pacer
+from crossmodald.ingest.registry import SourceConfigBase
 from crossmodald.media import (
     NS_PER_MS,
     NS_PER_S,
@@ -54,9 +58,66 @@ from crossmodald.media import (
     StreamInfo,
     U8Image,
 )
-from crossmodald.service.config import CameraConfig, DeviceSourceConfig, MicrophoneConfig
 
 log = logging.getLogger(__name__)
+
+
+class CameraConfig(ConfigModel):
+    """A local camera opened through OpenCV ``VideoCapture``."""
+
+    #: V4L2 index (0 = /dev/video0), a device path, or any capture string OpenCV accepts
+    #: (a file or an image sequence like "frames/%04d.png" behaves as a camera at its own rate).
+    device: int | str
+    #: OpenCV capture backend; "auto" lets OpenCV choose (V4L2 for indices on Linux).
+    backend: Literal["auto", "v4l2", "ffmpeg", "gstreamer"] = "auto"
+    #: Requested resolution (the driver may pick the nearest mode; None: the device's default).
+    width: int | None = Field(None, ge=16, le=7680)
+    height: int | None = Field(None, ge=16, le=4320)
+    #: Requested frame rate (None: the device's default).
+    fps: float | None = Field(None, gt=0, le=240)
+    #: Pixel format as a FOURCC, e.g. "MJPG" or "YUYV" (None: the device's default).
+    fourcc: str | None = Field(None, pattern=r"^[ -~]{4}$")
+    #: How late this camera stamps a frame after the light hit the sensor (ms); subtracted
+    #: from every frame's capture time. Measure it with `crossmodald calibrate`.
+    latency_ms: float = Field(0.0, ge=-5000, le=5000)
+
+
+class MicrophoneConfig(ConfigModel):
+    """A local microphone opened through sounddevice (PortAudio)."""
+
+    #: Device index or (part of) its name as `crossmodald devices` lists it; None: the default.
+    device: int | str | None = None
+    sample_rate: int = Field(48000, ge=8000, le=192000)
+    channels: int = Field(1, ge=1, le=64)
+    #: Samples per PortAudio callback block (per channel).
+    blocksize: int = Field(960, ge=16, le=65536)
+    #: How late this microphone stamps a sample after the sound reached it (ms); subtracted
+    #: from every block's ADC time. Measure it with `crossmodald calibrate`.
+    latency_ms: float = Field(0.0, ge=-5000, le=5000)
+
+
+class DeviceSourceConfig(SourceConfigBase):
+    """A camera and/or microphone on this machine, as one stream on the monotonic clock."""
+
+    type: Literal["device"]
+    camera: CameraConfig | None = None
+    microphone: MicrophoneConfig | None = None
+    #: First wait before reopening a device that vanished; doubles up to retry_max_s.
+    retry_initial_s: float = Field(0.5, gt=0, le=3600)
+    retry_max_s: float = Field(30.0, gt=0, le=3600)
+    #: Reopen attempts in a row before the stream fails (0: retry for ever).
+    retry_limit: int = Field(0, ge=0)
+    #: A device that delivers nothing for this long counts as vanished.
+    stall_s: float = Field(3.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _devices(self) -> DeviceSourceConfig:
+        if self.camera is None and self.microphone is None:
+            raise ValueError("a device source needs a camera, a microphone or both")
+        if self.retry_max_s < self.retry_initial_s:
+            raise ValueError("retry_max_s must not be below retry_initial_s")
+        return self
+
 
 #: Faults of one kind (overflow) are reported at most this often; counts are summed meanwhile.
 _FAULT_INTERVAL_NS = 1 * NS_PER_S
@@ -769,3 +830,14 @@ class DeviceSource:
 def create_device_source(config: DeviceSourceConfig) -> DeviceSource:
     """The source for a ``type = "device"`` table (the ingest factory calls this)."""
     return DeviceSource(config)
+
+
+class DeviceSourceFactory:
+    """Source type ``device`` (entry point ``crossmodald.sources``)."""
+
+    config_model = DeviceSourceConfig
+
+    @classmethod
+    def create(cls, config: DeviceSourceConfig, *, clock: Pacer | None = None) -> DeviceSource:
+        """A device source; live devices keep their own time, so ``clock`` is not used."""
+        return DeviceSource(config)

@@ -41,14 +41,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Final, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Final, Literal, TypeVar, cast
 
 import av
 import av.container
 import av.error
 import av.format
 import av.stream
+from pydantic import Field
 
 from crossmodald.bus.events import JsonValue
 from crossmodald.clock.samples import SampleCounter
@@ -62,6 +62,7 @@ from crossmodald.ingest.frames import (
     make_thumb,
 )
 from crossmodald.ingest.pacing import MonotonicPacer, Pacer
+from crossmodald.ingest.registry import SourceConfigBase
 from crossmodald.media import (
     NS_PER_MS,
     NS_PER_S,
@@ -72,10 +73,28 @@ from crossmodald.media import (
     U8Image,
     VideoFrame,
 )
-from crossmodald.service.config import MediaSourceConfig
+from crossmodald.redact import redact_text, redact_url
 from crossmodald.status import MetricSpec
 
 log = logging.getLogger(__name__)
+
+
+class MediaSourceConfig(SourceConfigBase):
+    """Any file or URL that PyAV (FFmpeg) opens: mp4, mkv, webm, avi, wav, flac, RTSP, HTTP, ..."""
+
+    type: Literal["media"]
+    url: str = Field(min_length=1)
+    #: Start again from the beginning at the end (files only).
+    loop: bool = False
+    #: Pace output at real time (True for `run`; `analyze` goes as fast as it can).
+    realtime: bool = True
+    #: FFmpeg options passed to the demuxer/protocol, e.g. {rtsp_transport = "tcp"}.
+    options: dict[str, str] = Field(default_factory=dict)
+    #: Seconds to wait for a network stream to open or deliver data.
+    timeout_s: float = Field(10.0, gt=0)
+    #: Shift the audio timeline by this many ms (positive = audio earlier, i.e. audio leads).
+    audio_shift_ms: float = 0.0
+
 
 _T = TypeVar("_T")
 _S = TypeVar("_S", bound=av.stream.Stream)
@@ -120,29 +139,17 @@ _NETWORK_SCHEMES: Final = frozenset(
 )
 
 
-def redact_url(url: str) -> str:
-    """The URL as it may appear in logs and errors: any ``user:password@`` removed."""
-    if "://" not in url:
-        return url
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-
-
 def _is_network(url: str) -> bool:
     return "://" in url and url.split("://", 1)[0].lower() in _NETWORK_SCHEMES
 
 
 def _reason(exc: BaseException) -> str:
+    # FFmpeg and OSError texts may quote the URL they failed on: redact it like the rest.
     if isinstance(exc, av.error.FFmpegError):
-        return str(exc.strerror or exc)
+        return redact_text(str(exc.strerror or exc))
     if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
+        return redact_text(exc.strerror)
+    return redact_text(str(exc)) or type(exc).__name__
 
 
 @dataclass(slots=True)
@@ -698,3 +705,14 @@ class MediaSource:
         return audio_chunk(
             self.name, item.pts_ns, arrival_ns, item.samples, item.sample_rate, ClockKind.PTS
         )
+
+
+class MediaSourceFactory:
+    """Source type ``media`` (entry point ``crossmodald.sources``)."""
+
+    config_model = MediaSourceConfig
+
+    @classmethod
+    def create(cls, config: MediaSourceConfig, *, clock: Pacer | None = None) -> MediaSource:
+        """A media source paced by ``clock`` (None: real time)."""
+        return MediaSource(config, clock if clock is not None else MonotonicPacer())

@@ -48,16 +48,19 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 import av
 import numpy as np
+from pydantic import Field, field_validator
 
 from crossmodald.bus.events import JsonValue
 from crossmodald.clock.timeline import ticks_to_ns
+from crossmodald.config_base import parse_frame_rate
 from crossmodald.ingest.base import SourceError, SourceFault
 from crossmodald.ingest.frames import audio_chunk, video_frame_from_luma
 from crossmodald.ingest.pacing import MonotonicPacer, Pacer
+from crossmodald.ingest.registry import SourceConfigBase
 from crossmodald.media import (
     NS_PER_S,
     ClockKind,
@@ -66,7 +69,43 @@ from crossmodald.media import (
     StreamInfo,
     U8Image,
 )
-from crossmodald.service.config import PatternSourceConfig
+
+
+class PatternSourceConfig(SourceConfigBase):
+    """A synthetic test source: white flashes and tone bursts, with known faults injected."""
+
+    type: Literal["pattern"]
+    width: int = Field(640, ge=16, le=7680)
+    height: int = Field(480, ge=16, le=4320)
+    fps: Fraction = Fraction(30)
+    sample_rate: int = Field(48000, ge=8000, le=192000)
+    #: Seconds between flash/beep pairs; above 2 * max lag so a pair never matches the wrong one.
+    period_s: float = Field(1.2, gt=0.1, le=60)
+    flash_ms: float = Field(100.0, gt=0)
+    beep_ms: float = Field(100.0, gt=0)
+    tone_hz: float = Field(1000.0, gt=20, le=20000)
+    #: The true A/V offset: positive = audio ahead of video (ITU-R BT.1359 sign).
+    audio_lead_ms: float = Field(0.0, ge=-5000, le=5000)
+    #: Audio clock error: the sound card runs this many ppm fast against the video clock.
+    drift_ppm: float = Field(0.0, ge=-10000, le=10000)
+    #: Delivery jitter (ms): each item is delivered up to this late, possibly out of order.
+    jitter_ms: float = Field(0.0, ge=0, le=5000)
+    #: Probability that a video frame is dropped.
+    drop_frames: float = Field(0.0, ge=0, lt=1)
+    #: Probability that an audio packet is lost.
+    lose_audio: float = Field(0.0, ge=0, lt=1)
+    audio_packet_ms: float = Field(20.0, gt=0, le=1000)
+    #: Stop after this many seconds (None: run until stopped).
+    duration_s: float | None = Field(None, gt=0)
+    seed: int = 0
+    #: Pace output at real time (True for `run`; `analyze` goes as fast as it can).
+    realtime: bool = True
+
+    @field_validator("fps", mode="before")
+    @classmethod
+    def _fps(cls, value: object) -> Fraction:
+        return parse_frame_rate(value)
+
 
 #: Limited-range black and white (BT.601/709 luma).
 Y_BLACK: Final = 16
@@ -579,3 +618,14 @@ def write_pattern_file(
                 container.mux(packet)
         for packet in astream.encode(None):
             container.mux(packet)
+
+
+class PatternSourceFactory:
+    """Source type ``pattern`` (entry point ``crossmodald.sources``)."""
+
+    config_model = PatternSourceConfig
+
+    @classmethod
+    def create(cls, config: PatternSourceConfig, *, clock: Pacer | None = None) -> PatternSource:
+        """A pattern source paced by ``clock`` (None: real time)."""
+        return PatternSource(config, clock if clock is not None else MonotonicPacer())

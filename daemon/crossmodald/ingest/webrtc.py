@@ -50,8 +50,8 @@ from crossmodald.bus.events import Event, JsonValue
 from crossmodald.clock.rtcp import OPUS_DECODER_DELAY_NS, StreamTimeline, TrackSpec, frame_rtp
 from crossmodald.ingest.base import SourceError, SourceFault
 from crossmodald.ingest.frames import AudioMonoConverter, audio_chunk, video_frame_from_av
+from crossmodald.ingest.webrtc_config import WebRtcConfig
 from crossmodald.media import NS_PER_S, ClockKind, MediaItem, StreamInfo
-from crossmodald.service.config import WebRtcConfig
 from crossmodald.status import MetricSpec
 
 __all__ = [

@@ -8,11 +8,19 @@ flush the sinks, close the API; see :mod:`crossmodald.service.lifecycle`). While
 (:mod:`crossmodald.service.reload`), and streams can be added and stopped one by one (REST
 ``/v1/sources``, see :mod:`crossmodald.api.sources`). systemd hears about all of it through
 :class:`~crossmodald.service.notify.Notifier` (READY, RELOADING, STOPPING, STATUS, WATCHDOG).
+
+:class:`Daemon` is composed of parts by role, each in its module: stream management and the
+``/v1/sources`` control (:mod:`crossmodald.service.streams`), the per-stream pipeline
+(:mod:`crossmodald.service.pipeline`) and the reload applier
+(:mod:`crossmodald.service.reload_apply`). Sources and sinks are built by the factories their
+``type`` names (entry-point groups ``crossmodald.sources`` and ``crossmodald.sinks``); every
+sink is run, reloaded and read through :class:`~crossmodald.bus.sinks.Sink`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -20,11 +28,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crossmodald.bus.events import Envelope, Event
+from crossmodald.bus.sinks import Sink, SinkConfigBase, SinkRegistry, run_sink
+from crossmodald.entrypoints import TypeLoadError
 from crossmodald.ingest.base import Source, SourceError
+from crossmodald.ingest.registry import SourceRegistry
+from crossmodald.redact import redact_url
 from crossmodald.runtime.device import configure_threads, resolve_device
 from crossmodald.runtime.host import Overload, PluginHost, link_hosts
 from crossmodald.runtime.registry import LoadedConfig, PluginLoadError, PluginRegistry
-from crossmodald.service.config import ConfigError, DaemonConfig, JsonlSinkConfig
+from crossmodald.service.config import ConfigError, DaemonConfig
 from crossmodald.service.lifecycle import run_stage, run_stage_call
 from crossmodald.service.notify import Notifier, run_watchdog
 from crossmodald.service.pipeline import StreamPipeline
@@ -33,18 +45,15 @@ from crossmodald.service.reload_apply import ReloadApplier, ReloadResult
 from crossmodald.service.streams import (
     MAX_ENDED_STREAMS,
     ORIGINS,
-    SourceFactory,
+    SourceBuilder,
     StreamManager,
     StreamState,
     default_source_factory,
-    redact_url,
     source_entry,
 )
 
 if TYPE_CHECKING:
     from aiohttp import web
-
-    from crossmodald.bus.sinks import JsonlSink
 
 # Re-exported: these lived here before the daemon was split by role.
 __all__ = [
@@ -54,7 +63,7 @@ __all__ = [
     "Daemon",
     "Listener",
     "ReloadResult",
-    "SourceFactory",
+    "SourceBuilder",
     "StartupError",
     "StreamState",
     "default_source_factory",
@@ -80,7 +89,8 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
     Args:
         config: The validated daemon config.
         registry: Where plugins are found (entry points by default).
-        source_factory: Builds a Source from a source config (real sources by default).
+        source_factory: Builds a Source from a source config (by default the factory its
+            ``type`` names, from ``source_types``).
         overload: What plugin hosts do when their queue is full: drop the oldest windows (live)
             or make ingest wait (offline analysis, where nothing may be lost).
         serve_api: Start the HTTP API (events, streams, sources, health).
@@ -91,6 +101,9 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
         config_path: The config file that :meth:`reload_from_file` reads again (None: the
             embedded default).
         notifier: systemd notifications (default: none).
+        source_types: The source types (default: those installed, entry-point group
+            ``crossmodald.sources``).
+        sink_types: The sink types (default: those installed, ``crossmodald.sinks``).
 
     Raises:
         ConfigError: A plugin table is invalid.
@@ -101,7 +114,7 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
         config: DaemonConfig,
         *,
         registry: PluginRegistry | None = None,
-        source_factory: SourceFactory | None = None,
+        source_factory: SourceBuilder | None = None,
         overload: Overload = Overload.DROP_OLDEST,
         serve_api: bool = True,
         listeners: tuple[Listener, ...] = (),
@@ -109,6 +122,8 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
         config_source: str = "<config>",
         config_path: Path | None = None,
         notifier: Notifier | None = None,
+        source_types: SourceRegistry | None = None,
+        sink_types: SinkRegistry | None = None,
     ) -> None:
         from crossmodald.bus.bus import EventBus
 
@@ -116,7 +131,10 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
         self.config_path = config_path
         self.registry = registry or PluginRegistry.discover()
         self._plugin_configs = self.registry.validate(config.plugins, config_source)
-        self._source_factory = source_factory or default_source_factory()
+        #: The ``[[sources]]`` / ``[[sinks]]`` types (``POST /v1/sources`` validates with them).
+        self.source_types = source_types or SourceRegistry.default()
+        self.sink_types = sink_types or SinkRegistry.default()
+        self._source_factory = source_factory or default_source_factory(types=self.source_types)
         self._overload = overload
         self._serve_api = serve_api and config.api.enabled
         self._listeners = listeners
@@ -129,7 +147,8 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
         )
         self.hosts: list[PluginHost] = []
         self._host_tasks: dict[str, asyncio.Task[None]] = {}
-        self._sinks: dict[str, tuple[JsonlSink, asyncio.Task[None]]] = {}
+        #: Running ``[[sinks]]`` by identity.
+        self._sinks: dict[str, tuple[Sink, asyncio.Task[None]]] = {}
         self.stream_states: dict[str, StreamState] = {}
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -216,31 +235,35 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
         listens and the configured streams are started.
 
         Raises:
-            OSError: A sink's file cannot be opened (the message names it); nothing was
-                started then.
+            OSError: A sink's destination cannot be opened (the message names it); nothing
+                was started then.
+            ValueError: A sink cannot be built (its type cannot be loaded, a bad filter).
             StartupError: The API cannot listen or its TLS files do not load.
         """
         if not self.hosts and self._plugin_configs:
             await self.load_plugins()
+        sinks = [self._make_sink(sink_config) for sink_config in self.config.sinks]
         for sink_config in self.config.sinks:
-            await asyncio.to_thread(_check_sink_path, sink_config)
+            await asyncio.to_thread(self._check_sink, sink_config)
         try:
-            return await self._run(stop, exit_when_sources_end=exit_when_sources_end)
+            return await self._run(stop, sinks, exit_when_sources_end=exit_when_sources_end)
         except BaseExceptionGroup as group:
             startup = group.subgroup(StartupError)
             if startup is not None:
                 raise startup.exceptions[0] from None
             raise
 
-    async def _run(self, stop: asyncio.Event, *, exit_when_sources_end: bool) -> int:
+    async def _run(
+        self, stop: asyncio.Event, sinks: list[Sink], *, exit_when_sources_end: bool
+    ) -> int:
         runner = None
         service = self.config.service
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             for host in self.hosts:
                 self._start_host(host)
-            for sink_config in self.config.sinks:
-                self._start_sink(sink_config)
+            for sink in sinks:
+                self._start_sink(sink)
             if self._serve_api:
                 # Imported here: aiohttp costs ~0.45 s of start-up that `analyze` never needs.
                 from crossmodald.api.app import bound_port, build_app, serve
@@ -324,23 +347,42 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
         assert self._tg is not None
         self._host_tasks[host.name] = self._tg.create_task(host.run(), name=f"plugin:{host.name}")
 
-    def _start_sink(self, config: JsonlSinkConfig, after_seq: int | None = None) -> None:
-        from crossmodald.bus.sinks import JsonlSink
+    def _make_sink(self, config: SinkConfigBase) -> Sink:
+        """Build a ``[[sinks]]`` table's sink by its type's factory.
 
-        assert self._tg is not None
-        sink = JsonlSink(config)
-        # Written from the bus's current seq (or ``after_seq``) on: nothing published while
-        # the file opens in a worker thread is missed.
-        start_seq = self.bus.last_seq if after_seq is None else after_seq
-        task = self._tg.create_task(self._run_sink(sink, start_seq), name=f"sink:{config.path}")
-        self._sinks[str(config.path)] = (sink, task)
-
-    async def _run_sink(self, sink: JsonlSink, after_seq: int) -> None:
-        # A sink whose disk fails must not take the daemon (and every stream) down with it.
+        Raises:
+            ValueError: The type cannot be loaded or the factory refuses the config.
+        """
         try:
-            await sink.run(self.bus, after_seq=after_seq)
-        except OSError as exc:
-            log.error("sink %s failed: %s", sink.config.path, exc)
+            return self.sink_types.factory(config.type).create(config)
+        except TypeLoadError as exc:
+            raise ValueError(str(exc)) from None
+
+    def _check_sink(self, config: SinkConfigBase) -> None:
+        """Fail early (before READY, or rejecting a reload) when a sink cannot work (blocks)."""
+        try:
+            factory = self.sink_types.factory(config.type)
+        except TypeLoadError as exc:
+            raise ValueError(str(exc)) from None
+        factory.check(config)
+
+    def _start_sink(self, sink: Sink, after_seq: int | None = None) -> None:
+        assert self._tg is not None
+        # Written from the bus's current seq (or ``after_seq``) on: nothing published while
+        # the sink opens (a file, in a worker thread) is missed. A sink whose destination
+        # fails must not take the daemon (and every stream) down with it: run_sink logs it.
+        start_seq = self.bus.last_seq if after_seq is None else after_seq
+        task = self._tg.create_task(
+            run_sink(sink, self.bus, start_seq), name=f"sink:{sink.identity}"
+        )
+        self._sinks[sink.identity] = (sink, task)
+
+    def sink_stats(self) -> list[dict[str, Any]]:
+        """Every running ``[[sinks]]`` sink's counters, with its identity (for ``/metrics``)."""
+        return [
+            {"sink": identity, **dataclasses.asdict(sink.stats)}
+            for identity, (sink, _task) in self._sinks.items()
+        ]
 
     # -- reload --------------------------------------------------------------------------
 
@@ -356,7 +398,12 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
         self.notifier.reloading()
         try:
             try:
-                new = await asyncio.to_thread(load_config, self.config_path)
+                new = await asyncio.to_thread(
+                    load_config,
+                    self.config_path,
+                    source_types=self.source_types,
+                    sink_types=self.sink_types,
+                )
             except ConfigError as exc:
                 return self._rejected(source, exc.errors)
             return await self.reload(new, source)
@@ -416,6 +463,7 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
             by_type = {p.config.type: p for p in plugin_configs}
             new_hosts: dict[str, PluginHost] = {}
             new_sources: dict[str, Source] = {}
+            new_sinks: dict[str, Sink] = {}
             new_by_name = {s.name: s for s in new.sources}
             try:
                 for name in (*diff.plugins_added, *diff.plugins_changed):
@@ -428,26 +476,16 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
                 for name in (*diff.sources_added, *diff.sources_changed):
                     new_sources[name] = self._source_factory(new_by_name[name])
                 for sink_config in new.sinks:
-                    if str(sink_config.path) in (*diff.sinks_added, *diff.sinks_changed):
-                        await asyncio.to_thread(_check_sink_path, sink_config)
+                    if sink_config.identity in (*diff.sinks_added, *diff.sinks_changed):
+                        new_sinks[sink_config.identity] = self._make_sink(sink_config)
+                        await asyncio.to_thread(self._check_sink, sink_config)
             except (PluginLoadError, SourceError, OSError, ValueError) as exc:
                 for host in new_hosts.values():
                     await host.aclose()
                 return self._rejected(source, [str(exc)])
             self.config = new
             self._plugin_configs = plugin_configs
-            await self._apply(diff, new, new_hosts, new_sources)
+            await self._apply(diff, new, new_hosts, new_sources, new_sinks)
             self.reloads += 1
             self.notifier.status(f"reloaded ({diff.summary()}); {self.status_line()}")
             return ReloadResult(True, diff, (), source)
-
-
-def _check_sink_path(config: JsonlSinkConfig) -> None:
-    """Fail early (before READY, or rejecting a reload) when a sink's file cannot be opened."""
-    path = config.path
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8"):
-            pass
-    except OSError as exc:
-        raise OSError(exc.errno, f"jsonl sink: cannot open {path}: {exc.strerror}") from None

@@ -314,7 +314,9 @@ def run_streams(
         raise EvalError(f"window length and hop must be positive, got {length_s} s / {hop_s} s")
     try:
         # Windows close as soon as the media is past them: nothing arrives late from a file.
-        window = WindowConfig(length_s=length_s, hop_s=hop_s, lateness_s=0.0)
+        window = WindowConfig.model_validate(
+            {"length_s": length_s, "hop_s": hop_s, "lateness_s": 0.0}
+        )
     except ValueError as exc:
         raise EvalError(str(exc).splitlines()[-1].strip()) from None
     try:

@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Any, TextIO
 
+from crossmodald.redact import redact_text
+
 #: sd-daemon(3) priorities by logging level.
 _PRIORITY = {
     logging.CRITICAL: 2,
@@ -87,6 +89,21 @@ class JournalPrefix(logging.Formatter):
         return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
 
 
+class RedactUrls(logging.Formatter):
+    """Hide URL credentials in another formatter's output (:func:`crossmodald.redact.redact_text`).
+
+    The last line of defence: a library's exception text or a third party's log line may quote
+    a URL with a password or token in it.
+    """
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(self.inner.format(record))
+
+
 def stderr_is_journal(stream: TextIO | None = None) -> bool:
     """Whether ``stream`` (stderr) is connected to journald (systemd sets ``JOURNAL_STREAM``)."""
     value = os.environ.get("JOURNAL_STREAM", "")
@@ -108,6 +125,7 @@ def make_formatter(fmt: str = "plain", *, journal: bool = False) -> logging.Form
         inner = logging.Formatter("%(levelname)s %(name)s: %(message)s")  # journald stamps time
     else:
         inner = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    inner = RedactUrls(inner)
     return JournalPrefix(inner) if journal else inner
 
 

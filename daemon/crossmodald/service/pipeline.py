@@ -18,6 +18,7 @@ from crossmodald.bus.events import Envelope, Event
 from crossmodald.clock.drift import RateEstimator
 from crossmodald.ingest.base import Source, SourceError, SourceFault
 from crossmodald.media import NS_PER_S, AudioChunk, ClockKind, StreamInfo, VideoFrame
+from crossmodald.redact import redact_text
 from crossmodald.runtime.host import Overload, PluginHost
 from crossmodald.service.config import DaemonConfig
 from crossmodald.service.streams import StreamState
@@ -171,6 +172,7 @@ class StreamPipeline:
                     await host.submit(window)
 
     def _fail_stream(self, state: StreamState, message: str) -> None:
+        message = redact_text(message)  # a source's error may quote its URL
         log.error("stream %s failed: %s", state.name, message)
         state.state = "failed"
         state.error = message
@@ -191,7 +193,8 @@ def _fault(
         stream=stream if stream is not None else (info.name if info else ""),
         start_ns=at,
         end_ns=at,
-        data={"kind": kind, "message": message},
+        # Every stream.fault message leaves the process: no URL credentials in it.
+        data={"kind": kind, "message": redact_text(message)},
         clock=info.clock if info else ClockKind.UNKNOWN,
     )
 

@@ -8,7 +8,8 @@ changed. What can change while running:
 * ``[[plugins]]`` by type (compared after validation, so spelling out a default is no change):
   a changed plugin is loaded anew and swapped in for every stream, the streams keep running;
 * ``[window]``: every stream restarts (its windows are built from it);
-* ``[[sinks]]`` by path, ``[logging]`` and ``[service]``: applied in place.
+* ``[[sinks]]`` by identity (a JSONL sink's is its path), ``[logging]`` and ``[service]``:
+  applied in place.
 
 ``[api]`` (address, TLS, tokens, limits) and ``[runtime]`` take effect at the next restart; a reload that
 changes it says so in the log and keeps serving with the running ``[api]``.
@@ -27,7 +28,7 @@ from crossmodald.service.config import DaemonConfig
 
 @dataclass(frozen=True, slots=True)
 class ConfigDiff:
-    """What changed between two configs. Names are sorted; sinks are keyed by path.
+    """What changed between two configs. Names are sorted; sinks are keyed by identity.
 
     Attributes:
         sources_added: Source names only in the new config.
@@ -36,9 +37,9 @@ class ConfigDiff:
         plugins_added: Plugin types enabled only in the new config.
         plugins_removed: Plugin types enabled only in the old config.
         plugins_changed: Plugin types in both, with different settings.
-        sinks_added: Sink paths only in the new config.
-        sinks_removed: Sink paths only in the old config.
-        sinks_changed: Sink paths in both, with different settings.
+        sinks_added: Sink identities only in the new config (a JSONL sink's is its path).
+        sinks_removed: Sink identities only in the old config.
+        sinks_changed: Sink identities in both, with different settings.
         window_changed: ``[window]`` differs (every stream restarts).
         logging_changed: ``[logging]`` differs.
         service_changed: ``[service]`` differs.
@@ -114,8 +115,8 @@ def diff_configs(
     new_p: Mapping[str, object] = (
         new_plugins if new_plugins is not None else _raw_plugins(new.plugins)
     )
-    old_sinks = {str(s.path): s for s in old.sinks}
-    new_sinks = {str(s.path): s for s in new.sinks}
+    old_sinks = {s.identity: s for s in old.sinks}
+    new_sinks = {s.identity: s for s in new.sinks}
     return ConfigDiff(
         *_keyed(old_sources, new_sources),
         *_keyed(old_p, new_p),

@@ -13,16 +13,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crossmodald.bus.bus import EventBus
+from crossmodald.bus.sinks import Sink
 from crossmodald.ingest.base import Source
+from crossmodald.ingest.registry import SourceConfigBase
 from crossmodald.media import StreamInfo
 from crossmodald.runtime.host import PluginHost, link_hosts
-from crossmodald.service.config import DaemonConfig, JsonlSinkConfig, SourceConfig
+from crossmodald.service.config import DaemonConfig
 from crossmodald.service.lifecycle import run_stage, run_stage_call
 from crossmodald.service.reload import ConfigDiff
 from crossmodald.service.streams import StreamState, _prebuilt
-
-if TYPE_CHECKING:
-    from crossmodald.bus.sinks import JsonlSink
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,18 +57,18 @@ class ReloadApplier:
     hosts: list[PluginHost]
     stream_states: dict[str, StreamState]
     _host_tasks: dict[str, asyncio.Task[None]]
-    _sinks: dict[str, tuple[JsonlSink, asyncio.Task[None]]]
+    _sinks: dict[str, tuple[Sink, asyncio.Task[None]]]
     _stopping: asyncio.Event
 
     if TYPE_CHECKING:
 
         def _start_host(self, host: PluginHost) -> None: ...
 
-        def _start_sink(self, config: JsonlSinkConfig, after_seq: int | None = None) -> None: ...
+        def _start_sink(self, sink: Sink, after_seq: int | None = None) -> None: ...
 
         def _attach_host(self, state: StreamState, info: StreamInfo, host: PluginHost) -> None: ...
 
-        def _bind_factory(self, config: SourceConfig) -> Callable[[], Source]: ...
+        def _bind_factory(self, config: SourceConfigBase) -> Callable[[], Source]: ...
 
         async def stop_stream(self, name: str) -> None: ...
 
@@ -80,7 +79,7 @@ class ReloadApplier:
             make_source: Callable[[], Source],
             *,
             origin: str = "api",
-            config: SourceConfig | None = None,
+            config: SourceConfigBase | None = None,
         ) -> asyncio.Task[None]: ...
 
     async def _apply(
@@ -89,6 +88,7 @@ class ReloadApplier:
         new: DaemonConfig,
         new_hosts: dict[str, PluginHost],
         new_sources: dict[str, Source],
+        new_sinks: dict[str, Sink],
     ) -> None:
         service = new.service
         if diff.logging_changed:
@@ -126,22 +126,19 @@ class ReloadApplier:
         # Sinks: close removed and changed ones (everything they hold is written), then open
         # added and changed ones.
         closed_at: dict[str, int] = {}
-        for path in (*diff.sinks_removed, *diff.sinks_changed):
-            sink, sink_task = self._sinks.pop(path)
+        for identity in (*diff.sinks_removed, *diff.sinks_changed):
+            sink, sink_task = self._sinks.pop(identity)
             # aclose() ends the subscription at once: the old sink writes everything up to
             # this seq, the reopened one everything after it (no gap, no duplicate).
-            closed_at[path] = self.bus.last_seq
+            closed_at[identity] = self.bus.last_seq
             await sink.aclose()
-            await run_stage(f"close sink {path}", [sink_task], service.flush_sinks_s)
-        reopen = {*diff.sinks_added, *diff.sinks_changed}
-        for sink_config in new.sinks:
-            path = str(sink_config.path)
-            if path in reopen:
-                self._start_sink(sink_config, closed_at.get(path))
+            await run_stage(f"close sink {identity}", [sink_task], service.flush_sinks_s)
+        for identity, new_sink in new_sinks.items():
+            self._start_sink(new_sink, closed_at.get(identity))
         # Sources: what to start, with its config and origin; with a new [window], every
         # stream built from a config restarts (its windower is made from [window]).
         new_by_name = {s.name: s for s in new.sources}
-        starts: dict[str, tuple[SourceConfig, str]] = {
+        starts: dict[str, tuple[SourceConfigBase, str]] = {
             name: (new_by_name[name], "config") for name in new_sources
         }
         if diff.window_changed:

@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Any
 from crossmodald.bus.events import JsonValue
 from crossmodald.clock.drift import RateEstimator
 from crossmodald.ingest.base import Source, source_metrics, source_status
+from crossmodald.ingest.registry import SourceConfigBase, SourceRegistry
 from crossmodald.media import NS_PER_S, ClockKind, StreamInfo
+from crossmodald.redact import redact_text
 from crossmodald.runtime.host import PluginHost
-from crossmodald.service.config import SourceConfig
 from crossmodald.status import MetricSpec
 from crossmodald.window import Windower
 
-SourceFactory = Callable[[SourceConfig], Source]
+#: Builds the Source of a validated ``[[sources]]`` table (the daemon's seam for tests).
+SourceBuilder = Callable[[SourceConfigBase], Source]
 
 #: Ended streams kept for /v1/streams beyond the running ones (oldest forgotten first).
 MAX_ENDED_STREAMS = 64
@@ -39,7 +41,7 @@ class StreamState:
     kind: str
     origin: str = "config"  # config, api, publisher (see ORIGINS)
     #: The validated source config, when the stream was built from one (restartable).
-    source_config: SourceConfig | None = None
+    source_config: SourceConfigBase | None = None
     state: str = "starting"  # starting, running, ended, failed
     error: str | None = None
     info: StreamInfo | None = None
@@ -135,11 +137,12 @@ class StreamState:
         return out
 
 
-def default_source_factory(pacer: Any = None) -> SourceFactory:
+def default_source_factory(pacer: Any = None, types: SourceRegistry | None = None) -> SourceBuilder:
+    """Build sources by their type's factory (entry points; ``types`` instead when given)."""
     from crossmodald.ingest import create_source
 
-    def factory(config: SourceConfig) -> Source:
-        return create_source(config, clock=pacer)
+    def factory(config: SourceConfigBase) -> Source:
+        return create_source(config, clock=pacer, registry=types)
 
     return factory
 
@@ -152,7 +155,7 @@ class StreamManager:
     """
 
     stream_states: dict[str, StreamState]
-    _source_factory: SourceFactory
+    _source_factory: SourceBuilder
     _stopping: asyncio.Event
     _tg: asyncio.TaskGroup | None
 
@@ -164,7 +167,7 @@ class StreamManager:
 
     # -- streams -------------------------------------------------------------------------
 
-    def _bind_factory(self, config: SourceConfig) -> Callable[[], Source]:
+    def _bind_factory(self, config: SourceConfigBase) -> Callable[[], Source]:
         return lambda: self._source_factory(config)
 
     def add_stream(
@@ -174,7 +177,7 @@ class StreamManager:
         make_source: Callable[[], Source],
         *,
         origin: str = "api",
-        config: SourceConfig | None = None,
+        config: SourceConfigBase | None = None,
     ) -> asyncio.Task[None]:
         """Start a stream while the daemon runs (configured sources, WHIP publishers, REST).
 
@@ -259,7 +262,7 @@ class StreamManager:
         """Every stream with where it came from and its (redacted) source config."""
         return [source_entry(state) for state in self.stream_states.values()]
 
-    def start_source(self, config: SourceConfig) -> asyncio.Task[None]:
+    def start_source(self, config: SourceConfigBase) -> asyncio.Task[None]:
         """Start a stream from a source config given through the API.
 
         The source is built before anything starts, so a source that cannot exist is refused.
@@ -291,8 +294,8 @@ class StreamManager:
 def source_entry(state: StreamState) -> dict[str, Any]:
     """One stream as ``/v1/sources`` shows it: origin, state and its config, secrets hidden."""
     config = state.source_config.model_dump(mode="json") if state.source_config else None
-    if config is not None and isinstance(config.get("url"), str):
-        config["url"] = redact_url(config["url"])
+    if config is not None:
+        config = _redacted(config)
     return {
         "name": state.name,
         "type": state.kind,
@@ -303,18 +306,16 @@ def source_entry(state: StreamState) -> dict[str, Any]:
     }
 
 
-def redact_url(url: str) -> str:
-    """Hide the password in ``scheme://user:password@host/...`` (RTSP cameras carry them)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, path = rest.partition("/")
-    userinfo, at, host = authority.rpartition("@")
-    if not at:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}{slash}{path}" if ":" in userinfo else url
-
-
 def _prebuilt(source: Source) -> Callable[[], Source]:
     return lambda: source
+
+
+def _redacted(value: Any) -> Any:
+    # Every string that holds a URL (``url``, FFmpeg ``options``, a third party's keys).
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value
