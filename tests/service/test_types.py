@@ -245,7 +245,8 @@ def test_create_source_uses_the_factory_of_the_type() -> None:
     assert isinstance(source, PatternSource)
     with pytest.raises(SourceError, match="at most 60 s"):
         create_source(
-            _sources().validate_table({"type": "bars", "name": "b", "seconds": 61}), registry=_sources()
+            _sources().validate_table({"type": "bars", "name": "b", "seconds": 61}),
+            registry=_sources(),
         )
     # A type no registry knows (a config built against another registry).
     with pytest.raises(SourceError, match=r"b: unknown source type 'bars' \(installed: "):
