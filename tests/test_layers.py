@@ -2,7 +2,8 @@
 
 ``service/`` composes the parts (ingest, clock, window, runtime, bus, api); the parts take their
 config as arguments and own their config models, so they import nothing of the service. Only
-the entry points above it (``cli.py``, ``__main__.py``) and the service itself may.
+the entry points above it (``cli.py``, ``__main__.py``, the ``harness`` that runs a daemon over
+media) and the service itself may.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "daemon" / "crossmodald"
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins" / "crossmodald_plugins"
 #: Modules above the service (they run it).
-ABOVE = {PACKAGE / "cli.py", PACKAGE / "__main__.py"}
+ABOVE = {PACKAGE / "cli.py", PACKAGE / "__main__.py", PACKAGE / "harness.py"}
 
 
 def _module_name(path: Path, root: Path, package: str) -> str:

@@ -1,4 +1,5 @@
-"""Types found through entry points: the machinery behind ``[[sources]]`` and ``[[sinks]]``.
+"""Types found through entry points: the machinery behind ``[[sources]]``, ``[[sinks]]`` and
+``[[plugins]]`` (:class:`~crossmodald.runtime.registry.PluginRegistry` builds on it).
 
 Each source type and each sink type is a *factory class* named by an entry point (group
 ``crossmodald.sources`` or ``crossmodald.sinks``; the entry point's name is the ``type`` key),
@@ -39,7 +40,7 @@ class TypeLoadError(Exception):
 
 
 class TypeRegistry(Generic[F, C]):
-    """The types of one kind (sources or sinks) installed on this machine, by name.
+    """The types of one kind (sources, sinks or plugins) installed on this machine, by name.
 
     Subclasses set :attr:`kind`, :attr:`group` and :attr:`base`.
 
@@ -56,6 +57,10 @@ class TypeRegistry(Generic[F, C]):
     base: ClassVar[type[BaseModel]] = BaseModel
     #: Class methods every factory of the kind has.
     required: ClassVar[tuple[str, ...]] = ("create",)
+    #: How messages name one type of the kind ("source type"; plugins: "plugin").
+    noun: ClassVar[str] = ""
+    #: The error :meth:`factory` raises (a subclass of :class:`TypeLoadError`).
+    error: ClassVar[type[TypeLoadError]] = TypeLoadError
 
     def __init__(self, entries: Mapping[str, EntryPoint | type[Any]]) -> None:
         self._entries = dict(entries)
@@ -89,38 +94,50 @@ class TypeRegistry(Generic[F, C]):
             return self._factories[name]
         entry = self._entries.get(name)
         if entry is None:
-            raise TypeLoadError(
-                f"unknown {self.kind} type {name!r} (installed: {', '.join(self.names())})"
+            raise self.error(
+                f"unknown {self._noun} {name!r} (installed: {', '.join(self.names())})"
             )
         if isinstance(entry, EntryPoint):
             try:
                 loaded: Any = entry.load()
             except Exception as exc:
-                raise TypeLoadError(
-                    f"{self.kind} type {name!r}: cannot import {entry.value}: "
+                raise self.error(
+                    f"{self._noun} {name!r}: cannot import {entry.value}: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
         else:
             loaded = entry
         model = getattr(loaded, "config_model", None)
         if not (isinstance(model, type) and issubclass(model, self.base)):
-            raise TypeLoadError(
-                f"{self.kind} type {name!r}: {loaded!r} has no `config_model` "
+            raise self.error(
+                f"{self._noun} {name!r}: {loaded!r} has no `config_model` "
                 f"(a subclass of {self.base.__name__})"
             )
         for method in self.required:
             if not callable(getattr(loaded, method, None)):
-                raise TypeLoadError(f"{self.kind} type {name!r}: {loaded!r} has no `{method}`")
+                raise self.error(f"{self._noun} {name!r}: {loaded!r} has no `{method}`")
+        self.check_factory(name, loaded)
         factory: type[F] = loaded
         self._factories[name] = factory
         return factory
+
+    @property
+    def _noun(self) -> str:
+        return self.noun or f"{self.kind} type"
+
+    def check_factory(self, name: str, factory: Any) -> None:
+        """Checks of a kind beyond ``config_model`` and :attr:`required` (none by default).
+
+        Raises:
+            TypeLoadError: (:attr:`error`) ``factory`` is malformed.
+        """
 
     def config_model(self, name: str) -> type[C]:
         """The config model of type ``name`` (see :meth:`factory` for the errors)."""
         model: type[C] = getattr(self.factory(name), "config_model")  # noqa: B009
         return model
 
-    def validate(self, table: object) -> C:
+    def validate_table(self, table: object) -> C:
         """Validate one table by the model its ``type`` names.
 
         Raises:

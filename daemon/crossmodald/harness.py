@@ -28,19 +28,15 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from crossmodald.bus.events import Envelope, Event, Phase
 from crossmodald.ingest.base import Source, SourceFault
-from crossmodald.ingest.registry import SourceRegistry
 from crossmodald.media import NS_PER_S, AudioChunk, ClockKind, MediaItem, StreamInfo, VideoFrame
 from crossmodald.runtime.registry import PluginRegistry
 from crossmodald.service.config import (
-    ConfigError,
     DaemonConfig,
     SourceConfig,
     WindowConfig,
-    format_validation_error,
+    validate_config,
 )
 
 __all__ = [
@@ -170,41 +166,26 @@ def harness_config(
         ConfigError: A source table or the window settings are invalid (every problem named).
     """
     base = base if base is not None else DaemonConfig()
-    tables: list[dict[str, Any]] = []
-    errors: list[str] = []
-    for index, source in enumerate(sources):
-        try:
-            # By the model of the table's type (the base model alone refuses every type's keys).
-            model = (
-                source
-                if not isinstance(source, Mapping)
-                else SourceRegistry.default().validate(source)
-            )
-        except ValidationError as exc:
-            errors.extend(format_validation_error(exc, ("sources", index)))
-            continue
-        tables.append(model.model_dump())
-    if errors:
-        raise ConfigError("harness", errors)
+    tables = [
+        dict(source) if isinstance(source, Mapping) else source.model_dump() for source in sources
+    ]
     if window is None:
         window_table = base.window.model_dump()
     elif isinstance(window, WindowConfig):
         window_table = window.model_dump()
     else:
         window_table = dict(window)
-    try:
-        return DaemonConfig.model_validate(
-            {
-                "sources": tables,
-                "window": window_table,
-                "plugins": [dict(p) for p in plugins],
-                "api": {"enabled": False},
-                "logging": base.logging.model_dump(),
-                "runtime": base.runtime.model_dump(),
-            }
-        )
-    except ValidationError as exc:
-        raise ConfigError("harness", format_validation_error(exc)) from None
+    return validate_config(
+        {
+            "sources": tables,
+            "window": window_table,
+            "plugins": [dict(p) for p in plugins],
+            "api": {"enabled": False},
+            "logging": base.logging.model_dump(),
+            "runtime": base.runtime.model_dump(),
+        },
+        "harness",
+    )
 
 
 async def run_daemon(

@@ -365,6 +365,11 @@ async def test_bytes_cut_from_the_middle(media_dir: Path, tmp_path: Path) -> Non
     # The hole is a gap in the timeline, counted, never stretched.
     assert source.stats.video_jumps >= 1
     assert source.stats.audio_resyncs >= 1
+    # /v1/streams' source_status: the counters and their sum, the declared jump metric's key.
+    status = source.status()
+    assert status["video_jumps"] == source.stats.video_jumps
+    assert status["timestamp_jumps"] == source.stats.video_jumps + source.stats.audio_resyncs
+    assert {m.key for m in source.metrics} <= set(status)
     steps = [b.pts_ns - a.pts_ns for a, b in itertools.pairwise(read.chunks)]
     assert max(steps) > 100_000_000
 

@@ -206,6 +206,13 @@ async def test_drops_and_losses_repeat_with_a_seed() -> None:
     assert stats.frames + stats.frames_dropped == 600
     assert stats.packets + stats.packets_lost == 1000
     assert stats.frames == len(frames)
+    # What /v1/streams shows as the stream's source_status.
+    assert source.status() == {
+        "frames": stats.frames,
+        "frames_dropped": stats.frames_dropped,
+        "packets": stats.packets,
+        "packets_lost": stats.packets_lost,
+    }
     # Binomial counts within 4 standard deviations of the expectation.
     assert abs(stats.frames_dropped - 120) < 4 * math.sqrt(600 * 0.2 * 0.8)
     assert abs(stats.packets_lost - 100) < 4 * math.sqrt(1000 * 0.1 * 0.9)

@@ -12,7 +12,8 @@ Three kinds of skew are injected (signs: positive = audio ahead, ITU-R BT.1359):
   SRs say it was captured earlier or later than it was, as a sender with a mis-set capture clock
   would stamp it).
 
-The daemon must keep the first two apart: ``sync.transport`` reports the transport skew as
+The daemon must keep the first two apart: ``sync.transport`` (and the WebRTC source's
+``source_status`` in ``/v1/streams``) reports the transport skew as
 ``audio_lead_ms``, ``sync.offset`` (measured on the SR capture timeline) the content skew. The
 third shows in both: ``transport_offset_ms`` (what the SR-mapped timestamps say against arrival)
 equals it, and avsync, measuring pictures and sound on those same timestamps, sees it too. All
@@ -51,6 +52,8 @@ class Session:
 
     daemon: WhipDaemon
     listed: dict[str, dict[str, Any]]
+    #: ``/metrics`` taken with ``listed``.
+    metrics: str
     messages: dict[str, list[tuple[int, str]]]
     statuses: list[int | None]
     #: The latest packets' send lateness per stream (ms, max over tracks): what aiortc's
@@ -83,11 +86,11 @@ async def session() -> AsyncIterator[Session]:
         try:
             # Until the media runs out: stream.end follows once the peers go quiet (vanish).
             await d.wait_until(lambda: all(len(d.of(n, "sync.offset")) >= 10 for n in names), 30)
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(f"{d.base_url}/v1/streams") as response,
-            ):
-                listed = {s["name"]: s for s in (await response.json())["streams"]}
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{d.base_url}/v1/streams") as response:
+                    listed = {s["name"]: s for s in (await response.json())["streams"]}
+                async with http.get(f"{d.base_url}/metrics") as response:
+                    metrics = await response.text()
         finally:
             statuses = [await p.close() for p in publishers.values()]
         await d.wait_until(lambda: all(d.of(n, "stream.end") for n in names), 10)
@@ -95,7 +98,8 @@ async def session() -> AsyncIterator[Session]:
         n: max((s * 1e3 for t in p.tracks for s in t.sr_lateness_s), default=0.0)
         for n, p in publishers.items()
     }
-    yield Session(d, listed, {n: p.messages for n, p in publishers.items()}, statuses, lateness)
+    messages = {n: p.messages for n, p in publishers.items()}
+    yield Session(d, listed, metrics, messages, statuses, lateness)
 
 
 def rtcp_transport(d: WhipDaemon, name: str) -> dict[str, Any]:
@@ -133,8 +137,15 @@ def test_transport_and_content_offsets_are_measured_apart(session: Session) -> N
         entry = session.listed[name]
         assert entry["source"] == "webrtc"
         assert entry["origin"] == "publisher"
-        assert entry["transport"]["audio_lead_ms"] == pytest.approx(transport, abs=2.0)
+        assert entry["source_status"]["transport"]["audio_lead_ms"] == pytest.approx(
+            transport, abs=2.0
+        )
         assert entry["plugin_status"]["avsync"]["audio_lead_ms"] == pytest.approx(content, abs=5.0)
+        # /metrics exports the source's declared transport offset the way it does plugins'.
+        sample = f'crossmodald_stream_transport_offset_ms{{stream="{name}",source="webrtc"}} '
+        lines = [line for line in session.metrics.splitlines() if line.startswith(sample)]
+        assert len(lines) == 1, name
+        assert float(lines[0].split()[-1]) == pytest.approx(-transport, abs=2.0), name
 
 
 def test_timestamp_skew_shows_in_transport_and_content_offsets(session: Session) -> None:
@@ -157,7 +168,9 @@ def test_timestamp_skew_shows_in_transport_and_content_offsets(session: Session)
         assert data["audio_lead_ms"] == -transport, name
         assert content + data["audio_lead_ms"] == pytest.approx(0.0, abs=3.0), name
         entry = session.listed[name]
-        assert entry["transport"]["transport_offset_ms"] == pytest.approx(stamp, abs=2.0)
+        assert entry["source_status"]["transport"]["transport_offset_ms"] == pytest.approx(
+            stamp, abs=2.0
+        )
         assert entry["plugin_status"]["avsync"]["audio_lead_ms"] == pytest.approx(stamp, abs=5.0)
 
 

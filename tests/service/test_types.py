@@ -240,12 +240,13 @@ def test_two_sinks_with_one_identity_are_refused() -> None:
 
 
 def test_create_source_uses_the_factory_of_the_type() -> None:
-    config = _sources().validate({"type": "bars", "name": "b", "seconds": 2})
+    config = _sources().validate_table({"type": "bars", "name": "b", "seconds": 2})
     source = create_source(config, registry=_sources())
     assert isinstance(source, PatternSource)
     with pytest.raises(SourceError, match="at most 60 s"):
         create_source(
-            _sources().validate({"type": "bars", "name": "b", "seconds": 61}), registry=_sources()
+            _sources().validate_table({"type": "bars", "name": "b", "seconds": 61}),
+            registry=_sources(),
         )
     # A type no registry knows (a config built against another registry).
     with pytest.raises(SourceError, match=r"b: unknown source type 'bars' \(installed: "):

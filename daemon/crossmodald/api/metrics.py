@@ -18,7 +18,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -55,6 +55,15 @@ class PluginStatsView(Protocol):
 
     def plugin_stats(self) -> list[dict[str, Any]]:
         """One :meth:`PluginHost.snapshot` dict per loaded plugin."""
+        ...
+
+
+@runtime_checkable
+class SourceMetricsView(Protocol):
+    """Optional part of the daemon: the metrics each stream's source declares."""
+
+    def source_metric_specs(self) -> Mapping[str, Sequence[Mapping[str, Any]]]:
+        """Per stream name, :meth:`crossmodald.status.MetricSpec.as_dict` of each metric."""
         ...
 
 
@@ -182,25 +191,51 @@ RATES = web.AppKey("api_metric_rates", RateMeter)
 # -- collectors ---------------------------------------------------------------------------------
 
 
+def _status_value(status: object, key: str) -> float | int | None:
+    """``status[key]`` as a sample value: a dotted key reads nested mappings when ``status`` has
+    no such key itself (True/False count as 1/0; anything but a number gives None)."""
+    if not isinstance(status, Mapping):
+        return None
+    if key in status:
+        value = status[key]
+    else:
+        value = status
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+    return value if isinstance(value, int | float) else None  # bool is an int
+
+
+def _declared_metrics(
+    out: MetricsText,
+    stream: str,
+    owner: tuple[str, str],
+    specs: Iterable[Mapping[str, Any]],
+    status: object,
+) -> None:
+    """Metrics a plugin or source declares, read from its status for one stream.
+
+    Built-in and third-party alike: a declared metric ``name`` with status key ``key`` becomes
+    ``name{stream, plugin|source, **labels}`` = ``status[key]``.
+    """
+    for spec in specs:
+        labels = {"stream": stream, owner[0]: owner[1]}
+        labels.update({str(k): str(v) for k, v in (spec.get("labels") or {}).items()})
+        out.add(
+            spec["name"], spec["type"], spec["help"], _status_value(status, spec["key"]), labels
+        )
+
+
 def _plugin_stream_metrics(
     out: MetricsText, stream: dict[str, Any], plugins: list[dict[str, Any]]
 ) -> None:
-    """The per-stream metrics every plugin declares, read from its session's status.
-
-    Built-in and third-party plugins alike: a declared metric ``name`` with status key ``key``
-    becomes ``name{stream, plugin, **labels}`` = ``plugin_status[plugin][key]`` (True/False as
-    1/0; a missing, None or non-numeric value gives no sample).
-    """
+    """The per-stream metrics every plugin declares, read from ``plugin_status[plugin]``."""
     statuses = stream.get("plugin_status") or {}
     for p in plugins:
         plugin = str(p.get("plugin", ""))
-        status = statuses.get(plugin)
-        for spec in p.get("metrics") or ():
-            value = status.get(spec["key"]) if isinstance(status, dict) else None
-            number = value if isinstance(value, int | float) else None  # bool is an int
-            labels = {"stream": str(stream.get("name", "")), "plugin": plugin}
-            labels.update({str(k): str(v) for k, v in (spec.get("labels") or {}).items()})
-            out.add(spec["name"], spec["type"], spec["help"], number, labels)
+        owner = ("plugin", plugin)
+        _declared_metrics(
+            out, str(stream.get("name", "")), owner, p.get("metrics") or (), statuses.get(plugin)
+        )
 
 
 def _stream_metrics(
@@ -208,8 +243,10 @@ def _stream_metrics(
     streams: list[dict[str, Any]],
     rates: RateMeter,
     plugins: list[dict[str, Any]] | None = None,
+    source_specs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> None:
     plugins = plugins or []
+    source_specs = source_specs or {}
     names: list[str] = []
     for s in streams:
         name = str(s.get("name", ""))
@@ -335,6 +372,9 @@ def _stream_metrics(
             lab,
         )
         _plugin_stream_metrics(out, s, plugins)
+        # The source's own metrics, read from ``source_status`` the way plugins' are.
+        owner = ("source", str(s.get("source", "")))
+        _declared_metrics(out, name, owner, source_specs.get(name, ()), s.get("source_status"))
     rates.retain(names)
 
 
@@ -652,7 +692,10 @@ def render(app: web.Application) -> str:
         "crossmodald_ready", "gauge", "1 once the daemon is ready to serve.", state.streams.ready()
     )
     plugins = state.streams.plugin_stats() if isinstance(state.streams, PluginStatsView) else []
-    _stream_metrics(out, state.streams.streams(), rates, plugins)
+    sources = (
+        state.streams.source_metric_specs() if isinstance(state.streams, SourceMetricsView) else {}
+    )
+    _stream_metrics(out, state.streams.streams(), rates, plugins, sources)
     if isinstance(state.streams, PluginStatsView):
         _plugin_metrics(out, plugins)
     if isinstance(state.streams, SinkStatsView):

@@ -168,7 +168,7 @@ async def _create(request: web.Request) -> web.Response:
     if not isinstance(data, dict):
         return _error(400, f"expected a JSON object (one source table), got {type(data).__name__}")
     try:
-        config = control.source_types.validate(data)
+        config = control.source_types.validate_table(data)
     except ValidationError as exc:
         errors = format_validation_error(exc)
         return _error(400, errors[0] if errors else "invalid source", errors=errors)

@@ -9,15 +9,26 @@ order (the windower aligns them by ``pts_ns``, never by arrival order).
 A source may also yield a :class:`SourceFault` among its items (a device that vanished and is being
 retried, an overflow, a decode error it skipped): the daemon turns it into a ``stream.fault`` event
 and the stream goes on. A fault that ends the source is raised as :class:`SourceError` instead.
+
+A source may report its own state, the way plugins do (both optional, see :class:`ReportsStatus`):
+a ``status()`` method whose mapping ``/v1/streams`` shows under ``source_status`` (WebRTC: its
+transport estimate), and a ``metrics`` sequence of :class:`~crossmodald.status.MetricSpec` naming
+the status values ``/metrics`` exports. The core reads them through :func:`source_status` and
+:func:`source_metrics` and never names a source's fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from crossmodald.bus.events import JsonValue
 from crossmodald.media import MediaItem, StreamInfo
+from crossmodald.status import MetricSpec
+
+log = logging.getLogger(__name__)
 
 
 class SourceError(Exception):
@@ -58,3 +69,47 @@ class Source(Protocol):
     async def aclose(self) -> None:
         """Release everything (idempotent)."""
         ...
+
+
+@runtime_checkable
+class ReportsStatus(Protocol):
+    """The optional part of a :class:`Source`: its own status, and which values are metrics.
+
+    Kept out of :class:`Source` so that a source with nothing to say implements neither.
+    """
+
+    #: The status values ``/metrics`` exports (labels ``stream`` and ``source``, the type).
+    metrics: Sequence[MetricSpec]
+
+    def status(self) -> Mapping[str, JsonValue]:
+        """JSON-ready state for ``/v1/streams`` (``source_status``); cheap, on the event loop,
+        and still answered after :meth:`Source.aclose` (an ended stream shows its last one)."""
+        ...
+
+
+def source_status(source: Source) -> dict[str, JsonValue] | None:
+    """The source's own status, or None when it has no ``status()`` or it failed (logged)."""
+    status = getattr(source, "status", None)
+    if not callable(status):
+        return None
+    try:
+        return dict(status())
+    except Exception:  # one source's broken status must not break /v1/streams for all
+        log.exception("source %s: status failed", getattr(source, "name", "?"))
+        return None
+
+
+def source_metrics(source: Source) -> tuple[MetricSpec, ...]:
+    """The metrics the source declares (none when it has no ``metrics``).
+
+    Raises:
+        SourceError: ``metrics`` is not a sequence of :class:`~crossmodald.status.MetricSpec`.
+    """
+    specs = getattr(source, "metrics", ())
+    name = getattr(source, "name", "?")
+    if isinstance(specs, str | bytes) or not isinstance(specs, Sequence):
+        raise SourceError(f"{name}: metrics must be a sequence of MetricSpec, got {specs!r}")
+    for spec in specs:
+        if not isinstance(spec, MetricSpec):
+            raise SourceError(f"{name}: metrics must hold MetricSpec values, got {spec!r}")
+    return tuple(specs)

@@ -34,9 +34,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -49,6 +50,7 @@ import av.format
 import av.stream
 from pydantic import Field
 
+from crossmodald.bus.events import JsonValue
 from crossmodald.clock.samples import SampleCounter
 from crossmodald.clock.timeline import TimelineGroup, TrackTimeline, ticks_to_ns
 from crossmodald.ingest.base import SourceError, SourceFault
@@ -72,6 +74,7 @@ from crossmodald.media import (
     VideoFrame,
 )
 from crossmodald.redact import redact_text, redact_url
+from crossmodald.status import MetricSpec
 
 log = logging.getLogger(__name__)
 
@@ -546,6 +549,28 @@ class MediaSource:
         self._released = True
         await asyncio.get_running_loop().run_in_executor(self._executor, self._reader.close)
         self._executor.shutdown(wait=False)
+
+    #: The status values ``/metrics`` exports (see :func:`~crossmodald.ingest.base.source_metrics`).
+    metrics: Sequence[MetricSpec] = (
+        MetricSpec(
+            "crossmodald_stream_decode_errors_total",
+            "counter",
+            "Packets the decoder rejected and the source skipped.",
+            "decode_errors",
+        ),
+        MetricSpec(
+            "crossmodald_stream_timestamp_jumps_total",
+            "counter",
+            "Timestamp jumps in the input (video steps, audio resyncs).",
+            "timestamp_jumps",
+        ),
+    )
+
+    def status(self) -> dict[str, JsonValue]:
+        """``source_status`` in /v1/streams: :class:`MediaStats` and the jumps in all."""
+        out: dict[str, JsonValue] = dataclasses.asdict(self.stats)
+        out["timestamp_jumps"] = self.stats.video_jumps + self.stats.audio_resyncs
+        return out
 
     async def _in_worker(self, fn: Callable[[], _T]) -> _T:
         loop = asyncio.get_running_loop()

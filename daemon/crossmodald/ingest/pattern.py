@@ -41,6 +41,7 @@ draws alone.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import math
 from collections.abc import AsyncIterator, Iterator
@@ -53,6 +54,7 @@ import av
 import numpy as np
 from pydantic import Field, field_validator
 
+from crossmodald.bus.events import JsonValue
 from crossmodald.clock.timeline import ticks_to_ns
 from crossmodald.config_base import parse_frame_rate
 from crossmodald.ingest.base import SourceError, SourceFault
@@ -360,6 +362,10 @@ class PatternSource:
     async def aclose(self) -> None:
         """Stop the stream (idempotent); a running iteration ends at its next item."""
         self._closed = True
+
+    def status(self) -> dict[str, JsonValue]:
+        """``source_status`` in /v1/streams: :class:`PatternStats` (what its faults removed)."""
+        return dataclasses.asdict(self.stats)
 
     def schedule(self) -> Iterator[_Pending]:
         """Every item that will be delivered, in delivery order (faults applied, nothing rendered).

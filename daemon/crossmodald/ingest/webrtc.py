@@ -15,7 +15,8 @@ This module then:
   say so (``clock = "arrival"``);
 * **reports** packet loss (from the receiver's RTCP statistics), video freezes, timestamp jumps
   and sender restarts as :class:`~crossmodald.ingest.base.SourceFault` items, and the
-  transport offset as ``sync.transport`` events (through the ``publish`` callback);
+  transport offset as ``sync.transport`` events (through the ``publish`` callback) and in its
+  :meth:`WebRtcSource.status` (``source_status`` in ``/v1/streams``; declared metrics too);
 * **ends the stream** when the peer vanishes: ICE failed, DTLS closed, or no media for
   ``vanish_s``. ``aclose()`` closes the PeerConnection, which frees its transports and threads.
 """
@@ -45,12 +46,13 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
-from crossmodald.bus.events import Event
+from crossmodald.bus.events import Event, JsonValue
 from crossmodald.clock.rtcp import OPUS_DECODER_DELAY_NS, StreamTimeline, TrackSpec, frame_rtp
 from crossmodald.ingest.base import SourceError, SourceFault
 from crossmodald.ingest.frames import AudioMonoConverter, audio_chunk, video_frame_from_av
 from crossmodald.ingest.webrtc_config import WebRtcConfig
 from crossmodald.media import NS_PER_S, ClockKind, MediaItem, StreamInfo
+from crossmodald.status import MetricSpec
 
 __all__ = [
     "SYNC_TRANSPORT",
@@ -362,8 +364,43 @@ class WebRtcSource:
         """Why the source ended, or None while it runs."""
         return self._ended
 
-    def snapshot(self) -> dict[str, Any]:
-        """Transport state: timing, SR counts, drops, losses (for /v1/streams)."""
+    #: The status values ``/metrics`` exports (see :func:`~crossmodald.ingest.base.source_metrics`).
+    metrics: Sequence[MetricSpec] = (
+        MetricSpec(
+            "crossmodald_stream_transport_offset_ms",
+            "gauge",
+            "Audio minus video network latency (ms): the A/V offset the timestamps give media "
+            "arriving together.",
+            "transport.transport_offset_ms",
+        ),
+        *(
+            MetricSpec(
+                "crossmodald_stream_transport_latency_ms",
+                "gauge",
+                "Median packet arrival minus SR-mapped capture time (ms), per track.",
+                f"transport.{track}_latency_ms",
+                {"track": track},
+            )
+            for track in ("audio", "video")
+        ),
+        *(
+            MetricSpec(
+                "crossmodald_stream_packets_lost_total",
+                "counter",
+                "RTP packets lost, from the receiver's RTCP statistics.",
+                f"receive.packets_lost.{track}",
+                {"track": track},
+            )
+            for track in ("audio", "video")
+        ),
+        MetricSpec(
+            "crossmodald_stream_freezes_total", "counter", "Video freezes.", "receive.freezes"
+        ),
+    )
+
+    def status(self) -> dict[str, JsonValue]:
+        """``source_status`` in /v1/streams: ``transport`` (the current estimate, as the
+        ``sync.transport`` event's data) and ``receive`` (frames, drops, losses, SRs)."""
         transport = self.timeline.transport().as_dict()
         return {"transport": transport, "receive": self.stats.as_dict()}
 

@@ -1,8 +1,10 @@
-"""Choosing the torch device a plugin runs on."""
+"""Choosing the torch device a plugin runs on.
+
+torch is imported inside the functions, not here: importing it takes ~1-2 s, and the daemon
+module (which imports this one) is also loaded by commands that never run a model.
+"""
 
 from __future__ import annotations
-
-import torch
 
 
 class DeviceError(ValueError):
@@ -16,10 +18,12 @@ def resolve_device(spec: str) -> str:
     ``cuda:N`` are checked against what this machine has.
     """
     spec = spec.strip().lower()
+    if spec == "cpu":
+        return "cpu"  # no need to load torch to say so
+    import torch
+
     if spec == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
-        return "cpu"
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise DeviceError(
@@ -46,6 +50,8 @@ def configure_threads(torch_threads: int | None) -> int:
     makes event latency several times worse.
     """
     import os
+
+    import torch
 
     if torch_threads is None:
         available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None

@@ -28,13 +28,16 @@ exported by ``/metrics``). The core knows no plugin's event types.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from crossmodald.bus.events import Event, JsonValue
 from crossmodald.media import StreamInfo, Window
+
+# Re-exported (plugins import it from here); it lives in a neutral module sources use too.
+from crossmodald.status import MetricSpec as MetricSpec
 
 T = TypeVar("T")
 ResultT = TypeVar("ResultT")
@@ -142,29 +145,6 @@ class BatchItem(Generic[StateT]):
     window: Window
     state: StateT
     inputs: Inputs = NO_INPUTS
-
-
-@dataclass(frozen=True, slots=True)
-class MetricSpec:
-    """A per-stream metric a plugin declares, read from its sessions' status.
-
-    ``/metrics`` exports ``name{stream=..., plugin=..., **labels}`` with the value of
-    ``status[key]`` of every session of the plugin (numbers; True/False as 1/0; None or a
-    missing key: no sample).
-
-    Attributes:
-        name: Prometheus metric name (``crossmodald_stream_...``).
-        type: "gauge" or "counter".
-        help: One line for ``# HELP``.
-        key: The status key the value comes from.
-        labels: Constant labels added to the sample.
-    """
-
-    name: str
-    type: Literal["gauge", "counter"]
-    help: str
-    key: str
-    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 class PluginConfig(BaseModel):

@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from pydantic import ValidationError
 
 from crossmodald.config_errors import ConfigError, format_validation_error
+from crossmodald.entrypoints import TypeLoadError, TypeRegistry
 from crossmodald.runtime.compat import as_v2, is_v1
 from crossmodald.runtime.plugin import MetricSpec, Plugin, PluginConfig, PluginFactory, ProductKey
 
@@ -30,7 +30,7 @@ ENTRY_POINT_GROUP = "crossmodald.plugins"
 log = logging.getLogger(__name__)
 
 
-class PluginLoadError(Exception):
+class PluginLoadError(TypeLoadError):
     """A plugin that cannot be loaded (import error, bad entry point, weights missing, ...)."""
 
 
@@ -44,49 +44,26 @@ class LoadedConfig:
     silent: bool = False
 
 
-class PluginRegistry:
-    """The plugins installed on this machine, by name."""
+class PluginRegistry(TypeRegistry[PluginFactory, PluginConfig]):
+    """The plugins installed on this machine, by name (entry-point group ``crossmodald.plugins``).
 
-    def __init__(self, entries: Mapping[str, EntryPoint | type[PluginFactory]]) -> None:
-        self._entries = dict(entries)
-        self._factories: dict[str, type[PluginFactory]] = {}
+    Args:
+        entries: Plugin name -> entry point (imported on first use) or the factory class.
+    """
 
-    @classmethod
-    def discover(cls, group: str = ENTRY_POINT_GROUP) -> PluginRegistry:
-        return cls({ep.name: ep for ep in entry_points(group=group)})
+    kind = "plugin"
+    noun = "plugin"
+    group = ENTRY_POINT_GROUP
+    base = PluginConfig
+    error = PluginLoadError
 
-    def names(self) -> list[str]:
-        return sorted(self._entries)
-
-    def factory(self, name: str) -> type[PluginFactory]:
-        """The factory of plugin ``name``, importing it on first use."""
-        if name in self._factories:
-            return self._factories[name]
-        entry = self._entries.get(name)
-        if entry is None:
-            raise PluginLoadError(f"unknown plugin {name!r} (installed: {', '.join(self.names())})")
-        if isinstance(entry, EntryPoint):
-            try:
-                loaded: Any = entry.load()
-            except Exception as exc:
-                raise PluginLoadError(
-                    f"plugin {name!r}: cannot import {entry.value}: {type(exc).__name__}: {exc}"
-                ) from exc
-        else:
-            loaded = entry
-        model = getattr(loaded, "config_model", None)
-        if not (isinstance(model, type) and issubclass(model, PluginConfig)):
-            raise PluginLoadError(f"plugin {name!r}: {loaded!r} has no PluginConfig `config_model`")
-        if not callable(getattr(loaded, "create", None)):
-            raise PluginLoadError(f"plugin {name!r}: {loaded!r} has no `create`")
-        provides = getattr(loaded, "provides", None)
+    def check_factory(self, name: str, factory: Any) -> None:
+        """A factory's ``provides`` is a :class:`ProductKey` or None."""
+        provides = getattr(factory, "provides", None)
         if provides is not None and not isinstance(provides, ProductKey):
             raise PluginLoadError(
                 f"plugin {name!r}: `provides` must be a ProductKey or None, got {provides!r}"
             )
-        factory: type[PluginFactory] = loaded
-        self._factories[name] = factory
-        return factory
 
     def validate(self, tables: Sequence[Mapping[str, Any]], source: str) -> list[LoadedConfig]:
         """Validate every ``[[plugins]]`` table; raises :class:`ConfigError` listing all problems.

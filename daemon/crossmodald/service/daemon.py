@@ -32,7 +32,6 @@ from crossmodald.bus.sinks import Sink, SinkConfigBase, SinkRegistry, run_sink
 from crossmodald.entrypoints import TypeLoadError
 from crossmodald.ingest.base import Source, SourceError
 from crossmodald.ingest.registry import SourceRegistry
-from crossmodald.ingest.webrtc import SYNC_TRANSPORT
 from crossmodald.redact import redact_url
 from crossmodald.runtime.device import configure_threads, resolve_device
 from crossmodald.runtime.host import Overload, PluginHost, link_hosts
@@ -199,13 +198,9 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
     def publish(self, event: Event) -> Envelope:
         envelope = self.bus.publish(event)
         state = self.stream_states.get(event.stream)
-        if state is not None:
-            # Plugin values reach /v1/streams through their sessions' status, not events; the
-            # transport offset is the WebRTC source's own event.
-            if event.type == SYNC_TRANSPORT:
-                state.transport = dict(event.data)
-            elif event.type == "stream.fault":
-                state.faults += 1
+        # Plugin and source values reach /v1/streams through their own status(), not events.
+        if state is not None and event.type == "stream.fault":
+            state.faults += 1
         for listener in self._listeners:
             listener(envelope)
         return envelope

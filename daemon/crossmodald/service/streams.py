@@ -14,12 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from crossmodald.bus.events import JsonValue
 from crossmodald.clock.drift import RateEstimator
-from crossmodald.ingest.base import Source
+from crossmodald.ingest.base import Source, source_metrics, source_status
 from crossmodald.ingest.registry import SourceConfigBase, SourceRegistry
 from crossmodald.media import NS_PER_S, ClockKind, StreamInfo
 from crossmodald.redact import redact_text
 from crossmodald.runtime.host import PluginHost
+from crossmodald.status import MetricSpec
 from crossmodald.window import Windower
 
 #: Builds the Source of a validated ``[[sources]]`` table (the daemon's seam for tests).
@@ -51,8 +53,12 @@ class StreamState:
     last_media_ns: int | None = None
     plugins: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
-    #: The latest ``sync.transport`` data (WebRTC: the A/V offset the network adds).
-    transport: dict[str, Any] | None = None
+    #: The running source (None before it is built and once the stream ended).
+    source: Source | None = None
+    #: The metrics the source declares (kept after it ended, with its last status).
+    source_metrics: tuple[MetricSpec, ...] = ()
+    #: The source's status when it was released (an ended stream shows its last one).
+    last_source_status: dict[str, JsonValue] | None = None
     windower: Windower | None = None
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -61,6 +67,25 @@ class StreamState:
     #: Per-track clock rate against the daemon's monotonic clock (live streams only).
     video_rate: RateEstimator | None = None
     audio_rate: RateEstimator | None = None
+
+    def attach_source(self, source: Source) -> None:
+        """Remember the stream's source, for its status and declared metrics.
+
+        Raises:
+            SourceError: The source declares metrics that are not MetricSpec values.
+        """
+        self.source_metrics = source_metrics(source)
+        self.source = source
+
+    def release_source(self) -> None:
+        """Keep the source's last status and let the source go (the stream ended)."""
+        if self.source is not None:
+            self.last_source_status = source_status(self.source)
+            self.source = None
+
+    def source_status(self) -> dict[str, JsonValue] | None:
+        """What the source reports about itself (None: it has no status, or none yet)."""
+        return source_status(self.source) if self.source is not None else self.last_source_status
 
     def clock_rates(self) -> dict[str, float | None]:
         """Transport view of the clocks: each track's rate error and the A/V drift, in ppm."""
@@ -99,7 +124,8 @@ class StreamState:
             else None,
             "plugins": list(self.plugins),
             "refused": dict(self.refused),
-            "transport": self.transport,
+            # The source's own status (WebRTC: its transport estimate), as plugins report theirs.
+            "source_status": self.source_status(),
             # Every plugin's own per-stream status, the same way for built-in and third-party.
             "plugin_status": {
                 h.name: h.stream_status(self.name) for h in self.hosts if not h.silent
@@ -178,9 +204,17 @@ class StreamManager:
         state = StreamState(name=name, kind=kind, origin=origin, source_config=config)
         self.stream_states.pop(name, None)  # re-inserted last: /v1/streams lists newest last
         self.stream_states[name] = state
+
+        def make_attached() -> Source:
+            source = make_source()
+            state.attach_source(source)
+            return source
+
         state.task = self._tg.create_task(
-            self._run_stream(state, make_source), name=f"stream:{name}"
+            self._run_stream(state, make_attached), name=f"stream:{name}"
         )
+        # An ended stream keeps its source's last status, not the source itself.
+        state.task.add_done_callback(lambda _: state.release_source())
         return state.task
 
     def _forget_ended(self) -> None:
@@ -213,6 +247,14 @@ class StreamManager:
         """
         await self.stop_stream(name)
         return self.stream_states.pop(name)
+
+    def source_metric_specs(self) -> dict[str, list[dict[str, object]]]:
+        """Per stream, the metrics its source declares (read by ``/metrics``)."""
+        return {
+            name: [spec.as_dict() for spec in state.source_metrics]
+            for name, state in self.stream_states.items()
+            if state.source_metrics
+        }
 
     # -- SourcesControl (for /v1/sources) ------------------------------------------------
 

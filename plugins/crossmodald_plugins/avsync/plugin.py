@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from crossmodald.media import StreamInfo, Window
 from crossmodald.runtime.plugin import BatchItem, MetricSpec, PluginConfig, ProductKey
-from crossmodald_plugins.avsync.clap import ClapOutcome, analyze_clap
 from crossmodald_plugins.avsync.config import AvSyncConfig
-from crossmodald_plugins.avsync.flash import analyze_flash, audio_onsets
-from crossmodald_plugins.avsync.motion import FaceFinder, MouthBox, analyze_motion
 from crossmodald_plugins.avsync.result import AvSyncResult, FlashPair
 from crossmodald_plugins.avsync.session import AvSyncSession
 from crossmodald_plugins.products import FACE_TRACKS, FaceTracks
+
+if TYPE_CHECKING:
+    from crossmodald_plugins.avsync.clap import ClapOutcome
+    from crossmodald_plugins.avsync.motion import MouthBox
+
+# torch and the analysis modules (which import torch) load when a plugin is built, not with the
+# entry point: `check-config` and `plugins` only need the factory and its config model (~2 s).
 
 #: The per-stream metrics (names and meanings kept from before plugins declared them).
 METRICS = (
@@ -48,6 +50,10 @@ class AvSyncPlugin:
     metrics: ClassVar[tuple[MetricSpec, ...]] = METRICS
 
     def __init__(self, config: AvSyncConfig, device: str) -> None:
+        import torch
+
+        from crossmodald_plugins.avsync.motion import FaceFinder
+
         self.config = config
         self.device = torch.device(device)
         self._faces = (
@@ -91,6 +97,12 @@ class AvSyncPlugin:
         self, batch: Sequence[Window], tracks: Sequence[FaceTracks | None] | None = None
     ) -> list[AvSyncResult]:
         """:meth:`infer` on plain windows (``tracks``: the shared face tracks per window)."""
+        import torch
+
+        from crossmodald_plugins.avsync.clap import analyze_clap
+        from crossmodald_plugins.avsync.flash import analyze_flash, audio_onsets
+        from crossmodald_plugins.avsync.motion import analyze_motion
+
         if not batch:
             return []
         shared = list(tracks) if tracks is not None else [None] * len(batch)
