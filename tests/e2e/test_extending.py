@@ -180,6 +180,7 @@ async def test_the_daemon_runs_the_example_source_plugin_and_sink(
             assert status["level_dbfs"] == pytest.approx(-9.03, abs=0.02)
             assert status["windows"] >= 3
             assert "faces" in stream["plugin_status"]
+            assert stream["source_status"]["frames"] > 0  # the source's own status
             async with http.get(f"{daemon.url}/metrics") as response:
                 assert response.status == 200
                 metrics = await response.text()
@@ -191,6 +192,13 @@ async def test_the_daemon_runs_the_example_source_plugin_and_sink(
             assert level is not None, metrics
             assert float(level.group(1)) == pytest.approx(-9.03, abs=0.02)
             assert "# TYPE crossmodald_stream_example_windows_total counter" in metrics
+            frames = re.search(
+                r'^crossmodald_stream_example_tone_frames_total\{[^}]*source="tone"[^}]*\} (\S+)$',
+                metrics,
+                re.MULTILINE,
+            )
+            assert frames is not None, metrics
+            assert float(frames.group(1)) > 0
             assert f'crossmodald_sink_events_written_total{{sink="csv:{sink}"}}' in metrics
             seen = max(e["seq"] for e in sub.events)
             daemon.proc.send_signal(signal.SIGTERM)

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from fractions import Fraction
 from typing import Any, Literal, Self
 
 import numpy as np
 from pydantic import Field, model_validator
 
+from crossmodald.bus.events import JsonValue
 from crossmodald.clock.timeline import ticks_to_ns
 from crossmodald.ingest.base import SourceError, SourceFault
 from crossmodald.ingest.frames import audio_chunk, video_frame_from_luma
 from crossmodald.ingest.pacing import MonotonicPacer, Pacer
 from crossmodald.ingest.registry import SourceConfigBase
 from crossmodald.media import ClockKind, MediaItem, StreamInfo
+from crossmodald.status import MetricSpec
 
 #: Items produced between two yields to the event loop when not pacing in real time.
 _YIELD_EVERY = 16
@@ -60,10 +62,22 @@ class ToneSourceConfig(SourceConfigBase):
 class ToneSource:
     """A :class:`~crossmodald.ingest.base.Source` of a sine and a moving bar.
 
+    It also reports its own status and declares a metric of it (the optional
+    :class:`~crossmodald.ingest.base.ReportsStatus` part of a source).
+
     Args:
         config: The validated table.
         pacer: The clock that paces delivery and stamps ``arrival_ns``.
     """
+
+    metrics = (
+        MetricSpec(
+            "crossmodald_stream_example_tone_frames_total",
+            "counter",
+            "Frames the tone source delivered.",
+            "frames",
+        ),
+    )
 
     def __init__(self, config: ToneSourceConfig, pacer: Pacer) -> None:
         self.name = config.name
@@ -73,6 +87,8 @@ class ToneSource:
         self._sample_tb = Fraction(1, config.sample_rate)
         self._chunk = max(1, config.sample_rate * config.chunk_ms // 1000)
         self._closed = False
+        self._frames = 0
+        self._samples_out = 0
 
     async def open(self) -> StreamInfo:
         """Describe the stream (nothing to open: the generator cannot fail)."""
@@ -95,6 +111,10 @@ class ToneSource:
     async def aclose(self) -> None:
         """Stop (idempotent): a running iteration ends before its next item."""
         self._closed = True
+
+    def status(self) -> Mapping[str, JsonValue]:
+        """``source_status`` in ``/v1/streams``: what it delivered (cheap; also after aclose)."""
+        return {"frames": self._frames, "samples": self._samples_out}
 
     async def _run(self) -> AsyncIterator[MediaItem | SourceFault]:
         cfg = self.config
@@ -125,6 +145,7 @@ class ToneSource:
                     self.name, frame_pts, arrival, self._picture(frame), ClockKind.SYNTHETIC
                 )
                 frame += 1
+                self._frames += 1
             else:
                 yield audio_chunk(
                     self.name,
@@ -135,6 +156,7 @@ class ToneSource:
                     ClockKind.SYNTHETIC,
                 )
                 sample += self._chunk
+                self._samples_out += self._chunk
 
     def _picture(self, index: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
         # Limited-range black with a white bar that crosses the picture in about two seconds.
