@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from chainkit import PluginChain, with_providers
-from windowkit import make_windows, run_plugin
+from mediakit import make_windows, run_plugin
 
 from crossmodald.bus.events import Event, Phase
 from crossmodald.media import NS_PER_S, ClockKind, StreamInfo, Window

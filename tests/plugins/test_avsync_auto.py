@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 from clapkit import write_clap_clip
+from mediakit import build_source, record_windows
 from test_avsync_motion import mouth_window
-from windowkit import build_source, record_windows
 
 from crossmodald.ingest.pattern import write_pattern_file
 from crossmodald.media import Window

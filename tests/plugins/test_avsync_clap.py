@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clapkit import write_clap_clip
-from windowkit import build_source, record_windows
+from mediakit import build_source, record_windows
 
 from crossmodald.ingest.pattern import write_pattern_file
 from crossmodald.media import Window

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from windowkit import make_windows, run_plugin
+from mediakit import make_windows, run_plugin
 
 from crossmodald.bus.events import Phase
 from crossmodald.ingest.frames import video_frame_from_luma

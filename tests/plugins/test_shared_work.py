@@ -7,7 +7,7 @@ import asyncio
 import gc
 from pathlib import Path
 
-from windowkit import make_windows
+from mediakit import make_windows
 
 from crossmodald.bus.events import Event
 from crossmodald.runtime.host import Overload, PluginHost, link_hosts

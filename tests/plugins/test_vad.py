@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from windowkit import make_windows, run_plugin
+from mediakit import make_windows, run_plugin
 
 from crossmodald.bus.events import Phase
 from crossmodald.media import NS_PER_S, ClockKind, StreamInfo, Window

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from windowkit import make_windows
+from mediakit import make_windows
 
 from crossmodald.media import NS_PER_S
 from crossmodald.service.evaluate import DecodedMedia
