@@ -86,3 +86,45 @@ def test_rate_estimator_from_jittery_arrivals(rate_ppm: float) -> None:
     result = est.estimate()
     assert result is not None
     assert abs(result.ppm - rate_ppm) < 20.0
+
+
+def _reference_estimate(points: list[tuple[int, float]]) -> tuple[float, float, int, int] | None:
+    """The estimate as the estimator made it before its points moved to numpy buffers."""
+    from crossmodald.clock.drift import robust_line_fit
+
+    if len(points) < 8:
+        return None
+    arr = np.asarray(points, dtype=np.float64)
+    t_s = (arr[:, 0] - arr[:, 0].min()) / 1e9
+    if float(np.ptp(t_s)) < 20.0:
+        return None
+    fit = robust_line_fit(t_s, arr[:, 1], reject_sigma=4.0, min_residual=2.0)
+    if fit is None or fit.used < 8 or fit.span < 20.0:
+        return None
+    return (-fit.slope * 1e3, fit.slope_se * 1e3, fit.used, fit.rejected)
+
+
+def test_buffers_give_the_estimates_of_a_plain_list() -> None:
+    # Points live in numpy buffers that drop from the front (horizon, max_points) and compact
+    # or grow at the end; every estimate must equal one made from the plain list of points.
+    rng = np.random.default_rng(7)
+    est = DriftEstimator(horizon_s=60.0, max_points=100)
+    points: list[tuple[int, float]] = []
+    for i in range(1500):
+        t_ns = i * 250_000_000 + int(rng.integers(0, 1000))
+        lead = 40.0 - 3e-5 * i + float(rng.normal(0, 0.4)) + (15.0 if i % 41 == 0 else 0.0)
+        est.add(t_ns, lead)
+        points.append((t_ns, lead))
+        points = points[-100:]
+        points = [p for p in points if p[0] >= t_ns - 60 * 1_000_000_000]
+        if i == 900:
+            est.reset()
+            points = []
+        assert len(est) == len(points)
+        got = est.estimate()
+        want = _reference_estimate(points)
+        if want is None:
+            assert got is None
+        else:
+            assert got is not None
+            assert (got.ppm, got.uncertainty_ppm, got.points, got.rejected) == want

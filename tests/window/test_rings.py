@@ -128,3 +128,27 @@ def test_sample_grid_matches_a_plain_model(ops: list[tuple[int, int, int]]) -> N
         assert np.array_equal(audio, want)
         assert grid.held <= capacity
     assert undelivered >= 0
+
+
+def test_gil_holding_copies_equal_numpy_ones() -> None:
+    from crossmodald.window.rings import all_true, copy_into, copy_of
+
+    samples = np.linspace(-1, 1, 4000, dtype=np.float32)
+    out = np.zeros(4000, np.float32)
+    copy_into(out, samples)
+    assert np.array_equal(out, samples)
+    copied = copy_of(samples[100:3100])
+    assert copied.dtype == np.float32
+    assert np.array_equal(copied, samples[100:3100])
+    copied[0] = 5.0  # a copy, not a view
+    assert samples[100] != 5.0
+    strided = samples[::2]  # not contiguous: numpy does it
+    assert np.array_equal(copy_of(strided), strided)
+    mask = np.ones(96000, np.bool_)
+    assert all_true(mask)
+    assert all_true(mask[:0])
+    mask[95999] = False
+    assert not all_true(mask)
+    assert all_true(mask[::2])
+    assert not all_true(mask[1::2])
+    assert np.array_equal(copy_of(mask), mask)

@@ -18,7 +18,6 @@ Signs:
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +59,21 @@ class _Fit:
     span: float
 
 
+def _median(values: F64Array) -> float:
+    """``np.median`` of a non-empty finite 1-D array, the same value, without its overhead.
+
+    np.median spends most of its ~15 us per call on argument handling and NaN checks, and the
+    drift fit takes two per iteration for every window. The middle element(s) by partition and
+    the mean of two as ``(a + b) / 2`` are what np.median computes.
+    """
+    n = len(values)
+    half = n // 2
+    if n % 2:
+        return float(np.partition(values, half)[half])
+    part = np.partition(values, (half - 1, half))
+    return float((part[half - 1] + part[half]) / 2.0)
+
+
 def robust_line_fit(
     x: F64Array,
     y: F64Array,
@@ -81,28 +95,36 @@ def robust_line_fit(
     Returns:
         The fit, or None when fewer than 3 distinct x values remain.
     """
-    keep = np.ones(len(x), dtype=bool)
+    keep: npt.NDArray[np.bool_] | None = None  # None: every point (no copy needed)
     fit: _Fit | None = None
     for _ in range(iterations):
-        xs, ys = x[keep], y[keep]
-        if len(xs) < 3 or float(np.ptp(xs)) <= 0.0:
+        xs, ys = (x, y) if keep is None else (x[keep], y[keep])
+        if len(xs) < 3:
+            return fit
+        span = float(np.ptp(xs))
+        if span <= 0.0:
             return fit
         x_mean = float(xs.mean())
+        y_mean = ys.mean()
         dx = xs - x_mean
         sxx = float(np.dot(dx, dx))
-        slope = float(np.dot(dx, ys - ys.mean())) / sxx
-        intercept = float(ys.mean()) - slope * x_mean
+        slope = float(np.dot(dx, ys - y_mean)) / sxx
+        intercept = float(y_mean) - slope * x_mean
         resid = ys - (slope * xs + intercept)
         dof = max(len(xs) - 2, 1)
         slope_se = math.sqrt(float(np.dot(resid, resid)) / dof / sxx)
-        fit = _Fit(slope, intercept, slope_se, len(xs), int((~keep).sum()), float(np.ptp(xs)))
+        rejected = 0 if keep is None else len(x) - len(xs)
+        fit = _Fit(slope, intercept, slope_se, len(xs), rejected, span)
         # Outliers pull the least-squares line towards them, so judge residuals against their
         # median rather than against zero.
-        centre = float(np.median(resid))
-        mad = float(np.median(np.abs(resid - centre)))
+        centre = _median(resid)
+        mad = _median(np.abs(resid - centre))
         threshold = max(reject_sigma * _MAD_TO_SIGMA * mad, min_residual)
         new_keep = np.abs(y - (slope * x + intercept) - centre) <= threshold
-        if np.array_equal(new_keep, keep):
+        if keep is None:
+            if new_keep.all():
+                break
+        elif np.array_equal(new_keep, keep):
             break
         keep = new_keep
     return fit
@@ -149,11 +171,20 @@ class DriftEstimator:
         self._min_points = min_points
         self._reject_sigma = reject_sigma
         self._min_residual_ms = min_residual_ms
-        self._points: deque[tuple[int, float]] = deque(maxlen=max_points)
+        self._max_points = max_points
+        # The points in arrival order: media ns and offset ms in two arrays, live in
+        # [_head, _tail). Appends go at the tail, the horizon and max_points drop from the head;
+        # the arrays are compacted (or grown) when the tail reaches the end. This saves building
+        # an array from a deque of tuples on every estimate (once per window).
+        capacity = min(max_points, 256) * 2
+        self._t_ns = np.zeros(capacity, dtype=np.int64)
+        self._y_ms = np.zeros(capacity, dtype=np.float64)
+        self._head = 0
+        self._tail = 0
         self._latest_ns: int | None = None
 
     def __len__(self) -> int:
-        return len(self._points)
+        return self._tail - self._head
 
     def add(self, media_ns: int, audio_lead_ms: float) -> None:
         """Add one measurement: the offset ``audio_lead_ms`` observed at media time ``media_ns``.
@@ -163,29 +194,50 @@ class DriftEstimator:
         """
         if not math.isfinite(audio_lead_ms):
             raise ValueError(f"DriftEstimator: offset must be finite, got {audio_lead_ms}")
-        self._points.append((media_ns, audio_lead_ms))
+        if self._tail - self._head >= self._max_points:
+            self._head += 1  # the oldest goes, as a bounded deque would drop it
+        if self._tail == len(self._t_ns):
+            self._make_room()
+        self._t_ns[self._tail] = media_ns
+        self._y_ms[self._tail] = audio_lead_ms
+        self._tail += 1
         if self._latest_ns is None or media_ns > self._latest_ns:
             self._latest_ns = media_ns
         # Points arrive roughly in media order; drop those that fell out of the horizon.
-        while self._points and self._points[0][0] < self._latest_ns - self._horizon_ns:
-            self._points.popleft()
+        oldest_ns = self._latest_ns - self._horizon_ns
+        t_ns = self._t_ns
+        while self._head < self._tail and int(t_ns[self._head]) < oldest_ns:
+            self._head += 1
+
+    def _make_room(self) -> None:
+        count = self._tail - self._head
+        capacity = len(self._t_ns)
+        if count * 2 > capacity:
+            capacity *= 2
+        t_ns = np.zeros(capacity, dtype=np.int64)
+        y_ms = np.zeros(capacity, dtype=np.float64)
+        t_ns[:count] = self._t_ns[self._head : self._tail]
+        y_ms[:count] = self._y_ms[self._head : self._tail]
+        self._t_ns, self._y_ms = t_ns, y_ms
+        self._head, self._tail = 0, count
 
     def reset(self) -> None:
         """Forget all points (e.g. after a timeline jump)."""
-        self._points.clear()
+        self._head = self._tail = 0
         self._latest_ns = None
 
     def estimate(self) -> DriftEstimate | None:
         """The drift over the horizon, or None while span or points are not enough."""
-        if len(self._points) < self._min_points:
+        if self._tail - self._head < self._min_points:
             return None
-        arr = np.asarray(self._points, dtype=np.float64)
-        t_s = (arr[:, 0] - arr[:, 0].min()) / _NS_PER_S
+        # float64 first, then the difference: the same values as before (exact below 2**53 ns).
+        t_f = self._t_ns[self._head : self._tail].astype(np.float64)
+        t_s = (t_f - t_f.min()) / _NS_PER_S
         if float(np.ptp(t_s)) < self._min_span_s:
             return None
         fit = robust_line_fit(
             t_s,
-            arr[:, 1],
+            self._y_ms[self._head : self._tail],
             reject_sigma=self._reject_sigma,
             min_residual=self._min_residual_ms,
         )

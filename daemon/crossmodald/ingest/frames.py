@@ -184,6 +184,12 @@ class AudioMonoConverter:
         self._fallback: av.AudioResampler | None = None
         self._fallback_key: tuple[str, int] = ("", 0)
 
+    @staticmethod
+    def reads_directly(frame: av.AudioFrame) -> bool:
+        """Whether :meth:`convert` reads ``frame`` in place: no converter state, any thread,
+        and ``frame.samples`` samples out."""
+        return frame.format.packed.name in _SAMPLE_DTYPES
+
     def convert(self, frame: av.AudioFrame) -> npt.NDArray[np.float32]:
         """Mono float32 samples of ``frame`` (shape ``(frame.samples,)``)."""
         fmt = frame.format
@@ -201,6 +207,13 @@ class AudioMonoConverter:
             for converted in self._fallback.resample(frame):
                 out = np.concatenate([out, self.convert(converted)])
             return out
+        return AudioMonoConverter.convert_direct(frame)
+
+    @staticmethod
+    def convert_direct(frame: av.AudioFrame) -> npt.NDArray[np.float32]:
+        """:meth:`convert` for a frame it :meth:`reads_directly` (stateless, any thread)."""
+        fmt = frame.format
+        name = fmt.packed.name
         dtype = np.dtype(_SAMPLE_DTYPES[name])
         channels = frame.layout.nb_channels
         samples = frame.samples

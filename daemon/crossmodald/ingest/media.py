@@ -2,8 +2,10 @@
 
 Files (mp4, mkv, webm, avi, mov, wav, flac, mp3, ogg, ...) and URLs (rtsp://, http(s)://, ...)
 are demuxed and decoded on a worker thread, a batch of packets per call, so the event loop never
-blocks on I/O or a codec and the per-item overhead stays low. One batch is decoded ahead while
-the previous one is consumed (bounded: at most two batches exist).
+blocks on I/O or a codec and the per-item overhead stays low. A second thread finishes each
+batch (thumbnails, mono audio) while the first decodes the next; up to :data:`_AHEAD_BATCHES`
+batches are decoded ahead of the consumer (bounded). Pictures up to 1080p are decoded on one
+thread (frame threads cost more CPU than they save when the loop and plugins want the cores).
 
 Timestamps (clock ``PTS``): each track's container PTS goes through its own
 :class:`~crossmodald.clock.TrackTimeline` (its time base, floored to whole ns as the rest of the
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -101,7 +104,15 @@ _S = TypeVar("_S", bound=av.stream.Stream)
 
 # A decode batch ends after this many items or this much wall time (live streams: latency).
 _BATCH_ITEMS: Final = 32
+# Without real-time pacing (analyze) latency does not matter: larger batches mean fewer thread
+# hand-offs (each executor round trip costs the event loop ~0.2 ms).
+_BATCH_ITEMS_OFFLINE: Final = 128
+_BATCH_WALL_S_OFFLINE: Final = 0.1
 _BATCH_WALL_S: Final = 0.02
+# Batches queued on the worker ahead of the consumer (bounded: their frames are held).
+_AHEAD_BATCHES: Final = 4
+# Decode pictures up to this size (1080p) on one thread; larger ones with frame threads.
+_SINGLE_THREAD_MAX_PIXELS: Final = 1920 * 1088
 # Look-ahead of the pts merge: past this many items of one kind waiting for the other kind,
 # the oldest goes out anyway (a stream that stopped, or a file interleaved very coarsely).
 _MAX_PENDING_VIDEO: Final = 32
@@ -175,21 +186,50 @@ class MediaStats:
     last_error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Video:
     pts_ns: int
-    luma: U8Image
-    thumb: U8Image
+    #: The decoded picture until the finishing thread (:func:`_finish`) has read its luma
+    #: plane and made the thumbnail.
+    frame: av.VideoFrame | None
+    luma: U8Image | None = None
+    thumb: U8Image | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Audio:
     pts_ns: int
-    samples: F32Array
+    #: None until the finishing thread converted ``frame`` (:func:`_finish`).
+    samples: F32Array | None
     sample_rate: int
+    frame: av.AudioFrame | None = None
 
 
 _Decoded = _Video | _Audio
+_Batch = tuple[list[_Decoded], list[SourceFault], bool]
+
+
+def _finish(decoding: concurrent.futures.Future[_Batch]) -> _Batch:
+    """The batch ``decoding`` gives, once decoded, with pictures and audio converted.
+
+    Runs on the source's second (finishing) thread. The decoding thread is the one that limits
+    a fast (offline) read, and every numpy or OpenCV call there lets go of the GIL and then
+    waits to get it back from the loop or a plugin: the luma planes, the thumbnails (~30 us a
+    VGA frame) and the mono downmix of the audio frames (several numpy calls each) are made
+    here instead, while it decodes the next batch. Decoded frames are reference-counted, so the
+    decoder never reuses a buffer that a frame waiting here still holds.
+    """
+    batch = decoding.result()
+    for item in batch[0]:
+        if isinstance(item, _Video):
+            if item.frame is not None:
+                item.luma = luma_from_av_frame(item.frame)
+                item.frame = None
+                item.thumb = make_thumb(item.luma)
+        elif item.frame is not None:
+            item.samples = AudioMonoConverter.convert_direct(item.frame)
+            item.frame = None
+    return batch
 
 
 class _Reader:
@@ -218,6 +258,9 @@ class _Reader:
         self.pass_first_ns: int | None = None
         self.pass_end_ns: int | None = None
         self.decoded = 0
+        realtime = source.config.realtime
+        self._batch_items = _BATCH_ITEMS if realtime else _BATCH_ITEMS_OFFLINE
+        self._batch_wall_s = _BATCH_WALL_S if realtime else _BATCH_WALL_S_OFFLINE
         #: Items decoded in the current pass (a looping input that yields none stops).
         self.pass_decoded = 0
 
@@ -290,7 +333,16 @@ class _Reader:
 
         if self.video is not None:
             # Frame threads: the decoder keeps both cores busy (and this thread free sooner).
-            self.video.codec_context.thread_type = "AUTO"
+            ctx = self.video.codec_context
+            if (ctx.width or 0) * (ctx.height or 0) > _SINGLE_THREAD_MAX_PIXELS:
+                # Frame threads: one core alone would not keep up with large pictures.
+                ctx.thread_type = "AUTO"
+            else:
+                # One decoder thread: the decode runs on this worker thread (outside the GIL)
+                # while the loop and the plugins use the other cores. Frame threads cost ~30%
+                # more CPU for the same frames (5-min VGA H.264: 1.8 s vs 1.3 s) and are no faster
+                # when the other threads of the process have work, as they do here.
+                ctx.thread_count = 1
             tb = self.video.time_base
             if tb is None:
                 raise SourceError(f"{src.display}: video stream has no time base")
@@ -374,7 +426,9 @@ class _Reader:
         assert self.container is not None
         stats = self.source.stats
         started = time.monotonic()
-        while len(items) < _BATCH_ITEMS and time.monotonic() - started < _BATCH_WALL_S:
+        limit = self._batch_items
+        wall_s = self._batch_wall_s
+        while len(items) < limit and time.monotonic() - started < wall_s:
             try:
                 packet = next(demux)
             except StopIteration:
@@ -455,17 +509,20 @@ class _Reader:
         ):
             self.source.stats.video_jumps += 1
         self._last_video_ns = pts_ns
-        luma = luma_from_av_frame(frame)
         self._extend_pass(pts_ns, pts_ns + step_ns)
         self.source.stats.video_frames += 1
-        return _Video(pts_ns, luma, make_thumb(luma))
+        return _Video(pts_ns, frame)
 
     def _convert_audio(self, frame: av.AudioFrame) -> _Audio | None:
         if frame.samples == 0:
             return None
-        samples = self._converter.convert(frame)
+        samples: F32Array | None = None
+        if AudioMonoConverter.reads_directly(frame):
+            count = frame.samples  # converted on the finishing thread (_finish)
+        else:
+            samples = self._converter.convert(frame)  # stateful (a resampler): here, in order
+            count = len(samples)
         rate = frame.sample_rate
-        count = len(samples)
         pts = frame.pts
         stamped_ns: int | None = None
         if pts is not None:
@@ -485,7 +542,7 @@ class _Reader:
         assert counter.end_ns is not None
         self._extend_pass(pts_ns, counter.end_ns)
         stats.audio_chunks += 1
-        return _Audio(pts_ns, samples, rate)
+        return _Audio(pts_ns, samples, rate, None if samples is not None else frame)
 
     def _extend_pass(self, start_ns: int, end_ns: int) -> None:
         if self.pass_first_ns is None or start_ns < self.pass_first_ns:
@@ -518,6 +575,10 @@ class MediaSource:
         # come from one malloc arena that keeps its pages (with the shared default pool, buffers
         # allocated on whichever thread ran the batch cost ~40 page faults per VGA frame).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ingest:{self.name}")
+        # A second thread finishes each decoded batch (thumbnails) while the first decodes on.
+        self._finisher = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"ingest-finish:{self.name}"
+        )
         self._info: StreamInfo | None = None
         self._inflight: asyncio.Future[object] | None = None
         self._closed = False
@@ -549,6 +610,7 @@ class MediaSource:
         self._released = True
         await asyncio.get_running_loop().run_in_executor(self._executor, self._reader.close)
         self._executor.shutdown(wait=False)
+        self._finisher.shutdown(wait=False)
 
     #: The status values ``/metrics`` exports (see :func:`~crossmodald.ingest.base.source_metrics`).
     metrics: Sequence[MetricSpec] = (
@@ -582,18 +644,36 @@ class MediaSource:
             if future.done():
                 self._inflight = None
 
-    def _start_batch(self) -> asyncio.Future[tuple[list[_Decoded], list[SourceFault], bool]]:
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._reader.read_batch)
+    def _start_batch(self) -> asyncio.Future[_Batch]:
+        # Both executors run their jobs in order, one at a time: the finishing job of a batch
+        # waits for its decode, and the batches come out in order. The last batch started is
+        # the last to finish, so awaiting it (aclose) waits for every job in flight.
+        decoding = self._executor.submit(self._reader.read_batch)
+        future = asyncio.get_running_loop().run_in_executor(self._finisher, _finish, decoding)
         self._inflight = future  # type: ignore[assignment]
         return future
 
     async def _batches(self) -> AsyncIterator[tuple[list[_Decoded], list[SourceFault], bool]]:
-        """Decoded batches, one decoded ahead; loops restart here."""
-        pending = self._start_batch()
+        """Decoded batches, up to :data:`_AHEAD_BATCHES` decoded ahead; loops restart here."""
+        # The worker runs the queued read_batch calls one after another, so it goes on decoding
+        # while the loop (or a plugin holding the GIL) is busy instead of idling after each
+        # batch; the items stay in order.
+        pending: collections.deque[
+            asyncio.Future[tuple[list[_Decoded], list[SourceFault], bool]]
+        ] = collections.deque()
+
+        def top_up() -> None:
+            while len(pending) < _AHEAD_BATCHES:
+                pending.append(self._start_batch())
+
+        top_up()
         while True:
-            items, faults, ended = await asyncio.shield(pending)
-            self._inflight = None
+            items, faults, ended = await asyncio.shield(pending.popleft())
             if ended:
+                # Batches queued behind the end find the input ended too (nothing in them).
+                while pending:
+                    await asyncio.shield(pending.popleft())
+                self._inflight = None
                 yield items, faults, True
                 if self._closed or not self.config.loop:
                     return
@@ -601,11 +681,11 @@ class MediaSource:
                     return  # an empty pass would loop forever
                 await self._in_worker(self._reader.reopen)
                 self.stats.loops += 1
-                pending = self._start_batch()
+                top_up()
                 continue
             if self._closed:
                 return
-            pending = self._start_batch()
+            top_up()
             yield items, faults, False
 
     async def _run(self) -> AsyncIterator[MediaItem | SourceFault]:
@@ -694,6 +774,8 @@ class MediaSource:
 
     def _emit(self, item: _Decoded, arrival_ns: int) -> MediaItem:
         if isinstance(item, _Video):
+            assert item.luma is not None
+            assert item.thumb is not None
             return VideoFrame(
                 source_id=self.name,
                 pts_ns=item.pts_ns,
@@ -702,6 +784,7 @@ class MediaSource:
                 thumb=item.thumb,
                 clock=ClockKind.PTS,
             )
+        assert item.samples is not None
         return audio_chunk(
             self.name, item.pts_ns, arrival_ns, item.samples, item.sample_rate, ClockKind.PTS
         )

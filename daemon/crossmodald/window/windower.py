@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from crossmodald.media import NS_PER_S, AudioChunk, ClockKind, VideoFrame, Window
-from crossmodald.window.rings import FrameRing, SampleGrid
+from crossmodald.window.rings import FrameRing, SampleGrid, all_true
 
 __all__ = ["Windower", "WindowerStats"]
 
@@ -532,7 +532,8 @@ class Windower:
         video = self._frames.between(start, end)
         if self.has_audio:
             audio, valid = self._grid.read(self._sample(k), self._n_audio)
-            delivered = int(np.count_nonzero(valid))
+            # all_true holds the GIL (see rings.copy_into); the count only where audio is missing.
+            delivered = len(valid) if all_true(valid) else int(np.count_nonzero(valid))
         else:
             audio = np.zeros(0, np.float32)
             valid = np.zeros(0, np.bool_)
