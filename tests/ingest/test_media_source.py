@@ -444,3 +444,21 @@ def test_pictures_up_to_1080p_decode_on_one_thread(media_dir: Path) -> None:
         assert reader.video.codec_context.thread_count == 1
     finally:
         reader.close()
+
+
+def test_offline_batches_are_bounded_by_pixels(tmp_path: Path) -> None:
+    # Batches decoded ahead hold their pictures: large pictures make smaller batches.
+    from crossmodald.ingest.media import _BATCH_PIXELS_OFFLINE
+
+    path = tmp_path / "big.mp4"
+    write_pattern_file(pattern_config(width=1280, height=720), path, duration_s=1.0)
+    source = MediaSource(media_config(str(path)))
+    reader = source._reader
+    reader.open()
+    try:
+        items, _, _ = reader.read_batch()
+    finally:
+        reader.close()
+    frames = [i for i in items if i.__class__.__name__ == "_Video"]
+    per_frame = 1280 * 720
+    assert len(frames) == -(-_BATCH_PIXELS_OFFLINE // per_frame)

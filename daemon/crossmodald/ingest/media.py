@@ -108,6 +108,9 @@ _BATCH_ITEMS: Final = 32
 # hand-offs (each executor round trip costs the event loop ~0.2 ms).
 _BATCH_ITEMS_OFFLINE: Final = 128
 _BATCH_WALL_S_OFFLINE: Final = 0.1
+# ... and after this many pixels of pictures (64 VGA frames), so the batches decoded ahead hold
+# a bounded amount of memory whatever the picture size (1080p: 10 frames a batch).
+_BATCH_PIXELS_OFFLINE: Final = 64 * 640 * 480
 _BATCH_WALL_S: Final = 0.02
 # Batches queued on the worker ahead of the consumer (bounded: their frames are held).
 _AHEAD_BATCHES: Final = 4
@@ -261,6 +264,7 @@ class _Reader:
         realtime = source.config.realtime
         self._batch_items = _BATCH_ITEMS if realtime else _BATCH_ITEMS_OFFLINE
         self._batch_wall_s = _BATCH_WALL_S if realtime else _BATCH_WALL_S_OFFLINE
+        self._batch_pixels = (1 << 62) if realtime else _BATCH_PIXELS_OFFLINE
         #: Items decoded in the current pass (a looping input that yields none stops).
         self.pass_decoded = 0
 
@@ -428,7 +432,8 @@ class _Reader:
         started = time.monotonic()
         limit = self._batch_items
         wall_s = self._batch_wall_s
-        while len(items) < limit and time.monotonic() - started < wall_s:
+        pixels = self._batch_pixels
+        while len(items) < limit and pixels > 0 and time.monotonic() - started < wall_s:
             try:
                 packet = next(demux)
             except StopIteration:
@@ -457,6 +462,8 @@ class _Reader:
                 item = self._convert(frame)
                 if item is not None:
                     items.append(item)
+                    if isinstance(frame, av.VideoFrame):
+                        pixels -= frame.width * frame.height
         return items, faults, False
 
     def _read_error(self, exc: BaseException) -> bool:
