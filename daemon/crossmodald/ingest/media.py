@@ -113,7 +113,7 @@ _BATCH_WALL_S_OFFLINE: Final = 0.1
 _BATCH_PIXELS_OFFLINE: Final = 64 * 640 * 480
 _BATCH_WALL_S: Final = 0.02
 # Batches queued on the worker ahead of the consumer (bounded: their frames are held).
-_AHEAD_BATCHES: Final = 4
+_AHEAD_BATCHES: Final = 2
 # Decode pictures up to this size (1080p) on one thread; larger ones with frame threads.
 _SINGLE_THREAD_MAX_PIXELS: Final = 1920 * 1088
 # Look-ahead of the pts merge: past this many items of one kind waiting for the other kind,
