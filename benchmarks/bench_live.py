@@ -238,6 +238,13 @@ def main() -> int:
     for _ in range(args.rounds):
         for label, tree in trees:
             measured = asyncio.run(run(args.streams, args.seconds, args.warmup, tree))
+            values = sorted(ms for _, ms in measured.latencies)
+            # Each run's own figures: the pooled p99 rests on a few hops, so show the spread.
+            print(
+                f"  run ({label}): p50 {pct(values, 0.5):.1f} ms, p99 {pct(values, 0.99):.1f} ms, "
+                f"max {values[-1] if values else float('nan'):.1f} ms; load {load()}",
+                flush=True,
+            )
             if label in pooled:
                 pooled[label].add(measured)
             else:
