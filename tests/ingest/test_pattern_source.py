@@ -327,3 +327,50 @@ async def test_eight_live_vga_streams_are_cheap() -> None:
         assert len(frames) == 30
         assert len(chunks) == 50
     assert time.process_time() - began < 0.8  # about 0.1 s on the project machine
+
+
+@pytest.mark.parametrize(
+    ("fps", "period_s", "flash_ms"),
+    [
+        (Fraction(25), 1.0, 40.0),  # the flash is exactly frame 37 (edges on frame edges)
+        (Fraction(30000, 1001), 0.7, 33.3667),
+        (Fraction(60), 0.35, 1.0),  # shorter than a frame
+        (Fraction(30), 1.0, 50.0),
+    ],
+)
+def test_flash_fraction_matches_the_definition_at_every_frame(
+    fps: Fraction, period_s: float, flash_ms: float
+) -> None:
+    # flash_fraction skips flashes that cannot overlap a frame by integer ns bounds before the
+    # exact arithmetic: frames touching a flash edge exactly must still come out exact.
+    tl = PatternTimeline(make_config(fps=str(fps), period_s=period_s, flash_ms=flash_ms))
+    period = Fraction(round(period_s * NS), NS)
+    flash = Fraction(round(flash_ms * 1_000_000), NS)
+    lit = 0
+    for i in range(int(6 * fps)):
+        expected = expected_fraction(i, fps, period, flash)
+        assert tl.flash_fraction(i) == expected, i
+        lit += expected > 0
+    assert lit >= 6
+
+
+@pytest.mark.parametrize("drift_ppm", [0.0, 37.5, -120.25, 1000.0])
+def test_sample_true_time_is_the_exact_ceiling(drift_ppm: float) -> None:
+    tl = PatternTimeline(make_config(drift_ppm=drift_ppm, sample_rate=44100))
+    rate_true = 44100 * (1 + Fraction(str(drift_ppm)) / 10**6)
+    for n in [*range(0, 2000, 7), *range(44100 * 3600, 44100 * 3600 + 500)]:
+        assert tl.sample_true_ns(n) == math.ceil(Fraction(n * NS) / rate_true), n
+
+
+async def test_thumbnails_are_each_frames_own_and_read_only() -> None:
+    # Thumbnails are shared between frames with the same picture: each must still be the
+    # shrunk picture of its own frame (flashes, partial flashes, every square position).
+    from crossmodald.ingest.frames import make_thumb
+
+    config = make_config(width=640, height=480, fps="30000/1001", duration_s=4.5)
+    frames, _ = await collect(PatternSource(config))
+    assert len({background(f) for f in frames}) >= 3
+    for frame in frames:
+        assert np.array_equal(frame.thumb, make_thumb(frame.luma))
+        assert not frame.thumb.flags.writeable
+        assert frame.luma.flags.writeable  # the picture itself is the frame's own

@@ -255,3 +255,23 @@ def test_batch_of_256_windows_is_fast(plugin: AvSyncPlugin) -> None:
     assert len(results) == 256
     assert all(r.audio_lead_ms is not None for r in results)
     assert elapsed < 20.0
+
+
+@pytest.mark.parametrize("columns", [1, 60, 511, 512, 700, 6000])
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.3, 0.95, 1.0])
+def test_compact_keeps_the_stable_sort_order(columns: int, density: float) -> None:
+    # compact finds long rows' selected cells without sorting; it must give exactly the first
+    # K columns of the stable sort (selected in order, then unselected in order) it replaces.
+    import torch
+
+    from crossmodald_plugins.avsync.batching import compact
+
+    rng = np.random.default_rng(columns + int(density * 1000))
+    for rows in (1, 3, 8):
+        mask = torch.from_numpy(rng.random((rows, columns)) < density)
+        values = torch.from_numpy(rng.random((rows, columns)))
+        k = max(int(mask.sum(dim=1).max()), 1)
+        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :k]
+        kept, (got,) = compact(mask, values)
+        assert torch.equal(kept, torch.gather(mask, 1, order))
+        assert torch.equal(got, torch.gather(values, 1, order))

@@ -76,6 +76,10 @@ class FlashOutcome:
     reason: str
 
 
+#: Thumbnails with fewer pixels than this sum exactly in uint32 (255 * 2**24 < 2**32).
+_EXACT_U32_PIXELS = 2**24
+
+
 def _frame_means(window: Window) -> npt.NDArray[np.float64]:
     """Mean brightness of each frame's thumbnail (cheap: one stack and one mean)."""
     if not window.video:
@@ -83,7 +87,14 @@ def _frame_means(window: Window) -> npt.NDArray[np.float64]:
     shapes = {f.thumb.shape for f in window.video}
     if len(shapes) == 1:
         stack = np.stack([f.thumb for f in window.video])
-        means: npt.NDArray[np.float64] = stack.mean(axis=(1, 2), dtype=np.float64)
+        flat = stack.reshape(len(stack), -1)
+        means: npt.NDArray[np.float64]
+        if flat.dtype == np.uint8 and flat.shape[1] < _EXACT_U32_PIXELS:
+            # An exact integer sum divided by the pixel count: the same float64 values as
+            # ``mean(dtype=float64)`` (whose partial sums are exact integers too), ~3x faster.
+            means = flat.sum(axis=1, dtype=np.uint32) / flat.shape[1]
+        else:
+            means = flat.mean(axis=1, dtype=np.float64)
         return means
     # A size change inside the window: rare, so a per-frame mean is fine here.
     return np.array([f.thumb.mean(dtype=np.float64) for f in window.video])
