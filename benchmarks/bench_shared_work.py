@@ -19,10 +19,18 @@ Runs are interleaved (set 1, set 2, ... then again) and the best (least CPU) of 
 the ratios hold on a shared machine.
 
     python benchmarks/bench_shared_work.py [--repeat 3] [--loops 4] [--clip PATH]
-        [--events-dir DIR]
+        [--events-dir DIR] [--compare-tree ../../main]
 
 ``--events-dir`` keeps each set's JSONL events of the full clip (``<set>.jsonl``) for
 benchmarks/compare_events.py.
+
+With ``--compare-tree PATH`` (another checkout or an export of one, e.g.
+``git archive 6b8468b daemon plugins configs``) every set also runs with that tree's ``daemon/``
+and ``plugins/`` first on ``PYTHONPATH`` (as benchmarks/bench_analyze.py does), interleaved with
+this tree's runs: a second row per set, its ratio to the other tree's own ``speaker``, and this
+tree's CPU per window over the other's: a before/after in one run. The entry points come from the
+installed distribution, so the other tree must name its plugins' factories the same way.
+``--events-dir`` then also keeps ``<set>.other.jsonl``.
 """
 
 from __future__ import annotations
@@ -96,13 +104,25 @@ def loop_clip(src: Path, dst: Path, loops: int, max_seconds: float | None = None
     return seconds
 
 
-def analyze_cpu(path: Path, plugins: list[str], events: Path | None) -> float:
+def tree_env(tree: Path | None) -> dict[str, str] | None:
+    """The environment that imports crossmodald from checkout ``tree`` (None: as installed)."""
+    if tree is None:
+        return None
+    env = dict(os.environ)
+    paths = [str(tree / "daemon"), str(tree / "plugins")]
+    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def analyze_cpu(
+    path: Path, plugins: list[str], events: Path | None, env: dict[str, str] | None = None
+) -> float:
     """CPU seconds (user + system) of one `crossmodald analyze` run with these plugins."""
     argv = [sys.executable, "-m", "crossmodald", "analyze", str(path), "--format", "jsonl"]
     for name in plugins:
         argv += ["--plugin", name]
     with open(events or os.devnull, "w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     assert proc.stderr is not None
     err = proc.stderr.read().decode()
@@ -118,46 +138,69 @@ def main() -> int:
     parser.add_argument("--loops", type=int, default=4, help="times the clip is looped")
     parser.add_argument("--clip", type=Path, default=CLIP)
     parser.add_argument("--events-dir", type=Path, help="keep each set's events here")
+    parser.add_argument("--compare-tree", type=Path, help="another checkout to compare with")
     args = parser.parse_args()
     if not args.clip.is_file():
         raise SystemExit(f"{args.clip}: no such file")
+    other = args.compare_tree.resolve() if args.compare_tree else None
+    if other is not None and not (other / "daemon" / "crossmodald").is_dir():
+        raise SystemExit(f"{other}: not a crossmodald checkout (no daemon/crossmodald)")
     print(
         f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
         f"cpu count {os.cpu_count()}; best of {args.repeat}"
     )
+    # Each tree runs with its own code first on PYTHONPATH; "" is this tree, "other" the other.
+    trees: dict[str, dict[str, str] | None] = {"": tree_env(REPO)}
+    if other is not None:
+        print(f"this tree: {REPO}; other tree: {other}")
+        trees["other"] = tree_env(other)
     with tempfile.TemporaryDirectory() as tmp:
         full, short = Path(tmp) / "clip.mp4", Path(tmp) / "clip-1s.mp4"
         seconds = loop_clip(args.clip, full, args.loops)
         short_s = loop_clip(args.clip, short, 1, max_seconds=1.0)
         if args.events_dir is not None:
             args.events_dir.mkdir(parents=True, exist_ok=True)
-        best_full = {name: float("inf") for name in SETS}
-        best_short = {name: float("inf") for name in SETS}
+        best_full = {(t, name): float("inf") for t in trees for name in SETS}
+        best_short = {(t, name): float("inf") for t in trees for name in SETS}
         for attempt in range(args.repeat):
             for name, plugins in SETS.items():
-                keep = (
-                    args.events_dir / f"{name}.jsonl" if args.events_dir and not attempt else None
-                )
-                best_full[name] = min(best_full[name], analyze_cpu(full, plugins, keep))
-                best_short[name] = min(best_short[name], analyze_cpu(short, plugins, None))
+                for tree, env in trees.items():
+                    suffix = f".{tree}" if tree else ""
+                    keep = (
+                        args.events_dir / f"{name}{suffix}.jsonl"
+                        if args.events_dir and not attempt
+                        else None
+                    )
+                    key = (tree, name)
+                    best_full[key] = min(best_full[key], analyze_cpu(full, plugins, keep, env))
+                    best_short[key] = min(best_short[key], analyze_cpu(short, plugins, None, env))
     steady_s = seconds - short_s
     windows = steady_s / HOP_S
     print(f"clip {args.clip.name} looped x{args.loops}: {seconds:.1f} s, {windows:.0f} windows")
     print(
         f"{'plugins':<22} {'cpu s':>7} {'cpu 1s':>7} {'ms/window':>10} {'cpu s/media s':>14} "
-        f"{'x speaker':>10}"
+        f"{'x speaker':>10}" + (f" {'this/other':>11}" if other is not None else "")
     )
-    base = (best_full["speaker"] - best_short["speaker"]) / windows
+
+    def per_window(tree: str, name: str) -> float:
+        return (best_full[tree, name] - best_short[tree, name]) / windows
+
     for name in SETS:
-        steady = best_full[name] - best_short[name]
-        print(
-            f"{name:<22} {best_full[name]:7.2f} {best_short[name]:7.2f} "
-            f"{1000 * steady / windows:10.1f} {steady / steady_s:14.3f} "
-            f"{steady / windows / base:10.2f}"
-        )
+        for tree in trees:
+            steady = per_window(tree, name)
+            label = name if not tree else "  same, other tree"
+            line = (
+                f"{label:<22} {best_full[tree, name]:7.2f} {best_short[tree, name]:7.2f} "
+                f"{1000 * steady:10.1f} {steady * windows / steady_s:14.3f} "
+                f"{steady / per_window(tree, 'speaker'):10.2f}"
+            )
+            if other is not None and not tree:
+                line += f" {steady / per_window('other', name):11.2f}"
+            print(line)
     print(
         "CPU = user + system of the analyze process; the 1 s cut's CPU (start-up) is subtracted;"
-        " 'x speaker' = this set's CPU per window / speaker alone's, same invocation"
+        " 'x speaker' = this set's CPU per window / speaker alone's, same tree, same invocation"
+        + ("; 'this/other' = CPU per window, this tree / other tree" if other is not None else "")
     )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0

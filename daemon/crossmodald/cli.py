@@ -330,19 +330,9 @@ def _raw_plugin_tables(path: Path) -> list[dict[str, Any]]:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from crossmodald.runtime.registry import PluginLoadError, PluginRegistry
+    from crossmodald.installed import print_installed
 
-    registry = PluginRegistry.discover()
-    code = 0
-    for name in registry.names():
-        try:
-            factory = registry.factory(name)
-            doc = (factory.__doc__ or "").strip().splitlines()
-            print(f"{name:<12} {doc[0] if doc else ''}")
-        except PluginLoadError as exc:
-            print(f"{name:<12} NOT LOADABLE: {exc}")
-            code = 1
-    return code
+    return print_installed(args.format)
 
 
 def cmd_pattern(args: argparse.Namespace) -> int:
@@ -467,7 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("plugins", help="list the installed analysis plugins")
+    p = sub.add_parser(
+        "plugins",
+        help="list the installed plugins, source types and sink types, with their packages",
+    )
+    p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("pattern", help="write a test-pattern file (flash + beep, known offset)")

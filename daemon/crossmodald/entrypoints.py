@@ -83,6 +83,12 @@ class TypeRegistry(Generic[F, C]):
         """Every installed type name, sorted (importable or not)."""
         return sorted(self._entries)
 
+    def entry_point(self, name: str) -> EntryPoint | None:
+        """The entry point type ``name`` was found by; None if it was given as a class or is
+        not installed. Its ``dist`` is the distribution that installed it."""
+        entry = self._entries.get(name)
+        return entry if isinstance(entry, EntryPoint) else None
+
     def factory(self, name: str) -> type[F]:
         """The factory of type ``name``, importing its entry point on first use.
 

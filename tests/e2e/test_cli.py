@@ -93,6 +93,82 @@ def test_check_config(tmp_path: Path) -> None:
     assert all(e.startswith(str(bad)) for e in errors)
 
 
+def _distribution(site: Path, name: str, version: str, entry_points: str) -> None:
+    """An installed distribution's metadata in ``site`` (what pip writes), with entry points."""
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
+
+
+def test_plugins_lists_types_with_their_package_and_unloadable_ones_with_the_error(
+    tmp_path: Path,
+) -> None:
+    # A third party's distribution: a plugin whose module is missing, and a sink type (an alias
+    # of a real factory) that is fine. Found through importlib.metadata, as pip would leave them.
+    site = tmp_path / "site"
+    _distribution(
+        site,
+        "crossmodald-thirdparty",
+        "2.3",
+        """
+        [crossmodald.plugins]
+        broken = crossmodald_thirdparty_missing.plugin:BrokenFactory
+
+        [crossmodald.sinks]
+        jsonl2 = crossmodald.bus.jsonl:JsonlSinkFactory
+        """,
+    )
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+
+    def listing(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "crossmodald", "plugins", *args],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    table = listing()
+    assert table.returncode == 1, table.stdout + table.stderr  # one type cannot be loaded
+    assert "Traceback" not in table.stdout + table.stderr
+    out = table.stdout
+    for heading in ("Plugins (", "Source types (", "Sink types ("):
+        assert re.search(rf"^{re.escape(heading)}entry-point group crossmodald\.", out, re.M), out
+    version = r"crossmodald \d+\.\d+\S*"
+    rows = {
+        # Name, provides, needs of the default config, package, description: aligned columns.
+        "faces": rf"faces +faces\.tracks +- +{version} +The faces plugin: face tracks",
+        "speaker": rf"speaker +- +faces\.tracks, speech\.probs +{version} +The speaker plugin: who is talking",
+        "avsync": rf"avsync +- +faces\.tracks \(optional\) +{version} +Audio/video sync",
+        "broken": r"broken +\? +\? +crossmodald-thirdparty 2\.3 +ERROR: cannot import "
+        r"crossmodald_thirdparty_missing\.plugin:BrokenFactory: ModuleNotFoundError",
+        "pattern": rf"pattern +{version} +A synthetic test source",
+        "jsonl2": r"jsonl2 +crossmodald-thirdparty 2\.3 +The jsonl sink: one JSON line",
+    }
+    for name, row in rows.items():
+        assert re.search(rf"^  {row}", out, re.MULTILINE), f"{name}:\n{out}"
+    # Each column starts at the same place on every row (not a terminal: no wrapping).
+    for table_text in out.split("\n\n")[:3]:
+        header, *body = table_text.splitlines()[1:]
+        starts = [m.start() for m in re.finditer(r"(?<=  )\S", header)]
+        for line in body:
+            assert all(line[i - 2 : i] == "  " and line[i] != " " for i in starts[1:]), line
+
+    data = json.loads(listing("--format", "json").stdout)
+    plugins = {p["name"]: p for p in data["plugins"]}
+    assert plugins["faces"]["provides"] == "faces.tracks"
+    assert plugins["faces"]["package"]["name"] == "crossmodald"
+    assert plugins["speaker"]["requires"] == [
+        {"product": "faces.tracks", "optional": False},
+        {"product": "speech.probs", "optional": False},
+    ]
+    assert plugins["broken"]["error"].startswith("cannot import")
+    assert plugins["broken"]["package"] == {"name": "crossmodald-thirdparty", "version": "2.3"}
+    assert {s["name"] for s in data["sources"]} >= {"pattern", "media", "device"}
+    assert {s["name"] for s in data["sinks"]} >= {"jsonl", "jsonl2"}
+    assert all(s["error"] is None and s["description"] for s in data["sources"])
+
+
 def test_pattern_then_analyze_table(tmp_path: Path) -> None:
     out = tmp_path / "p.mkv"
     result = crossmodald(

@@ -122,7 +122,13 @@ port = 0
 def test_the_cli_finds_and_checks_the_example(example_site: Path, tmp_path: Path) -> None:
     listed = _cli(example_site, "plugins")
     assert listed.returncode == 0, listed.stdout + listed.stderr
-    assert re.search(r"^loudness\s+Audio level per window", listed.stdout, re.MULTILINE)
+    # Each type on its row, with the package that installed it.
+    for pattern in (
+        r"^  loudness +- +faces\.tracks \(optional\) +crossmodald-example 0\.1\.0 +Audio level per window",
+        r"^  tone +crossmodald-example 0\.1\.0 +The tone source: ",
+        r"^  csv +crossmodald-example 0\.1\.0 +The csv sink: ",
+    ):
+        assert re.search(pattern, listed.stdout, re.MULTILINE), listed.stdout
     good = tmp_path / "good.toml"
     good.write_text(_config(tmp_path / "events.csv"))
     checked = _cli(example_site, "check-config", str(good))
