@@ -141,6 +141,8 @@ class PluginHost:
         self._overload = overload
         self._queue: deque[Window | _CloseMarker] = deque()
         self._windows_queued = 0
+        #: Windows queued per stream (offline, each open stream gets a fair share of the queue).
+        self._queued_by_stream: dict[str, int] = {}
         self._markers_queued = 0
         self._changed = asyncio.Condition()
         self._sessions: dict[str, Session[Any]] = {}
@@ -264,12 +266,22 @@ class PluginHost:
                 # Offline, one batch waiting keeps the worker busy; a deeper queue only lets
                 # ingest run ahead, holding every queued window's frames (256 windows: two
                 # minutes of video, gigabytes at 1080p).
+                # Each open stream may hold its share of that batch, so that a source that
+                # decodes far ahead cannot fill every batch alone: one model call serves the
+                # windows of many streams, as live.
                 depth = self.offline_batch
-                await self._changed.wait_for(lambda: self._windows_queued < depth)
+                stream = window.stream
+                await self._changed.wait_for(
+                    lambda: (
+                        self._windows_queued < depth
+                        and self._queued_by_stream.get(stream, 0) < self._fair_share(depth)
+                    )
+                )
             elif self._windows_queued >= self.config.queue_size:
                 self._drop_oldest_window()
             self._queue.append(window)
             self._windows_queued += 1
+            self._queued_by_stream[window.stream] = self._queued_by_stream.get(window.stream, 0) + 1
             self.stats.windows_in += 1
             self._changed.notify_all()
 
@@ -282,11 +294,22 @@ class PluginHost:
             for consumer in self._consumers:
                 consumer.deliver(self.provides, window, _DROPPED)
 
+    def _fair_share(self, depth: int) -> int:
+        return max(1, -(-depth // max(1, len(self._sessions))))
+
+    def _dequeued(self, window: Window) -> None:
+        self._windows_queued -= 1
+        left = self._queued_by_stream.get(window.stream, 0) - 1
+        if left > 0:
+            self._queued_by_stream[window.stream] = left
+        else:
+            self._queued_by_stream.pop(window.stream, None)
+
     def _drop_oldest_window(self) -> None:
         for index, item in enumerate(self._queue):
             if isinstance(item, Window):
                 del self._queue[index]
-                self._windows_queued -= 1
+                self._dequeued(item)
                 self._count_drop(item)
                 if (
                     self.stats.windows_dropped in (1, 10, 100)
@@ -360,7 +383,7 @@ class PluginHost:
                 self._markers_queued -= 1
                 return batch, item
             self._queue.popleft()
-            self._windows_queued -= 1
+            self._dequeued(item)
             batch.append(item)
         return batch, None
 
