@@ -42,6 +42,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from benchkit import tree_env
 
 from crossmodald.ingest.pattern import write_pattern_file
 from crossmodald.service.config import PatternSourceConfig
@@ -57,16 +58,6 @@ with av.open(sys.argv[1]) as c:
 """
 
 SHORT_S = 1.0
-
-
-def tree_env(tree: Path | None) -> dict[str, str] | None:
-    """The environment that imports crossmodald from checkout ``tree`` (None: as installed)."""
-    if tree is None:
-        return None
-    env = dict(os.environ)
-    paths = [str(tree / "daemon"), str(tree / "plugins")]
-    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
 
 
 def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:

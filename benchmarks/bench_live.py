@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from benchkit import cpu_seconds, rss_mib
+from benchkit import cpu_seconds, rss_mib, tree_env
 
 
 def config_text(streams: int) -> str:
@@ -65,16 +65,6 @@ async def metric_sums(http: aiohttp.ClientSession, base: str) -> dict[str, float
             name = line.split("{", 1)[0].split(" ", 1)[0]
             sums[name] = sums.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return sums
-
-
-def tree_env(tree: Path | None) -> dict[str, str] | None:
-    """The environment that imports crossmodald from checkout ``tree`` (None: as installed)."""
-    if tree is None:
-        return None
-    env = dict(os.environ)
-    paths = [str(tree / "daemon"), str(tree / "plugins")]
-    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
 
 
 async def run(streams: int, seconds: float, warmup: float, tree: Path | None) -> Measured:

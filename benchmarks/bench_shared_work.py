@@ -45,6 +45,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from benchkit import tree_env
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO.parent / "shared" / "media" / "talkinghead_hdtf_aoc_25fps.mp4"
@@ -102,16 +103,6 @@ def loop_clip(src: Path, dst: Path, loops: int, max_seconds: float | None = None
         for packet in aus.encode(None):
             out.mux(packet)
     return seconds
-
-
-def tree_env(tree: Path | None) -> dict[str, str] | None:
-    """The environment that imports crossmodald from checkout ``tree`` (None: as installed)."""
-    if tree is None:
-        return None
-    env = dict(os.environ)
-    paths = [str(tree / "daemon"), str(tree / "plugins")]
-    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
 
 
 def analyze_cpu(

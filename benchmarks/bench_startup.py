@@ -26,20 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchkit import tree_env
+
 from crossmodald.ingest.pattern import write_pattern_file
 from crossmodald.service.config import PatternSourceConfig
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tree_env(tree: Path | None) -> dict[str, str] | None:
-    """The environment that imports crossmodald from ``tree`` (None: the installed one)."""
-    if tree is None:
-        return None
-    env = dict(os.environ)
-    paths = [str(tree / "daemon"), str(tree / "plugins")]
-    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
 
 
 def wall(argv: list[str], env: dict[str, str] | None = None) -> float:

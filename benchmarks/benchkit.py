@@ -1,4 +1,5 @@
-"""What the benchmarks read about a daemon process they started (Linux /proc)."""
+"""Shared by the benchmarks: what they read about a process they started (Linux /proc), and the
+environment that runs another checkout's code for a same-run comparison (``--compare-tree``)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,13 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024.0
     return 0.0
+
+
+def tree_env(tree: Path | None) -> dict[str, str] | None:
+    """The environment that imports crossmodald from checkout ``tree`` (None: as installed)."""
+    if tree is None:
+        return None
+    env = dict(os.environ)
+    paths = [str(tree / "daemon"), str(tree / "plugins")]
+    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
