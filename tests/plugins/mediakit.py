@@ -32,6 +32,7 @@ from crossmodald.media import (
 from crossmodald.runtime.plugin import PluginConfig
 from crossmodald.service.config import MediaSourceConfig, PatternSourceConfig, WindowConfig
 from crossmodald.service.evaluate import DecodedMedia
+from crossmodald.service.pipeline import windower_for
 from crossmodald.window import Windower
 
 #: Audio chunk length when pushing decoded audio through the windower.
@@ -120,18 +121,7 @@ async def record_windows(
     """
     info = await source.open()
     try:
-        windower = Windower(
-            source.name,
-            length_ns=round(window.length_s * NS_PER_S),
-            hop_ns=round(window.hop_s * NS_PER_S),
-            lateness_ns=round(window.lateness_s * NS_PER_S),
-            has_video=info.has_video,
-            has_audio=info.has_audio,
-            sample_rate=info.sample_rate,
-            frame_rate=info.frame_rate,
-            clock=info.clock,
-            max_gap_ns=round(window.max_gap_s * NS_PER_S),
-        )
+        windower = windower_for(source.name, info, window)
         windows: list[Window] = []
         first_ns: int | None = None
         heads = {"video": -1 if info.has_video else None, "audio": -1 if info.has_audio else None}

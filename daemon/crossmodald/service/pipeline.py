@@ -20,7 +20,7 @@ from crossmodald.ingest.base import Source, SourceError, SourceFault
 from crossmodald.media import NS_PER_S, AudioChunk, ClockKind, StreamInfo, VideoFrame
 from crossmodald.redact import redact_text
 from crossmodald.runtime.host import Overload, PluginHost
-from crossmodald.service.config import DaemonConfig
+from crossmodald.service.config import DaemonConfig, WindowConfig
 from crossmodald.service.streams import StreamState
 from crossmodald.window import Windower
 
@@ -68,19 +68,7 @@ class StreamPipeline:
         if self._overload is Overload.DROP_OLDEST:  # live: arrival times mean something
             state.video_rate = RateEstimator() if info.has_video else None
             state.audio_rate = RateEstimator() if info.has_audio else None
-        window_cfg = self.config.window
-        windower = Windower(
-            name,
-            length_ns=round(window_cfg.length_s * NS_PER_S),
-            hop_ns=round(window_cfg.hop_s * NS_PER_S),
-            lateness_ns=round(window_cfg.lateness_s * NS_PER_S),
-            has_video=info.has_video,
-            has_audio=info.has_audio,
-            sample_rate=info.sample_rate,
-            frame_rate=info.frame_rate,
-            clock=info.clock,
-            max_gap_ns=round(window_cfg.max_gap_s * NS_PER_S),
-        )
+        windower = windower_for(name, info, self.config.window)
         state.windower = windower
         for host in list(self.hosts):
             self._attach_host(state, info, host)
@@ -207,3 +195,20 @@ async def _exception_of(task: asyncio.Task[None]) -> BaseException | None:
     except Exception as exc:
         return exc
     return None
+
+
+def windower_for(stream: str, info: StreamInfo, window: WindowConfig) -> Windower:
+    """The windower of a stream as the daemon makes it: ``[window]`` applied to what the source
+    says of its tracks when it opens."""
+    return Windower(
+        stream,
+        length_ns=round(window.length_s * NS_PER_S),
+        hop_ns=round(window.hop_s * NS_PER_S),
+        lateness_ns=round(window.lateness_s * NS_PER_S),
+        has_video=info.has_video,
+        has_audio=info.has_audio,
+        sample_rate=info.sample_rate,
+        frame_rate=info.frame_rate,
+        clock=info.clock,
+        max_gap_ns=round(window.max_gap_s * NS_PER_S),
+    )
