@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -528,5 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`crossmodald plugins | head`): as a Unix filter, stop quietly.
+        # Python would report the pipe again when it flushes stdout at exit: point it at null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
     return code

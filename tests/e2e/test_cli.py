@@ -301,3 +301,19 @@ def test_run_with_the_port_taken_is_one_clear_line(tmp_path: Path) -> None:
     assert last.startswith("crossmodald: error: ")
     assert f"cannot listen on 127.0.0.1:{port}" in last
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_plugins_into_a_reader_that_stops_early_is_quiet(fmt: str) -> None:
+    # `crossmodald plugins | head -0`: the reader closes the pipe before the output is written.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crossmodald", "plugins", "--format", fmt],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert err == ""
