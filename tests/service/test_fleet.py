@@ -268,3 +268,27 @@ async def test_nats_away_keeps_streams_until_the_leases_could_expire(tmp_path: P
         assert m.daemon.fleet is not None
         assert m.daemon.fleet.reconnects >= 1
         assert m.daemon.fleet.lost >= 1
+
+
+@needs_nats
+async def test_a_daemon_over_its_share_hands_sources_to_a_new_one(tmp_path: Path) -> None:
+    names = {f"r{i}" for i in range(4)}
+    async with (
+        nats_server(tmp_path / "js") as server,
+        member(fleet_toml(server.url, "a", "t3")) as a,
+        aiohttp.ClientSession() as http,
+    ):
+        for name in sorted(names):
+            async with http.post(f"{a.url}/v1/sources", json={**PATTERN, "name": name}) as r:
+                assert r.status == 201
+        await until(lambda: a.running() == names, 10, "a runs all four alone")
+        async with member(fleet_toml(server.url, "b", "t3")) as b:
+            # rebalance_after_s = 2: a hands two back, one per scan, and b takes them.
+            await until(lambda: len(a.running()) == 2 and len(b.running()) == 2, 15, "two each")
+            assert a.running() | b.running() == names
+            assert a.daemon.fleet is not None
+            assert a.daemon.fleet.released == 2
+            # Stable: nothing moves any more.
+            await asyncio.sleep(3)
+            assert len(a.running()) == 2
+            assert len(b.running()) == 2

@@ -440,7 +440,7 @@ class Fleet:
             if daemon != self.daemon_id
             and _int(info.get("load")) < min(share, _int(info.get("max_streams"), share))
         ]
-        if len(held) > share and under and self.config.rebalance_after_s is not None:
+        if len(held) > share and under and self.config.rebalance:
             if self._over_since is None:
                 self._over_since = now
             elif now - self._over_since >= self.config.rebalance_after_s:

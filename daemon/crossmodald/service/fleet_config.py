@@ -45,9 +45,11 @@ class FleetConfig(ConfigModel):
         max_streams: The most sources this daemon runs at once (0: none, it only serves the
             API). Below that each daemon takes its fair share: the sources divided by the
             live daemons, rounded up.
+        rebalance: Whether a daemon over its fair share hands sources back (see below);
+            false: a source stays where it runs until its daemon stops or dies.
         rebalance_after_s: A daemon that holds more than its fair share for this long, while
             another live daemon holds less, hands one source back per scan (the stream moves,
-            with a gap). None: never hand sources back.
+            with a gap).
         api_url: How others reach this daemon's API (shown by ``GET /v1/fleet``); default
             ``http://<api.host>:<api.port>``.
         connect_timeout_s: Time for one connection attempt and for each key-value request.
@@ -60,7 +62,8 @@ class FleetConfig(ConfigModel):
     lease_ttl_s: float = Field(5.0, ge=1.0, le=300.0)
     scan_interval_s: float = Field(1.0, ge=0.1, le=60.0)
     max_streams: int = Field(64, ge=0, le=100_000)
-    rebalance_after_s: float | None = Field(10.0, ge=0.0, le=86_400.0)
+    rebalance: bool = True
+    rebalance_after_s: float = Field(10.0, ge=0.0, le=86_400.0)
     api_url: str | None = None
     connect_timeout_s: float = Field(2.0, gt=0.0, le=60.0)
 
