@@ -16,8 +16,11 @@ the NATS event sink is not on this branch, so the daemons' own SSE is the consum
    new one, and that no event came from two daemons at once.
 4. A clean stop (SIGTERM) of a second daemon: its sources are handed over without waiting for
    the TTL.
+5. For sizing on paper: what one daemon's scan costs with ``--scan-keys`` sources and leases in
+   the buckets (the three bucket reads a scan makes, as :mod:`crossmodald.service.fleet` does
+   them) and what one lease renewal (a compare-and-set ``update``) costs, against this server.
 
-    python benchmarks/bench_fleet.py [--sources 12] [--ttl 5] [--settle 6]
+    python benchmarks/bench_fleet.py [--sources 12] [--ttl 5] [--settle 6] [--scan-keys 1000]
 """
 
 from __future__ import annotations
@@ -154,6 +157,7 @@ async def main() -> None:
     parser.add_argument("--sources", type=int, default=12)
     parser.add_argument("--ttl", type=float, default=5.0, help="[fleet] lease_ttl_s")
     parser.add_argument("--settle", type=float, default=6.0, help="seconds before each step")
+    parser.add_argument("--scan-keys", type=int, default=1000, help="sources for step 5 (0: skip)")
     args = parser.parse_args()
     if nats_server_binary() is None:
         raise SystemExit(MISSING)
@@ -173,6 +177,58 @@ async def main() -> None:
                 for task in readers:
                     task.cancel()
                 await asyncio.gather(*readers, return_exceptions=True)
+            if args.scan_keys:
+                await scan_cost(server.url, args.scan_keys)
+
+
+async def scan_cost(url: str, keys: int) -> None:
+    """Step 5: a scan's bucket reads and a renewal, with ``keys`` sources and leases."""
+    import nats
+    from nats.js.api import KeyValueConfig
+
+    from crossmodald.service.fleet import _entries
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        sources = await js.create_key_value(KeyValueConfig(bucket="size", history=1))
+        leases = await js.create_key_value(KeyValueConfig(bucket="size_leases", history=1, ttl=60))
+        daemons = await js.create_key_value(
+            KeyValueConfig(bucket="size_daemons", history=1, ttl=60)
+        )
+        table = json.dumps({**SOURCE, "name": "p0000"}).encode()
+        lease = json.dumps({"daemon": "d000", "instance": "0" * 32, "state": "running",
+                            "error": None, "since": time.time()}).encode()  # fmt: skip
+        revisions = {}
+        for i in range(keys):
+            await sources.put(f"p{i:04d}", table)
+            revisions[i] = await leases.create(f"p{i:04d}", lease)
+        for i in range(max(1, keys // 10)):
+            await daemons.put(f"d{i:03d}", b'{"daemon": "d", "load": 10, "streams": []}')
+        reads = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for kv in (sources, leases, daemons):
+                await _entries(kv)
+            reads.append(time.perf_counter() - started)
+        renewals = []
+        for i in range(min(keys, 500)):
+            started = time.perf_counter()
+            revisions[i] = await leases.update(f"p{i:04d}", lease, last=revisions[i])
+            renewals.append(time.perf_counter() - started)
+        renewals.sort()
+        print(
+            f"\nscan cost with {keys} sources, {keys} leases, {max(1, keys // 10)} daemons: "
+            f"reading the three buckets {statistics.median(reads) * 1000:.0f} ms (median of 5), "
+            f"{(len(table) + len(lease)) * keys / 1024:.0f} KiB"
+        )
+        print(
+            f"lease renewal (CAS update): p50 {renewals[len(renewals) // 2] * 1000:.2f} ms, "
+            f"p99 {renewals[int(len(renewals) * 0.99)] * 1000:.2f} ms "
+            f"({1 / statistics.mean(renewals):.0f}/s one at a time)"
+        )
+    finally:
+        await nc.close()
 
 
 async def run(http: aiohttp.ClientSession, procs: list[Proc], names: list[str], args: Any) -> None:

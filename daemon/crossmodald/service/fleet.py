@@ -89,6 +89,10 @@ class FleetMember(Protocol):
 
     async def reload_from_file(self) -> Any: ...
 
+    def sources(self) -> list[dict[str, Any]]: ...
+
+    async def remove_source(self, name: str) -> dict[str, Any]: ...
+
 
 @dataclass(slots=True)
 class _Lease:
@@ -593,7 +597,14 @@ class Fleet:
         return await self._member.reload_from_file()
 
     def sources(self) -> list[dict[str, Any]]:
-        """The shared list as of the last scan: each source with its leaseholder and state."""
+        """The shared list as of the last scan, each source with its leaseholder and state;
+        then this daemon's own streams that are not the fleet's (WHIP publishers)."""
+        return [
+            *self._shared_sources(),
+            *(entry for entry in self._member.sources() if entry.get("origin") != "fleet"),
+        ]
+
+    def _shared_sources(self) -> list[dict[str, Any]]:
         snapshot = self._snapshot
         out = []
         for name, (table, _revision) in sorted(snapshot.sources.items()):
@@ -648,6 +659,9 @@ class Fleet:
         try:
             entry = await kv.get(name)
         except KeyNotFoundError:
+            local = self._member.stream_states.get(name)
+            if local is not None and local.origin != "fleet":
+                return await self._member.remove_source(name)  # a publisher, not the fleet's
             raise KeyError(name) from None
         except (TimeoutError, OSError) as exc:
             raise RuntimeError(f"the fleet's NATS server did not answer: {exc}") from None
@@ -685,7 +699,8 @@ class Fleet:
             "fair_share": self._fair_share(snapshot),
             "daemons": daemons,
             "sources": [
-                {k: v for k, v in entry.items() if k != "config"} for entry in self.sources()
+                {k: v for k, v in entry.items() if k != "config"}
+                for entry in self._shared_sources()
             ],
             "held": sorted(self._leases),
             "counters": {
