@@ -292,3 +292,30 @@ async def test_a_daemon_over_its_share_hands_sources_to_a_new_one(tmp_path: Path
             await asyncio.sleep(3)
             assert len(a.running()) == 2
             assert len(b.running()) == 2
+
+
+@needs_nats
+async def test_a_replaced_source_restarts_with_its_new_config(tmp_path: Path) -> None:
+    async with (
+        nats_server(tmp_path / "js") as server,
+        member(fleet_toml(server.url, "a", "t4")) as a,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(f"{a.url}/v1/sources", json={**PATTERN, "name": "cam."}) as r:
+            assert r.status == 422  # not a key-value key
+        async with http.post(f"{a.url}/v1/sources", json={**PATTERN, "name": "s"}) as r:
+            assert r.status == 201
+        await until(lambda: a.running() == {"s"}, 10, "s running")
+
+        def lead() -> float:
+            config = a.daemon.stream_states["s"].source_config
+            return config.audio_lead_ms  # type: ignore[union-attr,attr-defined,no-any-return]
+
+        assert lead() == 0.0
+        # Removed and added again with another offset, quicker than a scan.
+        async with http.delete(f"{a.url}/v1/sources/s") as r:
+            assert r.status == 200
+        new = {**PATTERN, "name": "s", "audio_lead_ms": 80.0}
+        async with http.post(f"{a.url}/v1/sources", json=new) as r:
+            assert r.status == 201
+        await until(lambda: a.running() == {"s"} and lead() == 80.0, 10, "s restarted anew")

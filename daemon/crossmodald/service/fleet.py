@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import SecretStr, ValidationError
 
+from crossmodald.ingest.base import SourceError
 from crossmodald.ingest.registry import SourceConfigBase, SourceRegistry
 from crossmodald.redact import redact_text
 from crossmodald.service.fleet_config import FleetConfig
@@ -99,6 +100,8 @@ class _Lease:
     """A lease this daemon holds, and its stream."""
 
     config: SourceConfigBase
+    #: The revision of the source's entry in the list that the stream was started from.
+    source_revision: int
     revision: int
     #: Monotonic time the last acknowledged write of the lease was sent (see the module doc).
     confirmed_mono: float
@@ -187,6 +190,12 @@ class Fleet:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("nats") is None:
+            raise ValueError(
+                "[fleet] needs the NATS client nats-py: pip install 'crossmodald[fleet]'"
+            )
         self.config = config
         self.daemon_id = config.daemon_id
         #: Tells this process apart from an earlier one of the same daemon id.
@@ -385,8 +394,15 @@ class Fleet:
         self._snapshot = snapshot
         self._note_gone(snapshot)
         for name, lease in list(self._leases.items()):
-            if name not in snapshot.sources and not lease.releasing:
+            if lease.releasing:
+                continue
+            entry = snapshot.sources.get(name)
+            if entry is None:
                 log.info("fleet: %s was removed from the list: stopping it", name)
+                self._hand_back(name, lease)
+            elif entry[1] != lease.source_revision:
+                # Removed and added again (maybe changed) between two scans: start it anew.
+                log.info("fleet: %s was replaced in the list: handing it back", name)
                 self._hand_back(name, lease)
         if not self._leaving and not self._member.stopping:
             await self._balance(snapshot)
@@ -476,7 +492,9 @@ class Fleet:
         existing = self._member.stream_states.get(name)
         if existing is not None and existing.task is not None and not existing.task.done():
             return  # still stopping here (handed back a moment ago)
-        lease = _Lease(config=config, revision=0, confirmed_mono=self._clock())
+        lease = _Lease(
+            config=config, source_revision=revision, revision=0, confirmed_mono=self._clock()
+        )
         sent = self._clock()
         try:
             lease.revision = await self._leases_kv.create(name, self._lease_value(name, lease))
@@ -628,8 +646,9 @@ class Fleet:
         Raises:
             RuntimeError: NATS cannot be reached.
             ValueError: The list already has a source of that name.
+            SourceError: The name cannot be a key-value key.
         """
-        from nats.js.errors import KeyWrongLastSequenceError
+        from nats.js.errors import InvalidKeyError, KeyWrongLastSequenceError
 
         kv = self._sources_kv
         if kv is None or not self.connected:
@@ -637,6 +656,11 @@ class Fleet:
         table = source_table(config)
         try:
             revision = await kv.create(config.name, json.dumps(table).encode())
+        except InvalidKeyError:
+            raise SourceError(
+                f"the name {config.name!r} cannot be a key of the fleet's list "
+                "(it must not end with '.')"
+            ) from None
         except KeyWrongLastSequenceError:
             raise ValueError(f"the fleet already has a source named {config.name!r}") from None
         except (TimeoutError, OSError) as exc:
@@ -651,14 +675,14 @@ class Fleet:
             KeyError: The list has no source of that name.
             RuntimeError: NATS cannot be reached.
         """
-        from nats.js.errors import KeyNotFoundError
+        from nats.js.errors import InvalidKeyError, KeyNotFoundError
 
         kv = self._sources_kv
         if kv is None or not self.connected:
             raise RuntimeError("the fleet's NATS server cannot be reached; try again")
         try:
             entry = await kv.get(name)
-        except KeyNotFoundError:
+        except (KeyNotFoundError, InvalidKeyError):
             local = self._member.stream_states.get(name)
             if local is not None and local.origin != "fleet":
                 return await self._member.remove_source(name)  # a publisher, not the fleet's
