@@ -143,6 +143,22 @@ def test_backoff_grows_with_jitter_and_resets() -> None:
     assert backoff.next() <= 0.24
 
 
+def test_events_carry_the_daemon_id_only_in_fleet_mode() -> None:
+    from crossmodald.bus.bus import EventBus
+    from crossmodald.bus.events import Event
+
+    schema = event_schema()
+    for daemon_id in ("av1", None):
+        bus = EventBus(
+            replay_size=4, subscriber_queue=4, slow_subscriber_s=1.0, daemon_id=daemon_id
+        )
+        event = bus.publish(Event("stream.fault", "s", 0, 1, {"kind": "gap", "message": "x"}))
+        body = event.as_dict()
+        jsonschema.validate(body, schema)
+        assert body.get("daemon") == daemon_id
+        assert ("daemon" in body) == (daemon_id is not None)
+
+
 # -- three daemons -----------------------------------------------------------------------
 
 
@@ -197,6 +213,12 @@ async def test_three_daemons_share_one_list(tmp_path: Path) -> None:
             async with http.get(f"{b.url}/v1/sources") as r:
                 listed = {s["name"]: s["daemon"] for s in (await r.json())["sources"]}
             assert listed == owner
+            async with http.get(f"{b.url}/metrics") as r:
+                metrics = await r.text()
+            assert "\ncrossmodald_fleet_connected 1\n" in metrics
+            assert "\ncrossmodald_fleet_leases 2\n" in metrics
+            assert "\ncrossmodald_fleet_sources 6\n" in metrics
+            assert "\ncrossmodald_fleet_leases_acquired_total 2\n" in metrics
 
             # Events say which daemon produced them, and follow the schema.
             schema = event_schema()

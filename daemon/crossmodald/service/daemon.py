@@ -405,6 +405,10 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
         )
         self._sinks[sink.identity] = (sink, task)
 
+    def fleet_stats(self) -> dict[str, float | int | bool] | None:
+        """The fleet membership's figures for ``/metrics`` (None outside fleet mode)."""
+        return self.fleet.stats() if self.fleet is not None else None
+
     def sink_stats(self) -> list[dict[str, Any]]:
         """Every running ``[[sinks]]`` sink's counters, with its identity (for ``/metrics``)."""
         return [

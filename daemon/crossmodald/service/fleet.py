@@ -705,6 +705,20 @@ class Fleet:
 
     # -- GET /v1/fleet -----------------------------------------------------------------
 
+    def stats(self) -> dict[str, float | int | bool]:
+        """Figures for ``/metrics`` (see docs/metrics.md)."""
+        snapshot = self._snapshot
+        return {
+            "connected": self.connected,
+            "held": len(self._leases),
+            "daemons": len(snapshot.daemons),
+            "sources": len(snapshot.sources),
+            "acquired": self.acquired,
+            "lost": self.lost,
+            "released": self.released,
+            "reconnects": self.reconnects,
+        }
+
     def fleet_status(self) -> dict[str, Any]:
         """The daemons (alive, load) and who runs which source, as of the last scan."""
         snapshot = self._snapshot
