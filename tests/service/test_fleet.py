@@ -39,12 +39,12 @@ needs_nats = pytest.mark.skipif(nats_server_binary() is None, reason=MISSING)
 PATTERN = {"type": "pattern", "width": 32, "height": 32, "fps": 10, "sample_rate": 8000}
 
 
-def fleet_toml(url: str, daemon_id: str, bucket: str, ttl_s: float = 3.0) -> str:
+def fleet_toml(url: str, daemon_id: str, bucket: str, ttl_s: float = 3.0, extra: str = "") -> str:
     return (
         "[api]\nport = 0\n"
         "[fleet]\n"
         f'nats_url = "{url}"\nbucket = "{bucket}"\ndaemon_id = "{daemon_id}"\n'
-        f"lease_ttl_s = {ttl_s}\nscan_interval_s = 0.5\nrebalance_after_s = 2.0\n"
+        f"lease_ttl_s = {ttl_s}\nscan_interval_s = 0.5\nrebalance_after_s = 2.0\n{extra}"
     )
 
 
@@ -341,3 +341,23 @@ async def test_a_replaced_source_restarts_with_its_new_config(tmp_path: Path) ->
         async with http.post(f"{a.url}/v1/sources", json=new) as r:
             assert r.status == 201
         await until(lambda: a.running() == {"s"} and lead() == 80.0, 10, "s restarted anew")
+
+
+@needs_nats
+async def test_what_a_capped_daemon_cannot_take_goes_to_another(tmp_path: Path) -> None:
+    names = {f"m{i}" for i in range(4)}
+    async with (
+        nats_server(tmp_path / "js") as server,
+        member(fleet_toml(server.url, "small", "t5", extra="max_streams = 1\n")) as small,
+        member(fleet_toml(server.url, "big", "t5")) as big,
+        aiohttp.ClientSession() as http,
+    ):
+        for name in sorted(names):
+            async with http.post(f"{small.url}/v1/sources", json={**PATTERN, "name": name}) as r:
+                assert r.status == 201
+        # Fair share 2 each; small stops at 1, and big takes the one left over beyond its share.
+        await until(lambda: len(small.running()) == 1 and len(big.running()) == 3, 15, "1 + 3")
+        assert small.running() | big.running() == names
+        await asyncio.sleep(3)  # and nothing moves back and forth
+        assert len(small.running()) == 1
+        assert len(big.running()) == 3

@@ -18,7 +18,8 @@ heartbeat, renews its leases that are due (``update`` with the revision it holds
 anyone else wrote the key meanwhile), reads the three buckets, stops the streams whose source
 was removed, and takes free sources (``create``: only one daemon can create a missing key)
 while it holds fewer than its fair share, ``ceil(sources / live daemons)`` capped by
-``max_streams``, in random order. A daemon over its share for ``rebalance_after_s`` while
+``max_streams``, in random order (a source left free for three scans by daemons that cannot
+take it goes to any daemon below its ``max_streams``). A daemon over its share for ``rebalance_after_s`` while
 another holds less hands one source back per scan.
 
 A daemon that stops cleanly stops its streams and then deletes its leases and its heartbeat
@@ -224,6 +225,8 @@ class Fleet:
         self._background: set[asyncio.Task[None]] = set()
         self._joined_mono: float | None = None
         self._over_since: float | None = None
+        #: Free sources seen at the last scans, with when they were first seen free.
+        self._free_since: dict[str, float] = {}
         self._invalid_logged: set[tuple[str, int]] = set()
         self.started_at = time.time()
         #: Counters for /v1/fleet.
@@ -384,6 +387,10 @@ class Fleet:
                     name, self._lease_value(name, lease), last=lease.revision
                 )
                 lease.confirmed_mono = sent
+                if self._leases.get(name) is not lease:
+                    # The guard gave it up while the renewal was on its way: the stream is
+                    # stopping, so give the lease back rather than leave it to expire.
+                    self._spawn(self._delete_lease_quietly(name, lease.revision))
             except KeyWrongLastSequenceError:
                 if self._leases.get(name) is lease:
                     log.warning("fleet: lost the lease on %s (expired or taken)", name)
@@ -446,6 +453,14 @@ class Fleet:
             for name in snapshot.sources
             if name not in snapshot.leases and name not in self._leases
         ]
+        self._free_since = {name: self._free_since.get(name, now) for name in free}
+        # Left over: free for three scans, because the daemons under their share cannot
+        # take it (their max_streams, or the source's type is not installed there).
+        leftovers = [
+            name
+            for name, since in self._free_since.items()
+            if now - since >= 3 * self.config.scan_interval_s
+        ]
         if len(held) < share and free:
             self._over_since = None
             self._rng.shuffle(free)
@@ -453,6 +468,10 @@ class Fleet:
                 if self._leaving or self._member.stopping:
                     return
                 await self._acquire(name, *snapshot.sources[name])
+            return
+        if leftovers and len(held) < self.config.max_streams:
+            name = self._rng.choice(leftovers)
+            await self._acquire(name, *snapshot.sources[name])
             return
         under = [
             daemon
@@ -535,6 +554,9 @@ class Fleet:
             log.info("fleet: could not release %s (%s); it expires by itself", name, exc)
             return False
         return True
+
+    async def _delete_lease_quietly(self, name: str, revision: int) -> None:
+        await self._delete_lease(name, revision)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name="fleet:stop")
