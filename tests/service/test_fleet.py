@@ -30,7 +30,7 @@ from crossmodald.service.daemon import Daemon
 from crossmodald.service.fleet import Backoff, source_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from natskit import MISSING, nats_server, nats_server_binary
+from natskit import MISSING, NatsServer, free_port, nats_server, nats_server_binary
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install -e '.[fleet]')")
 needs_nats = pytest.mark.skipif(nats_server_binary() is None, reason=MISSING)
@@ -123,6 +123,22 @@ def test_fleet_config_is_validated() -> None:
         validate_config({"fleet": {"daemon_id": "a b"}})
     # Without [fleet] nothing changes: no daemon id in the events.
     assert validate_config({}).fleet is None
+
+
+def test_the_fleet_guide_config_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+    import tomllib
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "fleet.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", guide, flags=re.DOTALL)
+    assert blocks
+    for name in ("api-token", "nats-token"):
+        (tmp_path / name).write_text("a-secret-of-at-least-16-chars\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    for block in blocks:
+        config = validate_config(tomllib.loads(block), "docs/fleet.md")
+        assert config.fleet is not None
+        assert config.fleet.daemon_id == "av1"
 
 
 def test_source_table_validates_back_to_the_same_config() -> None:
@@ -361,3 +377,34 @@ async def test_what_a_capped_daemon_cannot_take_goes_to_another(tmp_path: Path) 
         await asyncio.sleep(3)  # and nothing moves back and forth
         assert len(small.running()) == 1
         assert len(big.running()) == 3
+
+
+@needs_nats
+async def test_a_daemon_starts_without_nats_and_joins_when_it_comes(tmp_path: Path) -> None:
+    binary = nats_server_binary()
+    assert binary is not None
+    server = NatsServer(binary, free_port(), tmp_path / "js")  # not started yet
+    daemon = Daemon(load_config_text(fleet_toml(server.url, "late", "t6")))
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        await until(daemon.ready, 10, "ready without NATS")
+        assert daemon.fleet is not None
+        await asyncio.sleep(1.0)  # a few failed connection attempts
+        assert not daemon.fleet.connected
+        assert not task.done()
+        await server.start()
+        fleet = daemon.fleet
+        await until(lambda: fleet.connected, 20, "joined once NATS is there")
+        url = f"http://127.0.0.1:{daemon.api_port}"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{url}/v1/sources", json={**PATTERN, "name": "z"}) as r,
+        ):
+            assert r.status == 201
+        await until(lambda: "z" in daemon.stream_states, 10, "z taken")
+    finally:
+        stop.set()
+        async with asyncio.timeout(30):
+            assert await task == 0
+        await server.stop()
