@@ -14,7 +14,10 @@ flush the sinks, close the API; see :mod:`crossmodald.service.lifecycle`). While
 (:mod:`crossmodald.service.pipeline`) and the reload applier
 (:mod:`crossmodald.service.reload_apply`). Sources and sinks are built by the factories their
 ``type`` names (entry-point groups ``crossmodald.sources`` and ``crossmodald.sinks``); every
-sink is run, reloaded and read through :class:`~crossmodald.bus.sinks.Sink`.
+sink is run, reloaded and read through :class:`~crossmodald.bus.sinks.Sink`. With ``[fleet]``
+the daemon is one of several sharing a source list (:mod:`crossmodald.service.fleet`): its
+:class:`~crossmodald.service.fleet.Fleet` answers ``/v1/sources`` and ``/v1/fleet`` and starts
+and stops the streams it leases through the same stream management.
 """
 
 from __future__ import annotations
