@@ -305,14 +305,26 @@ async def run(http: aiohttp.ClientSession, procs: list[Proc], names: list[str], 
             ids[e["id"]] = ids.get(e["id"], 0) + 1
     duplicates = sum(n - 1 for n in ids.values() if n > 1)
     missing = 0
+    repeated = 0
+    restarts = 0
     for n in others:
-        starts = sorted(
-            e["media"]["start_ns"]
-            for p in procs
-            for _t, e in p.events
-            if e["stream"] == n and e["type"] == "sync.offset"
+        # By arrival; a stream.start begins a new run of the stream (media time from 0).
+        timeline = sorted(
+            ((t, e) for p in procs for t, e in p.events if e["stream"] == n),
+            key=lambda item: item[0],
         )
-        missing += sum((b_ - a_) // HOP_NS - 1 for a_, b_ in itertools.pairwise(starts))
+        runs: list[list[int]] = [[]]
+        for t, e in timeline:
+            if e["type"] == "stream.start":
+                runs.append([])
+                restarts += t > killed
+            elif e["type"] == "sync.offset":
+                runs[-1].append(e["media"]["start_ns"])
+        for run_starts in runs:
+            ordered = sorted(run_starts)
+            for a_, b_ in itertools.pairwise(ordered):
+                missing += max(0, (b_ - a_) // HOP_NS - 1)
+                repeated += a_ == b_
     overlap = 0
     gaps = []
     for n in moved:
@@ -322,8 +334,9 @@ async def run(http: aiohttp.ClientSession, procs: list[Proc], names: list[str], 
         gaps.append(first_new - last_old)
         overlap += first_new < last_old
     print(
-        f"\nunmoved streams ({len(others)}): events seen twice {duplicates}, sync.offset "
-        f"windows missing {missing} (by media time, hop 0.5 s)"
+        f"\nunmoved streams ({len(others)}): events seen twice {duplicates}; sync.offset "
+        f"windows missing {missing}, repeated {repeated} (by media time, hop 0.5 s); "
+        f"restarted after the kill {restarts}"
     )
     print(
         f"moved streams ({len(moved)}): gap between the dead daemon's last event and the "
@@ -348,6 +361,8 @@ async def run(http: aiohttp.ClientSession, procs: list[Proc], names: list[str], 
                 "failover_first_offset_s": fail_offset,
                 "unmoved_duplicates": duplicates,
                 "unmoved_missing_windows": missing,
+                "unmoved_repeated_windows": repeated,
+                "unmoved_restarts": restarts,
                 "moved_overlap": overlap,
                 "clean_handover_max_s": max(handover),
             }

@@ -14,8 +14,8 @@ limit (``max_age``, enforced by the server's clock) give the leases. Three bucke
                 same age limit; the daemons present are the live ones.
 
 Every ``scan_interval_s`` (±20 % jitter, so daemons do not move in step) a daemon writes its
-heartbeat, renews its leases that are due (``update`` with the revision it holds: it fails if
-anyone else wrote the key meanwhile), reads the three buckets, stops the streams whose source
+heartbeat, renews its leases (``update`` with the revision it holds: it fails if anyone else
+wrote the key meanwhile), reads the three buckets, stops the streams whose source
 was removed, and takes free sources (``create``: only one daemon can create a missing key)
 while it holds fewer than its fair share, ``ceil(sources / live daemons)`` capped by
 ``max_streams``, in random order (a source left free for three scans by daemons that cannot
@@ -372,15 +372,12 @@ class Fleet:
 
         assert self._leases_kv is not None
         assert self._daemons_kv is not None
-        # The heartbeat first: it then expires before the leases of a daemon that died, so
-        # the others count one daemon fewer when they take its sources.
+        # The heartbeat first, then every lease: a dead daemon's heartbeat then expires just
+        # before its leases, so the others count one daemon fewer when they take its sources.
         await self._daemons_kv.put(self.daemon_id, self._heartbeat())
         if self._joined_mono is None:
             self._joined_mono = self._clock()
-        renew_every = self._ttl_s / 3
         for name, lease in list(self._leases.items()):
-            if self._clock() - lease.confirmed_mono < renew_every:
-                continue
             sent = self._clock()
             try:
                 lease.revision = await self._leases_kv.update(
