@@ -30,7 +30,7 @@ from crossmodald.service.daemon import Daemon
 from crossmodald.service.fleet import Backoff, source_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from natskit import MISSING, NatsServer, free_port, nats_server, nats_server_binary
+from natskit import MISSING, NatsServer, Partition, free_port, nats_server, nats_server_binary
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install -e '.[fleet]')")
 needs_nats = pytest.mark.skipif(nats_server_binary() is None, reason=MISSING)
@@ -54,6 +54,8 @@ class Member:
         self.stop = stop
         self.task = task
         self.events: list[dict[str, Any]] = []
+        #: Monotonic arrival time of each event (one clock for every daemon of the test).
+        self.times: list[float] = []
 
     @property
     def url(self) -> str:
@@ -83,6 +85,7 @@ async def member(text: str) -> AsyncIterator[Member]:
         try:
             async for envelope in sub:
                 out.events.append(envelope.as_dict())
+                out.times.append(time.monotonic())
         except Exception:
             return
 
@@ -408,3 +411,56 @@ async def test_a_daemon_starts_without_nats_and_joins_when_it_comes(tmp_path: Pa
         async with asyncio.timeout(30):
             assert await task == 0
         await server.stop()
+
+
+@needs_nats
+async def test_a_daemon_cut_off_from_nats_stops_before_another_takes_over(
+    tmp_path: Path,
+) -> None:
+    ttl = 3.0
+    async with nats_server(tmp_path / "js") as server:
+        split = Partition(server.port)
+        await split.start()
+        try:
+            async with (
+                member(fleet_toml(split.url, "cut", "t7", ttl)) as cut,
+                member(fleet_toml(server.url, "rest", "t7", ttl)) as rest,
+                aiohttp.ClientSession() as http,
+            ):
+                names = {f"n{i}" for i in range(4)}
+                for name in sorted(names):
+                    async with http.post(
+                        f"{rest.url}/v1/sources", json={**PATTERN, "name": name}
+                    ) as r:
+                        assert r.status == 201
+                await until(
+                    lambda: len(cut.running()) == 2 and len(rest.running()) == 2, 15, "2 + 2"
+                )
+                moved = cut.running()
+                split.cut()  # silent: no reset, the daemon notices by time-outs only
+                await until(lambda: rest.running() == names, 2 * ttl + 3, "rest runs all four")
+                assert not cut.running()
+                assert not cut.task.done()
+                for name in moved:
+                    # The cut-off daemon's last event of the stream (its stream.end) came
+                    # before the other daemon's first: never two daemons at once.
+                    last = max(
+                        t for t, e in zip(cut.times, cut.events, strict=True) if e["stream"] == name
+                    )
+                    mark = next(
+                        t
+                        for t, e in zip(rest.times, rest.events, strict=True)
+                        if e["stream"] == name and e["type"] == "stream.start"
+                    )
+                    assert last < mark, (name, mark - last)
+                # Healed: the daemon comes back and gets its share again (rebalancing).
+                split.heal()
+                await until(
+                    lambda: len(cut.running()) == 2 and len(rest.running()) == 2,
+                    30,
+                    "2 + 2 again after the split",
+                )
+                assert cut.daemon.fleet is not None
+                assert cut.daemon.fleet.reconnects >= 1
+        finally:
+            await split.aclose()
