@@ -4,7 +4,7 @@ Sources added through one daemon's API run on exactly one daemon, balanced; ``/v
 ``/v1/sources`` show the shared list from any daemon; events carry the daemon's id; a removed
 source stops; NATS going away stops the streams only once their leases could have expired,
 and the daemon takes them again when NATS is back. The kill -9 failover runs the daemons as
-processes: tests/e2e/test_fleet.py.
+processes: tests/e2e/test_fleet_failover.py.
 """
 
 from __future__ import annotations
