@@ -46,7 +46,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -222,7 +222,7 @@ class Fleet:
         self._closing = asyncio.Event()
         self._run_done = asyncio.Event()
         self._run_done.set()  # cleared while run() runs
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[object]] = set()
         self._joined_mono: float | None = None
         self._over_since: float | None = None
         #: Free sources seen at the last scans, with when they were first seen free.
@@ -387,7 +387,7 @@ class Fleet:
                 if self._leases.get(name) is not lease:
                     # The guard gave it up while the renewal was on its way: the stream is
                     # stopping, so give the lease back rather than leave it to expire.
-                    self._spawn(self._delete_lease_quietly(name, lease.revision))
+                    self._spawn(self._delete_lease(name, lease.revision))
             except KeyWrongLastSequenceError:
                 if self._leases.get(name) is lease:
                     log.warning("fleet: lost the lease on %s (expired or taken)", name)
@@ -552,11 +552,8 @@ class Fleet:
             return False
         return True
 
-    async def _delete_lease_quietly(self, name: str, revision: int) -> None:
-        await self._delete_lease(name, revision)
-
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name="fleet:stop")
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task: asyncio.Task[object] = asyncio.create_task(coro, name="fleet:stop")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
