@@ -53,6 +53,7 @@ ROUTE_SCOPES: tuple[tuple[str, str, Scope | None], ...] = (
     ("GET HEAD", "/v1/events", "subscribe"),
     ("GET HEAD", "/v1/streams", "subscribe"),
     ("GET HEAD", "/v1/sources", "subscribe"),
+    ("GET HEAD", "/v1/fleet", "subscribe"),
     ("GET HEAD", "/metrics", "subscribe"),
     ("*", "/v1/sources", "admin"),
     ("*", "/v1/reload", "admin"),

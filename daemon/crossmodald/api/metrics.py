@@ -101,6 +101,29 @@ class SinkStatsView(Protocol):
         ...
 
 
+@runtime_checkable
+class FleetStatsView(Protocol):
+    """Optional part of the daemon: its fleet membership's figures (fleet mode)."""
+
+    def fleet_stats(self) -> Mapping[str, float | int | bool] | None:
+        """``connected``, ``held``, ``daemons``, ``sources``, ``acquired``, ``lost``,
+        ``released``, ``reconnects``; None outside fleet mode."""
+        ...
+
+
+#: Fleet figures: key, metric name, type, help.
+_FLEET_METRICS = (
+    ("connected", "crossmodald_fleet_connected", "gauge", "1 while the fleet's NATS is reachable."),
+    ("held", "crossmodald_fleet_leases", "gauge", "Source leases this daemon holds."),
+    ("daemons", "crossmodald_fleet_daemons", "gauge", "Live daemons in the fleet (last scan)."),
+    ("sources", "crossmodald_fleet_sources", "gauge", "Sources in the fleet's list (last scan)."),
+    ("acquired", "crossmodald_fleet_leases_acquired_total", "counter", "Leases taken."),
+    ("lost", "crossmodald_fleet_leases_lost_total", "counter", "Leases lost (not renewed)."),
+    ("released", "crossmodald_fleet_leases_released_total", "counter", "Leases handed back."),
+    ("reconnects", "crossmodald_fleet_reconnects_total", "counter", "NATS reconnections."),
+)
+
+
 class MetricsText:
     """Builds one exposition: families with HELP/TYPE lines and escaped label values."""
 
@@ -700,6 +723,10 @@ def render(app: web.Application) -> str:
         _plugin_metrics(out, plugins)
     if isinstance(state.streams, SinkStatsView):
         _sink_metrics(out, state.streams.sink_stats())
+    fleet = state.streams.fleet_stats() if isinstance(state.streams, FleetStatsView) else None
+    if fleet is not None:
+        for key, name, kind, help_text in _FLEET_METRICS:
+            out.add(name, kind, help_text, fleet.get(key))
     _bus_metrics(out, state.bus)
     _api_metrics(out, app)
     _process_metrics(out)

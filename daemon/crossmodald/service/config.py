@@ -41,6 +41,7 @@ from crossmodald.config_base import NAME_PATTERN, ConfigModel, check_origins, pa
 from crossmodald.config_errors import ConfigError, format_validation_error
 from crossmodald.ingest.registry import SourceConfigBase, SourceRegistry
 from crossmodald.ingest.webrtc_config import IceServerConfig, WebRtcConfig
+from crossmodald.service.fleet_config import FleetConfig
 
 if TYPE_CHECKING:
     from crossmodald.bus.jsonl import JsonlSinkConfig
@@ -57,6 +58,7 @@ __all__ = [
     "ConfigError",
     "DaemonConfig",
     "DeviceSourceConfig",
+    "FleetConfig",
     "IceServerConfig",
     "JsonlSinkConfig",
     "LoggingConfig",
@@ -181,6 +183,8 @@ class DaemonConfig(ConfigModel):
     runtime: RuntimeConfig = RuntimeConfig()
     service: ServiceConfig = ServiceConfig()
     webrtc: WebRtcConfig = WebRtcConfig()
+    #: Fleet mode (several daemons, one source list in NATS JetStream); None: a lone daemon.
+    fleet: FleetConfig | None = None
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -200,6 +204,13 @@ class DaemonConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> DaemonConfig:
+        if self.fleet is not None and self.sources:
+            # One source list: the fleet's bucket. A file's [[sources]] would run on every
+            # daemon at once.
+            raise ValueError(
+                "[[sources]] cannot be used with [fleet]: in fleet mode the sources live in "
+                "the fleet's bucket; add them with POST /v1/sources on any daemon"
+            )
         seen: set[str] = set()
         for source in self.sources:
             if source.name in seen:

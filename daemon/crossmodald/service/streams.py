@@ -29,8 +29,9 @@ SourceBuilder = Callable[[SourceConfigBase], Source]
 
 #: Ended streams kept for /v1/streams beyond the running ones (oldest forgotten first).
 MAX_ENDED_STREAMS = 64
-#: Where a stream came from: the config file, the REST API, or a publisher (WHIP).
-ORIGINS = ("config", "api", "publisher")
+#: Where a stream came from: the config file, the REST API, a publisher (WHIP), or the fleet's
+#: shared source list (a lease this daemon holds, see :mod:`crossmodald.service.fleet`).
+ORIGINS = ("config", "api", "publisher", "fleet")
 
 
 @dataclass(slots=True)
@@ -217,6 +218,17 @@ class StreamManager:
         state.task.add_done_callback(lambda _: state.release_source())
         return state.task
 
+    def start_configured(self, config: SourceConfigBase, origin: str) -> asyncio.Task[None]:
+        """Start a stream from a validated source config; the source is built in its task.
+
+        Raises:
+            RuntimeError: The daemon is not running or is stopping.
+            ValueError: A stream of that name is still running.
+        """
+        return self.add_stream(
+            config.name, config.type, self._bind_factory(config), origin=origin, config=config
+        )
+
     def _forget_ended(self) -> None:
         ended = [
             name
@@ -262,8 +274,8 @@ class StreamManager:
         """Every stream with where it came from and its (redacted) source config."""
         return [source_entry(state) for state in self.stream_states.values()]
 
-    def start_source(self, config: SourceConfigBase) -> asyncio.Task[None]:
-        """Start a stream from a source config given through the API.
+    async def start_source(self, config: SourceConfigBase) -> asyncio.Task[None] | None:
+        """Start a stream from a source config given through the API (returns its task).
 
         The source is built before anything starts, so a source that cannot exist is refused.
 
@@ -295,7 +307,7 @@ def source_entry(state: StreamState) -> dict[str, Any]:
     """One stream as ``/v1/sources`` shows it: origin, state and its config, secrets hidden."""
     config = state.source_config.model_dump(mode="json") if state.source_config else None
     if config is not None:
-        config = _redacted(config)
+        config = redact_config(config)
     return {
         "name": state.name,
         "type": state.kind,
@@ -310,12 +322,13 @@ def _prebuilt(source: Source) -> Callable[[], Source]:
     return lambda: source
 
 
-def _redacted(value: Any) -> Any:
+def redact_config(value: Any) -> Any:
+    """A source config's JSON with the credentials in every URL-like string hidden."""
     # Every string that holds a URL (``url``, FFmpeg ``options``, a third party's keys).
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, dict):
-        return {key: _redacted(item) for key, item in value.items()}
+        return {key: redact_config(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_redacted(item) for item in value]
+        return [redact_config(item) for item in value]
     return value
