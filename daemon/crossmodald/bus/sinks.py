@@ -69,7 +69,18 @@ class SinkStats:
         batches: Write batches.
         resumes: Times it was closed as slow and resubscribed.
         missed_resumes: Resumes where the replay buffer no longer held every missed envelope.
-        last_seq: ``seq`` of the last envelope written (0 before the first).
+        last_seq: ``seq`` of the last envelope written (0 before the first; the highest
+            acknowledged for a broker sink, which may acknowledge out of order).
+        dropped: Envelopes it took and gave up on (a broker sink's buffer overflowed while the
+            broker was away or slow); each loss is also told by a ``sink.fault`` event.
+        buffered: Envelopes it holds now, not yet written (queued and in flight).
+        connected: Whether its connection is up; None for a sink without one (a file).
+        reconnects: Connections made again after one was lost or could not be made.
+        ack_count: Publishes the destination acknowledged (a broker sink).
+        ack_seconds_sum: Their publish-to-acknowledgement time, summed.
+        ack_p50_s: Median publish-to-acknowledgement time of the recent publishes (None
+            before the first or for a sink without acknowledgements).
+        ack_p99_s: Their 99th percentile.
     """
 
     written: int = 0
@@ -77,6 +88,14 @@ class SinkStats:
     resumes: int = 0
     missed_resumes: int = 0
     last_seq: int = 0
+    dropped: int = 0
+    buffered: int = 0
+    connected: bool | None = None
+    reconnects: int = 0
+    ack_count: int = 0
+    ack_seconds_sum: float = 0.0
+    ack_p50_s: float | None = None
+    ack_p99_s: float | None = None
 
 
 @runtime_checkable
