@@ -5,6 +5,7 @@ restartable on the same port (to test what a sink does while its broker is away)
 from __future__ import annotations
 
 import contextlib
+import getpass
 import shutil
 import socket
 import subprocess
@@ -88,6 +89,9 @@ class BrokerProcess:
         conf = self.folder / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
+            # Started as root, mosquitto switches to the user `mosquitto`, which cannot write
+            # the test's folders (persistence): stay who we are.
+            f"user {getpass.getuser()}\n"
             "allow_anonymous true\n"
             "persistence false\n"
             f"{self.extra_conf}\n",

@@ -69,6 +69,8 @@ MQTT_RESERVED = "/+#"
 QOS = 1
 #: The event types the Home Assistant view is derived from.
 HA_TYPES = frozenset({"stream.start", "stream.end", "sync.offset", "sync.alarm", "speech"})
+#: Retained messages published at once (per stream at most six; more streams: more at once).
+MAX_STATE_BATCH = 256
 #: A stream that ends with this reason keeps its entities (they show unavailable).
 DAEMON_STOPPING = "daemon stopping"
 _HA_ID = re.compile(r"[^A-Za-z0-9_-]")
@@ -361,6 +363,8 @@ class MqttLink:
         await self.disconnect()
         self._lost = asyncio.Event()
         client = aiomqtt.Client(**self._client_args())
+        # aiomqtt warns above 10 unacknowledged publishes; the window allows `inflight`.
+        client.pending_calls_threshold = self.config.inflight + MAX_STATE_BATCH
         try:
             await client.__aenter__()
         except Exception as exc:  # aiomqtt.MqttError, or OSError from the socket
@@ -415,19 +419,23 @@ class MqttLink:
             return
         if client is None:
             raise BrokerError("not connected")
-        batch, view.dirty = view.dirty, {}
-        try:
-            await asyncio.gather(
-                *(
-                    client.publish(topic, payload.encode(), qos=QOS, retain=True)
-                    for topic, payload in batch.items()
+        while view.dirty:
+            items = list(view.dirty.items())[:MAX_STATE_BATCH]
+            batch = dict(items)
+            for topic in batch:
+                del view.dirty[topic]
+            try:
+                await asyncio.gather(
+                    *(
+                        client.publish(topic, payload.encode(), qos=QOS, retain=True)
+                        for topic, payload in items
+                    )
                 )
-            )
-        except BaseException as exc:
-            view.dirty = {**batch, **view.dirty}
-            if isinstance(exc, aiomqtt.MqttError):
-                raise BrokerError(f"mqtt {self._url}: {_describe(exc)}") from None
-            raise
+            except BaseException as exc:
+                view.dirty = {**batch, **view.dirty}
+                if isinstance(exc, aiomqtt.MqttError):
+                    raise BrokerError(f"mqtt {self._url}: {_describe(exc)}") from None
+                raise
 
     async def wait_lost(self) -> None:
         """Return when the connection is lost."""
