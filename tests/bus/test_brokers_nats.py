@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from brokerkit import BrokerProcess, nats_binary
 
-from crossmodald.bus import Event, EventBus, JsonlSink, Sink
+from crossmodald.bus import Event, EventBus, JsonlSink, Sink, event_schema
 from crossmodald.bus.broker import BrokerSink
 from crossmodald.bus.jsonl import JsonlSinkConfig
 from crossmodald.bus.sinks import SinkRegistry
@@ -192,6 +193,8 @@ async def test_server_killed_and_restarted_under_load(
     assert stats.reconnects >= 1
     faults = [e.as_dict() for e in bus.replay_snapshot() if e.type == "sink.fault"]
     assert all(f["data"]["sink"] == sink.identity for f in faults)
+    schema = jsonschema.Draft202012Validator(event_schema())
+    assert all(schema.is_valid(f) for f in faults)
     dropped_seqs: set[int] = set()
     for fault in faults:
         data = fault["data"]
