@@ -29,14 +29,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "bus"))
 
-from brokerkit import BrokerProcess  # noqa: E402
+from brokerkit import BrokerProcess
 
-from crossmodald.bus import Event, EventBus  # noqa: E402
-from crossmodald.bus.broker import BrokerSink  # noqa: E402
-from crossmodald.bus.jsonl import JsonlSink, JsonlSinkConfig  # noqa: E402
-from crossmodald.bus.mqtt_sink import MqttSinkConfig, MqttSinkFactory  # noqa: E402
-from crossmodald.bus.nats_sink import NatsSinkConfig, NatsSinkFactory  # noqa: E402
-from crossmodald.bus.sinks import Sink  # noqa: E402
+from crossmodald.bus import Event, EventBus
+from crossmodald.bus.broker import BrokerSink
+from crossmodald.bus.jsonl import JsonlSink, JsonlSinkConfig
+from crossmodald.bus.mqtt_sink import MqttSinkConfig, MqttSinkFactory
+from crossmodald.bus.nats_sink import NatsSinkConfig, NatsSinkFactory
+from crossmodald.bus.sinks import Sink
 
 
 def event(n: int, stream: str) -> Event:

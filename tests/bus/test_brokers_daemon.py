@@ -121,7 +121,8 @@ async def test_daemon_sinks_through_a_nats_outage(
     try:
         await until(lambda: offsets() >= 2, 60)
         stats = {s["sink"]: s for s in daemon.sink_stats()}
-        assert stats[nats_id]["connected"] and stats[mqtt_id]["connected"]
+        assert stats[nats_id]["connected"]
+        assert stats[mqtt_id]["connected"]
         nats_server.stop()  # SIGKILL
         before = offsets()
         mqtt_before = {s["sink"]: s for s in daemon.sink_stats()}[mqtt_id]["written"]
