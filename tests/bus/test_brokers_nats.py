@@ -300,3 +300,29 @@ max_age_s = 60
     with pytest.raises(ConfigError) as err:
         load_config_text('[[sinks]]\ntype = "nats"\nurl = "nats://bob:pw9@h:x"\n')
     assert "pw9" not in str(err.value)
+
+
+async def test_a_stream_that_does_not_take_our_subjects_backs_off(server: BrokerProcess) -> None:
+    # Connecting works, every publish fails (the configured stream exists but does not cover
+    # the subjects): the sink must back off like for an absent server, not spin.
+    nc = await nats.connect(server.url)
+    try:
+        await nc.jetstream().add_stream(name="OTHER", subjects=["other.>"])
+    finally:
+        await nc.close()
+    bus = new_bus()
+    config = sink_config(server.url, stream="OTHER", create_stream=False, reconnect_max_s=0.4)
+    sink = NatsSinkFactory.create(config)
+    task = asyncio.create_task(sink.run(bus, after_seq=0))
+    bus.publish(ev(1))
+    await asyncio.sleep(2.0)
+    stats = sink.stats
+    await sink.aclose()
+    await task
+    assert stats.written == 0
+    assert stats.buffered == 1  # held, not lost, while the server refuses it
+    # 0.05 s doubling to 0.4 s: about 7 attempts in 2 s; a spinning sink would make hundreds.
+    assert 2 <= stats.reconnects <= 12
+    faults = [e for e in bus.replay_snapshot() if e.type == "sink.fault"]
+    assert len(faults) <= stats.reconnects + 1
+    assert sink.stats.dropped == 1  # closed while it could not deliver: counted and told

@@ -172,6 +172,8 @@ class _Outage:
     """What happened while the link was down (for the ``sink.fault`` once it is back)."""
 
     since: float
+    #: The broker was away (not only slower than the events while connected).
+    away: bool = True
     dropped: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
@@ -335,7 +337,7 @@ class BrokerSink:
         self._dropped += 1
         outage = self._outage
         if outage is None:  # the broker is there but slower than the events
-            outage = self._outage = _Outage(since=self._clock())
+            outage = self._outage = _Outage(since=self._clock(), away=not self._connected)
         outage.dropped += 1
         if outage.first_seq is None or envelope.seq < outage.first_seq:
             outage.first_seq = envelope.seq
@@ -385,46 +387,64 @@ class BrokerSink:
             if give_up:
                 self._drop_all("closed while the broker was away")
                 return
-            try:
-                await asyncio.wait_for(self.link.connect(), self.config.connect_timeout_s)
-            except (BrokerError, TimeoutError, OSError) as exc:
-                message = redact_text(str(exc) or type(exc).__name__)
-                if self._outage is None:
-                    self._outage = _Outage(since=self._clock())
-                    log.warning("sink %s: broker unreachable: %s", self.identity, message)
-                else:
-                    log.debug("sink %s: still unreachable: %s", self.identity, message)
-                await self.link.disconnect()
-                first = False
-                if self._reader_done.is_set():
-                    give_up = True  # closing: no more waiting for the broker
-                    continue
+            # Wait before trying again, longer after each failure (closing: one more try now).
+            if not first and not self._reader_done.is_set():
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, self.config.reconnect_max_s)
+            try:
+                await asyncio.wait_for(self.link.connect(), self.config.connect_timeout_s)
+            except Exception as exc:  # BrokerError, a timeout, or a client library's surprise
+                self._unreachable(exc)
+                await self.link.disconnect()
+                first = False
+                give_up = self._reader_done.is_set()
                 continue
             if not first:
                 self._reconnects += 1
             first = False
-            backoff = self.config.reconnect_min_s
             self._connected = True
             log.info("sink %s: connected", self.identity)
-            if self._outage is not None:
-                outage, self._outage = self._outage, None
-                self._report(outage, "broker back")
+            if self._outage is not None and not self._buffer and not self._inflight:
+                # Nothing to deliver that could prove otherwise: it is back. (With events
+                # held, the first acknowledgement says so: see _acked.)
+                self._report_back()
+            acked = self._ack_count
             try:
                 await self._deliver()
-            except (BrokerError, TimeoutError, OSError) as exc:
+            except Exception as exc:  # nothing the broker does may stop the sink
                 self._connected = False
+                # Told once per outage; a broker that takes the connection but refuses every
+                # publish is retried with the backoff, quietly.
+                level = logging.WARNING if self._outage is None else logging.DEBUG
                 if self._outage is None:
                     self._outage = _Outage(since=self._clock())
-                log.warning(
+                self._outage.away = True
+                log.log(
+                    level,
                     "sink %s: connection lost: %s",
                     self.identity,
                     redact_text(str(exc) or type(exc).__name__),
+                    exc_info=not isinstance(exc, BrokerError | TimeoutError | OSError),
                 )
                 await self.link.disconnect()
+                if self._ack_count > acked:
+                    backoff = self.config.reconnect_min_s  # it worked for a while
+                # Closing: one more connection if this one delivered something, else give up.
+                give_up = self._reader_done.is_set() and self._ack_count == acked
                 continue
             return  # everything delivered and nothing more coming
+
+    def _unreachable(self, exc: Exception) -> None:
+        message = redact_text(str(exc) or type(exc).__name__)
+        unexpected = not isinstance(exc, BrokerError | TimeoutError | OSError)
+        if self._outage is None:
+            self._outage = _Outage(since=self._clock())
+            log.warning(
+                "sink %s: broker unreachable: %s", self.identity, message, exc_info=unexpected
+            )
+        else:
+            self._outage.away = True
+            log.debug("sink %s: still unreachable: %s", self.identity, message)
 
     async def _sleep(self, seconds: float) -> None:
         # Jitter, so that many daemons do not reconnect in step; closing cuts the wait short.
@@ -502,7 +522,7 @@ class BrokerSink:
     def _report_overflow(self) -> None:
         """Connected, but the broker is slower than the events: tell at most once a second."""
         outage = self._outage
-        if outage is None or self._clock() - outage.since < OVERFLOW_REPORT_S:
+        if outage is None or outage.away or self._clock() - outage.since < OVERFLOW_REPORT_S:
             return
         self._outage = None
         log.warning(
@@ -514,7 +534,14 @@ class BrokerSink:
         )
         self._report(outage, "buffer full")
 
+    def _report_back(self) -> None:
+        outage, self._outage = self._outage, None
+        if outage is not None:
+            self._report(outage, "broker back")
+
     def _acked(self, envelope: Envelope, latency_s: float) -> None:
+        if self._outage is not None and self._outage.away:
+            self._report_back()
         self._written += 1
         self._batches += 1
         self._last_seq = max(self._last_seq, envelope.seq)
