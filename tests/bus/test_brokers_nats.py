@@ -326,3 +326,14 @@ async def test_a_stream_that_does_not_take_our_subjects_backs_off(server: Broker
     faults = [e for e in bus.replay_snapshot() if e.type == "sink.fault"]
     assert len(faults) <= stats.reconnects + 1
     assert sink.stats.dropped == 1  # closed while it could not deliver: counted and told
+
+
+def test_check_refuses_a_creds_file_it_cannot_read(tmp_path: Path) -> None:
+    config = sink_config("nats://127.0.0.1:4222", creds=tmp_path / "missing.creds")
+    with pytest.raises(OSError, match=r"cannot read creds file .*missing\.creds"):
+        NatsSinkFactory.check(config)
+    readable = tmp_path / "d.creds"
+    readable.write_text("-----BEGIN NATS USER JWT-----\n")
+    NatsSinkFactory.check(sink_config("nats://127.0.0.1:4222", creds=readable))
+    # A server that is away is no reason to refuse: the sink buffers and reconnects.
+    NatsSinkFactory.check(sink_config("nats://127.0.0.1:1"))

@@ -18,7 +18,8 @@ the buffer and are sent again after the reconnect (a broker that already stored 
 copy: NATS by ``Nats-Msg-Id``; MQTT QoS 1 is at least once). So after a reconnect events may
 arrive out of ``seq`` order.
 
-When the link comes back after an outage, the sink publishes one ``sink.fault`` event on the bus
+When the link is back after an outage (the first acknowledgement after a reconnect proves it,
+or the reconnect itself when nothing is held), the sink publishes one ``sink.fault`` event on the bus
 (every subscriber and sink sees it, this one included): ``kind`` ``dropped`` with the count and
 the ``seq`` range of what was lost, or ``outage`` when nothing was. Envelopes it still holds when
 it is closed while the broker is away are dropped, counted, logged and, if the bus is still open
