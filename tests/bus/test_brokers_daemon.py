@@ -139,6 +139,19 @@ async def test_daemon_sinks_through_a_nats_outage(
         nats_server.start()
         await until(lambda: any(e["type"] == "sink.fault" for e in lines(jsonl)))
         await until(lambda: {s["sink"]: s for s in daemon.sink_stats()}[nats_id]["buffered"] == 0)
+        # A reload that changes the NATS sink: the old one delivers what it took, the new one
+        # goes on from the next event (its identity is unchanged: same server and daemon).
+        changed = load_config_text(
+            CONFIG.format(jsonl=jsonl, nats=nats_server.url, mqtt=mqtt_server.url).replace(
+                'daemon = "t1"\nreconnect_min_s', 'daemon = "t1"\ninflight = 64\nreconnect_min_s', 1
+            )
+        )
+        result = await daemon.reload(changed, "test")
+        assert result.ok, result.errors
+        assert result.diff is not None
+        assert result.diff.sinks_changed == (nats_id,)
+        after_reload = offsets()
+        await until(lambda: offsets() >= after_reload + 2)
     finally:
         stop.set()
         assert await asyncio.wait_for(task, 30) == 0
