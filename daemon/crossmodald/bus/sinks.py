@@ -4,31 +4,37 @@ A sink is an ordinary bus subscriber (one mechanism for everyone): it reads its
 :class:`~crossmodald.bus.bus.Subscription` from a ``seq`` on and writes what it takes off it.
 Every sink satisfies :class:`Sink`; the daemon starts, reloads, flushes and closes sinks, and
 reads their :class:`SinkStats`, only through it. An envelope a sink has taken off its
-subscription is never lost: :meth:`Sink.aclose` writes and flushes everything it holds.
+subscription is never lost silently: :meth:`Sink.aclose` writes and flushes everything it
+holds, or (a broker sink whose broker is away) counts what it could not deliver in
+:attr:`SinkStats.dropped` and tells it with a ``sink.fault`` event.
 
 Sink types of ``[[sinks]]`` tables are found by entry point (group ``crossmodald.sinks``, the
 entry point's name is the ``type``), the built-in ``jsonl`` (:mod:`crossmodald.bus.jsonl`)
-included::
+included, and the broker sinks ``nats`` and ``mqtt`` (:mod:`crossmodald.bus.broker`)::
 
     [project.entry-points."crossmodald.sinks"]
-    mqtt = "my_package.mqtt:MqttSinkFactory"
+    kafka = "my_package.kafka:KafkaSinkFactory"
 
-    class MqttSinkConfig(SinkConfigBase):
-        type: Literal["mqtt"]
-        broker: str
+    class KafkaSinkConfig(SinkConfigBase):
+        type: Literal["kafka"]
+        brokers: str
 
         @property
         def identity(self) -> str:
-            return f"mqtt:{self.broker}"
+            return f"kafka:{self.brokers}"
 
-    class MqttSinkFactory:
-        config_model = MqttSinkConfig
-
-        @classmethod
-        def create(cls, config: MqttSinkConfig) -> Sink: ...
+    class KafkaSinkFactory:
+        config_model = KafkaSinkConfig
 
         @classmethod
-        def check(cls, config: MqttSinkConfig) -> None: ...  # or nothing to check
+        def create(cls, config: KafkaSinkConfig) -> Sink: ...
+
+        @classmethod
+        def check(cls, config: KafkaSinkConfig) -> None: ...  # or nothing to check
+
+A sink for another broker can reuse :class:`~crossmodald.bus.broker.BrokerSink` (buffer,
+acknowledged in-flight window, reconnects, drops told as ``sink.fault``) with a
+:class:`~crossmodald.bus.broker.BrokerLink` of its own.
 
 Sinks made by other parts (the WebRTC data channel that sends a publisher its events, see
 :mod:`crossmodald.api.whip`) are the same kind of object, run by :func:`run_sink`.
