@@ -3,6 +3,7 @@ reversibly, credentials never shown. No server needed."""
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import unquote
 
 import pytest
@@ -97,3 +98,42 @@ def test_mqtt_config_is_validated_and_credentials_never_shown() -> None:
         with pytest.raises(ConfigError) as err:
             load_config_text(f'[[sinks]]\ntype = "mqtt"\n{extra}\n')
         assert "pw-77" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["nats", "mqtt"])
+async def test_credentials_in_the_url_never_reach_logs_or_events(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A broker that is not there (a closed loopback port): connection errors are logged and,
+    # on close, the dropped events told; none of it may carry the password.
+    import socket
+
+    from crossmodald.bus import Event, EventBus
+    from crossmodald.bus.mqtt_sink import MqttSinkFactory
+    from crossmodald.bus.nats_sink import NatsSinkFactory
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"{kind}://alice:pw-s3cr3t@127.0.0.1:{port}"
+    common = {"url": url, "daemon": "d1", "reconnect_min_s": 0.05, "connect_timeout_s": 1.0}
+    sink = (
+        NatsSinkFactory.create(NatsSinkConfig(type="nats", **common))
+        if kind == "nats"
+        else MqttSinkFactory.create(MqttSinkConfig(type="mqtt", **common))
+    )
+    bus = EventBus(replay_size=100, subscriber_queue=100, slow_subscriber_s=5.0)
+    caplog.set_level("DEBUG")
+    task = asyncio.create_task(sink.run(bus, after_seq=0))
+    bus.publish(Event("sync.offset", "cam1", 0, 1, {}))
+    await asyncio.sleep(0.5)
+    await sink.aclose()
+    await task
+    assert sink.stats.dropped == 1
+    assert "pw-s3cr3t" not in sink.identity
+    assert "broker unreachable" in caplog.text
+    assert "pw-s3cr3t" not in caplog.text
+    assert "alice" not in caplog.text
+    fault = bus.replay_snapshot()[-1]
+    assert fault.type == "sink.fault"
+    assert "pw-s3cr3t" not in fault.json
