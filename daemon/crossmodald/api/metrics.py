@@ -543,6 +543,62 @@ def _sink_metrics(out: MetricsText, sinks: list[dict[str, Any]]) -> None:
             int(sink.get("last_seq", 0)),
             lab,
         )
+        out.add(
+            "crossmodald_sink_events_dropped_total",
+            "counter",
+            "Events a sink took and gave up on (its buffer overflowed while its destination was away or slow).",
+            int(sink.get("dropped", 0)),
+            lab,
+        )
+        out.add(
+            "crossmodald_sink_buffered_events",
+            "gauge",
+            "Events a sink holds, not yet written or acknowledged.",
+            int(sink.get("buffered", 0)),
+            lab,
+        )
+        connected = sink.get("connected")
+        if connected is None:
+            continue  # a sink without a connection (a file) has no more to show
+        out.add(
+            "crossmodald_sink_connected",
+            "gauge",
+            "1 while a sink's connection (to a broker) is up.",
+            bool(connected),
+            lab,
+        )
+        out.add(
+            "crossmodald_sink_reconnects_total",
+            "counter",
+            "Connections a sink made again after one was lost or could not be made.",
+            int(sink.get("reconnects", 0)),
+            lab,
+        )
+        for quantile, key in (("0.5", "ack_p50_s"), ("0.99", "ack_p99_s")):
+            value = sink.get(key)
+            out.add(
+                "crossmodald_sink_ack_seconds",
+                "summary",
+                "Publish-to-acknowledgement time of a sink's publishes (quantiles over the recent 1024).",
+                float(value) if value is not None else None,
+                {**lab, "quantile": quantile},
+            )
+        out.add(
+            "crossmodald_sink_ack_seconds",
+            "summary",
+            "",
+            float(sink.get("ack_seconds_sum", 0.0)),
+            lab,
+            suffix="_sum",
+        )
+        out.add(
+            "crossmodald_sink_ack_seconds",
+            "summary",
+            "",
+            int(sink.get("ack_count", 0)),
+            lab,
+            suffix="_count",
+        )
 
 
 def _bus_metrics(out: MetricsText, bus: Any) -> None:

@@ -352,6 +352,7 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
             self.fleet.begin_close()  # take no more sources; renew the held ones meanwhile
         # Stage 1: stop ingest; each stream finishes its open windows and closes its sessions.
         for state in self.stream_states.values():
+            state.stop_reason = STOPPING_REASON
             state.stop_requested.set()
         streams = [s.task for s in self.stream_states.values() if s.task is not None]
         await run_stage("stop ingest", streams, service.stop_ingest_s)

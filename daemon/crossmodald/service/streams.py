@@ -62,6 +62,10 @@ class StreamState:
     last_source_status: dict[str, JsonValue] | None = None
     windower: Windower | None = None
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The ``stream.end`` reason when ``stop_requested`` ends it: ``stopped`` (one stream
+    #: stopped or removed) or ``daemon stopping``; consumers (the MQTT sink's Home Assistant
+    #: view) keep a stream's entities only when the daemon stops.
+    stop_reason: str = "stopped"
     task: asyncio.Task[None] | None = None
     #: The plugin hosts this stream's windows go to (swapped in place by a reload).
     hosts: list[PluginHost] = field(default_factory=list)
