@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
 import pytest
 
 from crossmodald.ingest.pattern import PatternSourceConfig, write_pattern_file
@@ -70,20 +71,46 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def pattern_mp4(path: Path, audio_lead_ms: float, duration_s: float = 60.0) -> Path:
-    """A pattern file (H.264 + AAC) with a known A/V offset: flashes 1.2 s apart from 0.5 s."""
-    if not path.exists():
-        config = PatternSourceConfig.model_validate(
-            {
-                "type": "pattern",
-                "name": "pat",
-                "width": 160,
-                "height": 120,
-                "audio_lead_ms": audio_lead_ms,
-                "realtime": False,
+def pattern_mp4(
+    path: Path, audio_lead_ms: float, duration_s: float = 60.0, video_delay_s: float = 0.0
+) -> Path:
+    """A pattern file (H.264 + AAC) with a known A/V offset: flashes 1.2 s apart from 0.5 s.
+
+    With ``video_delay_s`` (a multiple of 0.5 s) the video track starts that much after the
+    audio (its earlier frames cut at a keyframe), timestamps unchanged.
+    """
+    if path.exists():
+        return path
+    full = path.with_suffix(".full.mp4") if video_delay_s else path
+    config = PatternSourceConfig.model_validate(
+        {
+            "type": "pattern",
+            "name": "pat",
+            "width": 160,
+            "height": 120,
+            "audio_lead_ms": audio_lead_ms,
+            "realtime": False,
+        }
+    )
+    # A keyframe every 0.5 s and no B-frames, so the video can be cut at any half second.
+    options = {"preset": "veryfast", "crf": "12", "g": "15", "bf": "0"}
+    write_pattern_file(config, full, duration_s=duration_s, video_options=options)
+    if video_delay_s:
+        with av.open(str(full)) as src, av.open(str(path), "w") as dst:
+            video, audio = src.streams.video[0], src.streams.audio[0]
+            out = {
+                video.index: dst.add_stream_from_template(video),
+                audio.index: dst.add_stream_from_template(audio),
             }
-        )
-        write_pattern_file(config, path, duration_s=duration_s)
+            for packet in src.demux():
+                if packet.dts is None or packet.pts is None or packet.time_base is None:
+                    continue
+                if packet.stream.index == video.index and packet.pts * packet.time_base < (
+                    video_delay_s
+                ):
+                    continue
+                packet.stream = out[packet.stream.index]
+                dst.mux(packet)
     return path
 
 
@@ -96,6 +123,8 @@ class RtspServer:
     media: Path
     user: str | None = None
     password: str | None = None
+    no_rtp_info: bool = False
+    no_rtcp: bool = False
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[str] | None = None
 
@@ -110,6 +139,10 @@ class RtspServer:
         args = [self.python, str(SERVER), str(self.media), "--port", str(self.port)]
         if self.user is not None:
             args += ["--user", self.user, "--password", self.password or ""]
+        if self.no_rtp_info:
+            args.append("--no-rtp-info")
+        if self.no_rtcp:
+            args.append("--no-rtcp")
         deadline = time.monotonic() + timeout_s
         while True:
             self.proc = subprocess.Popen(

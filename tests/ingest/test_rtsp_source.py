@@ -94,8 +94,9 @@ def gi() -> str:
 def server_factory(gi: str, tmp_path: Path) -> Iterator[Any]:
     servers: list[RtspServer] = []
 
-    def make(audio_lead_ms: float, **kwargs: Any) -> RtspServer:
-        media = pattern_mp4(tmp_path / f"pattern{audio_lead_ms:+g}.mp4", audio_lead_ms)
+    def make(audio_lead_ms: float, video_delay_s: float = 0.0, **kwargs: Any) -> RtspServer:
+        path = tmp_path / f"pattern{audio_lead_ms:+g}-{video_delay_s:g}.mp4"
+        media = pattern_mp4(path, audio_lead_ms, video_delay_s=video_delay_s)
         server = RtspServer(gi, media, **kwargs)
         server.start()
         servers.append(server)
@@ -150,14 +151,43 @@ async def test_offset_on_the_rtcp_clock_matches_the_injected_one(
         assert lead == pytest.approx(audio_lead_ms, abs=3.0)
 
 
-async def test_without_rtcp_wait_the_items_are_on_clock_pts(server_factory: Any) -> None:
-    server = server_factory(45.0)
-    source = RtspSource(rtsp_config(server.url, rtcp_wait_s=0))
-    got, faults = await read_for(source, 1.0)
+def video_steps_s(got: Collected) -> list[float]:
+    return [(b.pts_ns - a.pts_ns) / 1e9 for a, b in itertools.pairwise(got.frames)]
+
+
+async def test_rtcp_aligns_tracks_whose_rtp_timestamps_disagree(server_factory: Any) -> None:
+    """No RTP-Info and a video track that starts 0.5 s after the audio: before the sender
+    reports, each track's timestamps start at its first packet, 0.5 s off the truth. The
+    source delivers only what the reports place: the injected offset throughout."""
+    audio_lead_ms = 45.0
+    server = server_factory(audio_lead_ms, video_delay_s=0.5, no_rtp_info=True)
+    source = RtspSource(rtsp_config(server.url))
+    got, faults = await read_for(source, 5.5)
     assert not faults
-    assert got.order
-    assert got.order[0].clock is ClockKind.PTS
-    assert source.stats.timing == "pts"
+    assert {item.clock for item in got.order} == {ClockKind.RTCP}
+    assert max(video_steps_s(got)) < 0.05
+    leads = measured_leads_ms(got)
+    assert len(leads) >= 3
+    for lead in leads:
+        assert lead == pytest.approx(audio_lead_ms, abs=3.0)
+
+
+async def test_without_sender_reports_it_falls_back_to_rtp_timestamps(
+    server_factory: Any,
+) -> None:
+    """The same stream from a server that sends no RTCP: after rtcp_wait_s the source says so
+    (a ``timing`` fault) and delivers on clock pts, where the tracks are 0.5 s off, which is
+    what the sender reports correct above."""
+    audio_lead_ms = 45.0
+    server = server_factory(audio_lead_ms, video_delay_s=0.5, no_rtp_info=True, no_rtcp=True)
+    source = RtspSource(rtsp_config(server.url, rtcp_wait_s=1.0))
+    got, faults = await read_for(source, 5.5)
+    assert [f.kind for _, f in faults] == ["timing"]
+    assert "no RTCP sender report" in faults[0][1].message
+    assert {item.clock for item in got.order} == {ClockKind.PTS}
+    assert source.status()["timing"] == "pts"
+    for lead in measured_leads_ms(got):
+        assert lead == pytest.approx(audio_lead_ms - 500.0, abs=5.0)
 
 
 async def test_reconnects_after_the_server_restarts(server_factory: Any) -> None:

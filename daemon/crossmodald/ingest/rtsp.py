@@ -158,8 +158,14 @@ class _Timing:
 
 
 class _RtcpGate:
-    """One connection's :class:`~crossmodald.ingest.media.StartGate`: hold items back until
-    every track has had a sender report, or ``wait_s`` has passed (worker thread)."""
+    """One connection's :class:`~crossmodald.ingest.media.StartGate` (worker thread).
+
+    Holds items back until every track has had a sender report, or ``wait_s`` has passed.
+    FFmpeg attaches a report to the next packet of its track, and that packet may still carry
+    the old timestamps (the H.264 parser hands packets on one behind), so a track counts as
+    mapped from its next packet on: the gate admits a packet of a track whose report came on
+    an earlier packet, once every track has had one.
+    """
 
     def __init__(self, timing: _Timing, wait_s: float) -> None:
         self.timing = timing
@@ -171,18 +177,23 @@ class _RtcpGate:
     def admit(
         self, packet: av.Packet[Any], container: av.container.InputContainer
     ) -> tuple[int, ClockKind] | None:
+        index = packet.stream_index
+        mapped = index in self.reported
         if packet.has_sidedata("rtcp_sr"):
-            self.reported.add(packet.stream_index)
-        tracks = {s.index for s in container.streams if s.type in ("audio", "video")}
+            self.reported.add(index)
         pts = packet.pts if packet.pts is not None else packet.dts
         if pts is None or packet.time_base is None:
             return None
         first_ns = ticks_to_ns(pts, packet.time_base, "floor")
+        if self.wait_s == 0:
+            self.clock = ClockKind.PTS
+            return self.timing.continue_offset(first_ns), self.clock
+        tracks = {s.index for s in container.streams if s.type in ("audio", "video")}
         sender_start = container.start_time_realtime
-        if self.wait_s > 0 and tracks <= self.reported and sender_start is not None:
+        if mapped and tracks <= self.reported and sender_start is not None:
             self.clock = ClockKind.RTCP
             return self.timing.sender_offset(sender_start * _NS_PER_US, first_ns), self.clock
-        if self.wait_s == 0 or time.monotonic() >= self.deadline:
+        if time.monotonic() >= self.deadline:
             self.clock = ClockKind.PTS
             return self.timing.continue_offset(first_ns), self.clock
         return None
