@@ -268,3 +268,38 @@ async def test_credentials_never_leave_the_source(
     for text in shown:
         assert PASSWORD not in text
     assert any("***@127.0.0.1" in f.message for _, f in faults)
+
+
+async def test_retries_while_the_server_is_away_and_gives_up_at_the_limit(
+    server_factory: Any,
+) -> None:
+    server = server_factory(0.0)
+    source = RtspSource(rtsp_config(server.url, reconnect_limit=3))
+    info = await source.open()
+    assert info.has_video
+    kinds: list[str] = []
+    later: list[asyncio.TimerHandle] = []
+
+    async def run() -> None:
+        async with asyncio.timeout(60):
+            async for item in source:
+                if not isinstance(item, SourceFault):
+                    if not kinds and not later:
+                        server.stop()  # away for longer than the first tries wait
+                        later.append(asyncio.get_running_loop().call_later(1.0, server.start))
+                    continue
+                kinds.append(item.kind)
+                if item.kind == "stream_back":
+                    server.stop()  # for good: a try at once, 3 retries (0.2, 0.4, 0.8 s), the end
+
+    with pytest.raises(SourceError) as error:
+        await run()
+    assert later
+    assert kinds[0] == "stream_lost"
+    assert "stream_retry" in kinds
+    first_back = kinds.index("stream_back")
+    assert kinds[first_back + 1] == "stream_lost"
+    assert kinds[first_back + 2 :] == ["stream_retry"] * 3
+    assert "gave up after 3 failed retries" in str(error.value)
+    assert source.stats.losses == 2
+    await source.aclose()

@@ -279,10 +279,10 @@ class _Reader:
         self.pass_first_ns: int | None = None
         self.pass_end_ns: int | None = None
         self.decoded = 0
-        realtime = source.config.realtime
-        self._batch_items = _BATCH_ITEMS if realtime else _BATCH_ITEMS_OFFLINE
-        self._batch_wall_s = _BATCH_WALL_S if realtime else _BATCH_WALL_S_OFFLINE
-        self._batch_pixels = (1 << 62) if realtime else _BATCH_PIXELS_OFFLINE
+        small = source.config.realtime or source.live  # small batches: latency matters
+        self._batch_items = _BATCH_ITEMS if small else _BATCH_ITEMS_OFFLINE
+        self._batch_wall_s = _BATCH_WALL_S if small else _BATCH_WALL_S_OFFLINE
+        self._batch_pixels = (1 << 62) if small else _BATCH_PIXELS_OFFLINE
         #: Items decoded in the current pass (a looping input that yields none stops).
         self.pass_decoded = 0
         #: Asked about each packet until it admits one (None: every item counts).
@@ -611,6 +611,8 @@ class MediaSource:
         pacer: The clock for real-time pacing and ``arrival_ns``.
         gate: Holds the first items back until their timing is settled, and says where they
             land (the rtsp source: until every track has an RTCP sender report).
+        live: The input comes at its own pace (a camera): items go out as they are decoded,
+            in the small batches of real-time reading, without pacing (``realtime`` false).
 
     Attributes:
         stats: Counters (packets, frames, chunks, decode and read errors, resyncs, loops).
@@ -623,10 +625,12 @@ class MediaSource:
         pacer: Pacer | None = None,
         *,
         gate: StartGate | None = None,
+        live: bool = False,
     ) -> None:
         self.name = config.name
         self.config = config
         self.gate = gate
+        self.live = live
         #: The clock the items rest on (a gate may say RTCP when it admits the first packet).
         self.clock = ClockKind.PTS
         self.pacer: Pacer = pacer if pacer is not None else MonotonicPacer()

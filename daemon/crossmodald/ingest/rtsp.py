@@ -15,9 +15,10 @@ capture clock. A camera that sends no reports within ``rtcp_wait_s`` is timed by
 timestamps alone (clock ``pts``), and a ``timing`` fault says so.
 
 Reconnect. A connection that fails (refused, timed out, the server ended the stream, no data
-for ``timeout_s``) is reported as a ``stream_lost`` fault and made again with exponential
-backoff (``stream_retry`` on each failed try, ``stream_back`` once it delivers again); the
-stream fails only after ``reconnect_limit`` failed tries in a row (0: never). The media
+for ``timeout_s``) is reported as a ``stream_lost`` fault and made again at once, then with
+exponential backoff (``stream_retry`` on each failed try, ``stream_back`` once it delivers
+again); the stream fails only after ``reconnect_limit`` retries (tries after a wait) in a row
+have failed (0: never). The media
 timeline stays monotonic over a reconnect: on clock ``rtcp`` it is the sender's clock (a gap as
 long as the outage), otherwise the new connection starts where the old one ended plus the time
 it was away. A failure to connect at start is retried the same way.
@@ -74,7 +75,8 @@ class RtspSourceConfig(SourceConfigBase):
     #: First wait before reconnecting; doubles up to reconnect_max_s.
     reconnect_initial_s: float = Field(0.5, gt=0, le=3600)
     reconnect_max_s: float = Field(30.0, gt=0, le=3600)
-    #: Failed reconnects in a row before the stream fails (0: retry for ever).
+    #: Failed retries in a row (tries after a wait; the first try after a loss is at once)
+    #: before the stream fails (0: retry for ever).
     reconnect_limit: int = Field(0, ge=0)
     #: Shift the audio timeline by this many ms (positive = audio earlier, i.e. audio leads).
     audio_shift_ms: float = 0.0
@@ -115,7 +117,9 @@ class RtspStats:
     #: "rtcp", "pts", or "waiting" (for the first report) on the current connection.
     timing: str = "waiting"
     connected: bool = False
-    #: Seconds from losing the stream to its first item on the next connection (latest).
+    #: Seconds from losing the stream to the next connection (latest): connected again ...
+    last_reconnect_s: float | None = None
+    #: ... and to its first item (after the wait for every track's sender report).
     last_outage_s: float | None = None
     last_error: str = ""
 
@@ -233,7 +237,7 @@ class RtspSource:
             type="media",
             name=cfg.name,
             url=cfg.url,
-            realtime=False,  # a live input comes at its own pace: deliver as it arrives
+            realtime=False,  # a camera comes at its own pace: no pacing (live=True below)
             options=options,
             timeout_s=cfg.timeout_s,
             audio_shift_ms=cfg.audio_shift_ms,
@@ -241,7 +245,7 @@ class RtspSource:
 
     async def _connect(self) -> MediaSource:
         gate = _RtcpGate(self._timing, self.config.rtcp_wait_s)
-        conn = MediaSource(self._media_config(), self.pacer, gate=gate)
+        conn = MediaSource(self._media_config(), self.pacer, gate=gate, live=True)
         self.stats.connects += 1
         try:
             info = await conn.open()
@@ -280,7 +284,7 @@ class RtspSource:
                 if delay is None:
                     raise SourceError(
                         f"{self.display}: gave up after {self._backoff.tries} failed "
-                        f"reconnects (last: {exc})"
+                        f"retries (last: {exc})"
                     ) from None
                 if faults is None:
                     log.warning("%s; connecting again in %.1f s", exc, delay)
@@ -355,6 +359,7 @@ class RtspSource:
                     if done:
                         break
                 self._conn = retry.result()
+                self.stats.last_reconnect_s = time.monotonic() - lost_at
             finally:
                 if not retry.done():
                     retry.cancel()
