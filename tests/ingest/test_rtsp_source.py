@@ -303,3 +303,25 @@ async def test_retries_while_the_server_is_away_and_gives_up_at_the_limit(
     assert "gave up after 3 failed retries" in str(error.value)
     assert source.stats.losses == 2
     await source.aclose()
+
+
+async def test_password_from_a_secret_reference_with_special_characters(
+    server_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    password = "p@ss:w/rd%20?#" + PASSWORD
+    monkeypatch.setenv("CAM_PASSWORD", password)
+    server = server_factory(0.0, user="cam user", password=password)
+    config = rtsp_config(server.url, username="cam user", password={"env": "CAM_PASSWORD"})
+    assert password not in repr(config)
+    assert password not in config.model_dump_json()
+    source = RtspSource(config)
+    got, faults = await read_for(source, 1.0)
+    assert got.frames
+    assert not faults
+    for text in (caplog.text, repr(source.status()), source.display):
+        assert PASSWORD not in text
+    with pytest.raises(ValidationError, match="either in the url or in username/password"):
+        rtsp_config(server.url_with("a", "b"), username="cam user")
+    with pytest.raises(ValidationError, match="password needs a username"):
+        rtsp_config(server.url, password="x")

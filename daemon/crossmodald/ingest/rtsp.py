@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
+from urllib.parse import quote
 
 import av
 import av.container
@@ -48,6 +49,7 @@ from crossmodald.ingest.pacing import MonotonicPacer, Pacer
 from crossmodald.ingest.registry import SourceConfigBase
 from crossmodald.media import AudioChunk, ClockKind, MediaItem, StreamInfo
 from crossmodald.redact import redact_url
+from crossmodald.secrets import Secret
 from crossmodald.status import MetricSpec
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,11 @@ class RtspSourceConfig(SourceConfigBase):
     reconnect_limit: int = Field(0, ge=0)
     #: Shift the audio timeline by this many ms (positive = audio earlier, i.e. audio leads).
     audio_shift_ms: float = 0.0
+    #: User name for the camera, when it is not in the URL.
+    username: str | None = Field(None, min_length=1)
+    #: Its password: a string or a secret reference ({env = NAME}, {file = PATH},
+    #: {credential = NAME}), so it need not be written into the config file.
+    password: Secret | None = None
     #: More FFmpeg RTSP options, e.g. {buffer_size = "1048576"} (rtsp_transport and timeout
     #: come from the keys above).
     options: dict[str, str] = Field(default_factory=dict)
@@ -98,12 +105,34 @@ class RtspSourceConfig(SourceConfigBase):
     def _checks(self) -> RtspSourceConfig:
         if self.reconnect_max_s < self.reconnect_initial_s:
             raise ValueError("reconnect_max_s must not be below reconnect_initial_s")
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs a username")
+        if self.username is not None and _userinfo(self.url):
+            raise ValueError("credentials go either in the url or in username/password, not both")
         taken = sorted({"rtsp_transport", "timeout"} & set(self.options))
         if taken:
             raise ValueError(
                 f"options: {', '.join(taken)} come from transport and timeout_s, not options"
             )
         return self
+
+
+def _userinfo(url: str) -> str:
+    """The ``user:password`` part of an RTSP URL ("" when it has none)."""
+    rest = url.split("://", 1)[1]
+    authority = rest.split("/", 1)[0].split("?", 1)[0]
+    return authority.rpartition("@")[0]
+
+
+def connect_url(config: RtspSourceConfig) -> str:
+    """The URL FFmpeg is given: ``url`` with ``username``/``password`` put in (percent-encoded)."""
+    if config.username is None:
+        return config.url
+    scheme, rest = config.url.split("://", 1)
+    userinfo = quote(config.username, safe="")
+    if config.password is not None:
+        userinfo += ":" + quote(config.password.get_secret_value(), safe="")
+    return f"{scheme}://{userinfo}@{rest}"
 
 
 @dataclasses.dataclass(slots=True)
@@ -236,7 +265,7 @@ class RtspSource:
         return MediaSourceConfig(
             type="media",
             name=cfg.name,
-            url=cfg.url,
+            url=connect_url(cfg),
             realtime=False,  # a camera comes at its own pace: no pacing (live=True below)
             options=options,
             timeout_s=cfg.timeout_s,
