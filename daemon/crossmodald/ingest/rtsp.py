@@ -387,7 +387,11 @@ class RtspSource:
                         yield faults.pop(0)
                     if done:
                         break
-                self._conn = retry.result()
+                conn = retry.result()
+                if self._closed:  # closed while it connected: nobody else closes this one
+                    await conn.aclose()
+                    return
+                self._conn = conn
                 self.stats.last_reconnect_s = time.monotonic() - lost_at
             finally:
                 if not retry.done():
