@@ -125,6 +125,7 @@ class RtspServer:
     password: str | None = None
     no_rtp_info: bool = False
     no_rtcp: bool = False
+    extra_audio: bool = False
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[str] | None = None
 
@@ -143,6 +144,8 @@ class RtspServer:
             args.append("--no-rtp-info")
         if self.no_rtcp:
             args.append("--no-rtcp")
+        if self.extra_audio:
+            args.append("--extra-audio")
         deadline = time.monotonic() + timeout_s
         while True:
             self.proc = subprocess.Popen(

@@ -172,6 +172,18 @@ async def test_rtcp_aligns_tracks_whose_rtp_timestamps_disagree(server_factory: 
         assert lead == pytest.approx(audio_lead_ms, abs=3.0)
 
 
+async def test_a_track_it_does_not_read_does_not_hold_it_back(server_factory: Any) -> None:
+    """A second audio track (cameras add one, or a metadata track): only the tracks the source
+    reads need sender reports."""
+    server = server_factory(45.0, extra_audio=True)
+    source = RtspSource(rtsp_config(server.url, rtcp_wait_s=20))
+    started = time.monotonic()
+    got, faults = await read_for(source, 0.5)
+    assert not faults
+    assert {item.clock for item in got.order} == {ClockKind.RTCP}
+    assert time.monotonic() - started < 15
+
+
 async def test_without_sender_reports_it_falls_back_to_rtp_timestamps(
     server_factory: Any,
 ) -> None:

@@ -200,10 +200,14 @@ class StartGate(Protocol):
     """
 
     def admit(
-        self, packet: av.Packet[Any], container: av.container.InputContainer
+        self,
+        packet: av.Packet[Any],
+        container: av.container.InputContainer,
+        tracks: frozenset[int],
     ) -> tuple[int, ClockKind] | None:
         """None to hold ``packet`` back, else (the offset in ns added to every track's mapped
-        time from here on, the clock the items rest on)."""
+        time from here on, the clock the items rest on). ``tracks``: the indices of the
+        streams read (the best video and audio; others are not demuxed)."""
         ...
 
 
@@ -499,7 +503,8 @@ class _Reader:
         """Whether the gate lets ``packet`` through (it stays open from then on)."""
         assert self.gate is not None
         assert self.container is not None
-        decision = self.gate.admit(packet, self.container)
+        tracks = frozenset(s.index for s in self._streams())
+        decision = self.gate.admit(packet, self.container, tracks)
         if decision is None:
             self.source.stats.held_back += 1
             with contextlib.suppress(av.error.FFmpegError, ValueError):

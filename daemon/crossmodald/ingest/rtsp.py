@@ -208,7 +208,10 @@ class _RtcpGate:
         self.clock: ClockKind | None = None
 
     def admit(
-        self, packet: av.Packet[Any], container: av.container.InputContainer
+        self,
+        packet: av.Packet[Any],
+        container: av.container.InputContainer,
+        tracks: frozenset[int],
     ) -> tuple[int, ClockKind] | None:
         index = packet.stream_index
         mapped = index in self.reported
@@ -221,7 +224,6 @@ class _RtcpGate:
         if self.wait_s == 0:
             self.clock = ClockKind.PTS
             return self.timing.continue_offset(first_ns), self.clock
-        tracks = {s.index for s in container.streams if s.type in ("audio", "video")}
         sender_start = container.start_time_realtime
         if mapped and tracks <= self.reported and sender_start is not None:
             self.clock = ClockKind.RTCP
