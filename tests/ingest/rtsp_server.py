@@ -6,7 +6,8 @@ MP4 file (H.264 + AAC, e.g. a pattern file) at ``rtsp://127.0.0.1:PORT/PATH``, e
 getting its own pipeline from the file's start (RTP timestamps and SRs from the pipeline clock,
 the way a camera's encoder sends them). With --user/--password the mount needs Basic auth;
 with --no-rtp-info PLAY replies carry no RTP-Info header; with --no-rtcp it sends no RTCP (no
-sender reports); with --extra-audio the audio goes out twice (a second audio track).
+sender reports); with --extra-audio the audio goes out twice (a second audio track); with --video-only
+the audio is left out.
 Prints ``READY <port>`` on stdout once it listens; runs until killed.
 """
 
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--no-rtp-info", action="store_true")
     parser.add_argument("--no-rtcp", action="store_true")
     parser.add_argument("--extra-audio", action="store_true")
+    parser.add_argument("--video-only", action="store_true")
     args = parser.parse_args()
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
@@ -51,8 +53,10 @@ def main() -> None:
         f'( filesrc location="{location}" ! qtdemux name=d '
         "d.video_0 ! queue ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 "
         + (
-            "d.audio_0 ! queue ! aacparse ! tee name=t t. ! queue ! rtpmp4gpay name=pay1 pt=97 "
-            "t. ! queue ! rtpmp4gpay name=pay2 pt=98 )"
+            ")"
+            if args.video_only
+            else "d.audio_0 ! queue ! aacparse ! tee name=t t. ! queue ! rtpmp4gpay name=pay1 "
+            "pt=97 t. ! queue ! rtpmp4gpay name=pay2 pt=98 )"
             if args.extra_audio
             else "d.audio_0 ! queue ! aacparse ! rtpmp4gpay name=pay1 pt=97 )"
         )

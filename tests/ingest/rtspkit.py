@@ -126,6 +126,7 @@ class RtspServer:
     no_rtp_info: bool = False
     no_rtcp: bool = False
     extra_audio: bool = False
+    video_only: bool = False
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[str] | None = None
 
@@ -146,6 +147,8 @@ class RtspServer:
             args.append("--no-rtcp")
         if self.extra_audio:
             args.append("--extra-audio")
+        if self.video_only:
+            args.append("--video-only")
         deadline = time.monotonic() + timeout_s
         while True:
             self.proc = subprocess.Popen(

@@ -184,6 +184,18 @@ async def test_a_track_it_does_not_read_does_not_hold_it_back(server_factory: An
     assert time.monotonic() - started < 15
 
 
+async def test_a_camera_without_audio(server_factory: Any) -> None:
+    server = server_factory(0.0, video_only=True)
+    source = RtspSource(rtsp_config(server.url))
+    got, faults = await read_for(source, 1.0)
+    assert not faults
+    assert got.info.has_video
+    assert not got.info.has_audio
+    assert not got.chunks
+    assert {item.clock for item in got.order} == {ClockKind.RTCP}
+    assert_monotonic(got)
+
+
 async def test_without_sender_reports_it_falls_back_to_rtp_timestamps(
     server_factory: Any,
 ) -> None:
