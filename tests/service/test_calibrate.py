@@ -21,7 +21,9 @@ from crossmodald.service.config import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ingest"))
 from clapkit import write_clap_clip  # the clap recording of the avsync tests
+from rtspkit import RtspServer, gi_python, pattern_mp4  # the rtsp source's loopback server
 
 FPS = 30
 FRAME_MS = 1000 / FPS
@@ -92,6 +94,23 @@ async def test_finds_a_known_flash_beep_offset_within_a_frame(
     assert "flash method" in out
     fix = float(re.search(r"audio_shift_ms = ([-0-9.]+)", out).group(1))  # type: ignore[union-attr]
     assert abs((shift_ms - fix) - expected) < 0.11  # applying it cancels the offset
+
+
+async def test_calibrates_a_camera_over_rtsp(tmp_path: Path) -> None:
+    server = RtspServer(gi_python(), pattern_mp4(tmp_path / "camera.mp4", 45.0))
+    server.start()
+    try:
+        config = _config(
+            tmp_path, f'[[sources]]\ntype = "rtsp"\nname = "door"\nurl = "{server.url}"\n'
+        )
+        code, out, err = await _run(config, "door", seconds=8.0)
+    finally:
+        server.stop()
+    assert (code, err) == (0, "")
+    measured = float(re.search(r"audio_lead_ms = ([-+0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    assert abs(measured - 45.0) < 3.0
+    fix = float(re.search(r"audio_shift_ms = ([-0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    assert fix == pytest.approx(-measured, abs=0.06)
 
 
 @pytest.mark.parametrize(("fps", "true_lead_ms"), [(25, -120.0), (30, 80.0)])

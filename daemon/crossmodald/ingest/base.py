@@ -113,3 +113,33 @@ def source_metrics(source: Source) -> tuple[MetricSpec, ...]:
         if not isinstance(spec, MetricSpec):
             raise SourceError(f"{name}: metrics must hold MetricSpec values, got {spec!r}")
     return tuple(specs)
+
+
+class Backoff:
+    """Exponential backoff: ``initial_s``, doubling up to ``max_s``; counts tries in a row.
+
+    Args:
+        initial_s: First delay.
+        max_s: Largest delay.
+        limit: Tries in a row before giving up (0: never give up).
+    """
+
+    def __init__(self, initial_s: float, max_s: float, limit: int = 0) -> None:
+        if initial_s <= 0 or max_s < initial_s:
+            raise ValueError(f"Backoff: need 0 < initial_s <= max_s, got {initial_s}, {max_s}")
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.limit = limit
+        self.tries = 0
+
+    def next_delay_s(self) -> float | None:
+        """The delay before the next try, or None once ``limit`` tries have failed."""
+        if self.limit and self.tries >= self.limit:
+            return None
+        delay = min(self.max_s, self.initial_s * 2.0**self.tries)
+        self.tries += 1
+        return delay
+
+    def reset(self) -> None:
+        """It works again: start from ``initial_s`` next time."""
+        self.tries = 0

@@ -10,7 +10,8 @@ TOML line that cancels it:
 * a ``device`` source: ``camera.latency_ms`` when audio leads (the camera stamps late), else
   ``microphone.latency_ms`` (the microphone stamps late), each the current value plus the
   measured offset;
-* a ``media`` source: ``audio_shift_ms`` (the current value minus the measured offset);
+* a ``media`` or ``rtsp`` source: ``audio_shift_ms`` (the current value minus the measured
+  offset; for a camera over RTSP, the offset its own encoder puts between audio and video);
 * a ``pattern`` source: the offset only (its ``audio_lead_ms`` is the truth it injects).
 
 Offsets use the one sign of the project: ``audio_lead_ms`` > 0 when audio is ahead of video.
@@ -26,6 +27,7 @@ from typing import Any, TextIO
 
 from crossmodald.harness import harness_config, run_daemon
 from crossmodald.ingest.base import SourceError
+from crossmodald.ingest.rtsp import RtspSourceConfig
 from crossmodald.runtime.device import DeviceError
 from crossmodald.runtime.registry import PluginLoadError, PluginRegistry
 from crossmodald.service.config import (
@@ -84,18 +86,19 @@ def correction_lines(config: SourceConfig, audio_lead_ms: float) -> list[str]:
         if microphone is not None:
             return [f"microphone.latency_ms = {microphone.latency_ms - audio_lead_ms:.1f}"]
         return []
-    if isinstance(config, MediaSourceConfig):
+    if isinstance(config, MediaSourceConfig | RtspSourceConfig):
         return [f"audio_shift_ms = {config.audio_shift_ms - audio_lead_ms:.1f}"]
     return []
 
 
 def recording_source(config: SourceConfig) -> SourceConfig:
-    """The source to record from; files and patterns are read as fast as they decode.
+    """The source to record from; files and patterns are read as fast as they decode, live
+    sources (devices, cameras over RTSP) as they come.
 
     Raises:
         SourceError: The source type cannot be calibrated.
     """
-    if isinstance(config, DeviceSourceConfig):
+    if isinstance(config, DeviceSourceConfig | RtspSourceConfig):
         return config
     if isinstance(config, MediaSourceConfig | PatternSourceConfig):
         return config.model_copy(update={"realtime": False})
