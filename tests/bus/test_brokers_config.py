@@ -137,3 +137,18 @@ async def test_credentials_in_the_url_never_reach_logs_or_events(
     fault = bus.replay_snapshot()[-1]
     assert fault.type == "sink.fault"
     assert "pw-s3cr3t" not in fault.json
+
+
+def test_in_fleet_mode_broker_sinks_name_the_fleet_daemon_unless_told_otherwise() -> None:
+    config = load_config_text(
+        '[fleet]\nnats_url = "nats://127.0.0.1:4222"\ndaemon_id = "edge-7"\n'
+        '[[sinks]]\ntype = "nats"\nurl = "nats://127.0.0.1:4222"\n'
+        '[[sinks]]\ntype = "mqtt"\nurl = "mqtt://127.0.0.1:1883"\n'
+        '[[sinks]]\ntype = "mqtt"\nurl = "mqtt://127.0.0.1:1884"\ndaemon = "own"\n'
+    )
+    nats, mqtt, mqtt_own = config.sinks
+    assert isinstance(nats, NatsSinkConfig)
+    assert isinstance(mqtt, MqttSinkConfig)
+    assert isinstance(mqtt_own, MqttSinkConfig)
+    assert (nats.daemon, mqtt.daemon, mqtt_own.daemon) == ("edge-7", "edge-7", "own")
+    assert nats.identity.endswith("/crossmodald.edge-7")

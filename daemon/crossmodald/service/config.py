@@ -211,6 +211,22 @@ class DaemonConfig(ConfigModel):
                 "[[sources]] cannot be used with [fleet]: in fleet mode the sources live in "
                 "the fleet's bucket; add them with POST /v1/sources on any daemon"
             )
+        if self.fleet is not None:
+            # A sink that names its daemon (nats subjects, MQTT availability and Home
+            # Assistant ids) takes the fleet's daemon id unless its table says otherwise, so
+            # broker subjects agree with the events' `daemon` field.
+            daemon_id = self.fleet.daemon_id
+            # The model is frozen: this runs while it is being built, before anyone holds it.
+            object.__setattr__(
+                self,
+                "sinks",
+                [
+                    sink.model_copy(update={"daemon": daemon_id})
+                    if "daemon" in type(sink).model_fields and "daemon" not in sink.model_fields_set
+                    else sink
+                    for sink in self.sinks
+                ],
+            )
         seen: set[str] = set()
         for source in self.sources:
             if source.name in seen:
