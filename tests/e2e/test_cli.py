@@ -178,7 +178,9 @@ def test_pattern_then_analyze_table(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     result = crossmodald("analyze", str(out))
     assert result.returncode == 0, result.stderr
-    match = re.search(r"median audio_lead_ms\s+([-+0-9.]+)", result.stdout)
+    match = re.search(
+        r"sync.offset method=flash .* median audio_lead_ms ([-+0-9.]+)", result.stdout
+    )
     assert match, result.stdout
     assert abs(float(match.group(1)) + 45.0) <= 2.0
     assert "sync.offset" in result.stdout
