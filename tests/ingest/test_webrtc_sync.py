@@ -142,10 +142,10 @@ def test_transport_and_content_offsets_are_measured_apart(session: Session) -> N
         )
         assert entry["plugin_status"]["avsync"]["audio_lead_ms"] == pytest.approx(content, abs=5.0)
         # /metrics exports the source's declared transport offset the way it does plugins'.
-        sample = f'crossmodald_stream_transport_offset_ms{{stream="{name}",source="webrtc"}} '
+        sample = f'crossmodald_stream_transport_offset_seconds{{stream="{name}",source="webrtc"}} '
         lines = [line for line in session.metrics.splitlines() if line.startswith(sample)]
         assert len(lines) == 1, name
-        assert float(lines[0].split()[-1]) == pytest.approx(-transport, abs=2.0), name
+        assert float(lines[0].split()[-1]) * 1000 == pytest.approx(-transport, abs=2.0), name
 
 
 def test_timestamp_skew_shows_in_transport_and_content_offsets(session: Session) -> None:

@@ -367,19 +367,21 @@ class WebRtcSource:
     #: The status values ``/metrics`` exports (see :func:`~crossmodald.ingest.base.source_metrics`).
     metrics: Sequence[MetricSpec] = (
         MetricSpec(
-            "crossmodald_stream_transport_offset_ms",
+            "crossmodald_stream_transport_offset_seconds",
             "gauge",
-            "Audio minus video network latency (ms): the A/V offset the timestamps give media "
-            "arriving together.",
+            "Audio minus video network latency (seconds): the A/V offset the timestamps give "
+            "media arriving together.",
             "transport.transport_offset_ms",
+            scale=0.001,
         ),
         *(
             MetricSpec(
-                "crossmodald_stream_transport_latency_ms",
+                "crossmodald_stream_transport_latency_seconds",
                 "gauge",
-                "Median packet arrival minus SR-mapped capture time (ms), per track.",
+                "Median packet arrival minus SR-mapped capture time (seconds), per track.",
                 f"transport.{track}_latency_ms",
                 {"track": track},
+                scale=0.001,
             )
             for track in ("audio", "video")
         ),

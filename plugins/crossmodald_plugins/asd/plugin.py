@@ -210,10 +210,11 @@ class SpeakerPlugin:
     provides: ClassVar[ProductKey[Any] | None] = None
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec(
-            "crossmodald_stream_audio_lead_ms",
+            "crossmodald_stream_audio_lead_seconds",
             "gauge",
-            "Latest A/V offset (positive: audio ahead of video).",
+            "Latest A/V offset in seconds (positive: audio ahead of video).",
             "audio_lead_ms",
+            scale=0.001,
         ),
         MetricSpec("crossmodald_stream_speakers", "gauge", "Faces speaking now.", "speaking_faces"),
     )

@@ -22,10 +22,11 @@ if TYPE_CHECKING:
 #: The per-stream metrics (names and meanings kept from before plugins declared them).
 METRICS = (
     MetricSpec(
-        "crossmodald_stream_audio_lead_ms",
+        "crossmodald_stream_audio_lead_seconds",
         "gauge",
-        "Latest A/V offset (positive: audio ahead of video).",
+        "Latest A/V offset in seconds (positive: audio ahead of video).",
         "audio_lead_ms",
+        scale=0.001,
     ),
     MetricSpec(
         "crossmodald_stream_sync_drift_ppm",
