@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from crossmodald.service.notify import Notifier
 
     try:
-        config = load_config(args.config)
+        config = _with_api_address(load_config(args.config), args.host, args.port)
     except ConfigError as exc:
         return _config_errors(exc)
     setup_logging(args.log_level or config.logging.level, config.logging.format)
@@ -89,6 +89,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(main())
+
+
+def _with_api_address(config: DaemonConfig, host: str | None, port: int | None) -> DaemonConfig:
+    """``config`` with ``run --host/--port`` in place of ``[api] host/port`` (checked by the
+    API's own model: a port in range, tokens for a non-loopback host)."""
+    if host is None and port is None:
+        return config
+    from crossmodald.api_config import ApiConfig
+
+    data = config.api.model_dump()
+    data.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    api = _validated(ApiConfig, "api", data)
+    return config.model_copy(update={"api": api.model_copy(update={"enabled": True})})
 
 
 # -- analyze -------------------------------------------------------------------------------
@@ -384,7 +397,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if errors:
         for line in errors:
             print(f"{source}: {line}", file=sys.stderr)
-        return 1
+        return 2  # an invalid config, as for `run`
     assert config is not None
     print(f"{source}: OK ({len(config.sources)} sources, {len(config.plugins)} plugins)")
     return 0
@@ -442,7 +455,7 @@ def cmd_pattern(args: argparse.Namespace) -> int:
 def cmd_devices(args: argparse.Namespace) -> int:
     from crossmodald.ingest.devices_list import devices_command
 
-    return devices_command("json" if args.json else "table")
+    return devices_command(args.format)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -501,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the daemon (default: the embedded configs/default.toml)")
     p.add_argument("--config", type=Path, help="TOML config file")
+    p.add_argument("--host", help="API address to listen on (overrides [api] host)")
+    p.add_argument("--port", type=int, help="API port (overrides [api] port; 0: any free one)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_run)
 
@@ -559,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pattern)
 
     p = sub.add_parser("devices", help="list local cameras and microphones with their modes")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser(

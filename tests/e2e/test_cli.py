@@ -85,7 +85,7 @@ def test_check_config(tmp_path: Path) -> None:
         "max_lag_ms = -5\ncolour = 1\n"
     )
     result = crossmodald("check-config", str(bad))
-    assert result.returncode == 1
+    assert result.returncode == 2  # an invalid config, as the README says
     errors = result.stderr.splitlines()
     assert any("sources.0.fps" in e for e in errors)
     assert any("plugins.0.max_lag_ms" in e for e in errors)
@@ -137,13 +137,13 @@ def test_plugins_lists_types_with_their_package_and_unloadable_ones_with_the_err
     version = r"crossmodald \d+\.\d+\S*"
     rows = {
         # Name, provides, needs of the default config, package, description: aligned columns.
-        "faces": rf"faces +faces\.tracks +- +{version} +The faces plugin: face tracks",
-        "speaker": rf"speaker +- +faces\.tracks, speech\.probs +{version} +The speaker plugin: who is talking",
+        "faces": rf"faces +faces\.tracks +- +{version} +Face tracks per stream",
+        "speaker": rf"speaker +- +faces\.tracks, speech\.probs +{version} +Who is talking",
         "avsync": rf"avsync +- +faces\.tracks \(optional\) +{version} +Audio/video sync",
         "broken": r"broken +\? +\? +crossmodald-thirdparty 2\.3 +ERROR: cannot import "
         r"crossmodald_thirdparty_missing\.plugin:BrokenFactory: ModuleNotFoundError",
         "pattern": rf"pattern +{version} +A synthetic test source",
-        "jsonl2": r"jsonl2 +crossmodald-thirdparty 2\.3 +The jsonl sink: one JSON line",
+        "jsonl2": r"jsonl2 +crossmodald-thirdparty 2\.3 +One JSON line per event",
     }
     for name, row in rows.items():
         assert re.search(rf"^  {row}", out, re.MULTILINE), f"{name}:\n{out}"
@@ -303,3 +303,50 @@ def test_run_with_the_port_taken_is_one_clear_line(tmp_path: Path) -> None:
     assert last.startswith("crossmodald: error: ")
     assert f"cannot listen on 127.0.0.1:{port}" in last
     assert "Traceback" not in result.stderr
+
+
+def test_run_host_and_port_override_the_config(tmp_path: Path) -> None:
+    from crossmodald.cli import _with_api_address
+    from crossmodald.service.config import ConfigError, load_config
+
+    config = load_config(None)
+    changed = _with_api_address(config, "::1", 9123)
+    assert (changed.api.host, changed.api.port) == ("::1", 9123)
+    assert _with_api_address(config, None, None) is config
+    with pytest.raises(ConfigError) as bad_port:
+        _with_api_address(config, None, 70000)
+    assert "api.port" in bad_port.value.errors[0]
+    # The API's own rule: an open address needs tokens (or allow_unauthenticated).
+    with pytest.raises(ConfigError) as exposed:
+        _with_api_address(config, "0.0.0.0", None)
+    assert "no [[api.tokens]]" in exposed.value.errors[0]
+    result = crossmodald("run", "--port", "70000")
+    assert result.returncode == 2
+    assert "api.port" in result.stderr
+
+
+async def test_run_listens_on_the_port_given(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "run.toml"
+    config.write_text('[[sources]]\ntype = "pattern"\nname = "p"\nwidth = 64\nheight = 48\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crossmodald", "run", "--config", str(config),
+        "--host", "127.0.0.1", "--port", str(port),
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as http, asyncio.timeout(60):
+            while True:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        assert response.status == 200
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
