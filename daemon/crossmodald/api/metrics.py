@@ -383,13 +383,6 @@ def _stream_metrics(
                 rates_ppm.get(f"{track}_ppm"),
                 {**lab, "track": track},
             )
-        out.add(
-            "crossmodald_stream_av_drift_ppm",
-            "gauge",
-            "Audio clock rate minus video clock rate (ppm), from arrival times.",
-            rates_ppm.get("av_drift_ppm"),
-            lab,
-        )
         _plugin_stream_metrics(out, s, plugins)
         # The source's own metrics, read from ``source_status`` the way plugins' are.
         owner = ("source", str(s.get("source", "")))

@@ -34,6 +34,12 @@ METRICS = (
         "A/V drift the sync analysis estimates (ppm).",
         "drift_ppm",
     ),
+    MetricSpec(
+        "crossmodald_stream_sync_drift_uncertainty_ppm",
+        "gauge",
+        "One standard error of the A/V drift estimate (ppm).",
+        "drift_uncertainty_ppm",
+    ),
     MetricSpec("crossmodald_stream_alarm", "gauge", "1 while a sync alarm is on.", "alarm"),
 )
 

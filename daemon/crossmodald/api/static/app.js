@@ -189,8 +189,11 @@
         const shown = d.smoothed_audio_lead_ms ?? confident;
         if (shown !== null && shown !== undefined) {
           placeNeedle("needle", shown);
+          // The smoothed value with the smoothed confidence (the median of the same windows);
+          // a lone confident window with its own.
+          const conf = d.smoothed_audio_lead_ms != null ? d.smoothed_confidence : d.confidence;
           $("offset").textContent =
-            `${describeLead(shown)}, confidence ${(d.confidence ?? 0).toFixed(2)}`;
+            `${describeLead(shown)}, confidence ${(conf ?? 0).toFixed(2)}`;
         } else if (d.audio_lead_ms !== null && d.audio_lead_ms !== undefined) {
           $("offset").textContent =
             `no confident estimate yet (window: ${fmtMs(d.audio_lead_ms)}, ` +
@@ -202,13 +205,15 @@
       }
       case "sync.transport":
         state.transport = d;
-        // transport_offset_ms: what the sender's SR-mapped timestamps say against arrival,
-        // on the same sign as sync.offset (audio ahead > 0).
-        placeNeedle("needle-transport", d.transport_offset_ms);
+        // The arrival lead (docs/webrtc.md): how far audio arrives ahead of video relative to
+        // their SR-mapped capture times (audio_lead_ms, > 0: audio arrives first), the offset
+        // the path adds. transport_offset_ms is its negation, shown as the timestamps' view.
+        placeNeedle("needle-transport", d.audio_lead_ms);
         $("transport").textContent =
-          d.transport_offset_ms === null || d.transport_offset_ms === undefined
+          d.audio_lead_ms === null || d.audio_lead_ms === undefined
             ? `waiting for Sender Reports (timing: ${d.timing})`
-            : `${describeLead(d.transport_offset_ms)}; latency audio ${fmtMs(d.audio_latency_ms)}, ` +
+            : `arrival lead ${describeLead(d.audio_lead_ms)}; timestamps ` +
+              `${fmtMs(d.transport_offset_ms)}; latency audio ${fmtMs(d.audio_latency_ms)}, ` +
               `video ${fmtMs(d.video_latency_ms)}`;
         break;
       case "sync.alarm": {
