@@ -547,7 +547,8 @@ class SpeakerSession:
             "speaking_track_ids": sorted(self._open),
         }
         last = self._last_offset or {}
-        for key in ("audio_lead_ms", "smoothed_audio_lead_ms", "confidence", "track_id"):
+        keys = ("audio_lead_ms", "smoothed_audio_lead_ms", "smoothed_confidence", "confidence")
+        for key in (*keys, "track_id"):
             out[key] = last.get(key)
         return out
 
