@@ -34,6 +34,7 @@
     streams: {}, // name -> stream record (below)
     order: [], // stream names in the order first seen
     draws: 0,
+    view: null, // "monitor" or "publish"
   };
   window.crossmodaldMonitor = state;
 
@@ -451,7 +452,7 @@
 
   function draw() {
     const root = document.getElementById("streams");
-    if (!root) return;
+    if (!root || state.view !== "monitor") return; // drawn again when shown
     const now = Date.now();
     const names = state.order;
     root.innerHTML = names.length
@@ -471,11 +472,23 @@
 
   // -- views ------------------------------------------------------------------------------------
 
+  let started = false;
   function show(view) {
     for (const name of ["monitor", "publish"]) {
       document.getElementById(`view-${name}`).classList.toggle("hidden", name !== view);
       document.getElementById(`tab-${name}`).setAttribute("aria-selected", String(name === view));
     }
+    state.view = view;
+    // The monitor starts when first shown: a page opened to publish (the calibration mode,
+    // whose flash timing wants the page idle) neither subscribes nor polls until then.
+    if (view === "monitor" && !started) {
+      started = true;
+      connect();
+      poll();
+      setInterval(poll, POLL_MS);
+      setInterval(schedule, 5000); // the time axis moves on without events
+    }
+    if (view === "monitor") schedule();
   }
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -484,9 +497,5 @@
     show(publish ? "publish" : "monitor");
     document.getElementById("tab-monitor").addEventListener("click", () => show("monitor"));
     document.getElementById("tab-publish").addEventListener("click", () => show("publish"));
-    connect();
-    poll();
-    setInterval(poll, POLL_MS);
-    setInterval(schedule, 5000); // the time axis moves on without events
   });
 })();
