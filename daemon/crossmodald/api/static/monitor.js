@@ -164,13 +164,18 @@
     schedule();
   }
 
+  let events = null; // the EventSource
   function connect() {
     // The daemon's replay buffer gives a fresh page the recent past (last_event_id=0); the
     // browser reconnects with Last-Event-ID by itself.
     // Each SSE message is named by its event type: a listener per type the page draws.
-    const query = new URLSearchParams({ last_event_id: "0", type: TYPES.join(",") });
+    // Again after a token change: from the last event seen, so nothing is taken twice.
+    const after = String(state.last_seq ?? 0);
+    const query = new URLSearchParams({ last_event_id: after, type: TYPES.join(",") });
     if (token()) query.set("access_token", token());
+    if (events) events.close();
     const source = new EventSource(`/v1/events?${query}`);
+    events = source;
     source.addEventListener("open", () => (state.connected = true));
     source.addEventListener("error", () => (state.connected = false));
     const take = (message) => {
@@ -497,5 +502,12 @@
     show(publish ? "publish" : "monitor");
     document.getElementById("tab-monitor").addEventListener("click", () => show("monitor"));
     document.getElementById("tab-publish").addEventListener("click", () => show("publish"));
+    // A token typed in later (the publish view's Connection part): subscribe again with it.
+    document.getElementById("token").addEventListener("change", () => {
+      if (started) {
+        connect();
+        poll();
+      }
+    });
   });
 })();
