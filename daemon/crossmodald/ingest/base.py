@@ -87,6 +87,28 @@ class ReportsStatus(Protocol):
         ...
 
 
+@runtime_checkable
+class DescribesLive(Protocol):
+    """The optional part of a :class:`Source` that learns about its stream while it runs (a
+    WebRTC publisher's picture size and frame rate, its timing moving to RTCP)."""
+
+    def info(self) -> StreamInfo:
+        """The stream as known now (what :meth:`Source.open` returned, updated); cheap."""
+        ...
+
+
+def source_info(source: Source) -> StreamInfo | None:
+    """The source's current description, or None when it has no ``info()`` or it failed."""
+    if not isinstance(source, DescribesLive):
+        return None
+    try:
+        info = source.info()
+    except Exception:  # like status(): never break /v1/streams
+        log.exception("source %s: info failed", getattr(source, "name", "?"))
+        return None
+    return info if isinstance(info, StreamInfo) else None
+
+
 def source_status(source: Source) -> dict[str, JsonValue] | None:
     """The source's own status, or None when it has no ``status()`` or it failed (logged)."""
     status = getattr(source, "status", None)

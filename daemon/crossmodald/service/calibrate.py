@@ -4,8 +4,11 @@ Record ``seconds`` of a configured source while a clap, or the pattern page's fl
 happens in front of the camera and microphone, through the daemon's own pipeline
 (:func:`crossmodald.harness.run_daemon`: the source, the configured windows, the avsync plugin
 in its host, its ``sync.offset`` events), and take the median of the confident per-window
-offsets. The result is printed with the
-TOML line that cancels it:
+offsets of the calibration methods (flash/beep, clap; never motion). The verdict needs
+:data:`MIN_WINDOWS` such windows whose spread (median absolute deviation) is at most
+:data:`MAX_SPREAD_MS`; otherwise the measurement is "unstable, try again" and no correction is
+printed. The web page's calibration mode applies the same rule (``static/app.js``). A verdict is
+printed with the TOML line that cancels it:
 
 * a ``device`` source: ``camera.latency_ms`` when audio leads (the camera stamps late), else
   ``microphone.latency_ms`` (the microphone stamps late), each the current value plus the
@@ -42,6 +45,23 @@ from crossmodald.service.config import (
 
 #: avsync methods whose offsets rest on one known instant, the only ones calibration trusts.
 CALIBRATION_METHODS = frozenset({"flash", "clap"})
+#: Largest spread (median absolute deviation of the windows' offsets, ms) that still gives a
+#: verdict: half a 30 fps frame. Wider means the measurement moved (a busy machine, a drifting
+#: clock, something else flashing or clapping) and the median says nothing; measured on the
+#: browser calibration pattern: 1-5 ms; a pattern drifting 1 % over 10 s: 24 ms.
+MAX_SPREAD_MS = 15.0
+#: Fewest calibration windows behind a verdict.
+MIN_WINDOWS = 3
+
+
+def spread_ms(leads: list[float]) -> float:
+    """The spread calibration judges: median absolute deviation from the median, ms."""
+    median = statistics.median(leads)
+    return float(statistics.median(abs(x - median) for x in leads))
+
+
+class UnstableCalibration(Exception):
+    """Calibration windows were found but disagree (or are too few) for a verdict."""
 
 
 class CalibrationError(Exception):
@@ -128,6 +148,8 @@ async def calibrate(
 
     Raises:
         CalibrationError: Unknown source, no audio or video, or no confident estimate.
+        UnstableCalibration: Fewer than :data:`MIN_WINDOWS` calibration windows, or their
+            spread is over :data:`MAX_SPREAD_MS`.
         SourceError: The source cannot open or failed.
         ConfigError, PluginLoadError, DeviceError: The avsync plugin cannot be set up.
     """
@@ -176,11 +198,22 @@ async def calibrate(
         )
     leads = [float(r["audio_lead_ms"]) for r in confident]
     median = statistics.median(leads)
+    spread = spread_ms(leads)
+    if len(leads) < MIN_WINDOWS or spread > MAX_SPREAD_MS:
+        why = (
+            f"only {len(leads)} calibration window(s), {MIN_WINDOWS} needed"
+            if len(leads) < MIN_WINDOWS
+            else f"spread {spread:.1f} ms over {len(leads)} windows, limit {MAX_SPREAD_MS:g} ms"
+        )
+        raise UnstableCalibration(
+            f"{source_name}: unstable, try again ({why}); clap or show the flash/beep "
+            f"steadily in front of the camera and microphone, on a machine that is not busy"
+        )
     methods = [str(r["method"]) for r in confident]
     return Calibration(
         source=source_name,
         audio_lead_ms=median,
-        spread_ms=statistics.median(abs(x - median) for x in leads),
+        spread_ms=spread,
         windows=len(confident),
         windows_total=len(results),
         method=max(set(methods), key=methods.count),
@@ -206,7 +239,8 @@ async def calibrate_command(
         err: Where errors go (stderr by default).
 
     Returns:
-        0 when measured, 1 when nothing could be measured, 2 on a config or setup error.
+        0 when measured, 1 when nothing could be measured or the measurement was unstable
+        (no verdict), 2 on a config or setup error.
     """
     stdout = out if out is not None else sys.stdout
     stderr = err if err is not None else sys.stderr
@@ -221,7 +255,7 @@ async def calibrate_command(
     except (PluginLoadError, DeviceError) as exc:
         print(f"calibrate: {exc}", file=stderr)
         return 2
-    except (CalibrationError, SourceError) as exc:
+    except (CalibrationError, UnstableCalibration, SourceError) as exc:
         print(f"calibrate: {exc}", file=stderr)
         return 1
     side = "ahead of" if result.audio_lead_ms >= 0 else "behind"

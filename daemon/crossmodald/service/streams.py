@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from crossmodald.bus.events import JsonValue
 from crossmodald.clock.drift import RateEstimator
-from crossmodald.ingest.base import Source, source_metrics, source_status
+from crossmodald.ingest.base import Source, source_info, source_metrics, source_status
 from crossmodald.ingest.registry import SourceConfigBase, SourceRegistry
 from crossmodald.media import NS_PER_S, ClockKind, StreamInfo
 from crossmodald.redact import redact_text
@@ -86,6 +86,7 @@ class StreamState:
         """Keep the source's last status and let the source go (the stream ended)."""
         if self.source is not None:
             self.last_source_status = source_status(self.source)
+            self.info = source_info(self.source) or self.info
             self.source = None
 
     def source_status(self) -> dict[str, JsonValue] | None:
@@ -93,17 +94,23 @@ class StreamState:
         return source_status(self.source) if self.source is not None else self.last_source_status
 
     def clock_rates(self) -> dict[str, float | None]:
-        """Transport view of the clocks: each track's rate error and the A/V drift, in ppm."""
-        video = self.video_rate.estimate() if self.video_rate else None
-        audio = self.audio_rate.estimate() if self.audio_rate else None
-        return {
-            "video_ppm": round(video.ppm, 1) if video else None,
-            "audio_ppm": round(audio.ppm, 1) if audio else None,
-            "av_drift_ppm": round(audio.ppm - video.ppm, 1) if audio and video else None,
-        }
+        """Each track's clock rate against the daemon's, ppm, with one standard error.
+
+        From arrival times, so network and scheduling jitter widen the uncertainty. The A/V
+        drift is the sync plugin's ``drift_ppm`` (``drift_uncertainty_ppm``), measured on the
+        media itself; it is not repeated here.
+        """
+        out: dict[str, float | None] = {}
+        for track, meter in (("video", self.video_rate), ("audio", self.audio_rate)):
+            rate = meter.estimate() if meter else None
+            out[f"{track}_ppm"] = round(rate.ppm, 1) if rate else None
+            out[f"{track}_uncertainty_ppm"] = round(rate.uncertainty_ppm, 1) if rate else None
+        return out
 
     def snapshot(self) -> dict[str, Any]:
-        info = self.info
+        # What the source knows now (a WebRTC stream learns its size, rate and timing after
+        # it opens), else what it said when it opened.
+        info = (source_info(self.source) if self.source is not None else None) or self.info
         out: dict[str, Any] = {
             "name": self.name,
             "source": self.kind,
