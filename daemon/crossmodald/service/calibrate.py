@@ -18,13 +18,12 @@ Offsets use the one sign of the project: ``audio_lead_ms`` > 0 when audio is ahe
 
 from __future__ import annotations
 
-import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from crossmodald.harness import harness_config, run_daemon
+from crossmodald.harness import estimate_offset, harness_config, run_daemon
 from crossmodald.ingest.base import SourceError
 from crossmodald.runtime.device import DeviceError
 from crossmodald.runtime.registry import PluginLoadError, PluginRegistry
@@ -37,9 +36,6 @@ from crossmodald.service.config import (
     SourceConfig,
     load_config,
 )
-
-#: avsync methods whose offsets rest on one known instant, the only ones calibration trusts.
-CALIBRATION_METHODS = frozenset({"flash", "clap"})
 
 
 class CalibrationError(Exception):
@@ -154,33 +150,21 @@ async def calibrate(
     if failures:
         raise SourceError(failures[0])
     recorded_s = record.recorded_s()
-    results = [e.data for e in result.events(source_name) if e.type == "sync.offset"]
-    # Only events with a known instant (a flash/beep, a clap) calibrate; the motion method's
-    # correlation on whatever else was in view is no reference and would skew the median.
-    confident = [
-        r
-        for r in results
-        if r.get("audio_lead_ms") is not None
-        and float(r.get("confidence", 0.0)) >= min_confidence
-        and str(r.get("method", "")) in CALIBRATION_METHODS
-    ]
-    if not confident:
-        reasons = sorted({str(r.get("reason") or "") for r in results} - {""})
-        why = f" ({'; '.join(reasons)})" if reasons else ""
+    estimate = estimate_offset(result.events(source_name), min_confidence=min_confidence)
+    if estimate.audio_lead_ms is None:
+        why = f" ({'; '.join(estimate.reasons)})" if estimate.reasons else ""
         raise CalibrationError(
             f"{source_name}: no clap or flash/beep found in {recorded_s:.1f} s of "
-            f"{len(results)} window(s){why}; make one in front of the camera and microphone"
+            f"{estimate.windows_total} window(s){why}; make one in front of the camera and "
+            "microphone"
         )
-    leads = [float(r["audio_lead_ms"]) for r in confident]
-    median = statistics.median(leads)
-    methods = [str(r["method"]) for r in confident]
     return Calibration(
         source=source_name,
-        audio_lead_ms=median,
-        spread_ms=statistics.median(abs(x - median) for x in leads),
-        windows=len(confident),
-        windows_total=len(results),
-        method=max(set(methods), key=methods.count),
+        audio_lead_ms=estimate.audio_lead_ms,
+        spread_ms=estimate.spread_ms,
+        windows=estimate.windows,
+        windows_total=estimate.windows_total,
+        method=estimate.method,
         recorded_s=recorded_s,
     )
 
