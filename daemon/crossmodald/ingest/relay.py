@@ -178,8 +178,33 @@ class EncodedTap:
         #: Capture (sender wall clock) to send time, common to both tracks; None until measured.
         self.latency_ns: int | None = None
         self.frames = 0
+        self.keyframe_requests = 0
+        self._receivers = {kind: receiver for kind, (receiver, _) in receivers.items()}
+        self._last_request_ns = 0
+        self._requests: set[asyncio.Future[None]] = set()
         for kind, (receiver, clock_rate) in receivers.items():
             self._wrap(kind, receiver, clock_rate)
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a key frame (RTCP PLI), at most twice a second.
+
+        A viewer joining mid-stream can only start decoding at one; browsers send them only on
+        request (aiortc's ``_send_rtcp_pli``, the receiver's own PLI path since aiortc 1.0).
+        """
+        receiver = self._receivers.get("video")
+        now = time.monotonic_ns()
+        if receiver is None or now - self._last_request_ns < 500 * NS_PER_MS:
+            return
+        self._last_request_ns = now
+        streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None) or {}
+        send = getattr(receiver, "_send_rtcp_pli", None)
+        if send is None:
+            return
+        for ssrc in list(streams):
+            self.keyframe_requests += 1
+            future = asyncio.ensure_future(send(ssrc))
+            self._requests.add(future)
+            future.add_done_callback(self._requests.discard)
 
     def _wrap(self, kind: str, receiver: RTCRtpReceiver, clock_rate: int) -> None:
         queue = getattr(receiver, "_RTCRtpReceiver__decoder_queue", None)
@@ -288,6 +313,7 @@ class RelayTrack(MediaStreamTrack):
             return
         if self._need_key:
             if not is_keyframe(self._tap.codecs.get(self.kind, ""), frame.data):
+                self._tap.request_keyframe()
                 return
             self._need_key = False
         if len(self._queue) >= self._max_queue:
