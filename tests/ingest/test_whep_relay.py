@@ -147,6 +147,7 @@ async def test_corrected_output_measures_zero_in_a_second_daemon() -> None:
         for e in b[skip:]
         if e["type"] == "sync.offset" and e["data"]["confidence"] >= 0.5
     ]
+    faults = [e["data"]["message"] for e in b if e["type"] == "stream.fault"]
     residual = statistics.median(after)
     cpu_s = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     print(
@@ -158,6 +159,8 @@ async def test_corrected_output_measures_zero_in_a_second_daemon() -> None:
         f"{settled_at}"
     )
     assert abs(residual) <= 10.0, after
+    # A steady relay: B's Sender-Report mapping never had to move or restart.
+    assert faults == [], faults
 
 
 async def test_whep_refuses_unknown_stream_and_wrong_codec() -> None:

@@ -304,7 +304,9 @@ class RelayTrack(MediaStreamTrack):
         self.sent = 0
         self.dropped = 0
         self.late = 0
-        #: Due time (Unix ns) of the frame ``recv`` returned last: what this track's SRs carry.
+        #: Due time (Unix ns) of the frame ``recv`` returned last: what this track's SRs carry,
+        #: 0 while frames are timed by arrival (SRs then say NTP 0, which receivers ignore: a
+        #: line mixing arrival- and capture-based stamps would tilt their RTP/NTP regression).
         self.due_unix_ns = 0
         tap.add(self._take)
 
@@ -324,12 +326,13 @@ class RelayTrack(MediaStreamTrack):
         self._queue.append(frame)
         self._wake.set()
 
-    def _due_unix_ns(self, frame: EncodedFrame, delay: int) -> int:
+    def _due_unix_ns(self, frame: EncodedFrame, delay: int) -> tuple[int, bool]:
+        """When the frame is due, and whether that rests on its capture time (else arrival)."""
         capture = self._tap.capture_unix_ns(frame)
         latency = self._tap.latency_ns
         if capture is None or latency is None:
-            return frame.arrival_unix_ns + delay
-        return capture + latency + delay
+            return frame.arrival_unix_ns + delay, False
+        return capture + latency + delay, True
 
     async def recv(self) -> Any:
         """The next frame as an ``av.Packet``, once it is due (aiortc packs it unchanged)."""
@@ -340,13 +343,13 @@ class RelayTrack(MediaStreamTrack):
             await self._wake.wait()
         frame = self._queue.popleft()
         delay = self._correction.delay_ns(self.kind)  # once: timestamps and due time agree
-        due = self._due_unix_ns(frame, delay)
+        due, timed = self._due_unix_ns(frame, delay)
         wait_ns = due - time.time_ns()
         if wait_ns > 0:
             await asyncio.sleep(wait_ns / NS_PER_S)
         elif wait_ns < -20 * NS_PER_MS:
             self.late += 1
-        self.due_unix_ns = due
+        self.due_unix_ns = due if timed else 0
         # The RTP timestamp carries the delay too, so timestamps, SRs and sending agree.
         delay_ticks = delay * frame.clock_rate // NS_PER_S
         packet = av.Packet(frame.data)
