@@ -230,3 +230,54 @@ def test_keyframes() -> None:
     assert not is_keyframe("VP8", bytes([0x11, 0, 0]))
     assert is_keyframe("H264", b"\x00\x00\x00\x01\x67rest\x00\x00\x01\x65")
     assert not is_keyframe("H264", b"\x00\x00\x00\x01\x41rest")
+
+
+async def whep_offer() -> str:
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp: str = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def test_whep_session_lifecycle_and_the_whip_token() -> None:
+    # [webrtc] token guards WHEP as it guards WHIP; DELETE ends a viewer once (then 404).
+    loopback_only()
+    media = encode_pattern(duration_s=2.0)
+    async with whip_daemon(token="s3cret") as a:
+        pub = await publish(a.base_url, "cam", media, loop=True, token="s3cret")
+        try:
+            offer = await whep_offer()
+            url = f"{a.base_url}/v1/whep/cam"
+            sdp = {"Content-Type": "application/sdp"}
+            async with aiohttp.ClientSession() as http:
+                async with http.post(url, data=offer, headers=sdp) as response:
+                    assert response.status == 401
+                async with http.post(
+                    url, data=offer, headers={**sdp, "Authorization": "Bearer wrong"}
+                ) as response:
+                    assert response.status == 401
+                auth = {"Authorization": "Bearer s3cret"}
+                async with http.post(url, data=offer, headers={**sdp, **auth}) as response:
+                    assert response.status == 201, await response.text()
+                    assert response.content_type == "application/sdp"
+                    assert "a=sendonly" in await response.text()
+                    location = response.headers["Location"]
+                    assert location.startswith("/v1/whep/session/")
+                    assert response.headers["ETag"]
+                await a.wait_until(lambda: bool(a.of("cam", "sync.correction")), 10)
+                assert a.of("cam", "sync.correction")[0]["data"]["viewers"] == 1
+                async with http.patch(a.base_url + location, headers=auth) as response:
+                    assert response.status == 405
+                async with http.delete(a.base_url + location) as response:
+                    assert response.status == 401
+                async with http.delete(a.base_url + location, headers=auth) as response:
+                    assert response.status == 200
+                async with http.delete(a.base_url + location, headers=auth) as response:
+                    assert response.status == 404
+        finally:
+            await pub.close()
