@@ -281,3 +281,44 @@ async def test_whep_session_lifecycle_and_the_whip_token() -> None:
                     assert response.status == 404
         finally:
             await pub.close()
+
+
+async def test_a_fixed_correction_set_through_the_api() -> None:
+    loopback_only()
+    media = encode_pattern(duration_s=2.0)
+    async with whip_daemon() as a:
+        pub = await publish(a.base_url, "cam", media, loop=True)
+        try:
+            async with aiohttp.ClientSession() as http:
+                url = f"{a.base_url}/v1/whep/cam/correction"
+                async with http.put(url, json={"audio_lead_ms": "x"}) as response:
+                    assert response.status == 400
+                async with http.put(url, json={"audio_lead_ms": -30}) as response:
+                    assert response.status == 200
+                    assert (await response.json())["source"] == "fixed"
+                sdp = {"Content-Type": "application/sdp"}
+                offer = await whep_offer()
+                async with http.post(f"{a.base_url}/v1/whep/cam", data=offer, headers=sdp) as r:
+                    assert r.status == 201
+                    location = r.headers["Location"]
+
+                def fixed_at(value: float) -> bool:
+                    return any(
+                        e["data"]["source"] == "fixed"
+                        and e["data"]["state"] == "settled"
+                        and e["data"]["audio_lead_ms"] == value
+                        for e in a.of("cam", "sync.correction")
+                    )
+
+                # Reached at the slew rate (20 ms/s): -30 ms in 1.5 s, video delayed.
+                await a.wait_until(lambda: fixed_at(-30.0), 10)
+                assert a.of("cam", "sync.correction")[-1]["data"]["delayed"] == "video"
+                async with http.put(url, json={"audio_lead_ms": None}) as response:
+                    assert (await response.json())["source"] == "measured"
+                await a.wait_until(
+                    lambda: a.of("cam", "sync.correction")[-1]["data"]["source"] == "measured", 5
+                )
+                async with http.delete(a.base_url + location) as response:
+                    assert response.status == 200
+        finally:
+            await pub.close()

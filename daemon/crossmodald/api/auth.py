@@ -57,6 +57,7 @@ ROUTE_SCOPES: tuple[tuple[str, str, Scope | None], ...] = (
     ("*", "/v1/sources", "admin"),
     ("*", "/v1/reload", "admin"),
     ("*", "/v1/whip", "publish"),
+    ("PUT", "/v1/whep", "admin"),  # setting a stream's correction changes what viewers get
     ("*", "/v1/whep", "subscribe"),  # watching a stream is reading it
     ("*", "/whip", "publish"),
 )

@@ -13,6 +13,10 @@ Routes (added by :func:`setup_whep`, next to WHIP, with WHIP's token and CORS ru
     Stops that viewer: ``200``; ``404`` for an unknown session.
 ``PATCH /v1/whep/session/{id}``
     ``405`` (no trickle ICE, no ICE restart).
+``PUT /v1/whep/{stream}/correction``
+    JSON ``{"audio_lead_ms": number}`` holds that correction for the stream (reached at the slew
+    rate), ``{"audio_lead_ms": null}`` follows the measurement again; ``200`` with the
+    correction's state. Needs scope ``admin`` (it changes what every viewer gets).
 
 Errors are JSON ``{"error": "..."}``: 400 malformed offer or name, 401/403 token or origin,
 404 no WHIP stream of that name is being published, 415 wrong content type, 422 the offer
@@ -108,6 +112,8 @@ class WhepEndpoint:
         self.relays: dict[str, _StreamRelay] = {}
         self.viewers: dict[str, _Viewer] = {}
         self._pending = 0
+        #: Corrections set through the API, by stream (None: follow the measurement).
+        self.fixed: dict[str, float | None] = {}
 
     def add_routes(self, app: web.Application) -> None:
         """Add the WHEP routes to an (unfrozen) application."""
@@ -116,6 +122,7 @@ class WhepEndpoint:
         app.router.add_route("OPTIONS", WHEP_PREFIX + "/session/{id}", self._options)
         app.router.add_delete(WHEP_PREFIX + "/session/{id}", self._delete)
         app.router.add_patch(WHEP_PREFIX + "/session/{id}", self._patch)
+        app.router.add_put(WHEP_PREFIX + "/{stream}/correction", self._put_correction)
         app.on_shutdown.append(self._on_shutdown)
 
     # -- handlers ---------------------------------------------------------------------------
@@ -244,6 +251,46 @@ class WhepEndpoint:
             {"stream": viewer.stream, "state": "ended"}, headers=whip._cors(request) or {}
         )
 
+    async def _put_correction(self, request: web.Request) -> web.Response:
+        whip = self.whip
+        if whip._cors(request) is None:
+            return whip._forbidden_origin(request)
+        denied = whip._authorize(request, "admin")
+        if denied is not None:
+            return denied
+        name = request.match_info["stream"]
+        if not _NAME.fullmatch(name):
+            return whip._error(request, 400, f"bad stream name {name[:80]!r}")
+        try:
+            body = await request.json()
+        except ValueError:
+            return whip._error(request, 400, 'expected JSON {"audio_lead_ms": number or null}')
+        value = body.get("audio_lead_ms", "missing") if isinstance(body, dict) else "missing"
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not -2000 <= float(value) <= 2000
+        ):
+            return whip._error(
+                request, 400, '"audio_lead_ms" must be a number within ±2000 or null'
+            )
+        fixed = None if value is None else float(value)
+        if fixed is None and self.config.whep_audio_lead_ms is not None:
+            fixed = self.config.whep_audio_lead_ms  # back to the configured one
+        self.fixed[name] = fixed
+        relay = self.relays.get(name)
+        if relay is not None:
+            relay.correction.set_fixed(fixed)
+            self._announce(relay, force=True)
+        return web.json_response(
+            {
+                "stream": name,
+                "source": "fixed" if fixed is not None else "measured",
+                "audio_lead_ms": fixed,
+            },
+            headers=whip._cors(request) or {},
+        )
+
     async def _patch(self, request: web.Request) -> web.Response:
         return self.whip._error(
             request,
@@ -272,7 +319,7 @@ class WhepEndpoint:
             correction=CorrectionController(
                 max_slew_ms_per_s=cfg.whep_max_slew_ms_per_s,
                 min_confidence=cfg.whep_min_confidence,
-                fixed_audio_lead_ms=cfg.whep_audio_lead_ms,
+                fixed_audio_lead_ms=self.fixed.get(name, cfg.whep_audio_lead_ms),
             ),
         )
         self.relays[name] = relay

@@ -115,6 +115,20 @@ class CorrectionController:
         self.source = "fixed" if fixed_audio_lead_ms is not None else "measured"
         self._last_ns: int | None = None
 
+    def set_fixed(self, audio_lead_ms: float | None) -> None:
+        """Hold ``audio_lead_ms`` from now on (None: follow the measurement again).
+
+        The value still moves there at the slew rate: a change made while people watch is as
+        gradual as a measured one.
+        """
+        self.fixed = audio_lead_ms
+        self.source = "fixed" if audio_lead_ms is not None else "measured"
+        if audio_lead_ms is not None:
+            self.target_ms = audio_lead_ms
+            self.holding = False
+        else:
+            self.holding = True  # until the next confident measurement
+
     def measure(self, audio_lead_ms: float | None, confidence: float) -> None:
         """Take one measured (smoothed) offset; an unsure one makes the correction hold."""
         if self.fixed is not None:
