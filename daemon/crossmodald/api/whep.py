@@ -309,8 +309,10 @@ class WhepEndpoint:
 
     def _relay(self, name: str, source: WebRtcSource) -> _StreamRelay:
         relay = self.relays.get(name)
-        if relay is not None and relay.source is source:
-            return relay
+        if relay is not None:
+            if relay.source is source:
+                return relay
+            self._retire(relay)  # a new publisher took the name: the old one's viewers end
         cfg = self.config
         relay = _StreamRelay(
             stream=name,
@@ -327,6 +329,19 @@ class WhepEndpoint:
         relay.tasks.append(loop.create_task(self._measure(relay), name=f"whep:measure:{name}"))
         relay.tasks.append(loop.create_task(self._tick(relay), name=f"whep:correct:{name}"))
         return relay
+
+    def _retire(self, relay: _StreamRelay) -> None:
+        """Drop a relay whose publisher is gone, with its viewers."""
+        self.relays.pop(relay.stream, None)
+        relay.tap.close()
+        for task in relay.tasks:
+            task.cancel()
+        for viewer in list(relay.viewers.values()):
+            self.viewers.pop(viewer.id, None)
+            asyncio.get_running_loop().create_task(
+                self._close_viewer(viewer), name=f"whep:end:{viewer.stream}"
+            )
+        relay.viewers.clear()
 
     def _drop_relay_if_idle(self, name: str) -> None:
         relay = self.relays.get(name)
