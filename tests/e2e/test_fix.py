@@ -294,3 +294,25 @@ def test_matroska_packets_without_decode_times(tmp_path: Path) -> None:
     code, _, err = fix(src, dst, "--audio-lead-ms", "30")
     assert code == 0, err
     assert packets(dst, "video") == packets(src, "video")
+
+
+def test_measures_a_clap(tmp_path: Path) -> None:
+    # A clap recording (no test pattern): --measure uses avsync's clap method, as analyze does.
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+    from clapkit import write_clap_clip
+
+    src = write_clap_clip(
+        tmp_path / "clap.mkv", fps=25, audio_lead_ms=60.0, contacts_s=(1.3, 4.1, 6.9), seconds=8.5
+    )
+    dst = tmp_path / "fixed.mkv"
+    code, out, err = fix(src, dst, "--measure")
+    assert code == 0, err
+    assert "measured: clap" in out
+    source = {"type": "media", "name": "m", "url": str(dst), "realtime": False}
+    result = run_plugins_sync([source], [{"type": "avsync", "method": "clap"}])
+    after = estimate_offset(result.events("m"), min_confidence=0.3)
+    assert after.audio_lead_ms is not None, after.reasons
+    assert abs(after.audio_lead_ms) < 40.0  # the clap method's precision: one frame
+    assert packets(dst, "video") == packets(src, "video")
