@@ -104,7 +104,10 @@ def test_fixed_file_measures_zero_and_keeps_the_video(
 
 
 def test_prints_the_ffmpeg_and_obs_equivalents(tmp_path: Path) -> None:
-    src = write_pattern(tmp_path / "in.mp4", fps="25", lead_ms=80.0)
+    # The input made as a user would: `crossmodald pattern`.
+    src = tmp_path / "in.mp4"
+    with redirect_stdout(io.StringIO()):
+        assert main(["pattern", str(src), "--audio-lead-ms", "80", "--duration", "4"]) == 0
     code, out, err = fix(src, tmp_path / "out.mp4", "--audio-lead-ms", "80")
     assert code == 0, err
     assert "-itsoffset 0.08 " in out
