@@ -84,9 +84,11 @@ class Pulled:
                 await self.changed.wait()
 
 
-async def test_corrected_output_measures_zero_in_a_second_daemon() -> None:
+@pytest.mark.parametrize("codec", ["vp8", "h264"])
+async def test_corrected_output_measures_zero_in_a_second_daemon(codec: str) -> None:
+    # VP8 (browsers' default) and H.264 (what OBS publishes): forwarded as they came.
     loopback_only()
-    media = encode_pattern(duration_s=4.0, audio_lead_ms=LEAD_MS)
+    media = encode_pattern(duration_s=4.0, audio_lead_ms=LEAD_MS, video_codec=codec)
     async with whip_daemon(whep_max_slew_ms_per_s=SLEW_MS_PER_S) as a:
         pub = await publish(a.base_url, "skewed", media, loop=True, events_channel=False)
         try:
@@ -151,7 +153,7 @@ async def test_corrected_output_measures_zero_in_a_second_daemon() -> None:
     residual = statistics.median(after)
     cpu_s = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     print(
-        f"\nWHEP: publisher {LEAD_MS:+.0f} ms, A measured {measured_a:+.2f} ms; B measured "
+        f"\nWHEP ({codec}): publisher {LEAD_MS:+.0f} ms, A measured {measured_a:+.2f} ms; B measured "
         f"{residual:+.2f} ms after settling (windows {len(after)}, spread "
         f"{max(after) - min(after):.1f} ms); settled {settle_s:.1f} s after B connected "
         f"(slew {SLEW_MS_PER_S:g} ms/s); process CPU {100 * cpu_s / wall:.0f}% of a core "
