@@ -312,9 +312,22 @@ async def test_a_fixed_correction_set_through_the_api() -> None:
                         for e in a.of("cam", "sync.correction")
                     )
 
-                # Reached at the slew rate (20 ms/s): -30 ms in 1.5 s, video delayed.
+                # Set before the first viewer: its output starts there; video delayed.
                 await a.wait_until(lambda: fixed_at(-30.0), 10)
                 assert a.of("cam", "sync.correction")[-1]["data"]["delayed"] == "video"
+                # A change while someone watches slews: -30 -> +20 ms at 20 ms/s takes 2.5 s.
+                changed = time.monotonic()
+                async with http.put(url, json={"audio_lead_ms": 20}) as response:
+                    assert response.status == 200
+                await a.wait_until(lambda: fixed_at(20.0), 10)
+                assert time.monotonic() - changed >= 2.3
+                moving = [
+                    e["data"]["audio_lead_ms"]
+                    for e in a.of("cam", "sync.correction")
+                    if e["data"]["state"] == "slewing"
+                ]
+                assert moving
+                assert all(-30.0 <= v <= 20.0 for v in moving)
                 async with http.put(url, json={"audio_lead_ms": None}) as response:
                     assert (await response.json())["source"] == "measured"
                 await a.wait_until(

@@ -48,7 +48,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription
 
 from crossmodald.api.whip import MAX_OFFER_BYTES, WhipEndpoint, _capability
-from crossmodald.bus.bus import EventFilter, SubscriberClosed
+from crossmodald.bus.bus import EventFilter, SubscriberClosed, Subscription
 from crossmodald.bus.events import Event
 from crossmodald.config_base import NAME_PATTERN
 from crossmodald.ingest.relay import (
@@ -326,7 +326,21 @@ class WhepEndpoint:
         )
         self.relays[name] = relay
         loop = asyncio.get_running_loop()
-        relay.tasks.append(loop.create_task(self._measure(relay), name=f"whep:measure:{name}"))
+        try:
+            # From the stream's buffered events on: the first viewer starts at the offset
+            # already measured (nothing has played at another one), later changes slew.
+            sub = self.host.bus.subscribe(
+                EventFilter.from_lists(["sync.offset"], [name]), 0, name=f"whep:{name}:offsets"
+            )
+        except SubscriberClosed:
+            sub = None
+        if sub is not None:
+            for envelope in sub.drain_nowait(1_000_000):
+                self._take_offset(relay, envelope)
+            relay.correction.start_at_target()
+            relay.tasks.append(
+                loop.create_task(self._measure(relay, sub), name=f"whep:measure:{name}")
+            )
         relay.tasks.append(loop.create_task(self._tick(relay), name=f"whep:correct:{name}"))
         return relay
 
@@ -382,30 +396,25 @@ class WhepEndpoint:
 
     # -- the correction ---------------------------------------------------------------------
 
-    async def _measure(self, relay: _StreamRelay) -> None:
+    def _take_offset(self, relay: _StreamRelay, envelope: Any) -> None:
+        body = envelope.as_dict()
+        data: Any = body.get("data") or {}
+        media: Any = body.get("media") or {}
+        relay.media_end_ns = int(media.get("end_ns") or relay.media_end_ns)
+        lead = data.get("smoothed_audio_lead_ms")
+        if lead is None:
+            lead = data.get("audio_lead_ms")
+        confidence = float(data.get("confidence") or 0.0)
+        relay.correction.measure(
+            None if lead is None else float(lead),
+            confidence if data.get("audio_lead_ms") is not None else 0.0,
+        )
+
+    async def _measure(self, relay: _StreamRelay, sub: Subscription) -> None:
         """Feed the stream's ``sync.offset`` events to its correction."""
         try:
-            sub = self.host.bus.subscribe(
-                EventFilter.from_lists(["sync.offset"], [relay.stream]),
-                None,
-                name=f"whep:{relay.stream}:offsets",
-            )
-        except SubscriberClosed:
-            return
-        try:
             async for envelope in sub:
-                body = envelope.as_dict()
-                data: Any = body.get("data") or {}
-                media: Any = body.get("media") or {}
-                relay.media_end_ns = int(media.get("end_ns") or relay.media_end_ns)
-                lead = data.get("smoothed_audio_lead_ms")
-                if lead is None:
-                    lead = data.get("audio_lead_ms")
-                confidence = float(data.get("confidence") or 0.0)
-                relay.correction.measure(
-                    None if lead is None else float(lead),
-                    confidence if data.get("audio_lead_ms") is not None else 0.0,
-                )
+                self._take_offset(relay, envelope)
         except SubscriberClosed:
             pass
         finally:

@@ -129,6 +129,10 @@ class CorrectionController:
         else:
             self.holding = True  # until the next confident measurement
 
+    def start_at_target(self) -> None:
+        """Take the target at once: only before anything was sent (no viewer saw another value)."""
+        self.value_ms = self.target_ms
+
     def measure(self, audio_lead_ms: float | None, confidence: float) -> None:
         """Take one measured (smoothed) offset; an unsure one makes the correction hold."""
         if self.fixed is not None:
