@@ -453,6 +453,77 @@ def cmd_pattern(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fix(args: argparse.Namespace) -> int:
+    from crossmodald.fix import FixError, MeasureError, TerminalProgress, fix_file, measure_offset
+    from crossmodald.runtime.registry import PluginLoadError
+    from crossmodald.service.logs import setup_logging
+
+    src: Path = args.input
+    dst: Path = args.output
+    # Refuse before a long measurement what the write would refuse anyway.
+    if dst.exists() and not args.force:
+        return _fail(f"{dst}: exists; pass --force to replace it")
+    if not src.is_file():
+        return _fail(f"{src}: no such file")
+    setup_logging(args.log_level or "warning", "plain")
+    if args.measure:
+        bar = TerminalProgress("measuring")
+        try:
+            estimate = asyncio.run(
+                measure_offset(src, min_confidence=args.min_confidence, progress=bar)
+            )
+        except MeasureError as exc:
+            bar.done()
+            return _fail(f"refusing to fix: {exc}")
+        except (FixError, PluginLoadError, ConfigError, ValueError) as exc:
+            bar.done()
+            return _fail(str(exc))
+        bar.done()
+        assert estimate.audio_lead_ms is not None
+        lead_ms = estimate.audio_lead_ms
+        how = (
+            f"measured: {estimate.method}, {estimate.windows} of {estimate.windows_total} "
+            f"windows, confidence {estimate.confidence:.2f}, spread {estimate.spread_ms:.1f} ms"
+        )
+    else:
+        lead_ms = args.audio_lead_ms
+        how = "given"
+    bar = TerminalProgress("writing  ")
+    try:
+        report = fix_file(src, dst, lead_ms, force=args.force, progress=bar)
+    except FixError as exc:
+        bar.done()
+        return _fail(str(exc))
+    bar.done()
+    correction = report.correction
+    print(f"corrected audio_lead_ms = {lead_ms:+.2f} ({how})")
+    if report.moved == "audio":
+        print(f"  audio moved {report.applied_ms:.3f} ms later; other streams untouched")
+    elif report.moved == "video":
+        print(
+            f"  video, subtitles, data and chapters moved {-report.applied_ms:.3f} ms later "
+            "(audio untouched, nothing cut)"
+        )
+    else:
+        print("  nothing to move; streams copied")
+    for action in report.streams:
+        shift = f", shifted {action.shift_ms:+.3f} ms" if action.shift_ms else ""
+        print(
+            f"  #{action.index} {action.kind} {action.codec}: {action.packets} packets copied{shift}"
+        )
+    if report.chapters:
+        print(f"  {report.chapters} chapter(s) kept")
+    print("  re-encoded: none (every packet copied)")
+    print("the same correction elsewhere:")
+    print(f"  FFmpeg: {correction.ffmpeg_command(src, dst)}")
+    print(
+        f"  OBS:    audio source > Advanced Audio Properties > Sync Offset = "
+        f"{correction.obs_sync_offset_ms:+.0f} ms"
+    )
+    print(f"wrote {dst}")
+    return 0
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     from crossmodald.ingest.devices_list import devices_command
 
@@ -573,6 +644,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-ppm", type=float, default=0.0)
     p.add_argument("--period", type=float, default=1.2, help="seconds between flashes")
     p.set_defaults(func=cmd_pattern)
+
+    p = sub.add_parser(
+        "fix", help="write a copy of a file with the audio moved into sync (no re-encoding)"
+    )
+    p.add_argument("input", type=Path, help="media file to correct")
+    p.add_argument("output", type=Path, help="corrected copy (.mp4, .mov, .mkv, .webm, .ts)")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument(
+        "--audio-lead-ms",
+        type=float,
+        help="the input's offset to correct (+ = audio ahead of video, as analyze reports it)",
+    )
+    how.add_argument(
+        "--measure",
+        action="store_true",
+        help="measure the offset first (flash/beep pattern or a clap), refuse if unsure",
+    )
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.5,
+        help="with --measure: windows below this confidence do not count (default 0.5)",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_fix)
 
     p = sub.add_parser("devices", help="list local cameras and microphones with their modes")
     p.add_argument("--format", choices=["table", "json"], default="table")

@@ -91,7 +91,7 @@ async def test_page_and_files_are_public_while_whip_and_events_keep_their_scopes
 
 def test_every_file_the_page_names_is_shipped() -> None:
     names = re.findall(r'(?:src|href)="/static/([^"]+)"', _page())
-    assert sorted(names) == ["app.js", "monitor.js", "style.css"]
+    assert sorted(names) == ["app.js", "monitor.js", "style.css", "watch.js"]
     for name in names:
         assert (STATIC_DIR / name).is_file(), name
 
@@ -99,6 +99,14 @@ def test_every_file_the_page_names_is_shipped() -> None:
 def test_every_element_the_script_uses_exists() -> None:
     ids = set(re.findall(r'\bid="([^"]+)"', _page()))
     used = set(re.findall(r'\$\("([^"]+)"\)', _script()))
+    watch = (STATIC_DIR / "watch.js").read_text(encoding="utf-8")
+    watch_used = set(re.findall(r'\$\("([^"]+)"\)', watch))
+    assert watch_used - ids == set()
+    # The Watch view: WHEP verbs, no STUN/TURN traffic from the page.
+    assert "/v1/whep/" in watch
+    assert '"Content-Type": "application/sdp"' in watch
+    assert 'method: "DELETE"' in watch
+    assert "iceServers: []" in watch
     assert used, "the script looks up no element: the pattern no longer matches it"
     assert used - ids == set()
     monitor = (STATIC_DIR / "monitor.js").read_text(encoding="utf-8")
@@ -116,7 +124,7 @@ def test_every_element_the_script_uses_exists() -> None:
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
-@pytest.mark.parametrize("name", ["app.js", "monitor.js"])
+@pytest.mark.parametrize("name", ["app.js", "monitor.js", "watch.js"])
 def test_script_parses(name: str) -> None:
     result = subprocess.run(
         ["node", "--check", str(STATIC_DIR / name)],

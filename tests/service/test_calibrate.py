@@ -12,6 +12,7 @@ import av
 import numpy as np
 import pytest
 
+from crossmodald.harness import spread_ms
 from crossmodald.ingest.pattern import write_pattern_file
 from crossmodald.service.calibrate import (
     CALIBRATION_METHODS,
@@ -19,7 +20,6 @@ from crossmodald.service.calibrate import (
     MIN_WINDOWS,
     calibrate_command,
     correction_lines,
-    spread_ms,
 )
 from crossmodald.service.config import (
     DeviceSourceConfig,

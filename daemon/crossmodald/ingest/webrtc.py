@@ -377,6 +377,10 @@ class WebRtcSource:
         with contextlib.suppress(Exception):
             await self.pc.close()
 
+    def receivers(self) -> dict[str, tuple[RTCRtpReceiver, int]]:
+        """``kind -> (receiver, RTP clock rate)`` of the publisher's tracks (WHEP forwards them)."""
+        return {kind: (t.receiver, t.clock_rate) for kind, t in self._tracks.items()}
+
     # -- state for the API ----------------------------------------------------------------------
 
     @property

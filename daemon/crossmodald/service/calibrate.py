@@ -22,13 +22,17 @@ Offsets use the one sign of the project: ``audio_lead_ms`` > 0 when audio is ahe
 
 from __future__ import annotations
 
-import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from crossmodald.harness import harness_config, run_daemon
+from crossmodald.harness import (
+    REFERENCE_METHODS,
+    estimate_offset,
+    harness_config,
+    run_daemon,
+)
 from crossmodald.ingest.base import SourceError
 from crossmodald.ingest.rtsp import RtspSourceConfig
 from crossmodald.runtime.device import DeviceError
@@ -43,8 +47,9 @@ from crossmodald.service.config import (
     load_config,
 )
 
-#: avsync methods whose offsets rest on one known instant, the only ones calibration trusts.
-CALIBRATION_METHODS = frozenset({"flash", "clap"})
+#: avsync methods whose offsets rest on one known instant, the only ones calibration trusts
+#: (the same as ``crossmodald fix --measure``'s).
+CALIBRATION_METHODS = REFERENCE_METHODS
 #: Largest spread (median absolute deviation of the windows' offsets, ms) that still gives a
 #: verdict: half a 30 fps frame. Wider means the measurement moved (a busy machine, a drifting
 #: clock, something else flashing or clapping) and the median says nothing; measured on the
@@ -52,12 +57,6 @@ CALIBRATION_METHODS = frozenset({"flash", "clap"})
 MAX_SPREAD_MS = 15.0
 #: Fewest calibration windows behind a verdict.
 MIN_WINDOWS = 3
-
-
-def spread_ms(leads: list[float]) -> float:
-    """The spread calibration judges: median absolute deviation from the median, ms."""
-    median = statistics.median(leads)
-    return float(statistics.median(abs(x - median) for x in leads))
 
 
 class UnstableCalibration(Exception):
@@ -179,44 +178,34 @@ async def calibrate(
     if failures:
         raise SourceError(failures[0])
     recorded_s = record.recorded_s()
-    results = [e.data for e in result.events(source_name) if e.type == "sync.offset"]
-    # Only events with a known instant (a flash/beep, a clap) calibrate; the motion method's
-    # correlation on whatever else was in view is no reference and would skew the median.
-    confident = [
-        r
-        for r in results
-        if r.get("audio_lead_ms") is not None
-        and float(r.get("confidence", 0.0)) >= min_confidence
-        and str(r.get("method", "")) in CALIBRATION_METHODS
-    ]
-    if not confident:
-        reasons = sorted({str(r.get("reason") or "") for r in results} - {""})
-        why = f" ({'; '.join(reasons)})" if reasons else ""
+    estimate = estimate_offset(result.events(source_name), min_confidence=min_confidence)
+    if estimate.audio_lead_ms is None:
+        why = f" ({'; '.join(estimate.reasons)})" if estimate.reasons else ""
         raise CalibrationError(
             f"{source_name}: no clap or flash/beep found in {recorded_s:.1f} s of "
-            f"{len(results)} window(s){why}; make one in front of the camera and microphone"
+            f"{estimate.windows_total} window(s){why}; make one in front of the camera and "
+            "microphone"
         )
-    leads = [float(r["audio_lead_ms"]) for r in confident]
-    median = statistics.median(leads)
-    spread = spread_ms(leads)
-    if len(leads) < MIN_WINDOWS or spread > MAX_SPREAD_MS:
+    median = estimate.audio_lead_ms
+    spread = estimate.spread_ms
+    if estimate.windows < MIN_WINDOWS or spread > MAX_SPREAD_MS:
         why = (
-            f"only {len(leads)} calibration window(s), {MIN_WINDOWS} needed"
-            if len(leads) < MIN_WINDOWS
-            else f"spread {spread:.1f} ms over {len(leads)} windows, limit {MAX_SPREAD_MS:g} ms"
+            f"only {estimate.windows} calibration window(s), {MIN_WINDOWS} needed"
+            if estimate.windows < MIN_WINDOWS
+            else f"spread {spread:.1f} ms over {estimate.windows} windows, "
+            f"limit {MAX_SPREAD_MS:g} ms"
         )
         raise UnstableCalibration(
             f"{source_name}: unstable, try again ({why}); clap or show the flash/beep "
             f"steadily in front of the camera and microphone, on a machine that is not busy"
         )
-    methods = [str(r["method"]) for r in confident]
     return Calibration(
         source=source_name,
         audio_lead_ms=median,
         spread_ms=spread,
-        windows=len(confident),
-        windows_total=len(results),
-        method=max(set(methods), key=methods.count),
+        windows=estimate.windows,
+        windows_total=estimate.windows_total,
+        method=estimate.method,
         recorded_s=recorded_s,
     )
 

@@ -302,7 +302,11 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
                 if self.config.webrtc.enabled:
                     from crossmodald.api.whip import setup_whip
 
-                    setup_whip(app, self, self.config.webrtc)
+                    whip = setup_whip(app, self, self.config.webrtc)
+                    if self.config.webrtc.whep_enabled:
+                        from crossmodald.api.whep import setup_whep
+
+                        setup_whep(app, whip)
                 try:
                     runner = await serve(
                         app,
