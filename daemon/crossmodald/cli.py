@@ -111,6 +111,13 @@ def _analyze_config(args: argparse.Namespace) -> DaemonConfig:
         plugins = [by_type.get(name, {"type": name}) for name in args.plugin]
     if not plugins:
         plugins = [{"type": "avsync"}]
+    if args.format in SUBTITLE_FORMATS:
+        if not any(p.get("type") == "transcript" for p in plugins):
+            raise ConfigError("arguments", [f"--format {args.format} needs --plugin transcript"])
+        # Subtitles take only finals: partials would cost Whisper calls for nothing.
+        plugins = [
+            {"partials": False, **p} if p.get("type") == "transcript" else p for p in plugins
+        ]
     name = Path(args.media).stem if "://" not in args.media else "stream"
     source = MediaSourceConfig(
         type="media",
@@ -214,6 +221,76 @@ def format_event_line(event: dict[str, Any]) -> str:
     )
 
 
+#: ``analyze --format`` values that write subtitles from the transcript plugin's finals.
+SUBTITLE_FORMATS = ("srt", "vtt")
+
+
+class _Subtitles:
+    """Gathers final ``transcript`` events; writes them as subtitles at the end."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+        self.events: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+
+    def __call__(self, envelope: Envelope) -> None:
+        if envelope.type == "transcript":
+            self.events.append(envelope.as_dict())
+        elif envelope.type in ("stream.fault", "plugin.error"):
+            self.errors.append(str(envelope.as_dict()["data"].get("message", "")))
+
+    def write(self, out: TextIO) -> int:
+        from crossmodald_plugins.transcript.subtitles import cues, write_srt, write_vtt
+
+        items = cues(self.events)
+        out.write(write_srt(items) if self.fmt == "srt" else write_vtt(items))
+        return len(items)
+
+
+class _Progress:
+    """A line on stderr every few seconds: media analysed, of how much, how fast."""
+
+    EVERY_S = 2.0
+
+    def __init__(self, media: str, out: TextIO) -> None:
+        import time
+
+        self._time = time.monotonic
+        self.out = out
+        self.started = self._time()
+        self.last = self.started
+        self.done_ns = 0
+        self.total_s = _media_duration_s(media)
+
+    def __call__(self, stream: str, done_ns: int) -> None:
+        self.done_ns = max(self.done_ns, done_ns)
+        now = self._time()
+        if now - self.last < self.EVERY_S:
+            return
+        self.last = now
+        done_s = self.done_ns / 1e9
+        speed = done_s / max(now - self.started, 1e-9)
+        of = f" of {self.total_s:.0f} s ({done_s / self.total_s:.0%})" if self.total_s else ""
+        print(
+            f"analyze: {done_s:.0f} s{of} analysed, {speed:.1f}x real time",
+            file=self.out,
+            flush=True,
+        )
+
+
+def _media_duration_s(media: str) -> float | None:
+    """The container's duration, when it says (None for live inputs and unknown lengths)."""
+    if "://" in media:
+        return None
+    try:
+        import av
+
+        with av.open(media) as container:
+            return container.duration / 1e6 if container.duration else None
+    except (OSError, ValueError, av.FFmpegError):
+        return None
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from crossmodald.harness import run_daemon
     from crossmodald.runtime.registry import PluginLoadError
@@ -226,6 +303,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         return _fail("; ".join(format_validation_error(exc)), 2)
     setup_logging(args.log_level or "warning", "plain")
+    if args.format in SUBTITLE_FORMATS:
+        return _analyze_subtitles(args, config)
     printer = _Printer(args.format, sys.stdout)
 
     async def main() -> int:
@@ -256,6 +335,39 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(json.dumps({"summary": summary}), file=sys.stderr)
         else:
             print(_format_summary(summary))
+    return code
+
+
+def _analyze_subtitles(args: argparse.Namespace, config: DaemonConfig) -> int:
+    from crossmodald.harness import run_daemon
+    from crossmodald.runtime.registry import PluginLoadError
+
+    subtitles = _Subtitles(args.format)
+    progress = None if args.quiet else _Progress(args.media, sys.stderr)
+
+    async def main() -> int:
+        try:
+            result = await run_daemon(
+                config,
+                on_event=subtitles,
+                config_source=str(args.config or "analyze"),
+                freeze_gc=True,
+                on_media=progress,
+            )
+        except ConfigError as exc:
+            return _config_errors(exc)
+        except (PluginLoadError, ValueError) as exc:
+            return _fail(str(exc))
+        if result.code != 0:
+            message = next(iter(result.errors.values()), None) or "analysis failed"
+            return _fail(message)
+        return 0
+
+    code = asyncio.run(main())
+    if code == 0:
+        count = subtitles.write(sys.stdout)
+        if not args.quiet:
+            print(f"analyze: {count} subtitle cues", file=sys.stderr)
     return code
 
 
@@ -435,7 +547,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", action="append", help="plugin to run (repeatable; default avsync)")
     p.add_argument("--window", type=float, help="window length in seconds (default 2)")
     p.add_argument("--hop", type=float, help="window hop in seconds (default 0.5)")
-    p.add_argument("--format", choices=["jsonl", "table"], default="table")
+    p.add_argument(
+        "--format",
+        choices=["jsonl", "table", *SUBTITLE_FORMATS],
+        default="table",
+        help="jsonl or table: events; srt or vtt: subtitles from --plugin transcript",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (srt/vtt)")
     p.add_argument("--config", type=Path, help="take window and plugin settings from this config")
     p.add_argument(
         "--audio-shift-ms",
