@@ -610,10 +610,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("eval", help="run a plugin over labelled media and print its metrics")
-    p.add_argument("plugin", help="plugin name, e.g. speech, avsync")
+    p.add_argument("plugin", help="plugin name, e.g. speech, avsync, transcript")
     p.add_argument("media", type=Path, help="media file (or folder of clips for lipsync)")
-    p.add_argument("labels", type=Path, nargs="?", help="reference labels (RTTM for speech)")
-    p.add_argument("--task", choices=["speech", "lipsync", "speaker"])
+    p.add_argument(
+        "labels",
+        type=Path,
+        nargs="?",
+        help="reference labels (RTTM for speech, a text file for transcript)",
+    )
+    p.add_argument("--task", choices=["speech", "lipsync", "speaker", "transcript"])
     p.add_argument("--shifts", type=float, nargs="+", help="audio shifts in ms (lipsync)")
     p.add_argument("--second", type=Path, help="right-hand clip (speaker task)")
     p.add_argument("--window", type=float, help="window length in seconds")
