@@ -1,0 +1,321 @@
+"""The transcript plugin: Whisper (the packaged tiny.en) on the shared VAD, through the daemon.
+
+Speech comes from espeak-ng (known sentences, made here) and from the JFK clip in
+../shared/media; each test skips with a reason when what it needs is absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jsonschema
+import numpy as np
+import pytest
+from chainkit import PluginChain
+from mediakit import make_windows
+from speechkit import LONG_SENTENCE, SENTENCES, Spoken, compose, espeak_available
+
+from crossmodald.bus import EventBus, event_schema
+from crossmodald.bus.events import Event, Phase
+from crossmodald.harness import run_plugins_sync
+from crossmodald.media import NS_PER_S, StreamInfo, Window
+from crossmodald.runtime.plugin import BatchItem, MetricSpec, PluginConfig, ProductKey
+from crossmodald.service.evaluate import decode_media
+from crossmodald.service.wer import wer
+
+pytest.importorskip("faster_whisper", reason="faster-whisper is not installed (extra: transcript)")
+
+from crossmodald_plugins.products import SPEAKING, FaceSpeaking, SpeakingFaces
+from crossmodald_plugins.transcript import (
+    ModelError,
+    TranscriptConfig,
+    TranscriptFactory,
+    TranscriptPlugin,
+    default_model_dir,
+)
+from crossmodald_plugins.transcript.model import Clip, Decoded, WhisperEngine
+from crossmodald_plugins.vad import SpeechConfig, SpeechFactory
+
+needs_espeak = pytest.mark.skipif(
+    not espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng)"
+)
+
+try:
+    default_model_dir()
+except ModelError as exc:  # pragma: no cover - the CI installs it
+    pytest.skip(str(exc), allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def plugin() -> TranscriptPlugin:
+    return TranscriptFactory.create(TranscriptConfig(), "cpu")
+
+
+@pytest.fixture(scope="module")
+def sentences(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Spoken]]:
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    path = tmp_path_factory.mktemp("speech") / "sentences.wav"
+    return path, compose(path, SENTENCES[:3])
+
+
+def _run(path: Path, **table: Any) -> list[Event]:
+    result = run_plugins_sync(
+        [{"type": "media", "name": "s", "url": str(path), "realtime": False}],
+        [{"type": "transcript", "device": "cpu", **table}],
+    )
+    assert result.failures() == []
+    return result.events("s")
+
+
+def _finals(events: Sequence[Event]) -> list[Event]:
+    return [e for e in events if e.type == "transcript" and e.phase is Phase.END]
+
+
+@needs_espeak
+def test_sentences_are_transcribed_with_words_on_media_time(
+    sentences: tuple[Path, list[Spoken]],
+) -> None:
+    path, spoken = sentences
+    events = _run(path, partials=False)
+    finals = _finals(events)
+    assert len(finals) == len(spoken), [f.data["text"] for f in finals]
+    total = wer(" ".join(s.text for s in spoken), " ".join(str(f.data["text"]) for f in finals))
+    assert total.wer <= 0.35, [f.data["text"] for f in finals]
+    for final, said in zip(finals, spoken, strict=True):
+        data = final.data
+        assert data["final"] is True
+        assert data["language"] == "en"
+        assert data["speaker"] is None
+        assert data["speaker_method"] == "none"
+        assert data["incomplete"] is False
+        assert data["error"] is None
+        words = data["words"]
+        assert isinstance(words, list)
+        assert words
+        starts = [int(w["start_ns"]) for w in words]
+        assert starts == sorted(starts)
+        # Words lie on the stream's media time, where the sentence was spoken.
+        assert abs(starts[0] / NS_PER_S - said.start_s) < 0.35
+        assert abs(int(words[-1]["end_ns"]) / NS_PER_S - said.end_s) < 0.5
+        assert final.start_ns <= starts[0]
+        assert int(words[-1]["end_ns"]) <= final.end_ns
+
+
+@needs_espeak
+def test_transcript_events_match_the_schema(sentences: tuple[Path, list[Spoken]]) -> None:
+    path, _spoken = sentences
+    events = [e for e in _run(path, partials=False) if e.type == "transcript"]
+    bus = EventBus(replay_size=100, subscriber_queue=100, slow_subscriber_s=1.0)
+    validator = jsonschema.Draft202012Validator(event_schema())
+    assert events
+    for event in events:
+        validator.validate(json.loads(bus.publish(event).json))
+    bad = bus.publish(dataclasses.replace(events[0], data={**events[0].data, "words": "x"}))
+    assert list(validator.iter_errors(json.loads(bad.json)))
+
+
+def test_jfk_clip_word_error_rate_and_word_times(shared_media: Path) -> None:
+    reference = (
+        "And so my fellow Americans, ask not what your country can do for you, "
+        "ask what you can do for your country."
+    )
+    events = _run(shared_media / "speech_jfk_whisper.flac", partials=False)
+    finals = _finals(events)
+    hypothesis = " ".join(str(f.data["text"]) for f in finals)
+    assert wer(reference, hypothesis).wer <= 0.05, hypothesis
+    words = [w for f in finals for w in f.data["words"]]  # type: ignore[union-attr]
+    americans = [w for w in words if "american" in str(w["word"]).lower()]
+    assert americans, hypothesis
+    # SOURCES.md: the word "Americans" spans t = 1.8 s.
+    assert int(americans[0]["start_ns"]) <= 1.8 * NS_PER_S <= int(americans[0]["end_ns"])
+
+
+@needs_espeak
+def test_a_stream_that_ends_mid_sentence_still_gets_its_final(tmp_path: Path) -> None:
+    path = tmp_path / "cut.wav"
+    spoken = compose(path, [SENTENCES[0], SENTENCES[3]], cut_last_s=1.6)
+    finals = _finals(_run(path, partials=False))
+    assert len(finals) == 2
+    last = finals[-1]
+    assert last.data["text"], "the open segment was transcribed when the stream ended"
+    assert abs(last.end_ns / NS_PER_S - spoken[-1].end_s) < 0.3
+
+
+# -- partials and overload (the plugin behind the real speech plugin, window by window) --------
+
+
+@pytest.fixture(scope="module")
+def long_windows(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Window], list[Spoken]]:
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    path = tmp_path_factory.mktemp("speech") / "long.wav"
+    spoken = compose(path, [LONG_SENTENCE], lead_s=0.5, tail_s=1.0)
+    return make_windows(decode_media(path), "s"), spoken
+
+
+def _chain(plugin: TranscriptPlugin, *extra: tuple[Any, PluginConfig]) -> PluginChain:
+    speech_config = SpeechConfig()
+    speech = SpeechFactory.create(speech_config, "cpu")
+    return PluginChain([(speech, speech_config), *extra, (plugin, plugin.config)])
+
+
+def _feed(chain: PluginChain, windows: Sequence[Window]) -> list[Event]:
+    info = StreamInfo("s", "media", has_video=False, has_audio=True, sample_rate=22050)
+    chain.open(info)
+    for window in windows:
+        chain.run([window])
+    status = chain.status("s")["transcript"]
+    chain.close("s")
+    events = chain.events["transcript"]["s"]
+    return [*events, Event("test.status", "s", 0, 0, dict(status))]
+
+
+def test_partials_about_every_two_seconds_then_the_final(
+    plugin: TranscriptPlugin, long_windows: tuple[list[Window], list[Spoken]]
+) -> None:
+    windows, spoken = long_windows
+    assert spoken[0].end_s - spoken[0].start_s > 5.0
+    *events, status = _feed(_chain(plugin), windows)
+    partials = [e for e in events if e.phase is Phase.UPDATE]
+    finals = [e for e in events if e.phase is Phase.END]
+    assert len(finals) == 1
+    assert finals[0].data["final"] is True
+    assert len(partials) >= 2
+    ends = [p.end_ns / NS_PER_S for p in partials]
+    assert all(1.4 <= b - a <= 2.6 for a, b in itertools.pairwise(ends)), ends
+    # Each partial is the same segment so far: its text grows towards the final's.
+    assert all(p.data["segment"] == finals[0].data["segment"] for p in partials)
+    assert len(str(partials[-1].data["text"])) > len(str(partials[0].data["text"]))
+    assert wer(LONG_SENTENCE, str(finals[0].data["text"])).wer <= 0.35
+    assert status.data["partials"] == len(partials)
+    assert status.data["partials_dropped"] == 0
+
+
+def test_late_partials_are_dropped_and_counted_but_the_final_is_not(
+    plugin: TranscriptPlugin, long_windows: tuple[list[Window], list[Spoken]]
+) -> None:
+    windows, _spoken = long_windows
+    # Every window closed 10 s ago: the plugin is far behind, as under overload.
+    stale = time.monotonic_ns() - 10 * NS_PER_S
+    late = [dataclasses.replace(w, closed_ns=stale) for w in windows]
+    *events, status = _feed(_chain(plugin), late)
+    assert [e.phase for e in events] == [Phase.END]
+    assert events[0].data["text"]
+    assert status.data["partials"] == 0
+    assert int(status.data["partials_dropped"]) >= 2  # type: ignore[call-overload]
+    assert status.data["finals"] == 1
+
+
+# -- who said what ----------------------------------------------------------------------------
+
+
+class ScriptedSpeakingConfig(PluginConfig):
+    type: str = "scripted"
+
+
+class ScriptedSpeaking:
+    """Provides SPEAKING like the speaker plugin: track 7 talks in the first span, 9 after."""
+
+    name = "scripted"
+    provides: ClassVar[ProductKey[Any]] = SPEAKING
+    metrics: ClassVar[tuple[MetricSpec, ...]] = ()
+
+    def __init__(self, switch_s: float) -> None:
+        self.switch_ns = round(switch_s * NS_PER_S)
+
+    def check_stream(self, stream: StreamInfo) -> None:
+        return None
+
+    def new_state(self, stream: StreamInfo) -> None:
+        return None
+
+    def open(self, stream: StreamInfo) -> Any:
+        return _NoEvents()
+
+    def infer(self, batch: Sequence[BatchItem[None]]) -> list[SpeakingFaces]:
+        out = []
+        for item in batch:
+            w = item.window
+            pts = np.arange(w.start_ns, w.end_ns, 40_000_000, dtype=np.int64)
+            first = pts < self.switch_ns
+            faces = tuple(
+                FaceSpeaking(
+                    track,
+                    pts,
+                    tuple((0.0, 0.0, 10.0, 10.0) for _ in pts),
+                    np.where(first == (track == 7), 0.9, 0.1).astype(np.float32),
+                )
+                for track in (7, 9)
+            )
+            out.append(SpeakingFaces(faces, threshold=0.5))
+        return out
+
+
+class _NoEvents:
+    def update(self, window: Window, result: Any) -> list[Event]:
+        return []
+
+    def close(self) -> list[Event]:
+        return []
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+
+@needs_espeak
+def test_words_go_to_the_face_that_was_speaking(plugin: TranscriptPlugin, tmp_path: Path) -> None:
+    path = tmp_path / "two.wav"
+    spoken = compose(path, [SENTENCES[0], SENTENCES[2]], gap_s=1.5)
+    switch_s = (spoken[0].end_s + spoken[1].start_s) / 2
+    scripted = (ScriptedSpeaking(switch_s), ScriptedSpeakingConfig())
+    *events, _status = _feed(_chain(plugin, scripted), make_windows(decode_media(path), "s"))
+    finals = [e for e in events if e.phase is Phase.END]
+    assert [f.data["speaker"] for f in finals] == [7, 9]
+    assert all(f.data["speaker_method"] == "speaking_scores" for f in finals)
+    for final, track in zip(finals, (7, 9), strict=True):
+        assert {w["speaker"] for w in final.data["words"]} == {track}  # type: ignore[union-attr]
+
+
+# -- failures -------------------------------------------------------------------------------
+
+
+class BrokenEngine(WhisperEngine):
+    """The real engine whose decoding fails (a CUDA out-of-memory, say)."""
+
+    def decode(self, clips: Sequence[Clip]) -> list[Decoded]:
+        raise RuntimeError("out of memory")
+
+
+@needs_espeak
+def test_a_final_whisper_failed_on_is_published_with_the_error(
+    plugin: TranscriptPlugin, long_windows: tuple[list[Window], list[Spoken]]
+) -> None:
+    windows, _spoken = long_windows
+    engine = plugin.engine
+    broken = BrokenEngine(engine.path, engine.choice)
+    *events, status = _feed(_chain(TranscriptPlugin(plugin.config, broken)), windows)
+    finals = [e for e in events if e.phase is Phase.END]
+    assert len(finals) == 1
+    assert finals[0].data["text"] == ""
+    assert "out of memory" in str(finals[0].data["error"])
+    assert int(status.data["errors"]) >= 1  # type: ignore[call-overload]
+
+
+def test_bad_model_settings_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a folder"):
+        TranscriptConfig(model=tmp_path / "nowhere")
+    with pytest.raises(ModelError, match=r"no CTranslate2 model\.bin"):
+        TranscriptFactory.create(TranscriptConfig(model=tmp_path), "cpu")
+    config = TranscriptConfig()
+    assert [(n.key.name, n.optional) for n in config.requires()] == [
+        ("speech.probs", False),
+        ("speaker.faces", True),
+        ("faces.tracks", True),
+    ]
