@@ -615,16 +615,24 @@ class TranscriptPlugin:
         self, job: _Job, clip_start_ns: int, result: Decoded, error: str | None, decode_ms: float
     ) -> Transcript:
         state = job.state
-        words = [
-            (
-                w.text.strip(),
-                clip_start_ns + round(w.start_s * NS_PER_S),
-                clip_start_ns + round(w.end_s * NS_PER_S),
-                w.probability,
-            )
-            for w in result.words
-            if w.text.strip()
-        ]
+        words: list[tuple[str, int, int, float]] = []
+        for w in result.words:
+            text = w.text.strip()
+            if not text:
+                continue
+            start = clip_start_ns + round(w.start_s * NS_PER_S)
+            end = clip_start_ns + round(w.end_s * NS_PER_S)
+            if words and not w.text[:1].isspace():
+                # Whisper splits "o'clock" and "well-known" into pieces that carry no space.
+                prev = words[-1]
+                words[-1] = (
+                    prev[0] + text,
+                    prev[1],
+                    max(prev[2], end),
+                    min(prev[3], w.probability),
+                )
+            else:
+                words.append((text, start, end, w.probability))
         speakers, method = self._speakers(state, [(s, e) for _t, s, e, _p in words])
         placed = tuple(
             TranscriptWord(text, s, e, p, who)
