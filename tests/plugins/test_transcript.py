@@ -308,6 +308,41 @@ def test_a_final_whisper_failed_on_is_published_with_the_error(
     assert int(status.data["errors"]) >= 1  # type: ignore[call-overload]
 
 
+def test_device_choice_follows_what_ctranslate2_sees() -> None:
+    import ctranslate2
+
+    from crossmodald_plugins.transcript.model import choose_device
+
+    cpu = choose_device("cpu", "auto", strict=False)
+    assert (cpu.device, cpu.compute_type) == ("cpu", "int8")
+    assert choose_device("cpu", "float32", strict=False).compute_type == "float32"
+    if ctranslate2.get_cuda_device_count() > 0:
+        gpu = choose_device("cuda:0", "auto", strict=True)
+        assert (gpu.device, gpu.index, gpu.compute_type) == ("cuda", 0, "float16")
+    else:
+        # device = "auto" resolved to CUDA for torch, but CTranslate2 cannot use it: the CPU.
+        assert choose_device("cuda:0", "auto", strict=False).device == "cpu"
+        with pytest.raises(ModelError, match="no CUDA device"):
+            choose_device("cuda:0", "auto", strict=True)
+
+
+@pytest.mark.gpu
+def test_whisper_on_cuda_in_float16(tmp_path: Path) -> None:
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count() == 0:
+        pytest.skip("no CUDA device that CTranslate2 can use")
+    plugin = TranscriptFactory.create(TranscriptConfig(device="cuda"), "cuda:0")
+    assert plugin.engine.choice.compute_type == "float16"
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    path = tmp_path / "s.wav"
+    spoken = compose(path, SENTENCES[1:3])
+    finals = _finals(_run(path, partials=False, device="cuda"))
+    text = " ".join(str(f.data["text"]) for f in finals)
+    assert wer(" ".join(s.text for s in spoken), text).wer <= 0.35, text
+
+
 def test_bad_model_settings_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a folder"):
         TranscriptConfig(model=tmp_path / "nowhere")
