@@ -213,6 +213,23 @@ def test_late_partials_are_dropped_and_counted_but_the_final_is_not(
     assert status.data["finals"] == 1
 
 
+def test_a_segment_longer_than_max_segment_s_is_finalised_in_pieces(
+    plugin: TranscriptPlugin, long_windows: tuple[list[Window], list[Spoken]]
+) -> None:
+    windows, _spoken = long_windows
+    config = plugin.config.model_copy(update={"max_segment_s": 4.0, "partials": False})
+    *events, _status = _feed(_chain(TranscriptPlugin(config, plugin.engine)), windows)
+    finals = [e for e in events if e.phase is Phase.END]
+    assert len(finals) >= 2
+    assert [f.data["cut"] for f in finals][:-1] == [True] * (len(finals) - 1)
+    assert finals[-1].data["cut"] is False
+    for a, b in itertools.pairwise(finals):
+        assert a.end_ns == b.start_ns  # the pieces follow each other without a gap
+        assert a.end_ns - a.start_ns <= 4 * NS_PER_S + 600_000_000
+    text = " ".join(str(f.data["text"]) for f in finals)
+    assert wer(LONG_SENTENCE, text).wer <= 0.45, text
+
+
 # -- who said what ----------------------------------------------------------------------------
 
 

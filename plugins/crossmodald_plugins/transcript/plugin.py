@@ -71,6 +71,8 @@ EVENT_TYPE = "transcript"
 CUT_SEARCH_S = 3.0
 #: Speaking-score slots kept per face track (a 25 fps grid: two minutes).
 SCORE_HISTORY = 3000
+#: The speaker plugin's slot step (25 fps).
+SPEAKING_SLOT_NS = 40 * NS_PER_MS
 #: Frames remembered for "is any face on screen" (30 fps: a minute and more).
 FRAME_HISTORY = 2000
 
@@ -481,7 +483,9 @@ class TranscriptPlugin:
                 history.append((int(pts), float(score)))
                 newest = max(newest, int(pts))
         state.scores_done_ns = newest
-        for track_id in [t for t, h in state.scores.items() if not h]:
+        # Tracks gone for longer than the history holds can attribute no word any more.
+        horizon = newest - SCORE_HISTORY * SPEAKING_SLOT_NS
+        for track_id in [t for t, h in state.scores.items() if not h or h[-1][0] < horizon]:
             del state.scores[track_id]
 
     @staticmethod
