@@ -192,9 +192,6 @@ class TranscriptResult:
     gaps: int = 0
 
 
-EMPTY = TranscriptResult()
-
-
 # -- per-stream state (owned by the host) -------------------------------------------------------
 
 
@@ -355,7 +352,6 @@ class TranscriptPlugin:
     def __init__(self, config: TranscriptConfig, engine: WhisperEngine) -> None:
         self.config = config
         self.engine = engine
-        self._pad_ns = round(config.speech_pad_ms * NS_PER_MS)
 
     def check_stream(self, stream: StreamInfo) -> str | None:
         return None if stream.has_audio else "has no audio"
