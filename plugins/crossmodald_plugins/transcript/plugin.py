@@ -8,7 +8,7 @@ Per stream (state owned by the host, see :mod:`crossmodald.runtime.plugin`):
   (:data:`~crossmodald_plugins.products.SPEECH`: one VAD pass per stream, shared) go through a
   :class:`~crossmodald_plugins.vad.segments.SpeechSegmenter` with this plugin's settings.
 * While a segment is open, a *partial* transcript of it so far is made about every
-  ``partial_every_s``; when it ends (or reaches ``max_segment_s``, cut at its quietest chunk),
+  ``partial_every_s`` (not while the speaker pauses: the final may be next); when it ends (or reaches ``max_segment_s``, cut at its quietest chunk),
   the *final* one.
 * Speaking scores per face track (:data:`~crossmodald_plugins.products.SPEAKING`, from the
   ``speaker`` plugin when it runs) say which face spoke each word
@@ -550,7 +550,10 @@ class TranscriptPlugin:
             state.piece = _Piece(state.segments, cut_ns, cut_ns)
             return
         every_ns = round(self.config.partial_every_s * NS_PER_S)
-        if self.config.partials and heard_ns - piece.last_partial_ns >= every_ns:
+        # Not while the speaker pauses: the segment may be about to end, and its final would
+        # wait for this partial's Whisper call.
+        pausing = bool(state.recent) and state.recent[-1][1] < state.segmenter.neg_threshold
+        if self.config.partials and not pausing and heard_ns - piece.last_partial_ns >= every_ns:
             piece.last_partial_ns = heard_ns
             jobs.append(
                 _Job(index, state, piece.segment, piece.start_ns, heard_ns, False, closed_ns)
