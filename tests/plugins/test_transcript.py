@@ -182,7 +182,9 @@ def test_partials_about_every_two_seconds_then_the_final(
 ) -> None:
     windows, spoken = long_windows
     assert spoken[0].end_s - spoken[0].start_s > 5.0
-    *events, status = _feed(_chain(plugin), windows)
+    # Fed as fast as it decodes: the load rule must not drop partials here.
+    config = plugin.config.model_copy(update={"max_partial_load": 1.0})
+    *events, status = _feed(_chain(TranscriptPlugin(config, plugin.engine)), windows)
     partials = [e for e in events if e.phase is Phase.UPDATE]
     finals = [e for e in events if e.phase is Phase.END]
     assert len(finals) == 1
@@ -211,6 +213,21 @@ def test_late_partials_are_dropped_and_counted_but_the_final_is_not(
     assert status.data["partials"] == 0
     assert int(status.data["partials_dropped"]) >= 2  # type: ignore[call-overload]
     assert status.data["finals"] == 1
+
+
+def test_partials_are_dropped_while_whisper_is_busy(
+    plugin: TranscriptPlugin, long_windows: tuple[list[Window], list[Spoken]]
+) -> None:
+    windows, _spoken = long_windows
+    busy = TranscriptPlugin(plugin.config, plugin.engine)
+    # Whisper busy for 3 of the last 4 s (other streams' finals, say) all through the test
+    # (the call is dated in the future so that it stays in the span): over max_partial_load.
+    now = time.monotonic_ns()
+    busy._calls.append((now + 600 * NS_PER_S, 3 * NS_PER_S))
+    *events, status = _feed(_chain(busy), windows)
+    assert [e.phase for e in events] == [Phase.END]
+    assert status.data["partials"] == 0
+    assert int(status.data["partials_dropped"]) >= 2  # type: ignore[call-overload]
 
 
 def test_a_segment_longer_than_max_segment_s_is_finalised_in_pieces(

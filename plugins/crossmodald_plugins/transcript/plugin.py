@@ -18,9 +18,10 @@ Per stream (state owned by the host, see :mod:`crossmodald.runtime.plugin`):
 Whisper runs in :meth:`TranscriptPlugin.infer`, on the plugin host's worker thread (never on the
 event loop), once per call for all streams' finals and once for their partials, batched. It is
 bounded: a call transcribes at most one partial per stream (the latest; a partial superseded by
-a later one or by the segment's final is dropped), and partials whose window closed more than
-``max_partial_lag_s`` ago are dropped, so under overload partials go first and the finals keep
-up. Dropped partials are counted (``partials_dropped``). A final is never dropped: one whose
+a later one or by the segment's final is dropped), partials whose window closed more than
+``max_partial_lag_s`` ago are dropped, and so are all partials while Whisper has been busy for
+more than ``max_partial_load`` of the last few seconds: under overload partials go first and the
+finals keep up. Dropped partials are counted (``partials_dropped``). A final is never dropped: one whose
 audio had gaps (windows the host dropped) says ``incomplete``, and one Whisper failed on is
 published with ``error``.
 """
@@ -75,6 +76,8 @@ SCORE_HISTORY = 3000
 SPEAKING_SLOT_NS = 40 * NS_PER_MS
 #: Frames remembered for "is any face on screen" (30 fps: a minute and more).
 FRAME_HISTORY = 2000
+#: Span over which the Whisper load is measured for ``max_partial_load``, seconds.
+BUSY_SPAN_S = 4.0
 
 
 class TranscriptConfig(PluginConfig):
@@ -110,6 +113,10 @@ class TranscriptConfig(PluginConfig):
     partial_every_s: float = Field(2.0, ge=0.5, le=30.0)
     #: A partial due for a window that closed longer ago than this is dropped (overload).
     max_partial_lag_s: float = Field(1.0, ge=0.0, le=60.0)
+    #: Partials are dropped while Whisper was busy more than this share of the last
+    #: :data:`BUSY_SPAN_S` seconds (1: only lateness drops them), so finals do not queue
+    #: behind partials.
+    max_partial_load: float = Field(0.5, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _model_folder(self) -> TranscriptConfig:
@@ -352,6 +359,9 @@ class TranscriptPlugin:
     def __init__(self, config: TranscriptConfig, engine: WhisperEngine) -> None:
         self.config = config
         self.engine = engine
+        #: (end, duration) of recent Whisper calls, monotonic ns; only the worker thread
+        #: touches it (one infer at a time), like the per-stream states.
+        self._calls: deque[tuple[int, int]] = deque(maxlen=256)
 
     def check_stream(self, stream: StreamInfo) -> str | None:
         return None if stream.has_audio else "has no audio"
@@ -376,9 +386,12 @@ class TranscriptPlugin:
         jobs: list[_Job] = []
         gaps = [self._take(index, item, jobs) for index, item in enumerate(batch)]
         done = self._run([j for j in jobs if j.final])
-        # Partials only after every final, and only those still worth showing.
+        # Partials only after every final, only those still worth showing, and only while
+        # Whisper keeps up (else a final arriving meanwhile would queue behind them).
         now = time.monotonic_ns()
         on_time = [j for j in self._partials(jobs) if not self._late(j, now)]
+        if self._load(now) > self.config.max_partial_load:
+            on_time = []
         done.update(self._run(on_time))
         ran = {id(j) for j in on_time}
         dropped: dict[int, int] = {}
@@ -579,6 +592,12 @@ class TranscriptPlugin:
         finals = {(id(j.state), j.segment) for j in jobs if j.final}
         return [j for j in latest.values() if (id(j.state), j.segment) not in finals]
 
+    def _load(self, now_ns: int) -> float:
+        """Share of the last :data:`BUSY_SPAN_S` that Whisper calls took."""
+        span = round(BUSY_SPAN_S * NS_PER_S)
+        busy = sum(min(d, end - (now_ns - span)) for end, d in self._calls if end > now_ns - span)
+        return busy / span
+
     def _late(self, job: _Job, now_ns: int) -> bool:
         if not job.closed_ns:
             return False  # no daemon clock on the window (a test's virtual time)
@@ -604,6 +623,7 @@ class TranscriptPlugin:
             error = f"{type(exc).__name__}: {exc}"
             decoded = [Decoded("", (), job.state.language or "", 0.0, 1.0) for job in jobs]
         decode_ms = (time.perf_counter() - started) * 1000.0
+        self._calls.append((time.monotonic_ns(), round(decode_ms * NS_PER_MS)))
         out: dict[int, Transcript] = {}
         for job, clip, result in zip(jobs, clips, decoded, strict=True):
             # The clip may start later than the job when the ring no longer holds its start.
