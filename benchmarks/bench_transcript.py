@@ -284,6 +284,9 @@ def main() -> int:
     parser.add_argument("--skip-live", action="store_true")
     parser.add_argument("--speaker", action="store_true", help="also measure who said what")
     parser.add_argument("--speaker-seconds", type=float, default=None)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="say the sentences this many times (more samples)"
+    )
     args = parser.parse_args()
     if not espeak_available():
         print("espeak-ng is not installed (apt-get install espeak-ng)")
@@ -291,7 +294,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         sentences_wav = tmp / "sentences.wav"
-        sentences = compose(sentences_wav, [*SENTENCES, LONG_SENTENCE, *SENTENCES[:2]], gap_s=1.5)
+        said = [*SENTENCES, LONG_SENTENCE, *SENTENCES[:2]] * max(1, args.repeat)
+        sentences = compose(sentences_wav, said, gap_s=1.5)
         speech_s = sum(s.end_s - s.start_s for s in sentences)
         print(f"synthesised {len(sentences)} sentences, {speech_s:.1f} s of speech")
         if not args.skip_accuracy:
