@@ -24,14 +24,21 @@ from speechkit import LONG_SENTENCE, SENTENCES, Spoken, compose, espeak_availabl
 from crossmodald.bus import EventBus, event_schema
 from crossmodald.bus.events import Event, Phase
 from crossmodald.harness import run_plugins_sync
-from crossmodald.media import NS_PER_S, StreamInfo, Window
+from crossmodald.media import NS_PER_S, StreamInfo, VideoFrame, Window
 from crossmodald.runtime.plugin import BatchItem, MetricSpec, PluginConfig, ProductKey
 from crossmodald.service.evaluate import decode_media
 from crossmodald.service.wer import wer
 
 pytest.importorskip("faster_whisper", reason="faster-whisper is not installed (extra: transcript)")
 
-from crossmodald_plugins.products import SPEAKING, FaceSpeaking, SpeakingFaces
+from crossmodald_plugins.faces.tracker import Box, FaceObservation, Track
+from crossmodald_plugins.products import (
+    FACE_TRACKS,
+    SPEAKING,
+    FaceSpeaking,
+    FaceTracks,
+    SpeakingFaces,
+)
 from crossmodald_plugins.transcript import (
     ModelError,
     TranscriptConfig,
@@ -315,6 +322,68 @@ def test_words_go_to_the_face_that_was_speaking(plugin: TranscriptPlugin, tmp_pa
     assert all(f.data["speaker_method"] == "speaking_scores" for f in finals)
     for final, track in zip(finals, (7, 9), strict=True):
         assert {w["speaker"] for w in final.data["words"]} == {track}  # type: ignore[union-attr]
+
+
+class ScriptedFacesConfig(PluginConfig):
+    type: str = "scripted_faces"
+
+
+class ScriptedFaces:
+    """Provides FACE_TRACKS like the faces plugin: no face before ``appear_s``, one after."""
+
+    name = "scripted_faces"
+    provides: ClassVar[ProductKey[Any]] = FACE_TRACKS
+    metrics: ClassVar[tuple[MetricSpec, ...]] = ()
+
+    def __init__(self, appear_s: float) -> None:
+        self.appear_ns = round(appear_s * NS_PER_S)
+
+    def check_stream(self, stream: StreamInfo) -> None:
+        return None
+
+    def new_state(self, stream: StreamInfo) -> None:
+        return None
+
+    def open(self, stream: StreamInfo) -> Any:
+        return _NoEvents()
+
+    def infer(self, batch: Sequence[BatchItem[None]]) -> list[FaceTracks]:
+        out = []
+        for item in batch:
+            box = Box(10.0, 10.0, 40.0, 40.0)
+            seen = tuple(
+                FaceObservation(f.pts_ns, box, box, True)
+                for f in item.window.video
+                if f.pts_ns >= self.appear_ns
+            )
+            out.append(FaceTracks((Track(5, seen, seen[0].pts_ns),) if seen else ()))
+        return out
+
+
+def _with_frames(window: Window) -> Window:
+    """The window with a small grey frame every 40 ms (an audio file has no picture)."""
+    luma = np.zeros((8, 8), np.uint8)
+    frames = tuple(
+        VideoFrame("s", pts, 0, luma, luma)
+        for pts in range(-(-window.start_ns // 40_000_000) * 40_000_000, window.end_ns, 40_000_000)
+    )
+    return dataclasses.replace(window, video=frames, frame_rate=25.0)
+
+
+@needs_espeak
+def test_with_face_tracks_alone_words_said_with_no_face_on_screen_are_off_screen(
+    plugin: TranscriptPlugin, tmp_path: Path
+) -> None:
+    path = tmp_path / "two.wav"
+    spoken = compose(path, [SENTENCES[0], SENTENCES[2]], gap_s=1.5)
+    appear_s = (spoken[0].end_s + spoken[1].start_s) / 2
+    faces = (ScriptedFaces(appear_s), ScriptedFacesConfig())
+    windows = [_with_frames(w) for w in make_windows(decode_media(path), "s")]
+    *events, _status = _feed(_chain(plugin, faces), windows)
+    finals = [e for e in events if e.phase is Phase.END]
+    assert [f.data["speaker_method"] for f in finals] == ["face_tracks"] * 2
+    # Nobody on screen: off-screen. A face on screen, but no speaking scores: unknown.
+    assert [f.data["speaker"] for f in finals] == ["off-screen", None]
 
 
 # -- failures -------------------------------------------------------------------------------
