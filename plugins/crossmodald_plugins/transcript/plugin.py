@@ -333,7 +333,7 @@ class TranscriptPlugin:
         MetricSpec(
             "crossmodald_stream_transcript_partials_dropped",
             "counter",
-            "Partial transcripts dropped to keep up (superseded or late).",
+            "Partial transcripts dropped to keep up (superseded, late, or Whisper busy).",
             "partials_dropped",
         ),
         MetricSpec(
