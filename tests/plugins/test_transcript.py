@@ -207,6 +207,31 @@ def test_partials_about_every_two_seconds_then_the_final(
     assert status.data["partials_dropped"] == 0
 
 
+@needs_espeak
+def test_a_final_after_a_pause_reuses_the_speculative_partial(
+    plugin: TranscriptPlugin, sentences: tuple[Path, list[Spoken]]
+) -> None:
+    path, spoken = sentences
+    config = plugin.config.model_copy(update={"max_partial_load": 1.0})
+    windows = make_windows(decode_media(path), "s")
+    *events, _status = _feed(_chain(TranscriptPlugin(config, plugin.engine)), windows)
+    finals = [e for e in events if e.phase is Phase.END]
+    assert len(finals) == len(spoken)
+    reused = [
+        f
+        for f in finals
+        if any(
+            p.phase is Phase.UPDATE
+            and (p.start_ns, p.end_ns, p.data["text"], p.data["decode_ms"])
+            == (f.start_ns, f.end_ns, f.data["text"], f.data["decode_ms"])
+            for p in events
+        )
+    ]
+    # When the pause that ends a segment began in an earlier window than the one that
+    # confirmed it, the final took the words transcribed then (no second Whisper call).
+    assert reused, [(f.start_ns, f.end_ns) for f in finals]
+
+
 def test_late_partials_are_dropped_and_counted_but_the_final_is_not(
     plugin: TranscriptPlugin, long_windows: tuple[list[Window], list[Spoken]]
 ) -> None:

@@ -8,7 +8,10 @@ Per stream (state owned by the host, see :mod:`crossmodald.runtime.plugin`):
   (:data:`~crossmodald_plugins.products.SPEECH`: one VAD pass per stream, shared) go through a
   :class:`~crossmodald_plugins.vad.segments.SpeechSegmenter` with this plugin's settings.
 * While a segment is open, a *partial* transcript of it so far is made about every
-  ``partial_every_s`` (not while the speaker pauses: the final may be next); when it ends (or reaches ``max_segment_s``, cut at its quietest chunk),
+  ``partial_every_s``. When the speaker pauses, the partial instead covers the segment as it
+  would end if the pause lasts (the final may be next, and should not wait behind a partial's
+  Whisper call); if the pause does end the segment, its final reuses those words at once.
+  When it ends (or reaches ``max_segment_s``, cut at its quietest chunk),
   the *final* one.
 * Speaking scores per face track (:data:`~crossmodald_plugins.products.SPEAKING`, from the
   ``speaker`` plugin when it runs) say which face spoke each word
@@ -283,6 +286,22 @@ class _Job:
     closed_ns: int
     incomplete: bool = False
     cut: bool = False
+    #: A partial up to where the segment would end if the pause it is in goes on.
+    speculative: bool = False
+    #: A final whose speculative partial already holds its words: (clip start, words, ms).
+    reuse: tuple[int, Decoded, float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Speculated:
+    """The transcript of an open segment up to the pause it was in (see ``speculative``)."""
+
+    segment: int
+    start_ns: int
+    end_ns: int
+    clip_start_ns: int
+    decoded: Decoded
+    decode_ms: float
 
 
 @dataclass(slots=True)
@@ -307,6 +326,7 @@ class TranscriptState:
     frames: deque[tuple[int, bool]] = field(default_factory=lambda: deque(maxlen=FRAME_HISTORY))
     frames_done_ns: int = -1
     has_faces: bool = False
+    speculated: _Speculated | None = None
 
 
 # -- the plugin ---------------------------------------------------------------------------------
@@ -362,6 +382,7 @@ class TranscriptPlugin:
         #: (end, duration) of recent Whisper calls, monotonic ns; only the worker thread
         #: touches it (one infer at a time), like the per-stream states.
         self._calls: deque[tuple[int, int]] = deque(maxlen=256)
+        self._pad_ns = round(config.speech_pad_ms * NS_PER_MS)
 
     def check_stream(self, stream: StreamInfo) -> str | None:
         return None if stream.has_audio else "has no audio"
@@ -385,7 +406,11 @@ class TranscriptPlugin:
         """Take each window's audio, VAD and faces; transcribe the finals, then the partials."""
         jobs: list[_Job] = []
         gaps = [self._take(index, item, jobs) for index, item in enumerate(batch)]
-        done = self._run([j for j in jobs if j.final])
+        done = self._run([j for j in jobs if j.final and j.reuse is None])
+        for job in jobs:
+            if job.reuse is not None:
+                clip_start_ns, decoded, decode_ms = job.reuse
+                done[id(job)] = self._transcript(job, clip_start_ns, decoded, None, decode_ms)
         # Partials only after every final, only those still worth showing, and only while
         # Whisper keeps up (else a final arriving meanwhile would queue behind them).
         now = time.monotonic_ns()
@@ -524,7 +549,17 @@ class TranscriptPlugin:
             if piece is None:  # ended before it was announced (a short segment)
                 state.segments += 1
                 piece = _Piece(state.segments, seg.start_ns, seg.start_ns)
-            jobs.append(self._final(index, state, piece, seg.end_ns, closed_ns))
+            job = self._final(index, state, piece, seg.end_ns, closed_ns)
+            spec = state.speculated
+            if spec is not None and (spec.segment, spec.start_ns, spec.end_ns) == (
+                piece.segment,
+                piece.start_ns,
+                seg.end_ns,
+            ):
+                # The pause went on: the speculative partial already holds these words.
+                job.reuse = (spec.clip_start_ns, spec.decoded, spec.decode_ms)
+            state.speculated = None
+            jobs.append(job)
             state.piece = None
 
     def _final(
@@ -562,11 +597,33 @@ class TranscriptPlugin:
             state.segments += 1
             state.piece = _Piece(state.segments, cut_ns, cut_ns)
             return
+        if not self.config.partials:
+            return
+        silence_ns = state.segmenter.silence_start_ns
+        if silence_ns is not None:
+            # The speaker pauses, and the segment may be about to end: a partial now would make
+            # its final wait behind it. Instead, transcribe the segment as it would end if the
+            # pause goes on (once that much audio is here); the final reuses it if so.
+            end_ns = silence_ns + self._pad_ns
+            spec = state.speculated
+            done = spec is not None and (spec.segment, spec.end_ns) == (piece.segment, end_ns)
+            if heard_ns >= end_ns > piece.start_ns and not done:
+                piece.last_partial_ns = heard_ns
+                jobs.append(
+                    _Job(
+                        index,
+                        state,
+                        piece.segment,
+                        piece.start_ns,
+                        end_ns,
+                        False,
+                        closed_ns,
+                        speculative=True,
+                    )
+                )
+            return
         every_ns = round(self.config.partial_every_s * NS_PER_S)
-        # Not while the speaker pauses: the segment may be about to end, and its final would
-        # wait for this partial's Whisper call.
-        pausing = bool(state.recent) and state.recent[-1][1] < state.segmenter.neg_threshold
-        if self.config.partials and not pausing and heard_ns - piece.last_partial_ns >= every_ns:
+        if heard_ns - piece.last_partial_ns >= every_ns:
             piece.last_partial_ns = heard_ns
             jobs.append(
                 _Job(index, state, piece.segment, piece.start_ns, heard_ns, False, closed_ns)
@@ -632,6 +689,10 @@ class TranscriptPlugin:
             if job.final and error is None and result.text:
                 job.state.language = result.language
             out[id(job)] = self._transcript(job, clip_start_ns, result, error, decode_ms)
+            if job.speculative and error is None:
+                job.state.speculated = _Speculated(
+                    job.segment, job.start_ns, job.end_ns, clip_start_ns, result, decode_ms
+                )
         return out
 
     def _transcript(
