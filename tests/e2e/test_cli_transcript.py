@@ -15,7 +15,7 @@ pytest.importorskip("faster_whisper", reason="faster-whisper is not installed (e
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 from speechkit import SENTENCES, compose, espeak_available
 
-from crossmodald.cli import _Progress
+from crossmodald.cli import main
 from crossmodald.service.wer import wer
 
 pytestmark = pytest.mark.skipif(
@@ -60,15 +60,23 @@ def test_subtitles_need_the_transcript_plugin(speech: tuple[Path, list[str]]) ->
     assert "--format srt needs --plugin transcript" in result.stderr
 
 
-def test_progress_lines_say_how_far_and_how_fast(speech: tuple[Path, list[str]]) -> None:
-    out = io.StringIO()
-    progress = _Progress(str(speech[0]), out)
-    assert progress.total_s is not None
-    progress.EVERY_S = 0.0
-    progress("s", 3_000_000_000)
-    line = out.getvalue().strip()
-    assert line.startswith(f"analyze: 3 s of {progress.total_s:.0f} s (")
-    assert line.endswith("x real time")
+def test_subtitles_show_the_progress_bar_on_a_terminal(
+    speech: tuple[Path, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    code = main(["analyze", str(speech[0]), "--plugin", "transcript", "--format", "srt"])
+    assert code == 0
+    assert "-->" in capsys.readouterr().out  # the subtitles
+    drawn = err.getvalue()
+    assert "analyze [" in drawn
+    assert "% " in drawn
 
 
 def test_eval_transcript_prints_wer_and_real_time_factor(
