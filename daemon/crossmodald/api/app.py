@@ -376,6 +376,13 @@ async def _write_within(deadline_s: float, write: Awaitable[None]) -> None:
         raise _NotReading from None
 
 
+async def _sse_write(request: web.Request, response: web.StreamResponse, data: bytes) -> None:
+    """Write, then wait until the transport is below its high-water mark (aiohttp itself only
+    waits every 64 KiB), so what the client has not taken stays in the subscriber's queue."""
+    await response.write(data)
+    await request.writer.drain()
+
+
 def _drop_not_reading(request: web.Request, sub: Subscription, deadline_s: float) -> None:
     request.config_dict[SERVER_LOG].log(
         logging.INFO,
@@ -414,16 +421,18 @@ async def _events_sse(request: web.Request) -> web.StreamResponse:
     _bound_buffers(request, state.config.limits.subscriber_buffer_bytes)
     try:
         await response.prepare(request)
-        await _write_within(slow_s, response.write(f"retry: {SSE_RETRY_MS}\n\n".encode()))
+        await _write_within(
+            slow_s, _sse_write(request, response, f"retry: {SSE_RETRY_MS}\n\n".encode())
+        )
         if not sub.replay_complete:
             frame = _sse_frame("gap", json.dumps(_gap_notice(sub)))
-            await _write_within(slow_s, response.write(frame))
+            await _write_within(slow_s, _sse_write(request, response, frame))
         while True:
             try:
                 async with asyncio.timeout(state.heartbeat_s):
                     first = await anext(sub)
             except TimeoutError:
-                await _write_within(slow_s, response.write(b": keep-alive\n\n"))
+                await _write_within(slow_s, _sse_write(request, response, b": keep-alive\n\n"))
                 continue
             except StopAsyncIteration:
                 break
@@ -434,7 +443,7 @@ async def _events_sse(request: web.Request) -> web.StreamResponse:
                 break
             batch = [first, *sub.drain_nowait(SSE_BATCH_MAX - 1)]
             data = b"".join(_sse_frame(env.type, env.json, env.seq) for env in batch)
-            await _write_within(slow_s, response.write(data))
+            await _write_within(slow_s, _sse_write(request, response, data))
     except _NotReading:
         _drop_not_reading(request, sub, slow_s)
     except (ConnectionError, TimeoutError):
