@@ -158,7 +158,7 @@ async def _read_json(request: web.Request) -> Any:
     try:
         return parse_json_body(body)
     except ValueError as exc:
-        raise _http_error(web.HTTPBadRequest, f"body is not usable JSON: {exc}") from None
+        raise _http_error(web.HTTPBadRequest, f"body is not JSON: {exc}") from None
 
 
 def _http_error(cls: type[web.HTTPException], message: str) -> web.HTTPException:

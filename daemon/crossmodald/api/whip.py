@@ -478,23 +478,23 @@ class WhipEndpoint:
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
         except (ValueError, AssertionError, AttributeError, KeyError, IndexError) as exc:
-            await pc.close()
+            await _close_quietly(pc)
             detail = str(exc) or type(exc).__name__
             return self._error(request, 400, f"cannot use the SDP offer: {detail}")
         except Exception:
-            await pc.close()
+            await _close_quietly(pc)
             raise
         try:
             source = WebRtcSource(name, pc, self.config, publish=self.host.publish)
         except Exception as exc:
-            await pc.close()
+            await _close_quietly(pc)
             return self._error(request, 422, str(exc))
         session.source = source
         session.first_seq = self.host.bus.last_seq
         try:
             session.task = self.host.add_stream(name, "webrtc", lambda: source, origin="publisher")
         except (ValueError, RuntimeError) as exc:
-            await pc.close()
+            await _close_quietly(pc)
             status = 409 if isinstance(exc, ValueError) else 503
             return self._error(request, status, str(exc))
         self.sessions[session.id] = session
@@ -679,6 +679,14 @@ class DataChannelSink:
         self._closing = True
         if self._sub is not None:
             self._sub.end("sink closing")
+
+
+async def _close_quietly(pc: RTCPeerConnection) -> None:
+    """Close a PeerConnection an offer broke half-way (aiortc's close may raise then too)."""
+    try:
+        await pc.close()
+    except Exception as exc:
+        log.debug("whip: closing a failed PeerConnection: %s: %s", type(exc).__name__, exc)
 
 
 def _capability(codec: RTCRtpCodecParameters) -> RTCRtpCodecCapability:
