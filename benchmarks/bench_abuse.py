@@ -435,6 +435,9 @@ async def probe_not_reading(
 class Tally:
     refused: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    not_reading_cut_s: list[float] = field(default_factory=list)
+    tricklers_cut: int = 0
+    rss_mib: list[float] = field(default_factory=list)
     healthz_failed: int = 0
     healthz_ok: int = 0
     events: int = 0
@@ -514,18 +517,33 @@ async def mixed(daemon: Daemon, minutes: float) -> dict[str, Any]:
                 await trickler(stop, closed, time.monotonic())
                 await asyncio.sleep(0.05)
 
-        await asyncio.gather(*(one() for _ in range(64)), return_exceptions=True)
-        tally.refused[408] += len(closed)
+        counter = asyncio.create_task(_count_cuts(closed))
+        try:
+            await asyncio.gather(*(one() for _ in range(64)), return_exceptions=True)
+        finally:
+            counter.cancel()
+
+    async def _count_cuts(closed: list[float]) -> None:
+        seen = 0
+        while True:
+            await asyncio.sleep(0.5)
+            tally.tricklers_cut += len(closed) - seen  # answered (408, 429, ...) or closed
+            seen = len(closed)
 
     async def not_reading() -> None:
         reader, writer = await asyncio.open_connection(HOST, PORT[0])
-        writer.write(b"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        await writer.drain()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(60):
-                while not stop.is_set() and not reader.at_eof():  # noqa: ASYNC110
-                    await asyncio.sleep(1.0)  # never reads: only looks whether it was cut
-        writer.close()
+        t0 = time.monotonic()
+        try:
+            writer.write(b"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(150):
+                    while not stop.is_set() and not reader.at_eof():  # noqa: ASYNC110
+                        await asyncio.sleep(1.0)  # never reads: only looks whether it was cut
+            if reader.at_eof():
+                tally.not_reading_cut_s.append(round(time.monotonic() - t0, 1))
+        finally:
+            writer.close()
 
     async def closing_sse() -> None:
         resp = await session.get(base + "/v1/events?stream=abuse0&type=sync.offset")
@@ -595,10 +613,14 @@ async def mixed(daemon: Daemon, minutes: float) -> dict[str, Any]:
         ]
     ]
     t0 = time.monotonic()
+    next_rss = t0
     while time.monotonic() - t0 < minutes * 60:
         await asyncio.sleep(5.0)
         if not daemon.alive() or subscriber.done():
             break
+        if time.monotonic() >= next_rss:
+            tally.rss_mib.append(round(rss_mib(pid), 1))
+            next_rss += 30.0
     stop.set()
     for task in workers:
         task.cancel()
@@ -607,9 +629,13 @@ async def mixed(daemon: Daemon, minutes: float) -> dict[str, Any]:
     subscriber.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await subscriber
+    await session.close()  # hangs up every connection the workers left open
+    await asyncio.sleep(2.0)  # every client has hung up: the daemon frees what they held
     rss_end = rss_mib(pid) if daemon.alive() else float("nan")
-    held_end = await held(session, base) if daemon.alive() else {}
-    await session.close()
+    held_end: dict[str, float] = {}
+    if daemon.alive():
+        async with aiohttp.ClientSession() as fresh:
+            held_end = await held(fresh, base)
     text = daemon.log_text()
     return {
         "minutes": round((time.monotonic() - t0) / 60, 2),
@@ -621,6 +647,9 @@ async def mixed(daemon: Daemon, minutes: float) -> dict[str, Any]:
         "/healthz ok / failed": (tally.healthz_ok, tally.healthz_failed),
         "client-side errors": dict(tally.errors.most_common(8)),
         "RSS start / end (MiB)": (round(rss_start, 1), round(rss_end, 1)),
+        "RSS every 30 s (MiB)": tally.rss_mib,
+        "non-reading subscribers cut after (s)": tally.not_reading_cut_s,
+        "trickling connections answered or closed (then reconnected)": tally.tricklers_cut,
         "slots held at the end": held_end,
         "log lines": len(text.splitlines()),
         "tracebacks in the log": text.count("Traceback"),
