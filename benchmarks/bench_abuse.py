@@ -21,6 +21,7 @@ without ``a=fingerprint``, ``a=setup`` or ICE credentials; odd query strings.
     python benchmarks/bench_abuse.py --probe                    # each case once (~2 min)
     python benchmarks/bench_abuse.py --minutes 2                # mixed load, 2 minutes
     python benchmarks/bench_abuse.py --probe --tree /work/main  # the same against another checkout
+    python benchmarks/bench_abuse.py --minutes 2 --idle         # baseline: no abuse (RSS warm-up)
 
 ``--tree`` runs another checkout's daemon code with this interpreter (for a before/after
 comparison in one sitting). Exit code 1 when the mixed load loses events, answers 5xx, leaks a
@@ -479,7 +480,7 @@ async def _loop(stop: asyncio.Event, tally: Tally, name: str, body: Any) -> None
             await asyncio.sleep(0.1)
 
 
-async def mixed(daemon: Daemon, minutes: float) -> dict[str, Any]:
+async def mixed(daemon: Daemon, minutes: float, *, idle: bool = False) -> dict[str, Any]:
     base = daemon.base
     tally = Tally()
     stop = asyncio.Event()
@@ -611,6 +612,7 @@ async def mixed(daemon: Daemon, minutes: float) -> dict[str, Any]:
             ("queries", queries),
             ("healthz", healthz),
         ]
+        if not idle or name == "healthz"
     ]
     t0 = time.monotonic()
     next_rss = t0
@@ -664,7 +666,9 @@ async def main_async(args: argparse.Namespace) -> int:
         PORT[0] = daemon.port
         print(f"daemon pid {daemon.proc.pid} on {daemon.base} (code: {args.tree or 'installed'})")
         try:
-            result = await (probe(daemon) if args.probe else mixed(daemon, args.minutes))
+            result = await (
+                probe(daemon) if args.probe else mixed(daemon, args.minutes, idle=args.idle)
+            )
         finally:
             if daemon.alive():
                 daemon.proc.send_signal(signal.SIGTERM)
@@ -694,6 +698,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--probe", action="store_true", help="each case once, with its figures")
     p.add_argument("--minutes", type=float, default=10.0, help="mixed load duration")
     p.add_argument("--tree", type=Path, help="run another checkout's daemon code")
+    p.add_argument(
+        "--idle", action="store_true", help="baseline: the normal subscriber and /healthz only"
+    )
     p.add_argument("--keep-log", help="write the daemon's log here")
     return p.parse_args(argv)
 

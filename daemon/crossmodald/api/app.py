@@ -286,62 +286,8 @@ def _gap_notice(sub: Subscription) -> dict[str, Any]:
     }
 
 
-class _StuckWriteGuard:
-    """Drops the connection of a subscriber that stopped reading.
-
-    Once the bus has closed the subscription (too slow, or shutdown), the handler gets
-    ``grace_s`` to get back from the write it may be blocked in; if it is still streaming
-    events then, the client is not reading at all and only dropping the connection frees the
-    handler. The close notice itself is written under its own time limit (see the handlers).
-
-    The watcher coroutine sees only the request, the subscription and a flag, never the guard:
-    a cancelled task keeps its CancelledError, whose traceback keeps the coroutine's frame; had
-    that frame held the guard (which holds the task), every subscriber's request, transport and
-    socket would form a reference cycle that waits in the oldest GC generation for a full
-    collection (minutes apart under the soak). Without the cycle they are freed at once.
-    """
-
-    def __init__(self, request: web.Request, sub: Subscription, grace_s: float) -> None:
-        self.grace_s = grace_s
-        self._closing = _Flag()
-        self._task: asyncio.Task[None] | None = asyncio.create_task(
-            _abort_if_stuck(request, sub, grace_s, self._closing),
-            name=f"api:stuck-guard:{sub.name}",
-        )
-
-    @property
-    def closing(self) -> bool:
-        """Whether the handler is writing its close notice (the guard then leaves it alone)."""
-        return self._closing.value
-
-    @closing.setter
-    def closing(self, value: bool) -> None:
-        self._closing.value = value
-
-    def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None  # the loop holds it until it ends; then nothing does
-
-
-@dataclass(slots=True)
-class _Flag:
-    value: bool = False
-
-
-async def _abort_if_stuck(
-    request: web.Request, sub: Subscription, grace_s: float, closing: _Flag
-) -> None:
-    """The stuck-write guard's watcher (see :class:`_StuckWriteGuard`)."""
-    await sub.wait_closed()
-    await asyncio.sleep(grace_s)
-    transport = request.transport
-    if not closing.value and transport is not None:
-        log.info("api: %s stopped reading; dropping the connection", sub.name)
-        transport.abort()
-
-
 def _grace_s(state: ApiState) -> float:
+    """How long a close notice may take to write (a subscriber closed by the bus gets one)."""
     return max(1.0, state.bus.slow_subscriber_s)
 
 
@@ -384,6 +330,9 @@ async def _sse_write(request: web.Request, response: web.StreamResponse, data: b
 
 
 def _drop_not_reading(request: web.Request, sub: Subscription, deadline_s: float) -> None:
+    # Counted as a slow subscriber like any other; the connection is dropped at once (a client
+    # that takes no data would not take a close notice either).
+    request.app[API_STATE].bus.close_slow(sub, f"too slow: took no data for {deadline_s:g} s")
     request.config_dict[SERVER_LOG].log(
         logging.INFO,
         "api: subscriber not reading",
@@ -416,7 +365,6 @@ async def _events_sse(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
-    guard = _StuckWriteGuard(request, sub, _grace_s(state))
     slow_s = state.bus.slow_subscriber_s
     _bound_buffers(request, state.config.limits.subscriber_buffer_bytes)
     try:
@@ -437,8 +385,7 @@ async def _events_sse(request: web.Request) -> web.StreamResponse:
             except StopAsyncIteration:
                 break
             except SubscriberClosed as exc:
-                guard.closing = True
-                async with asyncio.timeout(guard.grace_s):
+                async with asyncio.timeout(_grace_s(state)):
                     await response.write(_sse_frame("close", json.dumps({"reason": exc.reason})))
                 break
             batch = [first, *sub.drain_nowait(SSE_BATCH_MAX - 1)]
@@ -451,7 +398,6 @@ async def _events_sse(request: web.Request) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.abort()
     finally:
-        guard.cancel()
         state.subscriptions.discard(sub)
         await sub.aclose()
     return response
@@ -486,7 +432,6 @@ async def _events_ws(request: web.Request) -> web.StreamResponse:
     if isinstance(opened, web.Response):
         return opened
     sub = opened
-    guard = _StuckWriteGuard(request, sub, grace_s)
     slow_s = state.bus.slow_subscriber_s
     reader: asyncio.Task[None] | None = None
     try:
@@ -500,7 +445,6 @@ async def _events_ws(request: web.Request) -> web.StreamResponse:
             async for envelope in sub:
                 await _write_within(slow_s, ws.send_str(envelope.json))
         except SubscriberClosed as exc:
-            guard.closing = True
             code = WSCloseCode.TRY_AGAIN_LATER if exc.slow else WSCloseCode.GOING_AWAY
             # Bounded: the frame's write (grace_s) plus waiting for the answer (grace_s).
             async with asyncio.timeout(2 * grace_s):
@@ -511,7 +455,6 @@ async def _events_ws(request: web.Request) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.abort()
     finally:
-        guard.cancel()
         state.subscriptions.discard(sub)
         await sub.aclose()
         if ws.prepared and not ws.closed:
