@@ -407,3 +407,30 @@ async def test_a_client_that_vanishes_mid_body_logs_nothing(
     assert "Traceback" not in caplog.text
     assert not [r for r in caplog.records if r.exc_info is not None]
     assert app[LIMITS].held("connections") == 0
+
+
+async def test_work_a_departed_client_started_still_finishes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from crossmodald.api.serverlog import shield_from_client
+
+    finished: list[bool] = []
+
+    async def work(fail: bool) -> None:
+        await asyncio.sleep(0.05)
+        finished.append(fail)
+        if fail:
+            raise ValueError("the stream would not stop")
+
+    for fail in (False, True):
+        handler = asyncio.create_task(shield_from_client(work(fail)))
+        await asyncio.sleep(0.01)
+        handler.cancel()  # what aiohttp does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await handler
+        await asyncio.sleep(0.1)
+    assert finished == [False, True]
+    assert "work for a client that left failed: ValueError: the stream would not stop" in (
+        caplog.text
+    )
+    assert "never retrieved" not in caplog.text

@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -181,6 +181,30 @@ class ServerLog:
 
     def isEnabledFor(self, level: int) -> bool:  # the logging.Logger name
         return log.isEnabledFor(level)
+
+
+T = TypeVar("T")
+
+
+async def shield_from_client(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to its end even if the client disconnects meanwhile.
+
+    The API cancels a handler whose client went away (``handler_cancellation``); work that
+    changes state (removing a stream, a reload, answering a WHIP offer) must not stop half-way.
+    If it fails after its handler is gone, that is one log line, not asyncio's "Task exception
+    was never retrieved".
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_log_orphan)
+        raise
+
+
+def _log_orphan(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("api: work for a client that left failed: %s", one_line(exc))
 
 
 def _peer(args: tuple[Any, ...]) -> str:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from pydantic import ValidationError
 
+from crossmodald.api.serverlog import shield_from_client
 from crossmodald.config_errors import format_validation_error
 from crossmodald.ingest.base import SourceError
 from crossmodald.ingest.registry import SourceConfigBase, SourceRegistry
@@ -280,7 +281,7 @@ async def _delete(request: web.Request) -> web.Response:
     try:
         # Shielded: a client that disconnects (its handler is cancelled) does not cut a
         # removal half-way.
-        entry = await asyncio.shield(control.remove_source(name))
+        entry = await shield_from_client(control.remove_source(name))
     except KeyError:
         return _error(404, f"no source named {name[:80]!r}")
     return web.json_response({**entry, "removed": True})
@@ -291,7 +292,7 @@ async def _reload(request: web.Request) -> web.Response:
     control = request.app[SOURCES_CONTROL]
     if control.stopping:
         return _error(503, "the daemon is stopping")
-    result = await asyncio.shield(control.reload_from_file())  # see _delete
+    result = await shield_from_client(control.reload_from_file())  # see _delete
     body = result.as_dict()
     if result.ok:
         return web.json_response(body)

@@ -53,6 +53,7 @@ from aiortc.rtcpeerconnection import find_common_codecs
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.sdp import MediaDescription, SessionDescription
 
+from crossmodald.api.serverlog import shield_from_client
 from crossmodald.bus.bus import EventBus, EventFilter, SubscriberClosed, Subscription
 from crossmodald.bus.events import Event
 from crossmodald.bus.sinks import SinkStats, run_sink
@@ -447,7 +448,7 @@ class WhipEndpoint:
             )
         # Shielded: a publisher that disconnects mid-answer (its handler is cancelled) must not
         # leave a half-made PeerConnection; the session it gets ends with its connect timeout.
-        return await asyncio.shield(self._answer_counted(request, name, sdp, summary))
+        return await shield_from_client(self._answer_counted(request, name, sdp, summary))
 
     async def _answer_counted(
         self, request: web.Request, name: str, sdp: str, summary: OfferSummary
@@ -521,7 +522,7 @@ class WhipEndpoint:
         session = self.sessions.get(request.match_info["id"])
         if session is None:
             return self._error(request, 404, "no such WHIP session (ended, or never existed)")
-        await asyncio.shield(self.end_session(session))
+        await shield_from_client(self.end_session(session))
         return web.json_response(
             {"stream": session.stream, "state": "ended"}, headers=self._cors(request) or {}
         )
