@@ -188,6 +188,8 @@ async def held(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
         out[match.group(1)] = float(match.group(2))
     if "connections" in out:
         out["connections"] -= 1
+    closed_slow = re.search(r"^crossmodald_subscribers_closed_slow_total (\S+)$", text, re.M)
+    out["closed_slow_total"] = float(closed_slow.group(1)) if closed_slow else float("nan")
     out["subscribers_open"] = float(
         re.search(r"^crossmodald_subscribers (\S+)$", text, re.M).group(1)  # type: ignore[union-attr]
     )
@@ -543,7 +545,7 @@ async def mixed(daemon: Daemon, minutes: float, *, idle: bool = False) -> dict[s
                 async with asyncio.timeout(150):
                     while not stop.is_set() and not reader.at_eof():  # noqa: ASYNC110
                         await asyncio.sleep(1.0)  # never reads: only looks whether it was cut
-            if reader.at_eof():
+            if reader.at_eof():  # rarely seen: a client that does not read sees no EOF either
                 tally.not_reading_cut_s.append(round(time.monotonic() - t0, 1))
         finally:
             writer.close()
@@ -652,7 +654,7 @@ async def mixed(daemon: Daemon, minutes: float, *, idle: bool = False) -> dict[s
         "client-side errors": dict(tally.errors.most_common(8)),
         "RSS start / end (MiB)": (round(rss_start, 1), round(rss_end, 1)),
         "RSS every 30 s (MiB)": tally.rss_mib,
-        "non-reading subscribers cut after (s)": tally.not_reading_cut_s,
+        "non-reading subscribers cut (as the client saw it) after (s)": tally.not_reading_cut_s,
         "trickling connections answered or closed (then reconnected)": tally.tricklers_cut,
         "slots held at the end": held_end,
         "log lines": len(text.splitlines()),
