@@ -176,3 +176,31 @@ def test_the_log_formatter_redacts_what_a_library_logs() -> None:
         line = make_formatter(fmt).format(record)
         assert "rtsp://***@cam/s?sig=***" in line
         assert "pw@" not in line
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a request line: no scheme, the target's credential parameters hidden
+        (
+            "Bad status line: b'GET /v1/events?access_token=abc123 HTTP/9.9'",
+            "Bad status line: b'GET /v1/events?access_token=*** HTTP/9.9'",
+        ),
+        ("GET /p?res=hd&token=zz;sig=1 HTTP/1.1", "GET /p?res=hd&token=***;sig=*** HTTP/1.1"),
+        # a line cut short mid-value (aiohttp quotes 100 bytes of an over-long one)
+        ("b'/v1/events?access_token=abcd...'", "b'/v1/events?access_token=***'"),
+        # Authorization headers, whatever the scheme; and a bare bearer credential
+        ("Authorization: Bearer abc.def-123", "Authorization: ***"),
+        ("'authorization': 'Basic dXNlcjpwYXNz'", "'authorization': '***'"),
+        ("Proxy-Authorization: Digest x=1", "Proxy-Authorization: ***"),
+        ("reading: b'Bearer abcdefgh12345678xxxx...'", "reading: b'Bearer ***'"),
+        # nothing to hide: unchanged
+        ("GET /v1/events?type=sync.offset HTTP/1.1", "GET /v1/events?type=sync.offset HTTP/1.1"),
+        ("token must be at least 16 characters", "token must be at least 16 characters"),
+        ("basic authentication failed", "basic authentication failed"),
+        ("a=b&c=d", "a=b&c=d"),
+    ],
+)
+def test_redact_text_hides_credentials_outside_urls(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+    assert redact_text(expected) == expected  # idempotent

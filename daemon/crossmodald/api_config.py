@@ -89,6 +89,13 @@ class ApiLimitsConfig(ConfigModel):
     max_streams: int = Field(64, ge=1, le=100_000)
     #: Streams started through the API at once from one client address.
     max_streams_per_client: int = Field(8, ge=1, le=100_000)
+    #: Seconds a request body may take to arrive in full; a slower one gets 408 and its
+    #: connection is closed. Bodies are read before the request takes a per-client slot.
+    body_timeout_s: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False)
+    #: Bytes of events an SSE/WebSocket subscriber's connection may hold in the kernel's send
+    #: buffer and in the transport beyond the subscriber's own queue; past that the writer
+    #: waits, and one that waits ``slow_subscriber_s`` closes the subscriber as too slow.
+    subscriber_buffer_bytes: int = Field(64 * 1024, ge=4096, le=64 * 1024 * 1024)
 
 
 class ApiConfig(ConfigModel):

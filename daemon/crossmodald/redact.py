@@ -13,7 +13,12 @@ texts) and ``check-config`` output. It hides:
   ``_secret``, ``_password`` or ``_signature`` (any case, ``-`` same as ``_``).
 
 Everything else (scheme, host, IPv6 brackets, port, path, other parameters, their order) is
-kept as written. A string that is not a URL is returned unchanged.
+kept as written. A string that is not a URL is returned unchanged by :func:`redact_url`.
+
+:func:`redact_text` (log lines, error messages, request lines an HTTP client sent) also hides
+what is not a whole URL: credential-like parameters in a bare request target
+(``GET /v1/events?access_token=abc HTTP/1.1``), the value of an ``Authorization`` (or
+``Proxy-Authorization``) header, and the credentials after ``Bearer`` or ``Basic``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,14 @@ _SENSITIVE_SUFFIXES = ("_token", "_key", "_secret", "_password", "_signature")
 # scheme "://" then anything up to whitespace or a quote/bracket that closes the text around it.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+# A parameter in text that is no whole URL: a request target, a cut-off line ("?token=ab...").
+_PARAMETER_IN_TEXT = re.compile(r"(?<=[?&;#])([^=&;#?\s'\"<>`/]+)=([^&;#\s'\"<>`]+)")
+# An Authorization header as a client sent it or a library quotes it: hide its whole value.
+_AUTH_HEADER_IN_TEXT = re.compile(
+    r"(?i)\b((?:proxy-)?authorization)([\"']?\s*[:=]\s*[\"']?)([^\r\n\"']+)"
+)
+# Credentials after an auth scheme (RFC 7235 token68), wherever they stand.
+_AUTH_SCHEME_IN_TEXT = re.compile(r"\b((?i:bearer)|Basic)(\s+)([A-Za-z0-9._~+/-]+=*)")
 
 
 def is_sensitive_parameter(name: str) -> bool:
@@ -97,10 +110,35 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """``text`` (a log line, an error message) with every URL in it redacted."""
-    if "://" not in text:
-        return text
-    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+    """``text`` (a log line, an error message, a request line) with its credentials hidden.
+
+    Every URL in it is redacted as :func:`redact_url` does; so are credential-like parameters
+    outside a whole URL (``/v1/events?access_token=***``), ``Authorization`` header values and
+    the credentials after ``Bearer``/``Basic`` (see the module doc).
+    """
+    if "://" in text:
+        text = _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+    if "=" in text:
+        text = _PARAMETER_IN_TEXT.sub(_mask_parameter, text)
+    lowered = text.lower()
+    if "authorization" in lowered:
+        text = _AUTH_HEADER_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+    if "bearer" in lowered or "Basic" in text:
+        text = _AUTH_SCHEME_IN_TEXT.sub(_mask_scheme, text)
+    return text
+
+
+def _mask_parameter(match: re.Match[str]) -> str:
+    name = match.group(1)
+    if match.group(2) == MASK or not is_sensitive_parameter(_unquote(name)):
+        return match.group(0)
+    return f"{name}={MASK}"
+
+
+def _mask_scheme(match: re.Match[str]) -> str:
+    if match.group(3) == MASK:
+        return match.group(0)
+    return f"{match.group(1)}{match.group(2)}{MASK}"
 
 
 def _unencoded_slash(authority: str, tail: str) -> tuple[str, str]:

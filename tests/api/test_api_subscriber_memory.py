@@ -4,7 +4,8 @@ The soak (benchmarks/soak.py) saw the daemon's RSS creep up under churning subsc
 SSE/WebSocket handler's stuck-write guard formed a reference cycle (guard -> its cancelled task
 -> CancelledError -> traceback -> watcher frame -> guard) that held the subscriber's request,
 transport, socket and bus subscription. Such cycles outlive the young GC generations and wait
-for a rare full collection. These tests run the real server with the cyclic GC switched off and
+for a rare full collection. (The guard is gone since: every write to a subscriber has its own
+deadline, slow_subscriber_s.) These tests run the real server with the cyclic GC switched off and
 count what is left after many subscribers came and went.
 """
 
@@ -21,7 +22,7 @@ import pytest
 from aiohttp import web
 from api_support import StartServer, ev
 
-from crossmodald.api.app import API_STATE, _StuckWriteGuard
+from crossmodald.api.app import API_STATE
 from crossmodald.bus import EventBus, Subscription
 from crossmodald.service.config import ApiConfig
 
@@ -77,7 +78,7 @@ async def churn(url: str, bus: EventBus, *, websocket: bool) -> None:
                             if line.startswith(b"id: "):
                                 break
         await settle(bus, 0)
-    # Let the cancelled guard tasks and the handlers' last steps run.
+    # Let the handlers' last steps run.
     for _ in range(20):
         await asyncio.sleep(0)
     await asyncio.sleep(0.05)
@@ -88,12 +89,12 @@ async def test_departed_subscribers_are_freed_without_the_cyclic_gc(
     start_server: StartServer, websocket: bool
 ) -> None:
     server = await start_server(heartbeat_s=15.0, ws_heartbeat_s=15.0)
-    # Nothing per subscriber may stay behind: not the subscription, its guard, nor (SSE) its
+    # Nothing per subscriber may stay behind: not the subscription, nor (SSE) its
     # request, and with it the transport and socket. Not web.Request for WebSocket: aiohttp
     # 3.14's own heartbeat callback (RequestHandler._data_received_cb -> WebSocketResponse ->
     # Request -> RequestHandler) is a cycle of aiohttp's that we do not own; our subscription
-    # and guard are not in it.
-    kinds: tuple[type, ...] = (Subscription, _StuckWriteGuard)
+    # is not in it.
+    kinds: tuple[type, ...] = (Subscription,)
     if not websocket:
         kinds += (web.Request,)
     with cyclic_gc_off():
@@ -103,10 +104,10 @@ async def test_departed_subscribers_are_freed_without_the_cyclic_gc(
     assert after == before, f"left behind by {CHURN} subscribers: {after} (before: {before})"
 
 
-async def test_stuck_write_guard_still_drops_a_client_that_stopped_reading(
+async def test_a_handler_stuck_in_a_write_drops_a_client_that_stopped_reading(
     start_server: StartServer,
 ) -> None:
-    """The guard's watcher, now free of the guard, still frees a handler stuck in a write."""
+    """A write that waits slow_subscriber_s frees the handler (the connection is dropped)."""
     config = ApiConfig(port=0, replay_size=0, subscriber_queue=8, slow_subscriber_s=0.2)
     server = await start_server(config=config)
     state = server.app[API_STATE]
@@ -128,7 +129,7 @@ async def test_stuck_write_guard_still_drops_a_client_that_stopped_reading(
                 n += 1
                 server.bus.publish(ev(n, blob="x" * 4096))
                 await asyncio.sleep(0.002)
-            # Cut off while blocked in a write: only the guard (after grace_s = 1 s) can free
+            # Cut off while blocked in a write: the write's deadline (slow_subscriber_s) frees
             # the handler, by dropping the connection.
             while state.subscriptions:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)

@@ -25,6 +25,9 @@ def _config(**limits: int) -> ApiConfig:
     return ApiConfig(port=0, limits=ApiLimitsConfig(**limits))
 
 
+HOLD = web.AppKey("hold", asyncio.Event)
+
+
 @pytest.fixture
 async def limited() -> AsyncIterator[tuple[str, web.Application]]:
     """A server with small limits and two extra routes: one reads its body, one starts a stream."""
@@ -56,7 +59,13 @@ async def limited() -> AsyncIterator[tuple[str, web.Application]]:
         slot.release()  # type: ignore[attr-defined]
         return web.json_response({}, status=200)
 
+    async def hold(request: web.Request) -> web.Response:
+        await app[HOLD].wait()  # a handler that takes its time (holds its slot meanwhile)
+        return web.json_response({})
+
+    app[HOLD] = asyncio.Event()
     app.router.add_post("/v1/sources/echo", echo)
+    app.router.add_post("/v1/sources/hold", hold)
     app.router.add_post("/v1/sources/{name}/start", start)
     app.router.add_delete("/v1/sources/{name}", stop)
     runner = await serve(app, "127.0.0.1", 0, shutdown_timeout_s=1.0)
@@ -144,7 +153,7 @@ async def test_too_many_requests_in_progress_per_client(
 ) -> None:
     url, app = limited
     limits = app[LIMITS]
-    # Three long-lived requests: two event streams plus one slow body upload.
+    # Three long-lived requests: two event streams plus one slow handler.
     async with aiohttp.ClientSession() as session:
         a = await session.get(url + "/v1/events")
         b = await session.get(url + "/v1/events")
@@ -154,7 +163,9 @@ async def test_too_many_requests_in_progress_per_client(
             yield b"z"
             await gate.wait()
 
+        # A body still arriving holds no slot (it is read before the request takes one).
         upload = asyncio.create_task(session.post(url + "/v1/sources/echo", data=slow_body()))
+        held = asyncio.create_task(session.post(url + "/v1/sources/hold"))
         async with asyncio.timeout(5):
             while limits.held("connections", "127.0.0.1") < 3:  # noqa: ASYNC110 - counters
                 await asyncio.sleep(0.02)
@@ -162,7 +173,10 @@ async def test_too_many_requests_in_progress_per_client(
             assert resp.status == 429
             assert "requests in progress" in (await resp.json())["error"]
         gate.set()
+        app[HOLD].set()
         async with await upload as done:
+            assert done.status == 200
+        async with await held as done:
             assert done.status == 200
         async with session.get(url + "/v1/streams") as resp:
             assert resp.status == 200

@@ -188,6 +188,17 @@ async def test_whep_refuses_unknown_stream_and_wrong_codec() -> None:
                 f"{a.base_url}/v1/whep/nobody", data=offer, headers={"Content-Type": "text/plain"}
             ) as response:
                 assert response.status == 415
+            # An offer without what DTLS needs is refused before any session exists.
+            no_fingerprint = "\r\n".join(
+                line for line in offer.split("\r\n") if not line.startswith("a=fingerprint")
+            )
+            async with http.post(
+                f"{a.base_url}/v1/whep/nobody",
+                data=no_fingerprint,
+                headers={"Content-Type": "application/sdp"},
+            ) as response:
+                assert response.status == 400
+                assert "a=fingerprint" in (await response.json())["error"]
             async with http.delete(f"{a.base_url}/v1/whep/session/nope") as response:
                 assert response.status == 404
             async with http.options(

@@ -14,9 +14,15 @@ Routes:
 Security (:mod:`crossmodald.api.auth`, :mod:`crossmodald.api.limits`): bearer tokens with
 scopes per route, CORS allow-list, optional TLS, request size and per-client limits.
 
-Every error is JSON ``{"error": "..."}`` with its status. Each event subscriber is a bus
-subscription with its own bounded queue; see :mod:`crossmodald.bus.bus` for the slow-subscriber
-policy. At most ``ApiConfig.max_subscribers`` event subscribers are served at once (then 503).
+Every error is JSON ``{"error": "..."}`` with its status; an exception no handler expected is a
+JSON 500 and one (bounded) log line with its traceback. Client errors are logged redacted and
+bounded (:mod:`crossmodald.api.serverlog`). Each event subscriber is a bus subscription with its
+own bounded queue; see :mod:`crossmodald.bus.bus` for the slow-subscriber policy. Its connection
+holds at most ``api.limits.subscriber_buffer_bytes`` in kernel and transport buffers, and a
+write that waits ``slow_subscriber_s`` closes it as too slow, so a client that stops reading is
+cut by its own queue's rule, not after the kernel's buffers fill. A subscriber that disconnects
+frees its slots at once (handlers are cancelled when their client goes away). At most
+``ApiConfig.max_subscribers`` event subscribers are served at once (then 503).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +42,8 @@ from aiohttp import WSCloseCode, web
 from crossmodald.api import auth as _auth
 from crossmodald.api import metrics as _metrics
 from crossmodald.api.limits import LIMITS, ClientLimits, limits_middleware, server_kwargs
+from crossmodald.api.serverlog import SERVER_LOG, RateLimitedLog, ServerLog, one_line
+from crossmodald.api.serverlog import log as server_log
 from crossmodald.api_config import ApiConfig
 from crossmodald.bus.bus import EventBus, EventFilter, SubscriberClosed, Subscription
 
@@ -128,6 +137,7 @@ def build_app(
         client_max_size=config.limits.max_body_bytes,
     )
     app[API_STATE] = ApiState(bus, streams, config, heartbeat_s, ws_heartbeat_s)
+    app[SERVER_LOG] = RateLimitedLog(server_log)
     _auth.install(app, config)
     app[LIMITS] = ClientLimits(config.limits)
     _metrics.install(app)
@@ -152,12 +162,20 @@ async def serve(
     Stop with ``await runner.cleanup()``: it stops listening, ends event subscribers with
     "server shutting down", waits up to ``shutdown_timeout_s`` for handlers, then closes.
 
+    aiohttp's own error logging goes through :class:`~crossmodald.api.serverlog.ServerLog`
+    (redacted, bounded, no traceback for a client's error); there is no access log. A handler
+    is cancelled when its client disconnects (``handler_cancellation``): an event subscriber
+    that leaves frees its slots at once; handlers that change state shield that work.
+
     Raises:
         OSError: The address cannot be bound (the message names it).
     """
     config = app[API_STATE].config if API_STATE in app else None
     # Header/line limits and TLS come from the app's config (ValueError names a bad cert/key).
     extra = server_kwargs(config.limits) if config is not None else {}
+    if SERVER_LOG in app:
+        extra["logger"] = ServerLog(app[SERVER_LOG])
+    extra["handler_cancellation"] = True
     ssl_context = _auth.tls_context(config.tls) if config is not None and config.tls else None
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout_s, access_log=None, **extra)
     await runner.setup()
@@ -189,9 +207,15 @@ def _error(status: int, message: str) -> web.Response:
 
 @web.middleware
 async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn aiohttp's own HTTP errors (404, 405, ...) into the API's JSON error shape."""
+    """Turn aiohttp's own HTTP errors (404, 405, ...) into the API's JSON error shape.
+
+    A client that went away gets nothing (and logs nothing); an exception no handler expected
+    is a JSON 500 with one line, its traceback logged once per interval and kind.
+    """
     try:
         return await handler(request)
+    except ConnectionError:
+        return web.Response(status=400)  # never sent: the client is gone
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -207,6 +231,12 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except Exception as exc:
+        kind = (
+            f"api: unexpected error in {request.method} {request.path[:60]} ({type(exc).__name__})"
+        )
+        request.app[SERVER_LOG].log(logging.ERROR, kind, f"{kind}: {one_line(exc)}", exc_info=exc)
+        return _error(500, f"internal error ({type(exc).__name__}); it was logged")
 
 
 def _parse_seq(value: str | None, what: str) -> int | None:
@@ -256,63 +286,61 @@ def _gap_notice(sub: Subscription) -> dict[str, Any]:
     }
 
 
-class _StuckWriteGuard:
-    """Drops the connection of a subscriber that stopped reading.
-
-    Once the bus has closed the subscription (too slow, or shutdown), the handler gets
-    ``grace_s`` to get back from the write it may be blocked in; if it is still streaming
-    events then, the client is not reading at all and only dropping the connection frees the
-    handler. The close notice itself is written under its own time limit (see the handlers).
-
-    The watcher coroutine sees only the request, the subscription and a flag, never the guard:
-    a cancelled task keeps its CancelledError, whose traceback keeps the coroutine's frame; had
-    that frame held the guard (which holds the task), every subscriber's request, transport and
-    socket would form a reference cycle that waits in the oldest GC generation for a full
-    collection (minutes apart under the soak). Without the cycle they are freed at once.
-    """
-
-    def __init__(self, request: web.Request, sub: Subscription, grace_s: float) -> None:
-        self.grace_s = grace_s
-        self._closing = _Flag()
-        self._task: asyncio.Task[None] | None = asyncio.create_task(
-            _abort_if_stuck(request, sub, grace_s, self._closing),
-            name=f"api:stuck-guard:{sub.name}",
-        )
-
-    @property
-    def closing(self) -> bool:
-        """Whether the handler is writing its close notice (the guard then leaves it alone)."""
-        return self._closing.value
-
-    @closing.setter
-    def closing(self, value: bool) -> None:
-        self._closing.value = value
-
-    def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None  # the loop holds it until it ends; then nothing does
-
-
-@dataclass(slots=True)
-class _Flag:
-    value: bool = False
-
-
-async def _abort_if_stuck(
-    request: web.Request, sub: Subscription, grace_s: float, closing: _Flag
-) -> None:
-    """The stuck-write guard's watcher (see :class:`_StuckWriteGuard`)."""
-    await sub.wait_closed()
-    await asyncio.sleep(grace_s)
-    transport = request.transport
-    if not closing.value and transport is not None:
-        log.info("api: %s stopped reading; dropping the connection", sub.name)
-        transport.abort()
-
-
 def _grace_s(state: ApiState) -> float:
+    """How long a close notice may take to write (a subscriber closed by the bus gets one)."""
     return max(1.0, state.bus.slow_subscriber_s)
+
+
+def _bound_buffers(request: web.Request, buffer_bytes: int) -> None:
+    """Keep a subscriber's backlog in its own queue, not in kernel and transport buffers.
+
+    Without this the kernel's send buffer (autotuned up to megabytes) and the transport take
+    every event a client does not read, and its queue never fills: a client that stopped
+    reading would be noticed only when those are full (minutes at a few events a second).
+    """
+    transport = request.transport
+    if transport is None:
+        return
+    transport.set_write_buffer_limits(high=buffer_bytes // 2, low=buffer_bytes // 8)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            # Linux doubles the value for its bookkeeping: half of it is what we mean.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(2048, buffer_bytes // 4))
+
+
+class _NotReading(Exception):
+    """A write to an event subscriber waited ``slow_subscriber_s``: the client is not reading."""
+
+
+async def _write_within(deadline_s: float, write: Awaitable[None]) -> None:
+    """Await ``write``; one that cannot finish in ``deadline_s`` means the client stopped reading."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            await write
+    except TimeoutError:
+        raise _NotReading from None
+
+
+async def _sse_write(request: web.Request, response: web.StreamResponse, data: bytes) -> None:
+    """Write, then wait until the transport is below its high-water mark (aiohttp itself only
+    waits every 64 KiB), so what the client has not taken stays in the subscriber's queue."""
+    await response.write(data)
+    await request.writer.drain()
+
+
+def _drop_not_reading(request: web.Request, sub: Subscription, deadline_s: float) -> None:
+    # Counted as a slow subscriber like any other; the connection is dropped at once (a client
+    # that takes no data would not take a close notice either).
+    request.app[API_STATE].bus.close_slow(sub, f"too slow: took no data for {deadline_s:g} s")
+    request.config_dict[SERVER_LOG].log(
+        logging.INFO,
+        "api: subscriber not reading",
+        f"api: {sub.name} took no data for {deadline_s:g} s (slow_subscriber_s); "
+        "closed as too slow",
+    )
+    if request.transport is not None:
+        request.transport.abort()
 
 
 # -- SSE ----------------------------------------------------------------------------------------
@@ -337,34 +365,39 @@ async def _events_sse(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
-    guard = _StuckWriteGuard(request, sub, _grace_s(state))
+    slow_s = state.bus.slow_subscriber_s
+    _bound_buffers(request, state.config.limits.subscriber_buffer_bytes)
     try:
         await response.prepare(request)
-        await response.write(f"retry: {SSE_RETRY_MS}\n\n".encode())
+        await _write_within(
+            slow_s, _sse_write(request, response, f"retry: {SSE_RETRY_MS}\n\n".encode())
+        )
         if not sub.replay_complete:
-            await response.write(_sse_frame("gap", json.dumps(_gap_notice(sub))))
+            frame = _sse_frame("gap", json.dumps(_gap_notice(sub)))
+            await _write_within(slow_s, _sse_write(request, response, frame))
         while True:
             try:
                 async with asyncio.timeout(state.heartbeat_s):
                     first = await anext(sub)
             except TimeoutError:
-                await response.write(b": keep-alive\n\n")
+                await _write_within(slow_s, _sse_write(request, response, b": keep-alive\n\n"))
                 continue
             except StopAsyncIteration:
                 break
             except SubscriberClosed as exc:
-                guard.closing = True
-                async with asyncio.timeout(guard.grace_s):
+                async with asyncio.timeout(_grace_s(state)):
                     await response.write(_sse_frame("close", json.dumps({"reason": exc.reason})))
                 break
             batch = [first, *sub.drain_nowait(SSE_BATCH_MAX - 1)]
-            await response.write(b"".join(_sse_frame(env.type, env.json, env.seq) for env in batch))
+            data = b"".join(_sse_frame(env.type, env.json, env.seq) for env in batch)
+            await _write_within(slow_s, _sse_write(request, response, data))
+    except _NotReading:
+        _drop_not_reading(request, sub, slow_s)
     except (ConnectionError, TimeoutError):
         # The client went away, or did not take its close notice in time: nothing to tell it.
         if request.transport is not None:
             request.transport.abort()
     finally:
-        guard.cancel()
         state.subscriptions.discard(sub)
         await sub.aclose()
     return response
@@ -399,27 +432,29 @@ async def _events_ws(request: web.Request) -> web.StreamResponse:
     if isinstance(opened, web.Response):
         return opened
     sub = opened
-    guard = _StuckWriteGuard(request, sub, grace_s)
+    slow_s = state.bus.slow_subscriber_s
     reader: asyncio.Task[None] | None = None
     try:
         await ws.prepare(request)
+        _bound_buffers(request, state.config.limits.subscriber_buffer_bytes)
         reader = asyncio.create_task(_ws_reader(ws, sub), name=f"api:ws-reader:{sub.name}")
         if not sub.replay_complete:
-            await ws.send_str(json.dumps({"control": "gap", **_gap_notice(sub)}))
+            gap = json.dumps({"control": "gap", **_gap_notice(sub)})
+            await _write_within(slow_s, ws.send_str(gap))
         try:
             async for envelope in sub:
-                await ws.send_str(envelope.json)
+                await _write_within(slow_s, ws.send_str(envelope.json))
         except SubscriberClosed as exc:
-            guard.closing = True
             code = WSCloseCode.TRY_AGAIN_LATER if exc.slow else WSCloseCode.GOING_AWAY
             # Bounded: the frame's write (grace_s) plus waiting for the answer (grace_s).
             async with asyncio.timeout(2 * grace_s):
                 await ws.close(code=code, message=_ws_reason(exc.reason))
+    except _NotReading:
+        _drop_not_reading(request, sub, slow_s)
     except (ConnectionError, TimeoutError):
         if request.transport is not None:
             request.transport.abort()
     finally:
-        guard.cancel()
         state.subscriptions.discard(sub)
         await sub.aclose()
         if ws.prepared and not ws.closed:

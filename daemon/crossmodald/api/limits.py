@@ -9,11 +9,15 @@ What is limited, and how:
 * Request line, header fields and header count: by aiohttp's parser (:func:`server_kwargs`);
   an oversized request is answered 400/413/431 before any handler runs.
 * Request body: a ``Content-Length`` above ``max_body_bytes`` gets 413 before the body is read
-  (:func:`limits_middleware`); a chunked body is cut off at the same size by aiohttp's
-  ``client_max_size`` when a handler reads it.
+  (:func:`limits_middleware`); a chunked body is cut off at the same size. The whole body must
+  arrive within ``body_timeout_s`` (else 408 and the connection is closed), and it is read
+  *before* the request takes any slot: a client that trickles bodies holds sockets for at
+  most that long, never the slots other clients from its address need. Handlers get the body
+  with ``await request.read()`` (already in memory).
 * Requests in progress per client (``max_connections_per_client``): every request holds a slot
   until its handler returns, so a long-lived SSE or WebSocket stream holds one for its whole life.
   Idle keep-alive connections hold none; they are closed after :data:`KEEPALIVE_TIMEOUT_S`.
+  The probes (:data:`PROBE_PATHS`) take no slot: they answer whatever the limits.
 * Event subscribers per client (``max_subscribers_per_client``): requests to ``/v1/events*``.
 * Streams started through the API (``max_streams`` in all, ``max_streams_per_client``): handlers
   that start a stream (REST sources, WHIP) take a :class:`Slot` with :func:`acquire_stream_slot`
@@ -25,6 +29,7 @@ Refusals are JSON ``{"error": ...}`` with 429 (per-client) or 503 (server-wide) 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import Counter
@@ -32,7 +37,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from crossmodald.api.serverlog import SERVER_LOG, one_line
 from crossmodald.api_config import ApiLimitsConfig
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,8 @@ KEEPALIVE_TIMEOUT_S = 75.0
 RETRY_AFTER_S = 1
 #: Paths whose requests are event subscribers (SSE and WebSocket).
 EVENTS_PREFIX = "/v1/events"
+#: Health probes: cheap, public, and answered whatever a client's limits (no slot is taken).
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Kind = Literal["connections", "subscribers", "streams"]
@@ -207,18 +216,22 @@ def acquire_stream_slot(request: web.Request) -> Slot:
     try:
         return limits.acquire("streams", client_of(request))
     except LimitExceeded as exc:
-        log.warning("api: refused a stream: %s", exc)
+        _log_refusal(request, "api: refused a stream", f"api: refused a stream: {exc}")
         raise refusal(str(exc), exc.status) from None
 
 
 @web.middleware
 async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Enforce the body-size precheck and the per-client request and subscriber limits."""
+    """Enforce the body size and deadline, then the per-client request and subscriber limits."""
+    if request.path in PROBE_PATHS:
+        return await handler(request)
     limits = request.config_dict[LIMITS]
     max_body = limits.config.max_body_bytes
     length = request.content_length
     if length is not None and length > max_body:
         raise refusal(f"request body too large: {length} bytes (limit {max_body})", 413)
+    if request.body_exists:
+        await _read_body(request, limits.config)
     client = client_of(request)
     slots: list[Slot] = []
     try:
@@ -228,7 +241,9 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
     except LimitExceeded as exc:
         for slot in slots:
             slot.release()
-        log.info("api: refused %s %s: %s", request.method, request.path, exc)
+        _log_refusal(
+            request, "api: refused (limit)", f"api: refused {request.method} {request.path}: {exc}"
+        )
         raise refusal(str(exc), exc.status) from None
     try:
         response: web.StreamResponse = await handler(request)
@@ -236,3 +251,55 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
     finally:
         for slot in slots:
             slot.release()
+
+
+async def _read_body(request: web.Request, config: ApiLimitsConfig) -> None:
+    """Read the whole body into the request within ``body_timeout_s`` (before any slot).
+
+    Raises:
+        web.HTTPException: 408 (too slow; the connection is closed), 413 (too large), 400
+            (the body is malformed, e.g. bad chunked encoding, or the client went away).
+    """
+    try:
+        async with asyncio.timeout(config.body_timeout_s):
+            await request.read()
+    except TimeoutError:
+        request.protocol.force_close()  # don't linger reading what it still trickles
+        _log_refusal(
+            request,
+            "api: slow request body",
+            f"api: {request.remote}: request body not complete within "
+            f"{config.body_timeout_s:g} s; connection closed",
+        )
+        raise _json_http(
+            web.HTTPRequestTimeout,
+            f"request body not complete within {config.body_timeout_s:g} s (api.limits.body_timeout_s)",
+        ) from None
+    except web.HTTPRequestEntityTooLarge:
+        # No force_close: aiohttp reads (and drops) the rest for a while, so the client, still
+        # sending, gets to read its 413.
+        raise refusal(
+            f"request body too large (limit {config.max_body_bytes} bytes)", 413
+        ) from None
+    except (ConnectionError, HttpProcessingError) as exc:
+        # A client that vanished mid-body (nobody to answer) or sent a malformed body.
+        request.protocol.force_close()
+        _log_refusal(
+            request,
+            "api: unreadable request body",
+            f"api: {request.remote}: request body unreadable: {one_line(exc)}",
+        )
+        raise _json_http(web.HTTPBadRequest, f"request body unreadable: {one_line(exc)}") from None
+
+
+def _json_http(cls: type[web.HTTPException], message: str) -> web.HTTPException:
+    return cls(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _log_refusal(request: web.Request, kind: str, message: str) -> None:
+    """Refusals are client errors: logged once per interval and kind, with a count."""
+    limiter = request.config_dict.get(SERVER_LOG)
+    if limiter is None:
+        log.info("%s", message)
+        return
+    limiter.log(logging.INFO, kind, message)

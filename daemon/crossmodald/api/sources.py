@@ -26,18 +26,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
+import re
 from typing import Any, Protocol
 
 from aiohttp import web
 from pydantic import ValidationError
 
+from crossmodald.api.serverlog import shield_from_client
 from crossmodald.config_errors import format_validation_error
 from crossmodald.ingest.base import SourceError
 from crossmodald.ingest.registry import SourceConfigBase, SourceRegistry
 from crossmodald.redact import redact_text
 
+log = logging.getLogger(__name__)
+
 #: Largest POST /v1/sources body, in bytes (one source table).
 MAX_SOURCE_BODY_BYTES = 64 * 1024
+#: Deepest nesting of arrays and objects in a JSON body (a source table needs 3 or 4).
+MAX_JSON_DEPTH = 32
+#: Longest integer in a JSON body, in digits (int64 needs 19).
+MAX_JSON_INT_DIGITS = 40
 
 
 class ReloadOutcome(Protocol):
@@ -134,37 +144,97 @@ async def _get(request: web.Request) -> web.Response:
 
 
 async def _read_json(request: web.Request) -> Any:
-    """The request's JSON body, or raise a JSON 400/413/415 error."""
+    """The request's JSON body, or raise a JSON 400/413/415 error.
+
+    The API's limits middleware has read the body already (within ``body_timeout_s``);
+    ``request.read()`` returns it (or reads it, bounded by ``client_max_size``, in an
+    application without that middleware).
+    """
     if request.content_length is not None and request.content_length > MAX_SOURCE_BODY_BYTES:
-        raise web.HTTPRequestEntityTooLarge(
-            max_size=MAX_SOURCE_BODY_BYTES,
-            actual_size=request.content_length,
-            text=json.dumps(
-                {"error": f"body larger than {MAX_SOURCE_BODY_BYTES} bytes"}, ensure_ascii=False
-            ),
-            content_type="application/json",
+        raise _http_error(
+            web.HTTPRequestEntityTooLarge, f"body larger than {MAX_SOURCE_BODY_BYTES} bytes"
         )
     if request.content_type not in ("application/json", ""):
-        raise web.HTTPUnsupportedMediaType(
-            text=json.dumps({"error": f"expected application/json, got {request.content_type}"}),
+        raise _http_error(
+            web.HTTPUnsupportedMediaType,
+            f"expected application/json, got {request.content_type[:80]!r}",
+        )
+    body = await request.read()
+    if len(body) > MAX_SOURCE_BODY_BYTES:
+        raise _http_error(
+            web.HTTPRequestEntityTooLarge, f"body larger than {MAX_SOURCE_BODY_BYTES} bytes"
+        )
+    try:
+        return parse_json_body(body)
+    except ValueError as exc:
+        raise _http_error(web.HTTPBadRequest, f"body is not JSON: {exc}") from None
+
+
+def _http_error(cls: type[web.HTTPException], message: str) -> web.HTTPException:
+    if cls is web.HTTPRequestEntityTooLarge:
+        return web.HTTPRequestEntityTooLarge(
+            max_size=MAX_SOURCE_BODY_BYTES,
+            actual_size=0,
+            text=json.dumps({"error": message}),
             content_type="application/json",
         )
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(16 * 1024):
-        body += chunk
-        if len(body) > MAX_SOURCE_BODY_BYTES:
-            raise web.HTTPRequestEntityTooLarge(
-                max_size=MAX_SOURCE_BODY_BYTES,
-                actual_size=len(body),
-                text=json.dumps({"error": f"body larger than {MAX_SOURCE_BODY_BYTES} bytes"}),
-                content_type="application/json",
-            )
+    return cls(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def parse_json_body(body: bytes) -> Any:
+    """Parse a JSON request body strictly: what it gives is plain, finite and shallow.
+
+    Raises:
+        ValueError: One line saying what is wrong: not UTF-8, not JSON, ``NaN``/``Infinity``
+            (or a number too large to be finite), an integer longer than
+            :data:`MAX_JSON_INT_DIGITS` digits, or nesting deeper than :data:`MAX_JSON_DEPTH`.
+    """
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"body is not JSON: {exc}"}), content_type="application/json"
-        ) from None
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 (byte {exc.start})") from None
+    depth = _nesting_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested {depth} levels deep (limit {MAX_JSON_DEPTH})")
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_int=_int, parse_float=_float)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ValueError(f"nested too deep (limit {MAX_JSON_DEPTH})") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (numbers must be finite)")
+
+
+def _int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_JSON_INT_DIGITS:
+        raise ValueError(f"an integer of {digits} digits (limit {MAX_JSON_INT_DIGITS})")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large to be finite")
+    return value
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _nesting_depth(text: str) -> int:
+    """How deep arrays/objects nest in ``text`` (strings skipped), without recursion."""
+    depth = deepest = 0
+    for char in _STRING.sub("", text):
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 async def _create(request: web.Request) -> web.Response:
@@ -184,7 +254,8 @@ async def _create(request: web.Request) -> web.Response:
 
     slot = acquire_stream_slot(request)
     try:
-        task = await control.start_source(config)
+        # Shielded (see _delete): a client that hangs up does not cut a start half-way.
+        task = await shield_from_client(control.start_source(config))
     except ValueError as exc:
         slot.release()
         return _error(409, str(exc))
@@ -194,6 +265,16 @@ async def _create(request: web.Request) -> web.Response:
     except RuntimeError as exc:
         slot.release()
         return _error(503, str(exc))
+    except Exception as exc:
+        # A config the model accepted but the source cannot be built from: this stream
+        # fails alone, with one line (the slot is never kept by a stream that did not start).
+        slot.release()
+        message = redact_text(f"source {config.name!r} cannot start: {type(exc).__name__}: {exc}")
+        log.warning("api: %s", message)
+        return _error(422, message)
+    except BaseException:
+        slot.release()
+        raise
     if task is None:
         # A shared list (fleet mode): the stream runs wherever it is leased, not on this
         # request's daemon; [fleet] max_streams bounds what each daemon runs.
@@ -213,7 +294,9 @@ async def _delete(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     control = request.app[SOURCES_CONTROL]
     try:
-        entry = await control.remove_source(name)
+        # Shielded: a client that disconnects (its handler is cancelled) does not cut a
+        # removal half-way.
+        entry = await shield_from_client(control.remove_source(name))
     except KeyError:
         return _error(404, f"no source named {name[:80]!r}")
     except RuntimeError as exc:
@@ -226,7 +309,7 @@ async def _reload(request: web.Request) -> web.Response:
     control = request.app[SOURCES_CONTROL]
     if control.stopping:
         return _error(503, "the daemon is stopping")
-    result = await control.reload_from_file()
+    result = await shield_from_client(control.reload_from_file())  # see _delete
     body = result.as_dict()
     if result.ok:
         return web.json_response(body)

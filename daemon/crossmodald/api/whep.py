@@ -47,7 +47,15 @@ from aiortc.rtcpeerconnection import find_common_codecs
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription
 
-from crossmodald.api.whip import MAX_OFFER_BYTES, WhipEndpoint, _capability
+from crossmodald.api.serverlog import shield_from_client
+from crossmodald.api.sources import parse_json_body
+from crossmodald.api.whip import (
+    MAX_OFFER_BYTES,
+    OfferError,
+    WhipEndpoint,
+    _capability,
+    check_transport,
+)
 from crossmodald.bus.bus import EventFilter, SubscriberClosed, Subscription
 from crossmodald.bus.events import Event
 from crossmodald.config_base import NAME_PATTERN
@@ -154,6 +162,12 @@ class WhepEndpoint:
             parsed = SessionDescription.parse(sdp)
         except Exception as exc:  # aiortc's parser asserts; any failure means malformed
             return whip._error(request, 400, f"malformed SDP offer: {exc or type(exc).__name__}")
+        try:
+            # What ICE and DTLS need, checked as for WHIP before any PeerConnection exists.
+            for index, media in enumerate(parsed.media):
+                check_transport(media, index)
+        except OfferError as exc:
+            return whip._error(request, exc.status, exc.message)
         source = self._source(name)
         if source is None:
             return whip._error(
@@ -189,7 +203,9 @@ class WhepEndpoint:
             return whip._error(request, 422, "the offer receives no audio or video")
         self._pending += 1
         try:
-            return await self._answer(request, name, source, sdp, wanted)
+            # Shielded (see serverlog.shield_from_client): a viewer that hangs up mid-answer
+            # does not leave a half-made PeerConnection behind.
+            return await shield_from_client(self._answer(request, name, source, sdp, wanted))
         finally:
             self._pending -= 1
 
@@ -246,7 +262,7 @@ class WhepEndpoint:
         viewer = self.viewers.get(request.match_info["id"])
         if viewer is None:
             return whip._error(request, 404, "no such WHEP session (ended, or never existed)")
-        await self.end_viewer(viewer)
+        await shield_from_client(self.end_viewer(viewer))
         return web.json_response(
             {"stream": viewer.stream, "state": "ended"}, headers=whip._cors(request) or {}
         )
@@ -262,9 +278,11 @@ class WhepEndpoint:
         if not _NAME.fullmatch(name):
             return whip._error(request, 400, f"bad stream name {name[:80]!r}")
         try:
-            body = await request.json()
-        except ValueError:
-            return whip._error(request, 400, 'expected JSON {"audio_lead_ms": number or null}')
+            body = parse_json_body(await request.read())
+        except ValueError as exc:
+            return whip._error(
+                request, 400, f'expected JSON {{"audio_lead_ms": number or null}}: {exc}'
+            )
         value = body.get("audio_lead_ms", "missing") if isinstance(body, dict) else "missing"
         if value is not None and (
             isinstance(value, bool)

@@ -48,10 +48,12 @@ from aiohttp import hdrs, web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import CODECS
 from aiortc.rtcdatachannel import RTCDataChannel
+from aiortc.rtcdtlstransport import X509_DIGEST_ALGORITHMS
 from aiortc.rtcpeerconnection import find_common_codecs
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
-from aiortc.sdp import SessionDescription
+from aiortc.sdp import MediaDescription, SessionDescription
 
+from crossmodald.api.serverlog import shield_from_client
 from crossmodald.bus.bus import EventBus, EventFilter, SubscriberClosed, Subscription
 from crossmodald.bus.events import Event
 from crossmodald.bus.sinks import SinkStats, run_sink
@@ -73,6 +75,7 @@ __all__ = [
     "StreamHost",
     "WhipEndpoint",
     "check_offer",
+    "check_transport",
     "setup_whip",
 ]
 
@@ -180,9 +183,12 @@ def check_offer(sdp: str, config: WebRtcConfig) -> OfferSummary:
     """Check a WHIP offer before any WebRTC work.
 
     Raises:
-        OfferError: 400 when it is not a usable SDP offer; 422 for more than one audio or one
-            video section, no media, or a media section with no codec in common (the message
-            names what was offered and what is supported).
+        OfferError: 400 when it is not a usable SDP offer, including one that lacks what ICE
+            and DTLS need in any media section (``a=ice-ufrag``/``a=ice-pwd``, an
+            ``a=fingerprint`` with sha-256/384/512, ``a=setup``: without them aiortc would
+            answer and then fail the session in a background task); 422 for more than one
+            audio or one video section, no media, or a media section with no codec in common
+            (the message names what was offered and what is supported).
     """
     text = sdp.strip()
     if not text.startswith("v=0"):
@@ -195,7 +201,8 @@ def check_offer(sdp: str, config: WebRtcConfig) -> OfferSummary:
     kinds: list[str] = []
     codecs: dict[str, list[RTCRtpCodecParameters]] = {}
     data_channel = False
-    for media in parsed.media:
+    for index, media in enumerate(parsed.media):
+        check_transport(media, index)
         if media.kind == "application":
             data_channel = True
             continue
@@ -222,6 +229,34 @@ def check_offer(sdp: str, config: WebRtcConfig) -> OfferSummary:
     if not kinds:
         raise OfferError(422, "the offer has no audio or video track")
     return OfferSummary(tuple(kinds), codecs, data_channel)
+
+
+#: Fingerprint hash functions aiortc's DTLS can check (RFC 8122 names).
+_FINGERPRINT_ALGORITHMS = frozenset(X509_DIGEST_ALGORITHMS)
+_FINGERPRINT_VALUE = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})+")
+
+
+def check_transport(media: MediaDescription, index: int) -> None:
+    """What ICE and DTLS need in one media section, or an OfferError 400 naming what lacks."""
+    where = f"media section {index} ({media.kind})"
+    ice = media.ice
+    if ice is None or not ice.usernameFragment or not ice.password:
+        raise OfferError(400, f"malformed SDP offer: {where} has no a=ice-ufrag / a=ice-pwd")
+    dtls = media.dtls
+    if dtls is None:
+        # aiortc keeps no DTLS parameters for a section without a=setup.
+        raise OfferError(400, f"malformed SDP offer: {where} has no a=setup (DTLS role)")
+    usable = [
+        f
+        for f in dtls.fingerprints
+        if f.algorithm.lower() in _FINGERPRINT_ALGORITHMS and _FINGERPRINT_VALUE.fullmatch(f.value)
+    ]
+    if not usable:
+        raise OfferError(
+            400,
+            f"malformed SDP offer: {where} has no usable a=fingerprint (DTLS needs one with "
+            f"{', '.join(sorted(_FINGERPRINT_ALGORITHMS))})",
+        )
 
 
 # -- sessions ---------------------------------------------------------------------------------
@@ -389,7 +424,7 @@ class WhipEndpoint:
             )
         if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
             return self._error(request, 413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
-        body = await request.content.read(MAX_OFFER_BYTES + 1)
+        body = await request.read()  # read by the API's limits middleware (body_timeout_s)
         if len(body) > MAX_OFFER_BYTES:
             return self._error(request, 413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
         try:
@@ -414,6 +449,13 @@ class WhipEndpoint:
                 "try again later",
                 {hdrs.RETRY_AFTER: str(self.config.retry_after_s)},
             )
+        # Shielded: a publisher that disconnects mid-answer (its handler is cancelled) must not
+        # leave a half-made PeerConnection; the session it gets ends with its connect timeout.
+        return await shield_from_client(self._answer_counted(request, name, sdp, summary))
+
+    async def _answer_counted(
+        self, request: web.Request, name: str, sdp: str, summary: OfferSummary
+    ) -> web.Response:
         self._pending += 1
         try:
             return await self._answer(request, name, sdp, summary)
@@ -440,23 +482,23 @@ class WhipEndpoint:
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
         except (ValueError, AssertionError, AttributeError, KeyError, IndexError) as exc:
-            await pc.close()
+            await _close_quietly(pc)
             detail = str(exc) or type(exc).__name__
             return self._error(request, 400, f"cannot use the SDP offer: {detail}")
         except Exception:
-            await pc.close()
+            await _close_quietly(pc)
             raise
         try:
             source = WebRtcSource(name, pc, self.config, publish=self.host.publish)
         except Exception as exc:
-            await pc.close()
+            await _close_quietly(pc)
             return self._error(request, 422, str(exc))
         session.source = source
         session.first_seq = self.host.bus.last_seq
         try:
             session.task = self.host.add_stream(name, "webrtc", lambda: source, origin="publisher")
         except (ValueError, RuntimeError) as exc:
-            await pc.close()
+            await _close_quietly(pc)
             status = 409 if isinstance(exc, ValueError) else 503
             return self._error(request, status, str(exc))
         self.sessions[session.id] = session
@@ -483,7 +525,7 @@ class WhipEndpoint:
         session = self.sessions.get(request.match_info["id"])
         if session is None:
             return self._error(request, 404, "no such WHIP session (ended, or never existed)")
-        await self.end_session(session)
+        await shield_from_client(self.end_session(session))
         return web.json_response(
             {"stream": session.stream, "state": "ended"}, headers=self._cors(request) or {}
         )
@@ -641,6 +683,14 @@ class DataChannelSink:
         self._closing = True
         if self._sub is not None:
             self._sub.end("sink closing")
+
+
+async def _close_quietly(pc: RTCPeerConnection) -> None:
+    """Close a PeerConnection an offer broke half-way (aiortc's close may raise then too)."""
+    try:
+        await pc.close()
+    except Exception as exc:
+        log.debug("whip: closing a failed PeerConnection: %s: %s", type(exc).__name__, exc)
 
 
 def _capability(codec: RTCRtpCodecParameters) -> RTCRtpCodecCapability:

@@ -464,13 +464,21 @@ class EventBus:
             if sub.filter.matches(envelope.type, envelope.stream) and not sub._offer(envelope, now):
                 too_slow.append(sub)
         for sub in too_slow:
-            behind = sub.pending + 1
-            self._closed_slow += 1
             # The envelope that did not fit is dropped too.
-            self._dropped += 1 + sub._close(
-                SubscriberClosed(f"too slow: {behind} events behind", slow=True), discard=True
-            )
+            self._dropped += 1
+            self.close_slow(sub, f"too slow: {sub.pending + 1} events behind")
         return envelope
+
+    def close_slow(self, sub: Subscription, reason: str) -> None:
+        """Close ``sub`` as too slow (counted, what it still has queued discarded).
+
+        The bus does it when a subscriber's queue stays full; its consumer does it when it
+        finds its client not taking data at all (an API write that waits too long).
+        """
+        if sub.closed:
+            return
+        self._closed_slow += 1
+        self._dropped += sub._close(SubscriberClosed(reason, slow=True), discard=True)
 
     def subscribe(
         self, event_filter: EventFilter, last_seq: int | None = None, *, name: str = "subscriber"
