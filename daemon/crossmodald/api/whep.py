@@ -154,7 +154,7 @@ class WhepEndpoint:
             return whip._error(
                 request, 415, f"WHEP offers must be Content-Type {_SDP_TYPE}, got {got[:80]!r}"
             )
-        body = await request.content.read(MAX_OFFER_BYTES + 1)
+        body = await request.read()  # read by the API's limits middleware (body_timeout_s)
         if len(body) > MAX_OFFER_BYTES:
             return whip._error(request, 413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
         try:
