@@ -118,6 +118,14 @@ class DeviceSourceConfig(SourceConfigBase):
             raise ValueError("retry_max_s must not be below retry_initial_s")
         return self
 
+    def declared_frame_rate(self) -> float | None:
+        """The camera's requested frame rate, when the table asks for one."""
+        return self.camera.fps if self.camera is not None else None
+
+    def declared_sample_rate(self) -> int | None:
+        """The microphone's sample rate."""
+        return self.microphone.sample_rate if self.microphone is not None else None
+
 
 #: Faults of one kind (overflow) are reported at most this often; counts are summed meanwhile.
 _FAULT_INTERVAL_NS = 1 * NS_PER_S

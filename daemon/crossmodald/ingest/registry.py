@@ -58,6 +58,18 @@ class SourceConfigBase(ConfigModel):
     type: str
     name: str = Field(pattern=NAME_PATTERN)
 
+    def declared_frame_rate(self) -> float | None:
+        """The video frame rate this table fixes (None: no video, or known only once open).
+
+        The daemon checks ``[window]`` against it when the config is read (a window must
+        span a frame); a type that knows its rate from its table overrides this.
+        """
+        return None
+
+    def declared_sample_rate(self) -> int | None:
+        """The audio sample rate this table fixes (None: no audio, or known only once open)."""
+        return None
+
 
 class SourceFactory(Protocol):
     """What an entry point of group ``crossmodald.sources`` names."""
