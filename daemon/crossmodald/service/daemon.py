@@ -440,6 +440,8 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
                 plugin_configs = self.registry.validate(new.plugins, source)
             except ConfigError as exc:
                 return self._rejected(source, exc.errors)
+            if self.config.sources and not new.sources and "sources" not in new.model_fields_set:
+                return self._rejected(source, [_no_sources(self.config)])
             diff = diff_configs(
                 self.config,
                 new,
@@ -489,3 +491,13 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
             self.reloads += 1
             self.notifier.status(f"reloaded ({diff.summary()}); {self.status_line()}")
             return ReloadResult(True, diff, (), source)
+
+
+def _no_sources(running: DaemonConfig) -> str:
+    """Why a reload without ``[[sources]]`` is refused while configured streams run."""
+    names = ", ".join(repr(s.name) for s in running.sources[:5])
+    more = ", ..." if len(running.sources) > 5 else ""
+    return (
+        f"sources: the new config has no [[sources]] and would stop every configured stream "
+        f"({names}{more}); to remove them all, say so: sources = []"
+    )
