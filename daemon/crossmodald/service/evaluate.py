@@ -43,6 +43,7 @@ from typing import Any, Literal, TextIO, TypeVar
 import av
 import numpy as np
 import numpy.typing as npt
+from pydantic import ValidationError
 
 from crossmodald.bus.events import Envelope, Event, Phase
 from crossmodald.harness import HarnessResult, StreamRecord, run_plugins
@@ -58,7 +59,12 @@ from crossmodald.media import (
     VideoFrame,
 )
 from crossmodald.runtime.registry import PluginLoadError, PluginRegistry
-from crossmodald.service.config import ConfigError, MediaSourceConfig, WindowConfig
+from crossmodald.service.config import (
+    ConfigError,
+    MediaSourceConfig,
+    WindowConfig,
+    format_validation_error,
+)
 
 #: Frame step of the frame-level speech metric.
 SPEECH_FRAME_NS = 10 * NS_PER_MS
@@ -264,13 +270,16 @@ def media_source(path: Path, name: str, audio_shift_ms: float = 0.0) -> MediaSou
     """A file read as fast as it decodes, as ``crossmodald analyze`` reads it.
 
     Raises:
-        EvalError: The file does not exist.
+        EvalError: The file does not exist, or the shift is out of range.
     """
     if not path.is_file():
         raise EvalError(f"media {path}: no such file")
-    return MediaSourceConfig(
-        type="media", name=name, url=str(path), realtime=False, audio_shift_ms=audio_shift_ms
-    )
+    try:
+        return MediaSourceConfig(
+            type="media", name=name, url=str(path), realtime=False, audio_shift_ms=audio_shift_ms
+        )
+    except ValidationError as exc:
+        raise EvalError("; ".join(format_validation_error(exc))) from None
 
 
 class Progress:
@@ -317,8 +326,8 @@ def run_streams(
         window = WindowConfig.model_validate(
             {"length_s": length_s, "hop_s": hop_s, "lateness_s": 0.0}
         )
-    except ValueError as exc:
-        raise EvalError(str(exc).splitlines()[-1].strip()) from None
+    except ValidationError as exc:
+        raise EvalError("; ".join(format_validation_error(exc, ("window",)))) from None
     try:
         result = _run_sync(
             lambda: run_plugins(
