@@ -117,7 +117,7 @@ def create_source(
 
     Raises:
         SourceError: The type cannot be loaded, or the config describes a source that cannot
-            exist (e.g. a pattern whose flash outlasts its period). Opening errors come later,
+            exist (e.g. a media file that is not there). Opening errors come later,
             from ``open()``.
     """
     types = registry if registry is not None else SourceRegistry.default()
