@@ -97,7 +97,8 @@ class PatternSourceConfig(SourceConfigBase):
     drop_frames: float = Field(0.0, ge=0, lt=1)
     #: Probability that an audio packet is lost.
     lose_audio: float = Field(0.0, ge=0, lt=1)
-    audio_packet_ms: float = Field(20.0, gt=0, le=1000)
+    #: At least 1 ms: shorter packets (one sample each, say) cost more than real time to make.
+    audio_packet_ms: float = Field(20.0, ge=1, le=1000)
     #: Stop after this many seconds (None: run until stopped).
     duration_s: float | None = Field(None, gt=0, le=MAX_MEDIA_S)
     #: Seeds the fault draws (numpy's SeedSequence takes a non-negative integer).
