@@ -91,7 +91,8 @@ def _config_models() -> list[type[BaseModel]]:
             yield sub
             yield from family(sub)
 
-    models = {m for m in family(ConfigModel) if m.__module__.startswith("crossmodald")}
+    built_in = ("crossmodald.", "crossmodald_plugins.")
+    models = {m for m in family(ConfigModel) if m.__module__.startswith(built_in)}
     return sorted(models, key=lambda m: f"{m.__module__}.{m.__name__}")
 
 
