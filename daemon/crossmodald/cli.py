@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             await daemon.run(stop)
         except OSError as exc:
             return _fail(exc.strerror or str(exc))
-        except StartupError as exc:
+        except (StartupError, ValueError) as exc:  # ValueError: a sink cannot be built
             return _fail(str(exc))
         finally:
             signals.uninstall()
