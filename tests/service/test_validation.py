@@ -499,3 +499,23 @@ async def test_sighup_with_a_config_that_cannot_run_keeps_the_daemon(
     text = "".join(log) + rest
     assert "Traceback" not in text
     assert "ExceptionGroup" not in text
+
+
+async def test_a_reload_whose_source_type_breaks_is_rejected(tmp_path: Path) -> None:
+    build = default_source_factory()
+
+    def factory(config: SourceConfigBase) -> Source:
+        if config.name == "boom":  # a bug in a source type, met while the reload builds it
+            raise ZeroDivisionError("division by zero in a third-party source")
+        return build(config)
+
+    async with running(tmp_path, SOURCES + WINDOW + API, factory) as run:
+        await run.wait(lambda: run.state("a") == run.state("b") == "running")
+        before = run.daemon.config
+        run.path.write_text(SOURCES + pattern("boom") + WINDOW + API)
+        result = await run.daemon.reload_from_file()
+        assert not result.ok
+        assert result.errors == ("ZeroDivisionError('division by zero in a third-party source')",)
+        assert run.daemon.config is before
+        assert run.state("a") == run.state("b") == "running"
+        assert "boom" not in run.daemon.stream_states

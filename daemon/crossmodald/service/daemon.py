@@ -481,10 +481,14 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
                     if sink_config.identity in (*diff.sinks_added, *diff.sinks_changed):
                         new_sinks[sink_config.identity] = self._make_sink(sink_config)
                         await asyncio.to_thread(self._check_sink, sink_config)
-            except (PluginLoadError, SourceError, OSError, ValueError) as exc:
+            except Exception as exc:
+                # Whatever fails here, nothing has changed yet: the old config keeps running.
+                expected = isinstance(exc, PluginLoadError | SourceError | OSError | ValueError)
+                if not expected:  # a bug in a plugin, source or sink type
+                    log.error("reload %s: unexpected error", source, exc_info=exc)
                 for host in new_hosts.values():
                     await host.aclose()
-                return self._rejected(source, [str(exc)])
+                return self._rejected(source, [str(exc) if expected else repr(exc)])
             self.config = new
             self._plugin_configs = plugin_configs
             await self._apply(diff, new, new_hosts, new_sources, new_sinks)
