@@ -11,7 +11,7 @@ check-config`` on it in-process. Then, per example, exactly one of:
   loopback port, the plugin loaded), the stream opens and gets its windower, media flows, and
   it stops cleanly; the stream did not fail and nothing was logged at ERROR.
 
-A fixed seed and a bounded number of examples keep the run's time fixed (about 40 s on the
+A fixed seed and a bounded number of examples (200) keep the run's time fixed (about 30 s on the
 project machine) and every failure replayable.
 """
 
