@@ -15,6 +15,7 @@ from crossmodald.ingest import webrtc_config
 from crossmodald.ingest.registry import SourceRegistry
 from crossmodald.runtime.registry import PluginRegistry
 from crossmodald.service import config as cfg
+from crossmodald.service import fleet_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,7 @@ def _models() -> list[type[BaseModel]]:
     # sink type's): all of them, and every model nested in them, are checked.
     models = [
         obj
-        for module in (cfg, api_config, webrtc_config)
+        for module in (cfg, api_config, webrtc_config, fleet_config)
         for obj in vars(module).values()
         if isinstance(obj, type)
         and issubclass(obj, BaseModel)

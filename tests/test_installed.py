@@ -25,7 +25,7 @@ def test_types_given_as_classes_are_described_without_a_package() -> None:
     # The config model's docstring is boilerplate ("[[plugins]] table of ..."), the factory's
     # too ("Entry point ..."): the factory's module's docstring says what faces does.
     assert by_name["faces"].description == (
-        "The faces plugin: face tracks per stream as face start/update/end events."
+        "Face tracks per stream as face start/update/end events."
     )
     assert by_name["faces"].provides == "faces.tracks"
     assert by_name["speaker"].requires == (NeedInfo("faces.tracks"), NeedInfo("speech.probs"))

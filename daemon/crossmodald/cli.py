@@ -7,17 +7,20 @@ import asyncio
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from crossmodald import __version__
 from crossmodald.bus.events import Envelope
+from crossmodald.bus.text import format_event_line
 from crossmodald.media import MAX_MEDIA_S
+from crossmodald.progress import ProgressBar, media_duration_s
 from crossmodald.service.config import (
     ConfigError,
     DaemonConfig,
@@ -83,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from crossmodald.service.notify import Notifier
 
     try:
-        config = load_config(args.config)
+        config = _with_api_address(load_config(args.config), args.host, args.port)
     except ConfigError as exc:
         return _config_errors(exc)
     setup_logging(args.log_level or config.logging.level, config.logging.format)
@@ -117,6 +120,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(main())
+
+
+def _with_api_address(config: DaemonConfig, host: str | None, port: int | None) -> DaemonConfig:
+    """``config`` with ``run --host/--port`` in place of ``[api] host/port`` (checked by the
+    API's own model: a port in range, tokens for a non-loopback host)."""
+    if host is None and port is None:
+        return config
+    from crossmodald.api_config import ApiConfig
+
+    data = config.api.model_dump()
+    data.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    api = _validated(ApiConfig, "api", data)
+    return config.model_copy(update={"api": api.model_copy(update={"enabled": True})})
 
 
 # -- analyze -------------------------------------------------------------------------------
@@ -174,76 +190,130 @@ def _safe_name(name: str) -> str:
     return (cleaned or "stream")[:64]
 
 
-class _Printer:
-    """Prints events as they are published and gathers the summary of `analyze`."""
+#: Confidence from which a window's values count in the summary (the page's threshold too).
+DEFAULT_MIN_CONFIDENCE = 0.5
+#: Event types that describe the stream itself, not an analysis window.
+_STREAM_TYPES = ("stream.", "plugin.")
 
-    def __init__(self, fmt: str, out: TextIO) -> None:
-        self.fmt = fmt
-        self.out = out
-        self.offsets: list[float] = []
-        self.confidences: list[float] = []
-        self.windows = 0
-        self.methods: dict[str, int] = {}
-        self.drift_ppm: float | None = None
-        self.errors: list[str] = []
+
+class _Analysis:
+    """Gathers the events of `analyze`; prints them in media-time order and summarises them.
+
+    Windows that end more than one frame after the media (the flushed tail of a file) are left
+    out of both the printout and the summary: they hold only part of a window's media.
+    """
+
+    def __init__(self, min_confidence: float, bar: ProgressBar) -> None:
+        self.min_confidence = min_confidence
+        self.bar = bar
+        self.events: list[tuple[dict[str, Any], str]] = []
 
     def __call__(self, envelope: Envelope) -> None:
-        event = (
-            envelope.as_dict() if self.fmt == "table" or envelope.type.startswith("sync.") else None
-        )
-        if envelope.type == "sync.offset" and event is not None:
-            data = event["data"]
-            self.windows += 1
-            if data.get("audio_lead_ms") is not None:
-                self.offsets.append(float(data["audio_lead_ms"]))
-                self.confidences.append(float(data.get("confidence", 0.0)))
-                method = str(data.get("method", "?"))
-                self.methods[method] = self.methods.get(method, 0) + 1
-            if data.get("drift_ppm") is not None:
-                self.drift_ppm = float(data["drift_ppm"])
-        if envelope.type in ("stream.fault", "plugin.error"):
-            data = envelope.as_dict()["data"]
-            self.errors.append(str(data.get("message", "")))
-        if self.fmt == "jsonl":
-            self.out.write(envelope.json + "\n")
-        else:
-            assert event is not None
-            self.out.write(format_event_line(event) + "\n")
+        event = envelope.as_dict()
+        self.events.append((event, envelope.json))
+        end_s = int(event["media"]["end_ns"]) / 1e9
+        self.bar.advance(envelope.stream, end_s, ended=envelope.type == "stream.end")
 
-    def summary(self) -> dict[str, Any]:
+    def _media_end_ns(self) -> dict[str, int]:
+        """Per stream: the end of its media plus one frame (None-free: streams that ended)."""
+        frame_ns: dict[str, int] = {}
+        ends: dict[str, int] = {}
+        for event, _ in self.events:
+            stream = str(event["stream"])
+            if event["type"] == "stream.start":
+                rate = event["data"].get("frame_rate")
+                frame_ns[stream] = round(1e9 / rate) if rate else 0
+            elif event["type"] == "stream.end":
+                ends[stream] = int(event["media"]["end_ns"]) + frame_ns.get(stream, 0)
+        return ends
+
+    def kept(self) -> tuple[list[tuple[dict[str, Any], str]], int]:
+        """(events within the media in media-time order, windows left out past the end)."""
+        ends = self._media_end_ns()
+        kept: list[tuple[dict[str, Any], str]] = []
+        past: set[tuple[str, int, int]] = set()
+        for event, raw in self.events:
+            media = event["media"]
+            end = ends.get(str(event["stream"]))
+            if _per_window(event) and end is not None and int(media["end_ns"]) > end:
+                past.add((str(event["stream"]), int(media["start_ns"]), int(media["end_ns"])))
+                continue
+            kept.append((event, raw))
+        kept.sort(key=_media_order)
+        return kept, len(past)
+
+    def summary(self, kept: list[tuple[dict[str, Any], str]], past_end: int) -> dict[str, Any]:
+        """Per event type and method (each plugin has its own methods): counts, and for events
+        with a confidence the median of each ``*_ms`` value and of the confidence over the
+        confident ones (>= ``min_confidence``), and the last value of each ``*_ppm``."""
+        windows: set[tuple[str, int, int]] = set()
+        groups: dict[str, dict[str, Any]] = {}
+        values: dict[str, dict[str, list[float]]] = {}
+        errors: list[str] = []
+        for event, _ in kept:
+            data = event["data"]
+            media = event["media"]
+            if event["type"] in ("stream.fault", "plugin.error"):
+                errors.append(str(data.get("message", "")))
+            if _per_window(event):
+                windows.add((str(event["stream"]), int(media["start_ns"]), int(media["end_ns"])))
+            if event["type"] in ("stream.start", "stream.end"):
+                continue
+            method = data.get("method")
+            key = f"{event['type']} method={method}" if isinstance(method, str) else event["type"]
+            group = groups.setdefault(key, {"type": event["type"], "events": 0})
+            if isinstance(method, str):
+                group["method"] = method
+            group["events"] += 1
+            if event.get("phase"):
+                phases = group.setdefault("phases", {})
+                phases[event["phase"]] = phases.get(event["phase"], 0) + 1
+            confidence = data.get("confidence")
+            if isinstance(confidence, int | float) and not isinstance(confidence, bool):
+                group.setdefault("confident", 0)
+                if confidence >= self.min_confidence:
+                    group["confident"] += 1
+                    found = values.setdefault(key, {})
+                    for name, value in data.items():
+                        if _number(value) and _summarised(name):
+                            found.setdefault(name, []).append(float(value))
+            for name, value in data.items():
+                if name.endswith("_ppm") and _number(value):
+                    group.setdefault("last", {})[name] = round(float(value), 1)
+        for key, found in values.items():
+            groups[key]["median"] = {
+                name: round(statistics.median(v), 3 if name == "confidence" else 2)
+                for name, v in found.items()
+            }
         return {
-            "windows": self.windows,
-            "windows_with_offset": len(self.offsets),
-            "median_audio_lead_ms": round(statistics.median(self.offsets), 2)
-            if self.offsets
-            else None,
-            "median_confidence": round(statistics.median(self.confidences), 3)
-            if self.confidences
-            else None,
-            "methods": self.methods,
-            "drift_ppm": round(self.drift_ppm, 1) if self.drift_ppm is not None else None,
+            "windows": len(windows),
+            "windows_past_end": past_end,
+            "min_confidence": self.min_confidence,
+            "groups": groups,
+            "errors": errors,
         }
 
 
-def format_event_line(event: dict[str, Any]) -> str:
-    """A one-line human summary of an event JSON object."""
-    media = event.get("media", {})
-    start_s = media.get("start_ns", 0) / 1e9
-    end_s = media.get("end_ns", 0) / 1e9
-    data = event.get("data", {})
-    phase = f" {event['phase']}" if event.get("phase") else ""
-    parts: list[str] = []
-    for key, value in data.items():
-        if isinstance(value, float):
-            parts.append(f"{key}={value:+.2f}" if key.endswith("_ms") else f"{key}={value:.3g}")
-        elif value is None or isinstance(value, dict | list):
-            continue
-        else:
-            parts.append(f"{key}={value}")
-    return (
-        f"{start_s:9.3f}-{end_s:<9.3f} {event.get('stream', ''):<12} {event['type']}{phase} "
-        + " ".join(parts)
-    )
+def _media_order(item: tuple[dict[str, Any], str]) -> tuple[int, int]:
+    """Events by media start (a stream's end at its end), then as published."""
+    event = item[0]
+    media = event["media"]
+    at = media["end_ns"] if event["type"] == "stream.end" else media["start_ns"]
+    return int(at), int(event["seq"])
+
+
+def _per_window(event: dict[str, Any]) -> bool:
+    """An analysis window's result (not a stream's start/end/fault, not a lasting event)."""
+    return not event.get("phase") and not str(event["type"]).startswith(_STREAM_TYPES)
+
+
+def _summarised(name: str) -> bool:
+    """Data fields whose median the summary gives (smoothed values are medians already)."""
+    return (name.endswith("_ms") or name == "confidence") and not name.startswith("smoothed_")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -255,8 +325,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         config = _analyze_config(args)
     except ConfigError as exc:
         return _config_errors(exc)
+    if not 0.0 <= args.min_confidence <= 1.0:
+        return _fail(f"--min-confidence must be within 0..1, got {args.min_confidence:g}", 2)
     setup_logging(args.log_level or "warning", "plain")
-    printer = _Printer(args.format, sys.stdout)
+    stream = config.sources[0].name
+    bar = ProgressBar(sys.stderr, {stream: media_duration_s(args.media)}, "analyze")
+    analysis = _Analysis(args.min_confidence, bar)
 
     async def main() -> int:
         # The daemon as the test harness runs it (blocking queues, no API); eval and
@@ -266,7 +340,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         try:
             result = await run_daemon(
                 config,
-                on_event=printer,
+                on_event=analysis,
                 config_source=str(args.config or "analyze"),
                 freeze_gc=True,
             )
@@ -279,31 +353,45 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             return _fail(message)
         return 0
 
-    code = asyncio.run(main())
+    try:
+        code = asyncio.run(main())
+    finally:
+        bar.close()
     if code == 0:
-        summary = printer.summary()
+        kept, past_end = analysis.kept()
+        for event, raw in kept:
+            line = raw if args.format == "jsonl" else format_event_line(event, time="media")
+            sys.stdout.write(line + "\n")
+        summary = analysis.summary(kept, past_end)
         if args.format == "jsonl":
             print(json.dumps({"summary": summary}), file=sys.stderr)
         else:
-            print(_format_summary(summary))
+            print(format_summary(summary))
     return code
 
 
-def _format_summary(summary: dict[str, Any]) -> str:
-    lead = summary["median_audio_lead_ms"]
-    conf = summary["median_confidence"]
-    drift = summary["drift_ppm"]
+def format_summary(summary: dict[str, Any]) -> str:
+    """The table form of an `analyze` summary: one line per event type and method."""
+    past = summary["windows_past_end"]
     lines = [
-        "summary:",
-        f"  windows analysed      {summary['windows']}",
-        f"  windows with offset   {summary['windows_with_offset']}",
-        f"  median audio_lead_ms  {lead:+.2f}" if lead is not None else "  median audio_lead_ms  -",
-        f"  median confidence     {conf:.3f}" if conf is not None else "  median confidence     -",
-        f"  methods               {summary['methods']}",
-        f"  drift_ppm             {drift:+.1f}"
-        if drift is not None
-        else "  drift_ppm             -",
+        f"summary: {summary['windows']} windows"
+        + (f" ({past} past the end of the media left out)" if past else "")
+        + f"; values are medians over windows with confidence >= {summary['min_confidence']:g}"
     ]
+    for key, group in summary["groups"].items():
+        parts = [f"{group['events']} events"]
+        if "phases" in group:
+            parts.append(", ".join(f"{n} {phase}" for phase, n in group["phases"].items()))
+        if "confident" in group:
+            parts.append(f"{group['confident']} confident")
+        shown = [
+            f"median {name} {value:+.2f}" if name.endswith("_ms") else f"median {name} {value:.2f}"
+            for name, value in group.get("median", {}).items()
+        ]
+        shown += [f"last {name} {value:+.1f}" for name, value in group.get("last", {}).items()]
+        lines.append(f"  {key:<28} " + "; ".join(parts + shown))
+    for message in summary["errors"]:
+        lines.append(f"  error: {message}")
     return "\n".join(lines)
 
 
@@ -340,7 +428,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if errors:
         for line in errors:
             print(f"{source}: {line}", file=sys.stderr)
-        return 1
+        return 2  # an invalid config, as for `run`
     assert config is not None
     print(f"{source}: OK ({len(config.sources)} sources, {len(config.plugins)} plugins)")
     return 0
@@ -395,10 +483,81 @@ def cmd_pattern(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fix(args: argparse.Namespace) -> int:
+    from crossmodald.fix import FixError, MeasureError, TerminalProgress, fix_file, measure_offset
+    from crossmodald.runtime.registry import PluginLoadError
+    from crossmodald.service.logs import setup_logging
+
+    src: Path = args.input
+    dst: Path = args.output
+    # Refuse before a long measurement what the write would refuse anyway.
+    if dst.exists() and not args.force:
+        return _fail(f"{dst}: exists; pass --force to replace it")
+    if not src.is_file():
+        return _fail(f"{src}: no such file")
+    setup_logging(args.log_level or "warning", "plain")
+    if args.measure:
+        bar = TerminalProgress("measuring")
+        try:
+            estimate = asyncio.run(
+                measure_offset(src, min_confidence=args.min_confidence, progress=bar)
+            )
+        except MeasureError as exc:
+            bar.done()
+            return _fail(f"refusing to fix: {exc}")
+        except (FixError, PluginLoadError, ConfigError, ValueError) as exc:
+            bar.done()
+            return _fail(str(exc))
+        bar.done()
+        assert estimate.audio_lead_ms is not None
+        lead_ms = estimate.audio_lead_ms
+        how = (
+            f"measured: {estimate.method}, {estimate.windows} of {estimate.windows_total} "
+            f"windows, confidence {estimate.confidence:.2f}, spread {estimate.spread_ms:.1f} ms"
+        )
+    else:
+        lead_ms = args.audio_lead_ms
+        how = "given"
+    bar = TerminalProgress("writing  ")
+    try:
+        report = fix_file(src, dst, lead_ms, force=args.force, progress=bar)
+    except FixError as exc:
+        bar.done()
+        return _fail(str(exc))
+    bar.done()
+    correction = report.correction
+    print(f"corrected audio_lead_ms = {lead_ms:+.2f} ({how})")
+    if report.moved == "audio":
+        print(f"  audio moved {report.applied_ms:.3f} ms later; other streams untouched")
+    elif report.moved == "video":
+        print(
+            f"  video, subtitles, data and chapters moved {-report.applied_ms:.3f} ms later "
+            "(audio untouched, nothing cut)"
+        )
+    else:
+        print("  nothing to move; streams copied")
+    for action in report.streams:
+        shift = f", shifted {action.shift_ms:+.3f} ms" if action.shift_ms else ""
+        print(
+            f"  #{action.index} {action.kind} {action.codec}: {action.packets} packets copied{shift}"
+        )
+    if report.chapters:
+        print(f"  {report.chapters} chapter(s) kept")
+    print("  re-encoded: none (every packet copied)")
+    print("the same correction elsewhere:")
+    print(f"  FFmpeg: {correction.ffmpeg_command(src, dst)}")
+    print(
+        f"  OBS:    audio source > Advanced Audio Properties > Sync Offset = "
+        f"{correction.obs_sync_offset_ms:+.0f} ms"
+    )
+    print(f"wrote {dst}")
+    return 0
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     from crossmodald.ingest.devices_list import devices_command
 
-    return devices_command("json" if args.json else "table")
+    return devices_command(args.format)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -457,6 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the daemon (default: the embedded configs/default.toml)")
     p.add_argument("--config", type=Path, help="TOML config file")
+    p.add_argument("--host", help="API address to listen on (overrides [api] host)")
+    p.add_argument("--port", type=int, help="API port (overrides [api] port; 0: any free one)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_run)
 
@@ -467,6 +628,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop", type=seconds, help="window hop in seconds (default 0.5)")
     p.add_argument("--format", choices=["jsonl", "table"], default="table")
     p.add_argument("--config", type=Path, help="take window and plugin settings from this config")
+    p.add_argument(
+        "--min-confidence",
+        type=finite_float,
+        default=DEFAULT_MIN_CONFIDENCE,
+        help="windows below this confidence do not count in the summary (default 0.5)",
+    )
     p.add_argument(
         "--audio-shift-ms",
         type=finite_float,
@@ -508,8 +675,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--period", type=seconds, default=1.2, help="seconds between flashes")
     p.set_defaults(func=cmd_pattern)
 
+    p = sub.add_parser(
+        "fix", help="write a copy of a file with the audio moved into sync (no re-encoding)"
+    )
+    p.add_argument("input", type=Path, help="media file to correct")
+    p.add_argument("output", type=Path, help="corrected copy (.mp4, .mov, .mkv, .webm, .ts)")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument(
+        "--audio-lead-ms",
+        type=finite_float,
+        help="the input's offset to correct (+ = audio ahead of video, as analyze reports it)",
+    )
+    how.add_argument(
+        "--measure",
+        action="store_true",
+        help="measure the offset first (flash/beep pattern or a clap), refuse if unsure",
+    )
+    p.add_argument(
+        "--min-confidence",
+        type=finite_float,
+        default=0.5,
+        help="with --measure: windows below this confidence do not count (default 0.5)",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_fix)
+
     p = sub.add_parser("devices", help="list local cameras and microphones with their modes")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser(
@@ -558,5 +751,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`crossmodald plugins | head`): as a Unix filter, stop quietly.
+        # Python would report the pipe again when it flushes stdout at exit: point it at null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
     return code

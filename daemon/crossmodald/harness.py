@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import statistics
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,13 +49,17 @@ from crossmodald.service.config import (
 )
 
 __all__ = [
+    "REFERENCE_METHODS",
     "HarnessResult",
+    "OffsetEstimate",
     "StreamRecord",
+    "estimate_offset",
     "event_of",
     "harness_config",
     "run_daemon",
     "run_plugins",
     "run_plugins_sync",
+    "spread_ms",
 ]
 
 
@@ -151,6 +156,82 @@ def event_of(envelope: Envelope) -> Event:
         phase=Phase(phase) if phase else None,
         clock=ClockKind(media.get("clock", "unknown")),
         closed_ns=int(body.get("closed_mono_ns") or 0),
+    )
+
+
+#: avsync methods whose offsets rest on one known instant (a flash with its beep, a clap): the
+#: only ones trusted to measure an offset that is then corrected or configured away. The motion
+#: method's correlation on whatever else is in view is no reference.
+REFERENCE_METHODS = frozenset({"flash", "clap"})
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetEstimate:
+    """One offset for a whole recording, from its confident per-window ``sync.offset`` events.
+
+    Attributes:
+        audio_lead_ms: Median of the confident windows' offsets (> 0: audio ahead of video),
+            None when no window was confident.
+        spread_ms: Median absolute deviation of those offsets (0 when none).
+        confidence: Median confidence of those windows (0 when none).
+        windows: Confident windows used.
+        windows_total: ``sync.offset`` events seen.
+        method: The method that measured most of the confident windows ("" when none).
+        reasons: Why windows had no usable offset (the plugin's own words), sorted.
+    """
+
+    audio_lead_ms: float | None
+    spread_ms: float
+    confidence: float
+    windows: int
+    windows_total: int
+    method: str
+    reasons: tuple[str, ...]
+
+
+def spread_ms(leads: Sequence[float]) -> float:
+    """The spread of windows' offsets (ms): median absolute deviation from their median."""
+    median = statistics.median(leads)
+    return float(statistics.median(abs(x - median) for x in leads))
+
+
+def estimate_offset(
+    events: Iterable[Event],
+    *,
+    min_confidence: float,
+    methods: frozenset[str] = REFERENCE_METHODS,
+) -> OffsetEstimate:
+    """The median offset of the ``sync.offset`` events at or above ``min_confidence``.
+
+    ``crossmodald calibrate`` and ``crossmodald fix --measure`` both measure this way.
+
+    Args:
+        events: Events of one stream (others than ``sync.offset`` are ignored).
+        min_confidence: Windows below this confidence are left out.
+        methods: Methods trusted (default :data:`REFERENCE_METHODS`).
+    """
+    results = [e.data for e in events if e.type == "sync.offset"]
+    confident = [
+        r
+        for r in results
+        if r.get("audio_lead_ms") is not None
+        and float(r.get("confidence", 0.0)) >= min_confidence
+        and str(r.get("method", "")) in methods
+    ]
+    reasons = tuple(sorted({str(r.get("reason") or "") for r in results} - {""}))
+    if not confident:
+        return OffsetEstimate(None, 0.0, 0.0, 0, len(results), "", reasons)
+    leads = [float(r["audio_lead_ms"]) for r in confident]
+    median = statistics.median(leads)
+    used = [str(r["method"]) for r in confident]
+    return OffsetEstimate(
+        audio_lead_ms=median,
+        spread_ms=spread_ms(leads),
+        confidence=statistics.median(float(r["confidence"]) for r in confident),
+        windows=len(confident),
+        windows_total=len(results),
+        method=max(sorted(set(used)), key=used.count),
+        reasons=reasons,
     )
 
 

@@ -8,7 +8,8 @@ entry point is imported; one that cannot be is listed with its error instead of 
 The description is the first docstring line of, in this order, the type's config model, its
 factory, the factory's module and the module its entry point names, skipping lines that only
 say what the class is for the machinery ("Entry point ``x`` of group ...", "A ``[[sinks]]``
-table of type ``x``."); reStructuredText markup is removed.
+table of type ``x``."); reStructuredText markup and a leading "The x plugin: " (the row
+names it) are removed.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ _NEEDS_NOTE = (
 )
 # :class:`~a.b.C` -> C, :func:`f` -> f, ``x`` -> x.
 _ROLE = re.compile(r":[a-z]+:`~?(?:[\w.]*\.)?([^`]+)`")
+# "The faces plugin: face tracks ..." says what the code is; the row already names it.
+_SELF_NAMING = re.compile(r"^the [\w.-]+ (?:plugin|source|sink)(?: type)?: ", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +177,8 @@ def _first_line(*objects: object) -> str:
             continue
         line = _ROLE.sub(r"\1", doc.strip().splitlines()[0].strip()).replace("``", "")
         if line and not _BOILERPLATE.search(line):
-            return line
+            line = _SELF_NAMING.sub("", line)
+            return line[:1].upper() + line[1:]
     return ""
 
 

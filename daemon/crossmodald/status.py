@@ -9,6 +9,7 @@ never names a plugin's or a source's fields.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ class MetricSpec:
         help: One line for ``# HELP``.
         key: The status key the value comes from.
         labels: Constant labels added to the sample.
+        scale: Multiplies the status value, so the metric is in a base unit while the status
+            keeps its own (0.001 exports a status value in ms as seconds).
 
     Raises:
         ValueError: A name, type or label that Prometheus cannot take.
@@ -46,6 +49,7 @@ class MetricSpec:
     help: str
     key: str
     labels: Mapping[str, str] = field(default_factory=dict)
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         # Checked here so a bad declaration fails where it is written, not at the first scrape.
@@ -69,4 +73,43 @@ class MetricSpec:
             "help": self.help,
             "key": self.key,
             "labels": dict(self.labels),
+            "scale": self.scale,
         }
+
+
+#: Bucket bounds of the latency histograms, seconds (Prometheus' ``le``; +Inf is implied).
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Counts of observed values per bucket (a Prometheus histogram's state).
+
+    Attributes:
+        bounds: Upper bounds of the buckets, increasing (the +Inf bucket is implied).
+        counts: Observations per bucket, not cumulative; one more than ``bounds`` (+Inf).
+        sum: Sum of the observed values.
+    """
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS_S
+    counts: list[int] = field(default_factory=list)
+    sum: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        """Count one value (in the first bucket whose bound is >= it)."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form: cumulative ``buckets`` ``[[le, count], ...]`` (last le "+Inf"), ``sum``,
+        ``count``; what ``/metrics`` exports and ``/v1/streams`` shows."""
+        buckets: list[list[object]] = []
+        total = 0
+        for bound, n in zip((*self.bounds, "+Inf"), self.counts, strict=True):
+            total += n
+            buckets.append([bound, total])
+        return {"buckets": buckets, "sum": round(self.sum, 6), "count": total}

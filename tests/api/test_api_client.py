@@ -78,7 +78,7 @@ def test_table_line() -> None:
         )
     )
     assert format_table_line(json.loads(offset.json)) == (
-        "12:00:01.234 testcard sync.offset audio_lead_ms=+40.0 conf=0.98"
+        "12:00:01.234 testcard sync.offset audio_lead_ms=+40.0 confidence=0.98 method=flash_beep"
     )
     fault = bus.publish(Event("stream.fault", "", 0, 1, {"kind": "gap", "message": "no audio"}))
     assert format_table_line(json.loads(fault.json)) == (
@@ -146,7 +146,7 @@ async def test_jsonl_and_table_output(start_server: StartServer) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert table.getvalue().endswith(" testcard sync.offset audio_lead_ms=-12.2 conf=0.50\n")
+    assert table.getvalue().endswith(" testcard sync.offset audio_lead_ms=-12.2 confidence=0.50\n")
 
 
 async def test_reconnects_with_last_event_id_after_server_restart(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,14 @@ import aiohttp
 import pytest
 from api_support import FakeStreams, StartServer, ev
 
+from crossmodald import __version__
 from crossmodald.api import bound_port, build_app, serve
 from crossmodald.api.metrics import RATES, MetricsText, RateMeter, process_figures
+from crossmodald.api.metrics import render as render_app
 from crossmodald.bus import EventBus, EventFilter
 from crossmodald.service.config import ApiConfig, load_config_text
 from crossmodald.service.daemon import Daemon
+from crossmodald.status import Histogram, MetricSpec
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _SAMPLE = re.compile(
@@ -48,8 +53,8 @@ def parse_exposition(text: str) -> tuple[Series, dict[str, str]]:
         name = match["name"]
         family = name
         if name not in types:
-            family = re.sub(r"_(sum|count)$", "", name)
-            assert types.get(family) == "summary", f"sample {name} before/without its TYPE"
+            family = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert types.get(family) == "histogram", f"sample {name} before/without its TYPE"
         labels: list[tuple[str, str]] = []
         raw = match["labels"] or ""
         pos = 0
@@ -136,7 +141,7 @@ def _stream(frames: int, audio_s: float) -> dict[str, Any]:
             "video_missing_frames": 4,
             "audio_gap_samples": 960,
         },
-        "clock_rates": {"video_ppm": 1.5, "audio_ppm": -20.0, "av_drift_ppm": -21.5},
+        "clock_rates": {"video_ppm": 1.5, "audio_ppm": -20.0, "audio_uncertainty_ppm": 3.0},
         # Every plugin's own status (what its session reports), as /v1/streams shows it.
         "plugin_status": {
             "avsync": {"audio_lead_ms": 40.0, "drift_ppm": -21.0, "alarm": False},
@@ -145,8 +150,16 @@ def _stream(frames: int, audio_s: float) -> dict[str, Any]:
     }
 
 
-def _spec(name: str, kind: str, key: str, **labels: str) -> dict[str, Any]:
-    return {"name": name, "type": kind, "help": f"{name}.", "key": key, "labels": labels}
+def _spec(name: str, kind: str, key: str, scale: float = 1.0, **labels: str) -> dict[str, Any]:
+    spec = MetricSpec(name, kind, f"{name}.", key, labels, scale)  # type: ignore[arg-type]
+    return spec.as_dict()
+
+
+def _histogram(values: list[float]) -> dict[str, Any]:
+    histogram = Histogram()
+    for value in values:
+        histogram.observe(value)
+    return histogram.as_dict()
 
 
 async def test_metrics_from_streams_plugins_bus_and_process(start_server: StartServer) -> None:
@@ -165,8 +178,10 @@ async def test_metrics_from_streams_plugins_bus_and_process(start_server: StartS
         "window_latency_count": 10,
         "window_latency_ms_by_stream": {"cam1": 25.0},
         "dropped_by_stream": {"cam1": 1},
+        "inference_seconds": _histogram([0.0125, 0.0125, 0.02, 0.005]),
+        "window_latency_seconds": _histogram([0.03] * 10),
         "metrics": [
-            _spec("crossmodald_stream_audio_lead_ms", "gauge", "audio_lead_ms"),
+            _spec("crossmodald_stream_audio_lead_seconds", "gauge", "audio_lead_ms", 0.001),
             _spec("crossmodald_stream_sync_drift_ppm", "gauge", "drift_ppm"),
             _spec("crossmodald_stream_alarm", "gauge", "alarm"),
         ],
@@ -200,11 +215,13 @@ async def test_metrics_from_streams_plugins_bus_and_process(start_server: StartS
             now[0] += 2.0
             streams.items = [_stream(60, 2.0)]
             async with session.get(url) as resp:
-                series, types = parse_exposition(await resp.text())
+                text = await resp.text()
+                series, types = parse_exposition(text)
         await sub.aclose()
     finally:
         await runner.cleanup()
 
+    promtool_check(text)
     assert ("crossmodald_stream_fps", frozenset({("stream", "cam1")})) not in first
     assert get(series, "crossmodald_stream_fps", stream="cam1") == pytest.approx(30.0)
     assert get(series, "crossmodald_stream_audio_rate_hz", stream="cam1") == pytest.approx(48000)
@@ -215,9 +232,9 @@ async def test_metrics_from_streams_plugins_bus_and_process(start_server: StartS
     assert get(series, "crossmodald_stream_late_total", what="audio_samples") == 480
     assert get(series, "crossmodald_stream_dropped_total", what="video_frames") == 1
     assert get(series, "crossmodald_stream_missing_total", what="audio_samples") == 960
-    assert get(series, "crossmodald_stream_av_drift_ppm", stream="cam1") == -21.5
+    assert not [k for k in series if k[0] == "crossmodald_stream_av_drift_ppm"]  # one drift
     assert get(series, "crossmodald_stream_clock_rate_ppm", track="audio") == -20.0
-    assert get(series, "crossmodald_stream_audio_lead_ms", stream="cam1") == 40.0
+    assert get(series, "crossmodald_stream_audio_lead_seconds", stream="cam1") == 0.04
     assert get(series, "crossmodald_stream_sync_drift_ppm", stream="cam1") == -21.0
     assert get(series, "crossmodald_stream_alarm", stream="cam1", plugin="avsync") == 0
     assert types["crossmodald_stream_lips_total"] == "counter"
@@ -229,10 +246,18 @@ async def test_metrics_from_streams_plugins_bus_and_process(start_server: StartS
     # A non-numeric or missing status value gives no sample (the family is still declared).
     assert not [k for k in series if k[0].startswith("crossmodald_stream_lip_")]
     assert get(series, "crossmodald_stream_faults_total", stream="cam1") == 2
-    assert types["crossmodald_plugin_inference_seconds"] == "summary"
+    assert types["crossmodald_plugin_inference_seconds"] == "histogram"
     assert get(series, "crossmodald_plugin_inference_seconds_sum", plugin="avsync") == 0.05
     assert get(series, "crossmodald_plugin_inference_seconds_count", plugin="avsync") == 4
-    assert get(series, "crossmodald_plugin_batch_windows_sum", plugin="avsync") == 10
+    bucket = "crossmodald_plugin_inference_seconds_bucket"
+    assert get(series, bucket, plugin="avsync", le="0.005") == 1
+    assert get(series, bucket, plugin="avsync", le="0.01") == 1
+    assert get(series, bucket, plugin="avsync", le="0.025") == 4
+    assert get(series, bucket, plugin="avsync", le="+Inf") == 4
+    assert get(series, "crossmodald_plugin_batches_total", plugin="avsync") == 4
+    assert get(series, "crossmodald_plugin_windows_inferred_total", plugin="avsync") == 10
+    assert types["crossmodald_plugin_window_latency_seconds"] == "histogram"
+    assert get(series, "crossmodald_build_info", version=__version__) == 1
     assert get(series, "crossmodald_plugin_last_batch_windows", plugin="avsync") == 3
     assert get(series, "crossmodald_plugin_errors_total", plugin="avsync") == 1
     assert get(series, "crossmodald_plugin_queue_depth", plugin="avsync") == 2
@@ -300,24 +325,98 @@ async def test_metrics_of_a_running_daemon(tmp_path: Path) -> None:
                 parse_exposition(await resp.text())
             await asyncio.sleep(2.5)
             async with session.get(url) as resp:
-                series, _ = parse_exposition(await resp.text())
+                text = await resp.text()
+                series, _ = parse_exposition(text)
     finally:
         stop.set()
         assert await asyncio.wait_for(task, 30) == 0
+    promtool_check(text)
     assert get(series, "crossmodald_ready") == 1
     assert 24 <= get(series, "crossmodald_stream_fps", stream="live1") <= 36
     assert 38000 <= get(series, "crossmodald_stream_audio_rate_hz", stream="live1") <= 58000
     assert get(series, "crossmodald_stream_windows_total", stream="live1") >= 3
     assert get(series, "crossmodald_plugin_inference_seconds_count", plugin="avsync") >= 1
-    assert get(series, "crossmodald_plugin_batch_windows_sum", plugin="avsync") >= 1
+    assert get(series, "crossmodald_plugin_windows_inferred_total", plugin="avsync") >= 1
+    assert get(series, "crossmodald_plugin_window_latency_seconds_bucket", le="+Inf") >= 1
     latency = get(series, "crossmodald_stream_window_latency_seconds", stream="live1")
     assert 0 <= latency < 5
     assert get(series, "crossmodald_plugin_errors_total", plugin="avsync") == 0
     # avsync's declared metrics, from its session's status (pattern source: a known offset).
     assert get(series, "crossmodald_stream_alarm", stream="live1", plugin="avsync") == 0
-    lead = get(series, "crossmodald_stream_audio_lead_ms", stream="live1", plugin="avsync")
-    assert abs(lead) < 5
+    lead = get(series, "crossmodald_stream_audio_lead_seconds", stream="live1", plugin="avsync")
+    assert abs(lead) < 0.005
     # Sink counters, read through the Sink protocol (the JSONL sink wrote the stream's events).
     assert get(series, "crossmodald_sink_events_written_total", sink=str(sink)) >= 1
     assert get(series, "crossmodald_sink_last_seq", sink=str(sink)) >= 1
     assert get(series, "crossmodald_sink_resumes_total", sink=str(sink)) == 0
+
+
+# -- promtool ----------------------------------------------------------------------------------
+
+
+def promtool_check(text: str) -> None:
+    """``promtool check metrics``: Prometheus' own linter (names, units, suffixes, types)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package 'prometheus'; .ci/run installs it)")
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""
+
+
+@dataclass
+class SourceStatsStreams(StatsStreams):
+    """Also the sources' declared metrics, as the daemon gives them."""
+
+    sources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def source_metric_specs(self) -> dict[str, list[dict[str, Any]]]:
+        return self.sources
+
+
+def test_promtool_accepts_every_built_in_metric() -> None:
+    # Every metric a built-in plugin or source declares, with a value, beside the core's own.
+    from crossmodald.ingest.media import MediaSource
+    from crossmodald.ingest.webrtc import WebRtcSource
+    from crossmodald_plugins.asd.plugin import SpeakerPlugin
+    from crossmodald_plugins.avsync.plugin import AvSyncPlugin
+    from crossmodald_plugins.faces.plugin import FacesPlugin
+    from crossmodald_plugins.vad.plugin import SpeechPlugin
+
+    plugin_classes = {"avsync": AvSyncPlugin, "speaker": SpeakerPlugin, "faces": FacesPlugin}
+    plugin_classes["speech"] = SpeechPlugin
+    plugins = [
+        {
+            "plugin": name,
+            "batches": 3,
+            "windows_done": 5,
+            "inference_seconds": _histogram([0.01, 0.2, 3.0]),
+            "window_latency_seconds": _histogram([0.05] * 5),
+            "window_latency_ms_by_stream": {"cam1": 50.0},
+            "metrics": [m.as_dict() for m in cls.metrics],
+        }
+        for name, cls in plugin_classes.items()
+    ]
+    stream = _stream(30, 1.0)
+    numbers = {"audio_lead_ms": 40.0, "drift_ppm": 1.0, "alarm": True, "faces": 1}
+    numbers |= {"speaking": False, "speaking_faces": 1}
+    stream["plugin_status"] = {name: numbers for name in plugin_classes}
+    stream["source"] = "webrtc"
+    stream["source_status"] = {
+        "transport": {"transport_offset_ms": 10.0, "audio_latency_ms": 30.0},
+        "receive": {"packets_lost": {"audio": 1, "video": 2}, "freezes": 0},
+        "decode_errors": 0,
+        "timestamp_jumps": 0,
+    }
+    specs = [m.as_dict() for m in (*WebRtcSource.metrics, *MediaSource.metrics)]
+    streams = SourceStatsStreams(items=[stream], plugins=plugins, sources={"cam1": specs})
+    config = ApiConfig(port=0)
+    bus = EventBus(config.replay_size, config.subscriber_queue, config.slow_subscriber_s)
+    text = render_app(build_app(bus, streams, config))
+    series, types = parse_exposition(text)
+    assert get(series, "crossmodald_stream_transport_offset_seconds", stream="cam1") == 0.01
+    assert get(series, "crossmodald_stream_transport_latency_seconds", track="audio") == 0.03
+    assert not [name for name in types if re.search(r"_ms$|_ms_|_sum$", name)], types
+    promtool_check(text)

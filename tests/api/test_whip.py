@@ -198,7 +198,8 @@ async def test_obs_style_offer_without_candidates_connects() -> None:
                 ),
                 15,
             )
-            assert d.stream("obs")["width"] is None  # not known at open; frames carry it
+            # Not known at open; /v1/streams gives the decoded picture once frames flow.
+            assert (d.stream("obs")["width"], d.stream("obs")["height"]) == (320, 240)
         finally:
             assert await pub.close() == 200
 

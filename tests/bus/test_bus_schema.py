@@ -68,6 +68,21 @@ KNOWN: list[Event] = [
     ),
     Event("plugin.error", "", 0, 0, {"plugin": "asd", "message": "boom", "count": 1}),
     Event("face.speaking", "cam1", 0, 1, {"anything": [1, 2]}, phase=Phase.UPDATE),
+    Event(
+        "sink.fault",
+        "",
+        0,
+        0,
+        {
+            "sink": "nats:nats://***@host:4222/crossmodald.d1",
+            "kind": "dropped",
+            "message": "3 events dropped",
+            "dropped": 3,
+            "first_seq": 10,
+            "last_seq": 12,
+            "down_s": 4.5,
+        },
+    ),
 ]
 
 

@@ -90,6 +90,7 @@ def test_browser_calibration_offset_is_stable(tmp_path: Path) -> None:
         assert by_seq[seen["seq"]]["data"]["audio_lead_ms"] == seen["ms"]
     shown = [e for e in offsets if e["seq"] <= page["last_seq"]][-LAST_WINDOWS:]
     assert page["calibration"]["windows"] == LAST_WINDOWS
+    assert page["calibration"]["stable"] is True  # the verdict rule of `crossmodald calibrate`
     assert page["calibration"]["median_ms"] == pytest.approx(
         statistics.median(e["data"]["audio_lead_ms"] for e in shown)
     )

@@ -49,6 +49,7 @@ async def test_page_and_files_are_public_while_whip_and_events_keep_their_scopes
             assert "/static/app.js" in await response.text()
         for name, kind in (
             ("app.js", "javascript"),
+            ("monitor.js", "javascript"),
             ("style.css", "text/css"),
             ("index.html", "text/html"),
         ):
@@ -90,7 +91,7 @@ async def test_page_and_files_are_public_while_whip_and_events_keep_their_scopes
 
 def test_every_file_the_page_names_is_shipped() -> None:
     names = re.findall(r'(?:src|href)="/static/([^"]+)"', _page())
-    assert sorted(names) == ["app.js", "style.css"]
+    assert sorted(names) == ["app.js", "monitor.js", "style.css", "watch.js"]
     for name in names:
         assert (STATIC_DIR / name).is_file(), name
 
@@ -98,8 +99,21 @@ def test_every_file_the_page_names_is_shipped() -> None:
 def test_every_element_the_script_uses_exists() -> None:
     ids = set(re.findall(r'\bid="([^"]+)"', _page()))
     used = set(re.findall(r'\$\("([^"]+)"\)', _script()))
+    watch = (STATIC_DIR / "watch.js").read_text(encoding="utf-8")
+    watch_used = set(re.findall(r'\$\("([^"]+)"\)', watch))
+    assert watch_used - ids == set()
+    # The Watch view: WHEP verbs, no STUN/TURN traffic from the page.
+    assert "/v1/whep/" in watch
+    assert '"Content-Type": "application/sdp"' in watch
+    assert 'method: "DELETE"' in watch
+    assert "iceServers: []" in watch
     assert used, "the script looks up no element: the pattern no longer matches it"
     assert used - ids == set()
+    monitor = (STATIC_DIR / "monitor.js").read_text(encoding="utf-8")
+    looked_up = set(re.findall(r'getElementById\("([^"]+)"\)', monitor))
+    looked_up |= {f"view-{v}" for v in ("monitor", "publish")} | {"tab-monitor", "tab-publish"}
+    assert {"streams", "monitor-status"} <= looked_up
+    assert looked_up - ids == set()
     # The events channel label and WHIP verbs the daemon expects.
     script = _script()
     assert 'createDataChannel("events")' in script
@@ -110,9 +124,10 @@ def test_every_element_the_script_uses_exists() -> None:
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
-def test_script_parses() -> None:
+@pytest.mark.parametrize("name", ["app.js", "monitor.js", "watch.js"])
+def test_script_parses(name: str) -> None:
     result = subprocess.run(
-        ["node", "--check", str(STATIC_DIR / "app.js")],
+        ["node", "--check", str(STATIC_DIR / name)],
         capture_output=True,
         text=True,
         timeout=30,

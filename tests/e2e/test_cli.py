@@ -85,7 +85,7 @@ def test_check_config(tmp_path: Path) -> None:
         "max_lag_ms = -5\ncolour = 1\n"
     )
     result = crossmodald("check-config", str(bad))
-    assert result.returncode == 1
+    assert result.returncode == 2  # an invalid config, as the README says
     errors = result.stderr.splitlines()
     assert any("sources.0.fps" in e for e in errors)
     assert any("plugins.0.max_lag_ms" in e for e in errors)
@@ -137,13 +137,13 @@ def test_plugins_lists_types_with_their_package_and_unloadable_ones_with_the_err
     version = r"crossmodald \d+\.\d+\S*"
     rows = {
         # Name, provides, needs of the default config, package, description: aligned columns.
-        "faces": rf"faces +faces\.tracks +- +{version} +The faces plugin: face tracks",
-        "speaker": rf"speaker +- +faces\.tracks, speech\.probs +{version} +The speaker plugin: who is talking",
+        "faces": rf"faces +faces\.tracks +- +{version} +Face tracks per stream",
+        "speaker": rf"speaker +- +faces\.tracks, speech\.probs +{version} +Who is talking",
         "avsync": rf"avsync +- +faces\.tracks \(optional\) +{version} +Audio/video sync",
         "broken": r"broken +\? +\? +crossmodald-thirdparty 2\.3 +ERROR: cannot import "
         r"crossmodald_thirdparty_missing\.plugin:BrokenFactory: ModuleNotFoundError",
         "pattern": rf"pattern +{version} +A synthetic test source",
-        "jsonl2": r"jsonl2 +crossmodald-thirdparty 2\.3 +The jsonl sink: one JSON line",
+        "jsonl2": r"jsonl2 +crossmodald-thirdparty 2\.3 +One JSON line per event",
     }
     for name, row in rows.items():
         assert re.search(rf"^  {row}", out, re.MULTILINE), f"{name}:\n{out}"
@@ -178,7 +178,9 @@ def test_pattern_then_analyze_table(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     result = crossmodald("analyze", str(out))
     assert result.returncode == 0, result.stderr
-    match = re.search(r"median audio_lead_ms\s+([-+0-9.]+)", result.stdout)
+    match = re.search(
+        r"sync.offset method=flash .* median audio_lead_ms ([-+0-9.]+)", result.stdout
+    )
     assert match, result.stdout
     assert abs(float(match.group(1)) + 45.0) <= 2.0
     assert "sync.offset" in result.stdout
@@ -301,3 +303,19 @@ def test_run_with_the_port_taken_is_one_clear_line(tmp_path: Path) -> None:
     assert last.startswith("crossmodald: error: ")
     assert f"cannot listen on 127.0.0.1:{port}" in last
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_plugins_into_a_reader_that_stops_early_is_quiet(fmt: str) -> None:
+    # `crossmodald plugins | head -0`: the reader closes the pipe before the output is written.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crossmodald", "plugins", "--format", fmt],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert err == ""

@@ -125,8 +125,8 @@ def test_the_cli_finds_and_checks_the_example(example_site: Path, tmp_path: Path
     # Each type on its row, with the package that installed it.
     for pattern in (
         r"^  loudness +- +faces\.tracks \(optional\) +crossmodald-example 0\.1\.0 +Audio level per window",
-        r"^  tone +crossmodald-example 0\.1\.0 +The tone source: ",
-        r"^  csv +crossmodald-example 0\.1\.0 +The csv sink: ",
+        r"^  tone +crossmodald-example 0\.1\.0 +A steady sine",
+        r"^  csv +crossmodald-example 0\.1\.0 +One CSV row",
     ):
         assert re.search(pattern, listed.stdout, re.MULTILINE), listed.stdout
     good = tmp_path / "good.toml"
@@ -138,7 +138,7 @@ def test_the_cli_finds_and_checks_the_example(example_site: Path, tmp_path: Path
     bad = tmp_path / "bad.toml"
     bad.write_text(_config(tmp_path / "events.csv").replace("frequency_hz = 440", "frequency_hz = 9000"))  # fmt: skip
     refused = _cli(example_site, "check-config", str(bad))
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert "sources.0" in refused.stderr
     assert "below half the sample rate" in refused.stderr
 

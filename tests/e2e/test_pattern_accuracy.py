@@ -135,5 +135,6 @@ def test_files_written_by_the_pattern_within_2ms(
     assert len(got) >= 6
     assert max(abs(v - lead) for v in got) <= 2.0, got
     summary = json.loads(err.strip().splitlines()[-1])["summary"]
-    assert abs(summary["median_audio_lead_ms"] - lead) <= 2.0
-    assert summary["windows_with_offset"] == len(got)
+    flash = summary["groups"]["sync.offset method=flash"]
+    assert abs(flash["median"]["audio_lead_ms"] - lead) <= 2.0
+    assert flash["confident"] <= len(got)

@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from crossmodald.clock.samples import SampleClock, StreamTimeMapper, camera_capture_ns
-from crossmodald.ingest.device import Backoff
+from crossmodald.ingest.base import Backoff
 from crossmodald.media import NS_PER_MS, NS_PER_S, ClockKind
 
 SR = 48_000

@@ -137,15 +137,34 @@ def test_transport_and_content_offsets_are_measured_apart(session: Session) -> N
         entry = session.listed[name]
         assert entry["source"] == "webrtc"
         assert entry["origin"] == "publisher"
+
         assert entry["source_status"]["transport"]["audio_lead_ms"] == pytest.approx(
             transport, abs=2.0
         )
         assert entry["plugin_status"]["avsync"]["audio_lead_ms"] == pytest.approx(content, abs=5.0)
         # /metrics exports the source's declared transport offset the way it does plugins'.
-        sample = f'crossmodald_stream_transport_offset_ms{{stream="{name}",source="webrtc"}} '
+        sample = f'crossmodald_stream_transport_offset_seconds{{stream="{name}",source="webrtc"}} '
         lines = [line for line in session.metrics.splitlines() if line.startswith(sample)]
         assert len(lines) == 1, name
-        assert float(lines[0].split()[-1]) == pytest.approx(-transport, abs=2.0), name
+        assert float(lines[0].split()[-1]) * 1000 == pytest.approx(-transport, abs=2.0), name
+
+
+def test_whip_streams_report_what_they_negotiated(session: Session) -> None:
+    for name, _, _ in CASES:
+        entry = session.listed[name]
+        # What the stream turned out to be: the negotiated picture, the sender's frame rate and
+        # the Sender-Report timing (not the null/"arrival" it opened with).
+        assert (entry["width"], entry["height"]) == (320, 240), name
+        assert entry["frame_rate"] == pytest.approx(30.0, abs=0.5), name
+        assert entry["clock"] == "rtcp", name
+        assert entry["sample_rate"] == 48000, name
+        # One A/V drift figure (avsync's, with its uncertainty); the transport view gives each
+        # track's clock rate with its own.
+        assert "av_drift_ppm" not in entry["clock_rates"]
+        assert set(entry["clock_rates"]) == {
+            "video_ppm", "video_uncertainty_ppm", "audio_ppm", "audio_uncertainty_ppm"
+        }  # fmt: skip
+        assert "drift_uncertainty_ppm" in entry["plugin_status"]["avsync"]
 
 
 def test_timestamp_skew_shows_in_transport_and_content_offsets(session: Session) -> None:

@@ -98,6 +98,21 @@ def test_null_window_reports_null_and_keeps_smoothing() -> None:
     assert event.data["smoothed_audio_lead_ms"] == 15.0
 
 
+def test_smoothed_confidence_goes_with_the_smoothed_offset() -> None:
+    # The smoothed offset is a median of confident windows; its confidence is theirs, not the
+    # latest window's (which may be a low-confidence or empty one).
+    session = AvSyncSession(INFO, AvSyncConfig(type="avsync", min_confidence=0.5))
+    for i, (lead, conf) in enumerate([(10.0, 0.9), (20.0, 0.7), (30.0, 0.8), (99.0, 0.2)]):
+        (event,) = session.update(_window(i), _flash(_window(i), lead, conf))
+    assert event.data["confidence"] == 0.2
+    assert event.data["smoothed_audio_lead_ms"] == 20.0
+    assert event.data["smoothed_confidence"] == 0.8
+    assert session.status()["smoothed_confidence"] == 0.8
+    fresh = AvSyncSession(INFO, AvSyncConfig(type="avsync"))
+    (event,) = fresh.update(_window(0), _flash(_window(0), None))
+    assert event.data["smoothed_confidence"] is None
+
+
 def test_smoothing_is_a_median_of_recent_confident_values() -> None:
     session = AvSyncSession(INFO, AvSyncConfig(type="avsync", smoothing_windows=3))
     events = _run(session, [10.0, 11.0, 400.0, 12.0, 13.0])

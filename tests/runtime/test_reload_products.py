@@ -183,3 +183,25 @@ async def test_silent_provider_and_reloads_that_swap_provider_and_consumer() -> 
         async with asyncio.timeout(30):
             await task
         collector.cancel()
+
+
+async def test_reload_that_removes_the_consumer_also_removes_its_silent_provider() -> None:
+    registry = PluginRegistry({"maker": MakerFactory, "user": UserFactory})
+    daemon = Daemon(config('[[plugins]]\ntype = "user"\n'), registry=registry)
+    await daemon.load_plugins()
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            while not daemon.streams():  # noqa: ASYNC110 - polls the running daemon
+                await asyncio.sleep(0.02)
+        assert [(h.name, h.silent) for h in daemon.hosts] == [("maker", True), ("user", False)]
+        result = await daemon.reload(config(""))
+        assert result.ok, result
+        assert daemon.hosts == []
+        (entry,) = daemon.streams()
+        assert entry["plugins"] == []
+    finally:
+        stop.set()
+        async with asyncio.timeout(30):
+            await task

@@ -12,8 +12,15 @@ import av
 import numpy as np
 import pytest
 
+from crossmodald.harness import spread_ms
 from crossmodald.ingest.pattern import write_pattern_file
-from crossmodald.service.calibrate import calibrate_command, correction_lines
+from crossmodald.service.calibrate import (
+    CALIBRATION_METHODS,
+    MAX_SPREAD_MS,
+    MIN_WINDOWS,
+    calibrate_command,
+    correction_lines,
+)
 from crossmodald.service.config import (
     DeviceSourceConfig,
     MediaSourceConfig,
@@ -21,7 +28,9 @@ from crossmodald.service.config import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ingest"))
 from clapkit import write_clap_clip  # the clap recording of the avsync tests
+from rtspkit import RtspServer, gi_python, pattern_mp4  # the rtsp source's loopback server
 
 FPS = 30
 FRAME_MS = 1000 / FPS
@@ -92,6 +101,23 @@ async def test_finds_a_known_flash_beep_offset_within_a_frame(
     assert "flash method" in out
     fix = float(re.search(r"audio_shift_ms = ([-0-9.]+)", out).group(1))  # type: ignore[union-attr]
     assert abs((shift_ms - fix) - expected) < 0.11  # applying it cancels the offset
+
+
+async def test_calibrates_a_camera_over_rtsp(tmp_path: Path) -> None:
+    server = RtspServer(gi_python(), pattern_mp4(tmp_path / "camera.mp4", 45.0))
+    server.start()
+    try:
+        config = _config(
+            tmp_path, f'[[sources]]\ntype = "rtsp"\nname = "door"\nurl = "{server.url}"\n'
+        )
+        code, out, err = await _run(config, "door", seconds=8.0)
+    finally:
+        server.stop()
+    assert (code, err) == (0, "")
+    measured = float(re.search(r"audio_lead_ms = ([-+0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    assert abs(measured - 45.0) < 3.0
+    fix = float(re.search(r"audio_shift_ms = ([-0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    assert fix == pytest.approx(-measured, abs=0.06)
 
 
 @pytest.mark.parametrize(("fps", "true_lead_ms"), [(25, -120.0), (30, 80.0)])
@@ -184,3 +210,42 @@ def test_device_corrections_go_to_the_late_device() -> None:
     assert correction_lines(media, 25.0) == ["audio_shift_ms = -25.0"]
     pattern = PatternSourceConfig.model_validate({"type": "pattern", "name": "p"})
     assert correction_lines(pattern, 25.0) == []
+
+
+async def test_a_wide_spread_is_unstable_not_a_verdict(tmp_path: Path) -> None:
+    # The audio clock runs 1 % fast: the flash/beep offset moves ~100 ms over the recording,
+    # so its median is no measurement of anything.
+    pattern = PatternSourceConfig.model_validate(
+        {"type": "pattern", "name": "rec", "width": 160, "height": 120, "fps": FPS}
+        | {"drift_ppm": 10_000.0}
+    )
+    clip = tmp_path / "drifting.mp4"
+    write_pattern_file(pattern, clip, duration_s=10.0)
+    config = _config(tmp_path, f'[[sources]]\ntype = "media"\nname = "rec"\nurl = "{clip}"\n')
+    code, out, err = await _run(config, "rec", 10.0)
+    assert code == 1
+    assert out == ""  # no offset, no correction line
+    assert err.startswith("calibrate: rec: unstable, try again (spread ")
+    assert f"limit {MAX_SPREAD_MS:g} ms" in err
+
+
+def test_spread_rule_is_the_median_absolute_deviation() -> None:
+    assert spread_ms([10.0, 11.0, 9.0, 200.0]) == pytest.approx(1.0)  # one outlier: stable
+    assert spread_ms([-4.0, -4.0, 85.0, 92.0]) > MAX_SPREAD_MS  # the issue's mixed methods
+
+
+def test_the_page_applies_the_same_calibration_rule() -> None:
+    # The web page's calibration mode (static/app.js) judges with the same methods and limits.
+    import crossmodald.api
+
+    js = (Path(crossmodald.api.__file__).parent / "static" / "app.js").read_text(encoding="utf-8")
+    limit = re.search(r"CALIBRATION_MAX_SPREAD_MS = ([0-9.]+);", js)
+    windows = re.search(r"CALIBRATION_MIN_WINDOWS = ([0-9]+);", js)
+    methods = re.search(r"CALIBRATION_METHODS = new Set\(\[([^\]]*)\]\);", js)
+    assert limit
+    assert windows
+    assert methods
+    assert float(limit.group(1)) == MAX_SPREAD_MS
+    assert int(windows.group(1)) == MIN_WINDOWS
+    assert {m.strip(' "') for m in methods.group(1).split(",")} == CALIBRATION_METHODS
+    assert "function spreadMs" in js  # median absolute deviation, like spread_ms

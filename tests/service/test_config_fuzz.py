@@ -5,7 +5,7 @@ Hypothesis draws the numbers of a config (a pattern source, ``[window]``, an ``a
 hostile ones (``inf``, ``nan``, zero, negative, tiny, huge, wrong types), writes them as a TOML file, and runs ``crossmodald
 check-config`` on it in-process. Then, per example, exactly one of:
 
-- check-config exits 1 and every line it prints is one clear line naming the file (no
+- check-config exits 2 and every line it prints is one clear line naming the file (no
   traceback: nothing but a ConfigError may leave validation);
 - check-config says OK, and the daemon runs that config: it starts in-process (the API on a
   loopback port, the plugin loaded), the stream opens and gets its windower, media flows, and
@@ -212,7 +212,7 @@ def test_fuzz_config_values_are_refused_clearly_or_run(
     path.write_text(text)
     code, lines = check_config(path)
     if code != 0:
-        assert code == 1
+        assert code == 2  # an invalid config
         assert lines, "check-config refused without saying why"
         for line in lines:
             assert line.startswith(f"{path}: "), line

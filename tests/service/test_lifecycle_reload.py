@@ -245,6 +245,12 @@ async def test_changed_reload_touches_only_what_changed(daemon_at: Any, tmp_path
                 ("stream.start", "new"),
             ]
         )
+        # A stream stopped by the reload says so (not "daemon stopping": the daemon runs on,
+        # and the MQTT sink's Home Assistant view removes the entities of such a stream only).
+        assert {e["stream"]: e["data"]["reason"] for e in after if e["type"] == "stream.end"} == {
+            "gone": "stopped",
+            "edit": "stopped",
+        }
         # The unchanged stream kept running: same state, no restart; its session on the old
         # plugin was closed and the new plugin took over.
         assert run.daemon.stream_states["keep"] is keep

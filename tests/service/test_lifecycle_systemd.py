@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,11 @@ from crossmodald.service.config import ServiceConfig
 
 SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
 UNIT = SYSTEMD / "crossmodald.service"
+REPO = SYSTEMD.parent
+#: Where the documented install puts the command (a venv under /opt: Debian 12's own Python
+#: refuses `pip install` as root, PEP 668 "externally-managed-environment").
+VENV = "/opt/crossmodald"
+VENV_COMMAND = f"{VENV}/bin/crossmodald"
 
 
 def _tool(name: str) -> str:
@@ -52,7 +58,7 @@ def _installed_copy(tmp_path: Path) -> Path:
     if command is None:
         pytest.skip("the crossmodald command is not installed (pip install -e .)")
     copy = tmp_path / "crossmodald.service"
-    copy.write_text(UNIT.read_text().replace("/usr/local/bin/crossmodald", command))
+    copy.write_text(UNIT.read_text().replace(VENV_COMMAND, command))
     return copy
 
 
@@ -162,3 +168,48 @@ def test_sysusers_and_tmpfiles_in_a_scratch_root(tmp_path: Path) -> None:
     info = events.stat()
     assert info.st_uid == int(user[2])
     assert info.st_mode & 0o777 == 0o750
+
+
+def test_the_unit_runs_the_documented_venv_install(tmp_path: Path) -> None:
+    # docs/service.md's install: a venv, crossmodald installed into it, the unit's ExecStart
+    # at the venv's command. Done here under a scratch prefix (offline: no build isolation, the
+    # dependencies come from this Python's site-packages), then systemd-analyze verify checks
+    # the unit as installed, ExecStart's command included.
+    analyze = _tool("systemd-analyze")
+    assert _unit_values()["Service.ExecStart"][0].startswith(VENV_COMMAND + " ")
+    venv = tmp_path / VENV.lstrip("/")
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+        check=True,
+        timeout=120,
+    )
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    installed = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
+         "--no-build-isolation", "--no-index", "-e", str(REPO)],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    if installed.returncode != 0 and "No module named pip" in installed.stderr:
+        pytest.skip("this Python has no pip to install into a venv with")
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    command = venv / "bin" / "crossmodald"
+    assert command.read_text().startswith(f"#!{venv}/bin/python")  # the venv's own Python
+    version = subprocess.run(
+        [str(command), "--version"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.startswith("crossmodald ")
+    unit = tmp_path / "crossmodald.service"
+    unit.write_text(UNIT.read_text().replace(VENV, str(venv)))
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if "crossmodald.service" in line] == []
+    # And a unit whose command is missing is refused: the check can fail.
+    (venv / "bin" / "crossmodald").unlink()
+    missing = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert missing.returncode != 0
+    assert "crossmodald" in missing.stderr

@@ -221,7 +221,7 @@ def test_check_config_refuses_what_would_kill_the_daemon(tmp_path: Path) -> None
         path = tmp_path / name
         path.write_text(text)
         result = crossmodald("check-config", str(path))
-        assert result.returncode == 1, (name, result)
+        assert result.returncode == 2, (name, result)  # an invalid config, as for `run`
         lines = result.stderr.splitlines()
         assert lines, name
         assert "Traceback" not in result.stderr, result.stderr

@@ -451,7 +451,7 @@ async def _stream(request: web.Request) -> web.Response:
 
 
 async def _index(request: web.Request) -> web.FileResponse:
-    """The publish page (static/index.html): WHIP from a browser, live events, calibration."""
+    """The page (static/index.html): the monitor of every stream, and publishing over WHIP."""
     return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 

@@ -53,10 +53,13 @@ ROUTE_SCOPES: tuple[tuple[str, str, Scope | None], ...] = (
     ("GET HEAD", "/v1/events", "subscribe"),
     ("GET HEAD", "/v1/streams", "subscribe"),
     ("GET HEAD", "/v1/sources", "subscribe"),
+    ("GET HEAD", "/v1/fleet", "subscribe"),
     ("GET HEAD", "/metrics", "subscribe"),
     ("*", "/v1/sources", "admin"),
     ("*", "/v1/reload", "admin"),
     ("*", "/v1/whip", "publish"),
+    ("PUT", "/v1/whep", "admin"),  # setting a stream's correction changes what viewers get
+    ("*", "/v1/whep", "subscribe"),  # watching a stream is reading it
     ("*", "/whip", "publish"),
 )
 #: Routes whose GETs also accept the token as a query parameter.
@@ -287,6 +290,8 @@ CORS = web.AppKey("api_cors", CorsPolicy)
 #: The origins allowed on the WHIP routes (``[webrtc] allowed_origins``), when WHIP is served.
 WHIP_CORS = web.AppKey("whip_cors", CorsPolicy)
 WHIP_PATH_PREFIX = "/v1/whip/"
+#: WHEP (re-synchronised output) follows WHIP's origin rules.
+WHEP_PATH_PREFIX = "/v1/whep/"
 _CORS_HEADERS_KEY = web.RequestKey("cors_headers", dict[str, str])
 
 
@@ -310,7 +315,10 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if origin is None:
         return await handler(request)
     policy = request.config_dict[CORS]
-    whip = request.path.startswith(WHIP_PATH_PREFIX) and WHIP_CORS in request.config_dict
+    whip = (
+        request.path.startswith((WHIP_PATH_PREFIX, WHEP_PATH_PREFIX))
+        and WHIP_CORS in request.config_dict
+    )
     if whip:
         # WHIP has its own origin list ([webrtc] allowed_origins, any by default: RFC 9725
         # publishers are pages on other origins), set by crossmodald.api.whip.

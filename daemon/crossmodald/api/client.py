@@ -22,6 +22,7 @@ import aiohttp
 from yarl import URL
 
 from crossmodald.bus.bus import EventFilter
+from crossmodald.bus.text import format_event_line
 
 #: Output formats of :func:`events_command`.
 FORMATS = ("jsonl", "table")
@@ -251,46 +252,9 @@ def _detail(data: str, key: str) -> str:
 # -- the CLI command --------------------------------------------------------------------------
 
 
-def _fmt_value(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return value if value and " " not in value else json.dumps(value)
-    return json.dumps(value, separators=(",", ":"))[:40]
-
-
-def _signed_ms(value: Any) -> str:
-    return f"{value:+.1f}" if isinstance(value, int | float) else "-"
-
-
 def format_table_line(event: dict[str, Any]) -> str:
-    """One readable line, e.g. ``12:00:01.234 testcard sync.offset audio_lead_ms=+40.0 conf=0.98``."""
-    ts = str(event.get("ts", ""))
-    clock = ts[11:23] if len(ts) >= 23 else ts
-    stream = event.get("stream") or "-"
-    kind = str(event.get("type", "?"))
-    data = event.get("data") if isinstance(event.get("data"), dict) else {}
-    assert isinstance(data, dict)
-    parts: list[str] = []
-    if event.get("phase"):
-        parts.append(f"[{event['phase']}]")
-    if kind == "sync.offset":
-        parts.append(f"audio_lead_ms={_signed_ms(data.get('audio_lead_ms'))}")
-        confidence = data.get("confidence")
-        parts.append(f"conf={confidence:.2f}" if isinstance(confidence, int | float) else "conf=-")
-    elif kind == "sync.alarm":
-        parts.append(f"audio_lead_ms={_signed_ms(data.get('audio_lead_ms'))}")
-        parts.append(f"limit_ms={_fmt_value(data.get('limit_ms'))}")
-        parts.append(f"direction={_fmt_value(data.get('direction'))}")
-    else:
-        for key, value in data.items():
-            parts.append(f"{key}={_fmt_value(value)}")
-    line = f"{clock} {stream} {kind} {' '.join(parts)}".rstrip()
-    return line if len(line) <= 200 else line[:197] + "..."
+    """One readable line, e.g. ``12:00:01.234 testcard sync.offset audio_lead_ms=+40.0 ...``."""
+    return format_event_line(event, time="wall")
 
 
 async def events_command(

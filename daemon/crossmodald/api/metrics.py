@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import platform
 import resource
 import threading
 import time
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
+
+from crossmodald import __version__
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Shortest interval between two counter samples that an observed rate is computed over.
@@ -101,6 +104,29 @@ class SinkStatsView(Protocol):
         ...
 
 
+@runtime_checkable
+class FleetStatsView(Protocol):
+    """Optional part of the daemon: its fleet membership's figures (fleet mode)."""
+
+    def fleet_stats(self) -> Mapping[str, float | int | bool] | None:
+        """``connected``, ``held``, ``daemons``, ``sources``, ``acquired``, ``lost``,
+        ``released``, ``reconnects``; None outside fleet mode."""
+        ...
+
+
+#: Fleet figures: key, metric name, type, help.
+_FLEET_METRICS = (
+    ("connected", "crossmodald_fleet_connected", "gauge", "1 while the fleet's NATS is reachable."),
+    ("held", "crossmodald_fleet_leases", "gauge", "Source leases this daemon holds."),
+    ("daemons", "crossmodald_fleet_daemons", "gauge", "Live daemons in the fleet (last scan)."),
+    ("sources", "crossmodald_fleet_sources", "gauge", "Sources in the fleet's list (last scan)."),
+    ("acquired", "crossmodald_fleet_leases_acquired_total", "counter", "Leases taken."),
+    ("lost", "crossmodald_fleet_leases_lost_total", "counter", "Leases lost (not renewed)."),
+    ("released", "crossmodald_fleet_leases_released_total", "counter", "Leases handed back."),
+    ("reconnects", "crossmodald_fleet_reconnects_total", "counter", "NATS reconnections."),
+)
+
+
 class MetricsText:
     """Builds one exposition: families with HELP/TYPE lines and escaped label values."""
 
@@ -121,11 +147,11 @@ class MetricsText:
 
         Args:
             name: The family name (``crossmodald_...``).
-            kind: ``counter``, ``gauge`` or ``summary``.
+            kind: ``counter``, ``gauge`` or ``histogram``.
             help_text: The HELP line.
             value: The sample value.
             labels: Label names and values.
-            suffix: Appended to the sample name (``_sum``/``_count`` of a summary).
+            suffix: Appended to the sample name (``_bucket``/``_sum``/``_count`` of a histogram).
         """
         family = self._families.get(name)
         if family is None:
@@ -133,6 +159,20 @@ class MetricsText:
         if value is None:
             return
         family.samples.append((suffix, labels or {}, value))
+
+    def add_histogram(
+        self, name: str, help_text: str, histogram: Mapping[str, Any] | None, labels: Labels
+    ) -> None:
+        """Add one histogram (:meth:`crossmodald.status.Histogram.as_dict`): its cumulative
+        ``_bucket{le=...}`` samples, ``_sum`` and ``_count``. None is skipped."""
+        if histogram is None:
+            self.add(name, "histogram", help_text, None)
+            return
+        for bound, count in histogram["buckets"]:
+            le = bound if isinstance(bound, str) else _number(float(bound))
+            self.add(name, "histogram", help_text, count, {**labels, "le": le}, suffix="_bucket")
+        self.add(name, "histogram", help_text, float(histogram["sum"]), labels, suffix="_sum")
+        self.add(name, "histogram", help_text, int(histogram["count"]), labels, suffix="_count")
 
     def render(self) -> str:
         """The exposition text (families in insertion order, ending with a newline)."""
@@ -215,14 +255,16 @@ def _declared_metrics(
     """Metrics a plugin or source declares, read from its status for one stream.
 
     Built-in and third-party alike: a declared metric ``name`` with status key ``key`` becomes
-    ``name{stream, plugin|source, **labels}`` = ``status[key]``.
+    ``name{stream, plugin|source, **labels}`` = ``status[key] * scale``.
     """
     for spec in specs:
         labels = {"stream": stream, owner[0]: owner[1]}
         labels.update({str(k): str(v) for k, v in (spec.get("labels") or {}).items()})
-        out.add(
-            spec["name"], spec["type"], spec["help"], _status_value(status, spec["key"]), labels
-        )
+        value = _status_value(status, spec["key"])
+        scale = float(spec.get("scale", 1.0))
+        if value is not None and scale != 1.0:
+            value = float(value) * scale
+        out.add(spec["name"], spec["type"], spec["help"], value, labels)
 
 
 def _plugin_stream_metrics(
@@ -364,13 +406,6 @@ def _stream_metrics(
                 rates_ppm.get(f"{track}_ppm"),
                 {**lab, "track": track},
             )
-        out.add(
-            "crossmodald_stream_av_drift_ppm",
-            "gauge",
-            "Audio clock rate minus video clock rate (ppm), from arrival times.",
-            rates_ppm.get("av_drift_ppm"),
-            lab,
-        )
         _plugin_stream_metrics(out, s, plugins)
         # The source's own metrics, read from ``source_status`` the way plugins' are.
         owner = ("source", str(s.get("source", "")))
@@ -381,21 +416,11 @@ def _stream_metrics(
 def _plugin_metrics(out: MetricsText, plugins: list[dict[str, Any]]) -> None:
     for p in plugins:
         lab = {"plugin": str(p.get("plugin", ""))}
-        out.add(
+        out.add_histogram(
             "crossmodald_plugin_inference_seconds",
-            "summary",
-            "Time in the plugin's batched inference calls.",
-            float(p.get("infer_ms_total", 0.0)) / 1000.0,
+            "Duration of the plugin's batched inference calls.",
+            p.get("inference_seconds"),
             lab,
-            suffix="_sum",
-        )
-        out.add(
-            "crossmodald_plugin_inference_seconds",
-            "summary",
-            "",
-            int(p.get("batches", 0)),
-            lab,
-            suffix="_count",
         )
         out.add(
             "crossmodald_plugin_last_inference_seconds",
@@ -405,20 +430,18 @@ def _plugin_metrics(out: MetricsText, plugins: list[dict[str, Any]]) -> None:
             lab,
         )
         out.add(
-            "crossmodald_plugin_batch_windows",
-            "summary",
-            "Windows per inference call (batch size).",
-            int(p.get("windows_done", 0)),
-            lab,
-            suffix="_sum",
-        )
-        out.add(
-            "crossmodald_plugin_batch_windows",
-            "summary",
-            "",
+            "crossmodald_plugin_batches_total",
+            "counter",
+            "Inference calls (batches).",
             int(p.get("batches", 0)),
             lab,
-            suffix="_count",
+        )
+        out.add(
+            "crossmodald_plugin_windows_inferred_total",
+            "counter",
+            "Windows inferred (mean batch size: its rate over the batches' rate).",
+            int(p.get("windows_done", 0)),
+            lab,
         )
         out.add(
             "crossmodald_plugin_last_batch_windows",
@@ -463,21 +486,11 @@ def _plugin_metrics(out: MetricsText, plugins: list[dict[str, Any]]) -> None:
             p.get("queue_depth"),
             lab,
         )
-        out.add(
+        out.add_histogram(
             "crossmodald_plugin_window_latency_seconds",
-            "summary",
             "Time from a window's close to the plugin's results for it.",
-            float(p.get("window_latency_ms_total", 0.0)) / 1000.0,
+            p.get("window_latency_seconds"),
             lab,
-            suffix="_sum",
-        )
-        out.add(
-            "crossmodald_plugin_window_latency_seconds",
-            "summary",
-            "",
-            int(p.get("window_latency_count", 0)),
-            lab,
-            suffix="_count",
         )
         for stream, ms in sorted((p.get("window_latency_ms_by_stream") or {}).items()):
             out.add(
@@ -520,6 +533,62 @@ def _sink_metrics(out: MetricsText, sinks: list[dict[str, Any]]) -> None:
             int(sink.get("last_seq", 0)),
             lab,
         )
+        out.add(
+            "crossmodald_sink_events_dropped_total",
+            "counter",
+            "Events a sink took and gave up on (its buffer overflowed while its destination was away or slow).",
+            int(sink.get("dropped", 0)),
+            lab,
+        )
+        out.add(
+            "crossmodald_sink_buffered_events",
+            "gauge",
+            "Events a sink holds, not yet written or acknowledged.",
+            int(sink.get("buffered", 0)),
+            lab,
+        )
+        connected = sink.get("connected")
+        if connected is None:
+            continue  # a sink without a connection (a file) has no more to show
+        out.add(
+            "crossmodald_sink_connected",
+            "gauge",
+            "1 while a sink's connection (to a broker) is up.",
+            bool(connected),
+            lab,
+        )
+        out.add(
+            "crossmodald_sink_reconnects_total",
+            "counter",
+            "Connections a sink made again after one was lost or could not be made.",
+            int(sink.get("reconnects", 0)),
+            lab,
+        )
+        for quantile, key in (("0.5", "ack_p50_s"), ("0.99", "ack_p99_s")):
+            value = sink.get(key)
+            out.add(
+                "crossmodald_sink_ack_seconds",
+                "summary",
+                "Publish-to-acknowledgement time of a sink's publishes (quantiles over the recent 1024).",
+                float(value) if value is not None else None,
+                {**lab, "quantile": quantile},
+            )
+        out.add(
+            "crossmodald_sink_ack_seconds",
+            "summary",
+            "",
+            float(sink.get("ack_seconds_sum", 0.0)),
+            lab,
+            suffix="_sum",
+        )
+        out.add(
+            "crossmodald_sink_ack_seconds",
+            "summary",
+            "",
+            int(sink.get("ack_count", 0)),
+            lab,
+            suffix="_count",
+        )
 
 
 def _bus_metrics(out: MetricsText, bus: Any) -> None:
@@ -552,7 +621,7 @@ def _bus_metrics(out: MetricsText, bus: Any) -> None:
         max(depths, default=0),
     )
     out.add(
-        "crossmodald_subscriber_queue_depth_sum",
+        "crossmodald_subscriber_queued_events",
         "gauge",
         "Events waiting in all subscriber queues.",
         sum(depths),
@@ -689,6 +758,13 @@ def render(app: web.Application) -> str:
         rates = RateMeter()
     out = MetricsText()
     out.add(
+        "crossmodald_build_info",
+        "gauge",
+        "Always 1; the labels say which crossmodald and Python serve.",
+        1,
+        {"version": __version__, "python": platform.python_version()},
+    )
+    out.add(
         "crossmodald_ready", "gauge", "1 once the daemon is ready to serve.", state.streams.ready()
     )
     plugins = state.streams.plugin_stats() if isinstance(state.streams, PluginStatsView) else []
@@ -700,6 +776,10 @@ def render(app: web.Application) -> str:
         _plugin_metrics(out, plugins)
     if isinstance(state.streams, SinkStatsView):
         _sink_metrics(out, state.streams.sink_stats())
+    fleet = state.streams.fleet_stats() if isinstance(state.streams, FleetStatsView) else None
+    if fleet is not None:
+        for key, name, kind, help_text in _FLEET_METRICS:
+            out.add(name, kind, help_text, fleet.get(key))
     _bus_metrics(out, state.bus)
     _api_metrics(out, app)
     _process_metrics(out)

@@ -8,7 +8,9 @@ Routes (added to the API application by :func:`add_source_routes`):
     ``GET /v1/sources/{name}``       One of them.
     ``POST /v1/sources``             Start a stream: the body is one ``[[sources]]`` table as
                                      JSON, e.g. ``{"type": "pattern", "name": "bars"}``;
-                                     201 with its entry and ``Location``.
+                                     201 with its entry and ``Location``. In fleet mode it
+                                     goes into the fleet's shared list and runs on the
+                                     daemon that leases it (``GET /v1/fleet`` shows which).
     ``DELETE /v1/sources/{name}``    Stop a stream (its open windows are finished and its
                                      sessions closed first) and forget it; 200 with its entry.
     ``POST /v1/reload``              Read the config file again and apply it, as SIGHUP does;
@@ -59,18 +61,24 @@ class SourcesControl(Protocol):
         """Every stream as a JSON-compatible dict with ``name``, ``origin``, ``state``."""
         ...
 
-    def start_source(self, config: SourceConfigBase) -> asyncio.Task[None]:
-        """Start a stream; returns its task.
+    async def start_source(self, config: SourceConfigBase) -> asyncio.Task[None] | None:
+        """Start a stream; returns its task, or None when the source went into a shared list
+        (fleet mode: it runs on whichever daemon leases it, see docs/fleet.md).
 
         Raises:
-            RuntimeError: The daemon is stopping.
-            ValueError: A stream of that name is running.
+            RuntimeError: The daemon is stopping, or the shared list cannot be reached.
+            ValueError: A stream (or shared source) of that name exists.
             SourceError: The source cannot exist.
         """
         ...
 
     async def remove_source(self, name: str) -> dict[str, Any]:
-        """Stop and forget a stream; KeyError when there is none of that name."""
+        """Stop and forget a stream (fleet mode: take it off the shared list).
+
+        Raises:
+            KeyError: There is none of that name.
+            RuntimeError: The shared list cannot be reached.
+        """
         ...
 
     async def reload_from_file(self) -> ReloadOutcome:
@@ -176,7 +184,7 @@ async def _create(request: web.Request) -> web.Response:
 
     slot = acquire_stream_slot(request)
     try:
-        task = control.start_source(config)
+        task = await control.start_source(config)
     except ValueError as exc:
         slot.release()
         return _error(409, str(exc))
@@ -186,8 +194,14 @@ async def _create(request: web.Request) -> web.Response:
     except RuntimeError as exc:
         slot.release()
         return _error(503, str(exc))
-    # The slot is held for the stream's life, however it ends (DELETE, end of media, failure).
-    task.add_done_callback(lambda _task: slot.release())
+    if task is None:
+        # A shared list (fleet mode): the stream runs wherever it is leased, not on this
+        # request's daemon; [fleet] max_streams bounds what each daemon runs.
+        slot.release()
+    else:
+        # The slot is held for the stream's life, however it ends (DELETE, end of media,
+        # failure).
+        task.add_done_callback(lambda _task: slot.release())
     entry = next((e for e in control.sources() if e.get("name") == config.name), None)
     response = web.json_response(entry, status=201)
     response.headers["Location"] = f"/v1/sources/{config.name}"
@@ -202,6 +216,8 @@ async def _delete(request: web.Request) -> web.Response:
         entry = await control.remove_source(name)
     except KeyError:
         return _error(404, f"no source named {name[:80]!r}")
+    except RuntimeError as exc:
+        return _error(503, str(exc))
     return web.json_response({**entry, "removed": True})
 
 

@@ -42,7 +42,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from aiohttp import hdrs, web
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -319,14 +319,16 @@ class WhipEndpoint:
             request, 403, f"origin {origin[:100]!r} is not allowed (webrtc.allowed_origins)"
         )
 
-    def _authorize(self, request: web.Request) -> web.Response | None:
-        """None when the request may publish, else the error response (401/403)."""
+    def _authorize(
+        self, request: web.Request, scope: Literal["publish", "subscribe", "admin"] = "publish"
+    ) -> web.Response | None:
+        """None when the request may act with ``scope``, else the error response (401/403)."""
         from crossmodald.api.auth import AUTH, check_bearer
 
         auth = request.config_dict.get(AUTH)
         if auth is not None and not auth.open:
             try:
-                check_bearer(request, "publish")
+                check_bearer(request, scope)
             except web.HTTPException as exc:
                 headers = {str(k): v for k, v in exc.headers.items() if k == hdrs.WWW_AUTHENTICATE}
                 return self._error(request, exc.status, _message_of(exc), headers)

@@ -369,6 +369,8 @@ class EventBus:
         wall_clock: Wall clock in seconds since the epoch, for the ``ts`` stamp.
         subscriber_queue_max: Hard bound of a subscriber's queue (default
             ``4 * subscriber_queue``); reaching it closes the subscriber at once.
+        daemon_id: Stamped into every event as ``daemon`` (fleet mode: which daemon produced
+            it); None leaves the key out.
     """
 
     def __init__(
@@ -380,6 +382,7 @@ class EventBus:
         *,
         wall_clock: Callable[[], float] = time.time,
         subscriber_queue_max: int | None = None,
+        daemon_id: str | None = None,
     ) -> None:
         if replay_size < 0:
             raise ValueError(f"replay_size must be >= 0, got {replay_size}")
@@ -398,6 +401,7 @@ class EventBus:
         self.slow_subscriber_s = slow_subscriber_s
         self._clock = clock
         self._wall_clock = wall_clock
+        self.daemon_id = daemon_id
         self._replay: deque[Envelope] = deque(maxlen=replay_size)
         self._subs: dict[Subscription, None] = {}  # insertion-ordered set
         self._seq = 0
@@ -436,7 +440,13 @@ class EventBus:
         event_id = uuid.uuid4().hex
         try:
             text = json.dumps(
-                to_json_dict(event, seq=seq, event_id=event_id, ts=_utc_ts(self._wall_clock())),
+                to_json_dict(
+                    event,
+                    seq=seq,
+                    event_id=event_id,
+                    ts=_utc_ts(self._wall_clock()),
+                    daemon=self.daemon_id,
+                ),
                 separators=(",", ":"),
                 ensure_ascii=False,
                 allow_nan=False,

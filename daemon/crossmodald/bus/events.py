@@ -70,8 +70,14 @@ class Envelope:
         return out
 
 
-def to_json_dict(event: Event, *, seq: int, event_id: str, ts: str) -> dict[str, JsonValue]:
-    """The event's JSON object (see ``event.schema.json``)."""
+def to_json_dict(
+    event: Event, *, seq: int, event_id: str, ts: str, daemon: str | None = None
+) -> dict[str, JsonValue]:
+    """The event's JSON object (see ``event.schema.json``).
+
+    ``daemon`` names the daemon that produced it (fleet mode: its ``daemon_id``); the key is
+    left out when None.
+    """
     media: dict[str, JsonValue] = {
         "start_ns": event.start_ns,
         "end_ns": event.end_ns,
@@ -90,4 +96,6 @@ def to_json_dict(event: Event, *, seq: int, event_id: str, ts: str) -> dict[str,
     }
     if event.closed_ns:
         out["closed_mono_ns"] = event.closed_ns
+    if daemon is not None:
+        out["daemon"] = daemon
     return out

@@ -4,31 +4,37 @@ A sink is an ordinary bus subscriber (one mechanism for everyone): it reads its
 :class:`~crossmodald.bus.bus.Subscription` from a ``seq`` on and writes what it takes off it.
 Every sink satisfies :class:`Sink`; the daemon starts, reloads, flushes and closes sinks, and
 reads their :class:`SinkStats`, only through it. An envelope a sink has taken off its
-subscription is never lost: :meth:`Sink.aclose` writes and flushes everything it holds.
+subscription is never lost silently: :meth:`Sink.aclose` writes and flushes everything it
+holds, or (a broker sink whose broker is away) counts what it could not deliver in
+:attr:`SinkStats.dropped` and tells it with a ``sink.fault`` event.
 
 Sink types of ``[[sinks]]`` tables are found by entry point (group ``crossmodald.sinks``, the
 entry point's name is the ``type``), the built-in ``jsonl`` (:mod:`crossmodald.bus.jsonl`)
-included::
+included, and the broker sinks ``nats`` and ``mqtt`` (:mod:`crossmodald.bus.broker`)::
 
     [project.entry-points."crossmodald.sinks"]
-    mqtt = "my_package.mqtt:MqttSinkFactory"
+    kafka = "my_package.kafka:KafkaSinkFactory"
 
-    class MqttSinkConfig(SinkConfigBase):
-        type: Literal["mqtt"]
-        broker: str
+    class KafkaSinkConfig(SinkConfigBase):
+        type: Literal["kafka"]
+        brokers: str
 
         @property
         def identity(self) -> str:
-            return f"mqtt:{self.broker}"
+            return f"kafka:{self.brokers}"
 
-    class MqttSinkFactory:
-        config_model = MqttSinkConfig
-
-        @classmethod
-        def create(cls, config: MqttSinkConfig) -> Sink: ...
+    class KafkaSinkFactory:
+        config_model = KafkaSinkConfig
 
         @classmethod
-        def check(cls, config: MqttSinkConfig) -> None: ...  # or nothing to check
+        def create(cls, config: KafkaSinkConfig) -> Sink: ...
+
+        @classmethod
+        def check(cls, config: KafkaSinkConfig) -> None: ...  # or nothing to check
+
+A sink for another broker can reuse :class:`~crossmodald.bus.broker.BrokerSink` (buffer,
+acknowledged in-flight window, reconnects, drops told as ``sink.fault``) with a
+:class:`~crossmodald.bus.broker.BrokerLink` of its own.
 
 Sinks made by other parts (the WebRTC data channel that sends a publisher its events, see
 :mod:`crossmodald.api.whip`) are the same kind of object, run by :func:`run_sink`.
@@ -69,7 +75,18 @@ class SinkStats:
         batches: Write batches.
         resumes: Times it was closed as slow and resubscribed.
         missed_resumes: Resumes where the replay buffer no longer held every missed envelope.
-        last_seq: ``seq`` of the last envelope written (0 before the first).
+        last_seq: ``seq`` of the last envelope written (0 before the first; the highest
+            acknowledged for a broker sink, which may acknowledge out of order).
+        dropped: Envelopes it took and gave up on (a broker sink's buffer overflowed while the
+            broker was away or slow); each loss is also told by a ``sink.fault`` event.
+        buffered: Envelopes it holds now, not yet written (queued and in flight).
+        connected: Whether its connection is up; None for a sink without one (a file).
+        reconnects: Connections made again after one was lost or could not be made.
+        ack_count: Publishes the destination acknowledged (a broker sink).
+        ack_seconds_sum: Their publish-to-acknowledgement time, summed.
+        ack_p50_s: Median publish-to-acknowledgement time of the recent publishes (None
+            before the first or for a sink without acknowledgements).
+        ack_p99_s: Their 99th percentile.
     """
 
     written: int = 0
@@ -77,6 +94,14 @@ class SinkStats:
     resumes: int = 0
     missed_resumes: int = 0
     last_seq: int = 0
+    dropped: int = 0
+    buffered: int = 0
+    connected: bool | None = None
+    reconnects: int = 0
+    ack_count: int = 0
+    ack_seconds_sum: float = 0.0
+    ack_p50_s: float | None = None
+    ack_p99_s: float | None = None
 
 
 @runtime_checkable

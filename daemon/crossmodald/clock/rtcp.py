@@ -414,6 +414,14 @@ class StreamTimeline:
         """SRs taken so far on a track."""
         return self._track(kind).mapper.reports_seen
 
+    def sender_ns(self, kind: str, rtp: int) -> int | None:
+        """A track's RTP timestamp on the sender's NTP clock (ns since 1900); None before its SRs.
+
+        A query: unlike :meth:`map_frame` it changes nothing (the WHEP relay times forwarded
+        frames with it).
+        """
+        return self._track(kind).mapper.to_ntp_ns(rtp)
+
     def clock(self) -> ClockKind:
         """RTCP when every track that has delivered media is mapped by SRs, else ARRIVAL."""
         started = [t for t in self._tracks.values() if t.last_ext is not None]

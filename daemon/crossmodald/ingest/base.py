@@ -87,6 +87,28 @@ class ReportsStatus(Protocol):
         ...
 
 
+@runtime_checkable
+class DescribesLive(Protocol):
+    """The optional part of a :class:`Source` that learns about its stream while it runs (a
+    WebRTC publisher's picture size and frame rate, its timing moving to RTCP)."""
+
+    def info(self) -> StreamInfo:
+        """The stream as known now (what :meth:`Source.open` returned, updated); cheap."""
+        ...
+
+
+def source_info(source: Source) -> StreamInfo | None:
+    """The source's current description, or None when it has no ``info()`` or it failed."""
+    if not isinstance(source, DescribesLive):
+        return None
+    try:
+        info = source.info()
+    except Exception:  # like status(): never break /v1/streams
+        log.exception("source %s: info failed", getattr(source, "name", "?"))
+        return None
+    return info if isinstance(info, StreamInfo) else None
+
+
 def source_status(source: Source) -> dict[str, JsonValue] | None:
     """The source's own status, or None when it has no ``status()`` or it failed (logged)."""
     status = getattr(source, "status", None)
@@ -113,3 +135,33 @@ def source_metrics(source: Source) -> tuple[MetricSpec, ...]:
         if not isinstance(spec, MetricSpec):
             raise SourceError(f"{name}: metrics must hold MetricSpec values, got {spec!r}")
     return tuple(specs)
+
+
+class Backoff:
+    """Exponential backoff: ``initial_s``, doubling up to ``max_s``; counts tries in a row.
+
+    Args:
+        initial_s: First delay.
+        max_s: Largest delay.
+        limit: Tries in a row before giving up (0: never give up).
+    """
+
+    def __init__(self, initial_s: float, max_s: float, limit: int = 0) -> None:
+        if initial_s <= 0 or max_s < initial_s:
+            raise ValueError(f"Backoff: need 0 < initial_s <= max_s, got {initial_s}, {max_s}")
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.limit = limit
+        self.tries = 0
+
+    def next_delay_s(self) -> float | None:
+        """The delay before the next try, or None once ``limit`` tries have failed."""
+        if self.limit and self.tries >= self.limit:
+            return None
+        delay = min(self.max_s, self.initial_s * 2.0**self.tries)
+        self.tries += 1
+        return delay
+
+    def reset(self) -> None:
+        """It works again: start from ``initial_s`` next time."""
+        self.tries = 0

@@ -46,7 +46,7 @@ from pydantic import Field, model_validator
 
 from crossmodald.clock.samples import SampleClock, StreamTimeMapper, camera_capture_ns
 from crossmodald.config_base import ConfigModel
-from crossmodald.ingest.base import SourceError, SourceFault
+from crossmodald.ingest.base import Backoff, SourceError, SourceFault
 from crossmodald.ingest.frames import audio_chunk, to_mono_f32, video_frame_from_luma
 from crossmodald.ingest.pacing import Pacer
 from crossmodald.ingest.registry import SourceConfigBase
@@ -133,36 +133,6 @@ class DeviceSourceConfig(SourceConfigBase):
 
 #: Faults of one kind (overflow) are reported at most this often; counts are summed meanwhile.
 _FAULT_INTERVAL_NS = 1 * NS_PER_S
-
-
-class Backoff:
-    """Exponential backoff: ``initial_s``, doubling up to ``max_s``; counts tries in a row.
-
-    Args:
-        initial_s: First delay.
-        max_s: Largest delay.
-        limit: Tries in a row before giving up (0: never give up).
-    """
-
-    def __init__(self, initial_s: float, max_s: float, limit: int = 0) -> None:
-        if initial_s <= 0 or max_s < initial_s:
-            raise ValueError(f"Backoff: need 0 < initial_s <= max_s, got {initial_s}, {max_s}")
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.limit = limit
-        self.tries = 0
-
-    def next_delay_s(self) -> float | None:
-        """The delay before the next try, or None once ``limit`` tries have failed."""
-        if self.limit and self.tries >= self.limit:
-            return None
-        delay = min(self.max_s, self.initial_s * 2.0**self.tries)
-        self.tries += 1
-        return delay
-
-    def reset(self) -> None:
-        """The device works again: start from ``initial_s`` next time."""
-        self.tries = 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import Any, Final, Literal, Protocol, TypeVar, cast
 
 import av
 import av.container
@@ -187,8 +187,30 @@ class MediaStats:
     loops: int = 0
     #: Times real-time pacing restarted from the current item (pts jump or stalled consumer).
     pacing_resets: int = 0
+    #: Packets read while a :class:`StartGate` held the input back (decoded, then dropped).
+    held_back: int = 0
     #: Reason of the most recent decode or read error.
     last_error: str = ""
+
+
+class StartGate(Protocol):
+    """Holds a live input's first items back until their timing is settled (the rtsp source).
+
+    The worker thread asks it about every packet until it admits one: the items of the packets
+    it holds back are decoded (the decoder needs its references) and dropped; from the packet
+    it admits on, every item is delivered, on fresh track timelines.
+    """
+
+    def admit(
+        self,
+        packet: av.Packet[Any],
+        container: av.container.InputContainer,
+        tracks: frozenset[int],
+    ) -> tuple[int, ClockKind] | None:
+        """None to hold ``packet`` back, else (the offset in ns added to every track's mapped
+        time from here on, the clock the items rest on). ``tracks``: the indices of the
+        streams read (the best video and audio; others are not demuxed)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -263,12 +285,14 @@ class _Reader:
         self.pass_first_ns: int | None = None
         self.pass_end_ns: int | None = None
         self.decoded = 0
-        realtime = source.config.realtime
-        self._batch_items = _BATCH_ITEMS if realtime else _BATCH_ITEMS_OFFLINE
-        self._batch_wall_s = _BATCH_WALL_S if realtime else _BATCH_WALL_S_OFFLINE
-        self._batch_pixels = (1 << 62) if realtime else _BATCH_PIXELS_OFFLINE
+        small = source.config.realtime or source.live  # small batches: latency matters
+        self._batch_items = _BATCH_ITEMS if small else _BATCH_ITEMS_OFFLINE
+        self._batch_wall_s = _BATCH_WALL_S if small else _BATCH_WALL_S_OFFLINE
+        self._batch_pixels = (1 << 62) if small else _BATCH_PIXELS_OFFLINE
         #: Items decoded in the current pass (a looping input that yields none stops).
         self.pass_decoded = 0
+        #: Asked about each packet until it admits one (None: every item counts).
+        self.gate: StartGate | None = source.gate
 
     # -- opening --------------------------------------------------------------------------
 
@@ -320,6 +344,50 @@ class _Reader:
             raise SourceError(f"{src.display}: has no audio or video stream")
         frame_rate: float | None = None
         width = height = None
+        if self.video is not None:
+            # Frame threads: the decoder keeps both cores busy (and this thread free sooner).
+            ctx = self.video.codec_context
+            if (ctx.width or 0) * (ctx.height or 0) > _SINGLE_THREAD_MAX_PIXELS:
+                # Frame threads: one core alone would not keep up with large pictures.
+                ctx.thread_type = "AUTO"
+            else:
+                # One decoder thread: the decode runs on this worker thread (outside the GIL)
+                # while the loop and the plugins use the other cores. Frame threads cost ~30%
+                # more CPU for the same frames (5-min VGA H.264: 1.8 s vs 1.3 s) and are no faster
+                # when the other threads of the process have work, as they do here.
+                ctx.thread_count = 1
+            if self.video.time_base is None:
+                raise SourceError(f"{src.display}: video stream has no time base")
+            rate = self.video.average_rate or self.video.guessed_rate
+            if rate:
+                frame_rate = float(rate)
+                self._video_step_ns = round(NS_PER_S / frame_rate)
+            width = self.video.codec_context.width or None
+            height = self.video.codec_context.height or None
+        sample_rate: int | None = None
+        if self.audio is not None:
+            if self.audio.time_base is None:
+                raise SourceError(f"{src.display}: audio stream has no time base")
+            sample_rate = self.audio.codec_context.sample_rate or None
+        self._make_timelines()
+        self.info = StreamInfo(
+            name=src.name,
+            kind="media",
+            has_video=self.video is not None,
+            has_audio=self.audio is not None,
+            frame_rate=frame_rate,
+            sample_rate=sample_rate,
+            width=width,
+            height=height,
+            clock=ClockKind.PTS,
+        )
+        self._demux = iter(container.demux(*self._streams()))
+        return self.info
+
+    def _make_timelines(self) -> None:
+        """Fresh timestamp mapping for each track, from :attr:`offset_ns` on (clock/)."""
+        container = self.container
+        assert container is not None
         names = container.format.name.split(",")
         wrap_bits = next((_WRAP_BITS[n] for n in names if n in _WRAP_BITS), None)
         discontinuous = bool(int(container.format.flags) & _TS_DISCONT)
@@ -337,36 +405,12 @@ class _Reader:
                 group=group,
             )
 
-        if self.video is not None:
-            # Frame threads: the decoder keeps both cores busy (and this thread free sooner).
-            ctx = self.video.codec_context
-            if (ctx.width or 0) * (ctx.height or 0) > _SINGLE_THREAD_MAX_PIXELS:
-                # Frame threads: one core alone would not keep up with large pictures.
-                ctx.thread_type = "AUTO"
-            else:
-                # One decoder thread: the decode runs on this worker thread (outside the GIL)
-                # while the loop and the plugins use the other cores. Frame threads cost ~30%
-                # more CPU for the same frames (5-min VGA H.264: 1.8 s vs 1.3 s) and are no faster
-                # when the other threads of the process have work, as they do here.
-                ctx.thread_count = 1
-            tb = self.video.time_base
-            if tb is None:
-                raise SourceError(f"{src.display}: video stream has no time base")
-            self._video_tl = timeline(Fraction(tb), self.offset_ns)
-            rate = self.video.average_rate or self.video.guessed_rate
-            if rate:
-                frame_rate = float(rate)
-                self._video_step_ns = round(NS_PER_S / frame_rate)
-            width = self.video.codec_context.width or None
-            height = self.video.codec_context.height or None
-        sample_rate: int | None = None
-        if self.audio is not None:
+        if self.video is not None and self.video.time_base is not None:
+            self._video_tl = timeline(Fraction(self.video.time_base), self.offset_ns)
+        if self.audio is not None and self.audio.time_base is not None:
             tb = self.audio.time_base
-            if tb is None:
-                raise SourceError(f"{src.display}: audio stream has no time base")
-            audio_offset_ns = self.offset_ns - src.audio_shift_ns
+            audio_offset_ns = self.offset_ns - self.source.audio_shift_ns
             self._audio_tl = timeline(Fraction(tb), audio_offset_ns)
-            sample_rate = self.audio.codec_context.sample_rate or None
             # One tick of the container's clock: finer disagreement is rounding, not a gap.
             self._samples = SampleCounter(-(-tb.numerator * NS_PER_S // tb.denominator))
             # Where audio without any stamp starts: the stream's start time.
@@ -374,19 +418,6 @@ class _Reader:
             self._audio_start_ns = audio_offset_ns + (
                 0 if start is None else ticks_to_ns(start, Fraction(tb), "floor")
             )
-        self.info = StreamInfo(
-            name=src.name,
-            kind="media",
-            has_video=self.video is not None,
-            has_audio=self.audio is not None,
-            frame_rate=frame_rate,
-            sample_rate=sample_rate,
-            width=width,
-            height=height,
-            clock=ClockKind.PTS,
-        )
-        self._demux = iter(container.demux(*self._streams()))
-        return self.info
 
     @staticmethod
     def _best(container: av.container.InputContainer, candidates: list[_S], kind: str) -> _S | None:
@@ -453,6 +484,8 @@ class _Reader:
                 continue
             self._read_errors_in_row = 0
             stats.packets += 1
+            if self.gate is not None and not self._admit(packet):
+                continue
             try:
                 frames = packet.decode()
             except (av.error.FFmpegError, ValueError) as exc:
@@ -467,6 +500,23 @@ class _Reader:
                     if isinstance(frame, av.VideoFrame):
                         pixels -= frame.width * frame.height
         return items, faults, False
+
+    def _admit(self, packet: av.Packet[Any]) -> bool:
+        """Whether the gate lets ``packet`` through (it stays open from then on)."""
+        assert self.gate is not None
+        assert self.container is not None
+        tracks = frozenset(s.index for s in self._streams())
+        decision = self.gate.admit(packet, self.container, tracks)
+        if decision is None:
+            self.source.stats.held_back += 1
+            with contextlib.suppress(av.error.FFmpegError, ValueError):
+                packet.decode()
+            return False
+        self.offset_ns, self.source.clock = decision
+        self._make_timelines()
+        self._last_video_ns = None
+        self.gate = None
+        return True
 
     def _read_error(self, exc: BaseException) -> bool:
         """Count a read error; False when the input should be treated as ended."""
@@ -566,15 +616,30 @@ class MediaSource:
     Args:
         config: URL or path, looping, pacing, FFmpeg options, timeout and audio shift.
         pacer: The clock for real-time pacing and ``arrival_ns``.
+        gate: Holds the first items back until their timing is settled, and says where they
+            land (the rtsp source: until every track has an RTCP sender report).
+        live: The input comes at its own pace (a camera): items go out as they are decoded,
+            in the small batches of real-time reading, without pacing (``realtime`` false).
 
     Attributes:
         stats: Counters (packets, frames, chunks, decode and read errors, resyncs, loops).
         display: The URL or path as errors show it (credentials removed).
     """
 
-    def __init__(self, config: MediaSourceConfig, pacer: Pacer | None = None) -> None:
+    def __init__(
+        self,
+        config: MediaSourceConfig,
+        pacer: Pacer | None = None,
+        *,
+        gate: StartGate | None = None,
+        live: bool = False,
+    ) -> None:
         self.name = config.name
         self.config = config
+        self.gate = gate
+        self.live = live
+        #: The clock the items rest on (a gate may say RTCP when it admits the first packet).
+        self.clock = ClockKind.PTS
         self.pacer: Pacer = pacer if pacer is not None else MonotonicPacer()
         self.display = redact_url(config.url)
         self.audio_shift_ns = round(config.audio_shift_ms * NS_PER_MS)
@@ -791,11 +856,11 @@ class MediaSource:
                 arrival_ns=arrival_ns,
                 luma=item.luma,
                 thumb=item.thumb,
-                clock=ClockKind.PTS,
+                clock=self.clock,
             )
         assert item.samples is not None
         return audio_chunk(
-            self.name, item.pts_ns, arrival_ns, item.samples, item.sample_rate, ClockKind.PTS
+            self.name, item.pts_ns, arrival_ns, item.samples, item.sample_rate, self.clock
         )
 
 

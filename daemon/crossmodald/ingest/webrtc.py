@@ -71,6 +71,8 @@ SYNC_TRANSPORT = "sync.transport"
 _LISTENER_ATTR = "_crossmodald_listener"
 # Nominal rates used to size the bounded queue: frames and audio packets per second.
 _MAX_VIDEO_FPS = 60
+#: Video frames the frame rate in `info()` is measured over (about 2 s at 30 fps).
+_RATE_FRAMES = 60
 _MAX_AUDIO_PPS = 50
 _MONITOR_INTERVAL_S = 0.25
 _STATS_INTERVAL_S = 1.0
@@ -306,6 +308,9 @@ class WebRtcSource:
         self._last_media_ns: int | None = None
         self._frozen = False
         self._last_timing = ClockKind.ARRIVAL
+        #: The decoded picture size, and the sender's frame times (for its frame rate).
+        self._size: tuple[int, int] | None = None
+        self._video_pts: deque[int] = deque(maxlen=_RATE_FRAMES)
         self._closed = False
         self._last_overflow_report_ns = 0
         self._unreported_drops = 0
@@ -327,16 +332,31 @@ class WebRtcSource:
             )
         self._tasks.append(asyncio.create_task(self._monitor(), name=f"ingest:{self.name}:monitor"))
         self.pc.on("connectionstatechange", self._on_connection_state)
+        return self.info()
+
+    def info(self) -> StreamInfo:
+        """The stream as known now: the decoded picture size, the frame rate of the sender's
+        timestamps (over the last frames) and the timing (``arrival`` until every track has
+        Sender Reports, then ``rtcp``); None where not known yet."""
         audio = self._tracks.get("audio")
+        width, height = self._size if self._size is not None else (None, None)
         return StreamInfo(
             name=self.name,
             kind="webrtc",
             has_video="video" in self._tracks,
             has_audio=audio is not None,
-            frame_rate=None,
+            frame_rate=self._frame_rate(),
             sample_rate=audio.clock_rate if audio else None,
-            clock=ClockKind.ARRIVAL,
+            width=width,
+            height=height,
+            clock=self._last_timing,
         )
+
+    def _frame_rate(self) -> float | None:
+        pts = self._video_pts
+        if len(pts) < _RATE_FRAMES // 2 or pts[-1] <= pts[0]:
+            return None
+        return round((len(pts) - 1) * NS_PER_S / (pts[-1] - pts[0]), 2)
 
     def __aiter__(self) -> AsyncIterator[MediaItem | SourceFault]:
         return self._items()
@@ -357,6 +377,10 @@ class WebRtcSource:
         with contextlib.suppress(Exception):
             await self.pc.close()
 
+    def receivers(self) -> dict[str, tuple[RTCRtpReceiver, int]]:
+        """``kind -> (receiver, RTP clock rate)`` of the publisher's tracks (WHEP forwards them)."""
+        return {kind: (t.receiver, t.clock_rate) for kind, t in self._tracks.items()}
+
     # -- state for the API ----------------------------------------------------------------------
 
     @property
@@ -367,19 +391,21 @@ class WebRtcSource:
     #: The status values ``/metrics`` exports (see :func:`~crossmodald.ingest.base.source_metrics`).
     metrics: Sequence[MetricSpec] = (
         MetricSpec(
-            "crossmodald_stream_transport_offset_ms",
+            "crossmodald_stream_transport_offset_seconds",
             "gauge",
-            "Audio minus video network latency (ms): the A/V offset the timestamps give media "
-            "arriving together.",
+            "Audio minus video network latency (seconds): the A/V offset the timestamps give "
+            "media arriving together.",
             "transport.transport_offset_ms",
+            scale=0.001,
         ),
         *(
             MetricSpec(
-                "crossmodald_stream_transport_latency_ms",
+                "crossmodald_stream_transport_latency_seconds",
                 "gauge",
-                "Median packet arrival minus SR-mapped capture time (ms), per track.",
+                "Median packet arrival minus SR-mapped capture time (seconds), per track.",
                 f"transport.{track}_latency_ms",
                 {"track": track},
+                scale=0.001,
             )
             for track in ("audio", "video")
         ),
@@ -484,6 +510,10 @@ class WebRtcSource:
                 self._fault("freeze_end", "video frames flow again", placed.pts_ns)
             item = video_frame_from_av(self.name, frame, placed.pts_ns, arrival_ns, placed.clock)
             self.stats.video_frames += 1
+            self._size = (frame.width, frame.height)
+            if self._video_pts and placed.pts_ns <= self._video_pts[-1]:
+                self._video_pts.clear()  # a jump back: start the rate over
+            self._video_pts.append(placed.pts_ns)
         else:
             assert isinstance(frame, av.AudioFrame)
             assert track.converter is not None

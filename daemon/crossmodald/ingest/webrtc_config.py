@@ -78,6 +78,16 @@ class WebRtcConfig(ConfigModel):
     connect_timeout_s: float = Field(15.0, gt=0, le=600)
     #: Seconds between ``sync.transport`` events of a stream.
     transport_interval_s: float = Field(2.0, gt=0, le=3600)
+    #: Serve ``POST /v1/whep/{stream}``: a WHIP stream re-synchronised for viewers.
+    whep_enabled: bool = True
+    #: Most WHEP viewers at once (all streams); more get 503 with Retry-After.
+    whep_max_viewers: int = Field(16, ge=1, le=1000)
+    #: Fastest change of the WHEP correction, in ms per second (no audible or visible jump).
+    whep_max_slew_ms_per_s: float = Field(20.0, gt=0, le=1000)
+    #: Measured offsets below this confidence leave the WHEP correction where it is.
+    whep_min_confidence: float = Field(0.5, ge=0, le=1)
+    #: Correct every WHEP output by this fixed ``audio_lead_ms`` instead of the measured one.
+    whep_audio_lead_ms: float | None = Field(None, ge=-2000, le=2000)
 
     @field_validator("allowed_origins")
     @classmethod

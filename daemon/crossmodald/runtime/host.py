@@ -48,6 +48,7 @@ from crossmodald.runtime.plugin import (
     ProductKey,
     Session,
 )
+from crossmodald.status import Histogram
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ class HostStats:
     window_latency_count: int = 0
     #: Each stream's latest window latency (ms).
     window_latency_ms_by_stream: dict[str, float] = field(default_factory=dict)
+    #: Inference call durations and window latencies, seconds (Prometheus histograms).
+    inference_s: Histogram = field(default_factory=Histogram)
+    window_latency_s: Histogram = field(default_factory=Histogram)
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +453,7 @@ class PluginHost:
         self.stats.last_batch_size = len(batch)
         self.stats.last_infer_ms = elapsed_ms
         self.stats.infer_ms_total += elapsed_ms
+        self.stats.inference_s.observe(elapsed_ms / 1000.0)
         if self.provides is not None:
             # Consumers' workers can start on this batch while our sessions make events.
             for consumer in self._consumers:
@@ -463,6 +468,7 @@ class PluginHost:
                 latency_ms = max(0.0, (done_ns - window.closed_ns) / 1e6)
                 self.stats.window_latency_ms_total += latency_ms
                 self.stats.window_latency_count += 1
+                self.stats.window_latency_s.observe(latency_ms / 1000.0)
                 self.stats.window_latency_ms_by_stream[window.stream] = latency_ms
             if session is None:
                 continue
@@ -545,16 +551,7 @@ class PluginHost:
             "silent": self.silent,
             "provides": self.provides.name if self.provides is not None else None,
             "requires": [{"product": n.key.name, "optional": n.optional} for n in self.needs],
-            "metrics": [
-                {
-                    "name": m.name,
-                    "type": m.type,
-                    "help": m.help,
-                    "key": m.key,
-                    "labels": dict(m.labels),
-                }
-                for m in self.plugin.metrics
-            ],
+            "metrics": [m.as_dict() for m in self.plugin.metrics],
             "queue_depth": self._windows_queued,
             "windows_in": s.windows_in,
             "windows_done": s.windows_done,
@@ -570,6 +567,8 @@ class PluginHost:
                 k: round(v, 3) for k, v in s.window_latency_ms_by_stream.items()
             },
             "dropped_by_stream": dict(s.dropped_by_stream),
+            "inference_seconds": s.inference_s.as_dict(),
+            "window_latency_seconds": s.window_latency_s.as_dict(),
         }
 
 

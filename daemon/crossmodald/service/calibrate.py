@@ -4,13 +4,17 @@ Record ``seconds`` of a configured source while a clap, or the pattern page's fl
 happens in front of the camera and microphone, through the daemon's own pipeline
 (:func:`crossmodald.harness.run_daemon`: the source, the configured windows, the avsync plugin
 in its host, its ``sync.offset`` events), and take the median of the confident per-window
-offsets. The result is printed with the
-TOML line that cancels it:
+offsets of the calibration methods (flash/beep, clap; never motion). The verdict needs
+:data:`MIN_WINDOWS` such windows whose spread (median absolute deviation) is at most
+:data:`MAX_SPREAD_MS`; otherwise the measurement is "unstable, try again" and no correction is
+printed. The web page's calibration mode applies the same rule (``static/app.js``). A verdict is
+printed with the TOML line that cancels it:
 
 * a ``device`` source: ``camera.latency_ms`` when audio leads (the camera stamps late), else
   ``microphone.latency_ms`` (the microphone stamps late), each the current value plus the
   measured offset;
-* a ``media`` source: ``audio_shift_ms`` (the current value minus the measured offset);
+* a ``media`` or ``rtsp`` source: ``audio_shift_ms`` (the current value minus the measured
+  offset; for a camera over RTSP, the offset its own encoder puts between audio and video);
 * a ``pattern`` source: the offset only (its ``audio_lead_ms`` is the truth it injects).
 
 Offsets use the one sign of the project: ``audio_lead_ms`` > 0 when audio is ahead of video.
@@ -18,14 +22,19 @@ Offsets use the one sign of the project: ``audio_lead_ms`` > 0 when audio is ahe
 
 from __future__ import annotations
 
-import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from crossmodald.harness import harness_config, run_daemon
+from crossmodald.harness import (
+    REFERENCE_METHODS,
+    estimate_offset,
+    harness_config,
+    run_daemon,
+)
 from crossmodald.ingest.base import SourceError
+from crossmodald.ingest.rtsp import RtspSourceConfig
 from crossmodald.media import MAX_MEDIA_S
 from crossmodald.runtime.device import DeviceError
 from crossmodald.runtime.registry import PluginLoadError, PluginRegistry
@@ -39,8 +48,20 @@ from crossmodald.service.config import (
     load_config,
 )
 
-#: avsync methods whose offsets rest on one known instant, the only ones calibration trusts.
-CALIBRATION_METHODS = frozenset({"flash", "clap"})
+#: avsync methods whose offsets rest on one known instant, the only ones calibration trusts
+#: (the same as ``crossmodald fix --measure``'s).
+CALIBRATION_METHODS = REFERENCE_METHODS
+#: Largest spread (median absolute deviation of the windows' offsets, ms) that still gives a
+#: verdict: half a 30 fps frame. Wider means the measurement moved (a busy machine, a drifting
+#: clock, something else flashing or clapping) and the median says nothing; measured on the
+#: browser calibration pattern: 1-5 ms; a pattern drifting 1 % over 10 s: 24 ms.
+MAX_SPREAD_MS = 15.0
+#: Fewest calibration windows behind a verdict.
+MIN_WINDOWS = 3
+
+
+class UnstableCalibration(Exception):
+    """Calibration windows were found but disagree (or are too few) for a verdict."""
 
 
 class CalibrationError(Exception):
@@ -85,18 +106,19 @@ def correction_lines(config: SourceConfig, audio_lead_ms: float) -> list[str]:
         if microphone is not None:
             return [f"microphone.latency_ms = {microphone.latency_ms - audio_lead_ms:.1f}"]
         return []
-    if isinstance(config, MediaSourceConfig):
+    if isinstance(config, MediaSourceConfig | RtspSourceConfig):
         return [f"audio_shift_ms = {config.audio_shift_ms - audio_lead_ms:.1f}"]
     return []
 
 
 def recording_source(config: SourceConfig) -> SourceConfig:
-    """The source to record from; files and patterns are read as fast as they decode.
+    """The source to record from; files and patterns are read as fast as they decode, live
+    sources (devices, cameras over RTSP) as they come.
 
     Raises:
         SourceError: The source type cannot be calibrated.
     """
-    if isinstance(config, DeviceSourceConfig):
+    if isinstance(config, DeviceSourceConfig | RtspSourceConfig):
         return config
     if isinstance(config, MediaSourceConfig | PatternSourceConfig):
         return config.model_copy(update={"realtime": False})
@@ -126,6 +148,8 @@ async def calibrate(
 
     Raises:
         CalibrationError: Unknown source, no audio or video, or no confident estimate.
+        UnstableCalibration: Fewer than :data:`MIN_WINDOWS` calibration windows, or their
+            spread is over :data:`MAX_SPREAD_MS`.
         SourceError: The source cannot open or failed.
         ConfigError, PluginLoadError, DeviceError: The avsync plugin cannot be set up.
     """
@@ -157,33 +181,34 @@ async def calibrate(
     if failures:
         raise SourceError(failures[0])
     recorded_s = record.recorded_s()
-    results = [e.data for e in result.events(source_name) if e.type == "sync.offset"]
-    # Only events with a known instant (a flash/beep, a clap) calibrate; the motion method's
-    # correlation on whatever else was in view is no reference and would skew the median.
-    confident = [
-        r
-        for r in results
-        if r.get("audio_lead_ms") is not None
-        and float(r.get("confidence", 0.0)) >= min_confidence
-        and str(r.get("method", "")) in CALIBRATION_METHODS
-    ]
-    if not confident:
-        reasons = sorted({str(r.get("reason") or "") for r in results} - {""})
-        why = f" ({'; '.join(reasons)})" if reasons else ""
+    estimate = estimate_offset(result.events(source_name), min_confidence=min_confidence)
+    if estimate.audio_lead_ms is None:
+        why = f" ({'; '.join(estimate.reasons)})" if estimate.reasons else ""
         raise CalibrationError(
             f"{source_name}: no clap or flash/beep found in {recorded_s:.1f} s of "
-            f"{len(results)} window(s){why}; make one in front of the camera and microphone"
+            f"{estimate.windows_total} window(s){why}; make one in front of the camera and "
+            "microphone"
         )
-    leads = [float(r["audio_lead_ms"]) for r in confident]
-    median = statistics.median(leads)
-    methods = [str(r["method"]) for r in confident]
+    median = estimate.audio_lead_ms
+    spread = estimate.spread_ms
+    if estimate.windows < MIN_WINDOWS or spread > MAX_SPREAD_MS:
+        why = (
+            f"only {estimate.windows} calibration window(s), {MIN_WINDOWS} needed"
+            if estimate.windows < MIN_WINDOWS
+            else f"spread {spread:.1f} ms over {estimate.windows} windows, "
+            f"limit {MAX_SPREAD_MS:g} ms"
+        )
+        raise UnstableCalibration(
+            f"{source_name}: unstable, try again ({why}); clap or show the flash/beep "
+            f"steadily in front of the camera and microphone, on a machine that is not busy"
+        )
     return Calibration(
         source=source_name,
         audio_lead_ms=median,
-        spread_ms=statistics.median(abs(x - median) for x in leads),
-        windows=len(confident),
-        windows_total=len(results),
-        method=max(set(methods), key=methods.count),
+        spread_ms=spread,
+        windows=estimate.windows,
+        windows_total=estimate.windows_total,
+        method=estimate.method,
         recorded_s=recorded_s,
     )
 
@@ -206,7 +231,8 @@ async def calibrate_command(
         err: Where errors go (stderr by default).
 
     Returns:
-        0 when measured, 1 when nothing could be measured, 2 on a config or setup error.
+        0 when measured, 1 when nothing could be measured or the measurement was unstable
+        (no verdict), 2 on a config or setup error.
     """
     stdout = out if out is not None else sys.stdout
     stderr = err if err is not None else sys.stderr
@@ -221,7 +247,7 @@ async def calibrate_command(
     except (PluginLoadError, DeviceError) as exc:
         print(f"calibrate: {exc}", file=stderr)
         return 2
-    except (CalibrationError, SourceError) as exc:
+    except (CalibrationError, UnstableCalibration, SourceError) as exc:
         print(f"calibrate: {exc}", file=stderr)
         return 1
     side = "ahead of" if result.audio_lead_ms >= 0 else "behind"

@@ -41,6 +41,7 @@ from crossmodald.config_base import NAME_PATTERN, ConfigModel, check_origins, pa
 from crossmodald.config_errors import ConfigError, format_validation_error
 from crossmodald.ingest.registry import SourceConfigBase, SourceRegistry
 from crossmodald.ingest.webrtc_config import IceServerConfig, WebRtcConfig
+from crossmodald.service.fleet_config import FleetConfig
 
 if TYPE_CHECKING:
     from crossmodald.bus.jsonl import JsonlSinkConfig
@@ -60,6 +61,7 @@ __all__ = [
     "ConfigError",
     "DaemonConfig",
     "DeviceSourceConfig",
+    "FleetConfig",
     "IceServerConfig",
     "JsonlSinkConfig",
     "LoggingConfig",
@@ -223,6 +225,8 @@ class DaemonConfig(ConfigModel):
     runtime: RuntimeConfig = RuntimeConfig()
     service: ServiceConfig = ServiceConfig()
     webrtc: WebRtcConfig = WebRtcConfig()
+    #: Fleet mode (several daemons, one source list in NATS JetStream); None: a lone daemon.
+    fleet: FleetConfig | None = None
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -253,6 +257,29 @@ class DaemonConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> DaemonConfig:
+        if self.fleet is not None and self.sources:
+            # One source list: the fleet's bucket. A file's [[sources]] would run on every
+            # daemon at once.
+            raise ValueError(
+                "[[sources]] cannot be used with [fleet]: in fleet mode the sources live in "
+                "the fleet's bucket; add them with POST /v1/sources on any daemon"
+            )
+        if self.fleet is not None:
+            # A sink that names its daemon (nats subjects, MQTT availability and Home
+            # Assistant ids) takes the fleet's daemon id unless its table says otherwise, so
+            # broker subjects agree with the events' `daemon` field.
+            daemon_id = self.fleet.daemon_id
+            # The model is frozen: this runs while it is being built, before anyone holds it.
+            object.__setattr__(
+                self,
+                "sinks",
+                [
+                    sink.model_copy(update={"daemon": daemon_id})
+                    if "daemon" in type(sink).model_fields and "daemon" not in sink.model_fields_set
+                    else sink
+                    for sink in self.sinks
+                ],
+            )
         seen: set[str] = set()
         for source in self.sources:
             if source.name in seen:

@@ -14,7 +14,10 @@ flush the sinks, close the API; see :mod:`crossmodald.service.lifecycle`). While
 (:mod:`crossmodald.service.pipeline`) and the reload applier
 (:mod:`crossmodald.service.reload_apply`). Sources and sinks are built by the factories their
 ``type`` names (entry-point groups ``crossmodald.sources`` and ``crossmodald.sinks``); every
-sink is run, reloaded and read through :class:`~crossmodald.bus.sinks.Sink`.
+sink is run, reloaded and read through :class:`~crossmodald.bus.sinks.Sink`. With ``[fleet]``
+the daemon is one of several sharing a source list (:mod:`crossmodald.service.fleet`): its
+:class:`~crossmodald.service.fleet.Fleet` answers ``/v1/sources`` and ``/v1/fleet`` and starts
+and stops the streams it leases through the same stream management.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from crossmodald.runtime.device import configure_threads, resolve_device
 from crossmodald.runtime.host import Overload, PluginHost, link_hosts
 from crossmodald.runtime.registry import LoadedConfig, PluginLoadError, PluginRegistry
 from crossmodald.service.config import ConfigError, DaemonConfig
+from crossmodald.service.fleet import Fleet
 from crossmodald.service.lifecycle import run_stage, run_stage_call
 from crossmodald.service.notify import Notifier, run_watchdog
 from crossmodald.service.pipeline import StreamPipeline
@@ -144,6 +148,14 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
             replay_size=config.api.replay_size,
             subscriber_queue=config.api.subscriber_queue,
             slow_subscriber_s=config.api.slow_subscriber_s,
+            # Fleet mode: every event says which daemon produced it.
+            daemon_id=config.fleet.daemon_id if config.fleet is not None else None,
+        )
+        #: Fleet mode: this daemon's membership (leases on the shared source list).
+        self.fleet: Fleet | None = (
+            Fleet(config.fleet, self, api_url=self._own_api_url)
+            if config.fleet is not None
+            else None
         )
         self.hosts: list[PluginHost] = []
         self._host_tasks: dict[str, asyncio.Task[None]] = {}
@@ -184,6 +196,17 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
         if failed:
             line += f", {failed} failed"
         return f"{line}; {self.subscriber_count()} event subscribers; {len(self.hosts)} plugins"
+
+    def _own_api_url(self) -> str | None:
+        """This daemon's API address, for the fleet's heartbeat (None before it listens)."""
+        assert self.config.fleet is not None
+        if self.config.fleet.api_url:
+            return self.config.fleet.api_url
+        if self.api_port is None:
+            return None
+        scheme = "https" if self.config.api.tls is not None else "http"
+        host = self.config.api.host
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.api_port}"
 
     def subscriber_count(self) -> int:
         """Open SSE/WebSocket event subscribers (sinks not counted)."""
@@ -270,11 +293,20 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
                 from crossmodald.api.sources import add_source_routes
 
                 app = build_app(self.bus, self, self.config.api)
-                add_source_routes(app, self)
+                # Fleet mode: /v1/sources changes the shared list, /v1/fleet shows who runs it.
+                add_source_routes(app, self.fleet if self.fleet is not None else self)
+                if self.fleet is not None:
+                    from crossmodald.api.fleet import add_fleet_routes
+
+                    add_fleet_routes(app, self.fleet)
                 if self.config.webrtc.enabled:
                     from crossmodald.api.whip import setup_whip
 
-                    setup_whip(app, self, self.config.webrtc)
+                    whip = setup_whip(app, self, self.config.webrtc)
+                    if self.config.webrtc.whep_enabled:
+                        from crossmodald.api.whep import setup_whep
+
+                        setup_whep(app, whip)
                 try:
                     runner = await serve(
                         app,
@@ -288,12 +320,9 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
                 self._app = app
                 self.api_port = bound_port(runner)
                 log.info("API listening on http://%s:%s", self.config.api.host, self.api_port)
-            stream_tasks = [
-                self.add_stream(
-                    cfg.name, cfg.type, self._bind_factory(cfg), origin="config", config=cfg
-                )
-                for cfg in self.config.sources
-            ]
+            stream_tasks = [self.start_configured(cfg, "config") for cfg in self.config.sources]
+            if self.fleet is not None:
+                tg.create_task(self.fleet.run(), name="daemon:fleet")
             self._ready = True
             self.notifier.ready(self.status_line())
             watchdog = tg.create_task(
@@ -323,11 +352,18 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
         self._stopping.set()
         self.notifier.stopping(f"stopping: {self.status_line()}")
         started = time.monotonic()
+        if self.fleet is not None:
+            self.fleet.begin_close()  # take no more sources; renew the held ones meanwhile
         # Stage 1: stop ingest; each stream finishes its open windows and closes its sessions.
         for state in self.stream_states.values():
+            state.stop_reason = STOPPING_REASON
             state.stop_requested.set()
         streams = [s.task for s in self.stream_states.values() if s.task is not None]
         await run_stage("stop ingest", streams, service.stop_ingest_s)
+        if self.fleet is not None:
+            # Only now that its streams stopped does the daemon give its leases back.
+            budget = 3 * self.fleet.config.connect_timeout_s
+            await run_stage_call("leave fleet", self.fleet.aclose(), budget)
         # Stage 2: the plugins finish what is queued.
         for host in self.hosts:
             await host.aclose()
@@ -376,6 +412,10 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
             run_sink(sink, self.bus, start_seq), name=f"sink:{sink.identity}"
         )
         self._sinks[sink.identity] = (sink, task)
+
+    def fleet_stats(self) -> dict[str, float | int | bool] | None:
+        """The fleet membership's figures for ``/metrics`` (None outside fleet mode)."""
+        return self.fleet.stats() if self.fleet is not None else None
 
     def sink_stats(self) -> list[dict[str, Any]]:
         """Every running ``[[sinks]]`` sink's counters, with its identity (for ``/metrics``)."""
@@ -449,13 +489,14 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
                 {p.config.type: p.config for p in plugin_configs},
             )
             if diff.restart_required:
-                # The API's address, TLS and tokens are bound at start: keep the running ones.
+                # The API's address, TLS and tokens and the fleet membership are bound at
+                # start: keep the running ones.
                 log.warning(
                     "reload %s: %s take effect at the next restart",
                     source,
                     ", ".join(diff.restart_required),
                 )
-                new = new.model_copy(update={"api": self.config.api})
+                new = new.model_copy(update={"api": self.config.api, "fleet": self.config.fleet})
             if diff.empty:
                 log.info("reload %s: no changes", source)
                 self.config = new

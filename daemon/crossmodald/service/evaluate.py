@@ -58,6 +58,7 @@ from crossmodald.media import (
     StreamInfo,
     VideoFrame,
 )
+from crossmodald.progress import ProgressBar, media_duration_s
 from crossmodald.runtime.registry import PluginLoadError, PluginRegistry
 from crossmodald.service.config import (
     ConfigError,
@@ -283,25 +284,49 @@ def media_source(path: Path, name: str, audio_shift_ms: float = 0.0) -> MediaSou
 
 
 class Progress:
-    """One line on ``out`` as each stream of an evaluation ends (``None``: quiet)."""
+    """One line on ``out`` as each stream of an evaluation ends (``None``: quiet), and a
+    progress bar of the media analysed while ``out`` is a terminal (:mod:`crossmodald.progress`).
+    """
 
     def __init__(self, out: TextIO | None, labels: Mapping[str, str]) -> None:
         self.out = out
         self.labels = dict(labels)
         self.done = 0
         self.started = time.monotonic()
+        self.bar = ProgressBar(None, {}, "eval")
+
+    def expect(self, sources: Sequence[MediaSourceConfig], max_seconds: float | None) -> None:
+        """The streams about to run: their durations (capped at ``max_seconds``) for the bar."""
+        durations: dict[str, float | None] = {}
+        for source in sources:
+            duration = media_duration_s(source.url)
+            if duration is not None and max_seconds is not None:
+                duration = min(duration, max_seconds)
+            durations[source.name] = duration
+        self.bar = ProgressBar(self.out, durations, "eval")
 
     def __call__(self, envelope: Envelope) -> None:
-        if self.out is None or envelope.type != "stream.end":
+        if self.out is None:
+            return
+        ended = envelope.type == "stream.end"
+        if self.bar.enabled:
+            end_ns = envelope.as_dict()["media"]["end_ns"]
+            self.bar.advance(envelope.stream, int(end_ns) / NS_PER_S, ended=ended)
+        if not ended:
             return
         self.done += 1
         label = self.labels.get(envelope.stream, envelope.stream)
         elapsed = time.monotonic() - self.started
+        self.bar.close()
         print(
             f"eval: {label} done ({self.done}/{len(self.labels)}, {elapsed:.0f} s)",
             file=self.out,
             flush=True,
         )
+
+    def close(self) -> None:
+        """Clear the bar."""
+        self.bar.close()
 
 
 def run_streams(
@@ -328,6 +353,8 @@ def run_streams(
         )
     except ValidationError as exc:
         raise EvalError("; ".join(format_validation_error(exc, ("window",)))) from None
+    if progress is not None:
+        progress.expect(sources, max_seconds)
     try:
         result = _run_sync(
             lambda: run_plugins(
@@ -343,6 +370,9 @@ def run_streams(
         raise EvalError(exc.errors[0] if exc.errors else str(exc)) from None
     except PluginLoadError as exc:
         raise EvalError(str(exc)) from None
+    finally:
+        if progress is not None:
+            progress.close()
     return result
 
 

@@ -109,7 +109,7 @@ class StreamPipeline:
         reason = "end of stream"
         if not pump.done():
             pump.cancel()
-            reason = "daemon stopping"
+            reason = state.stop_reason
         stopping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             failure = await _exception_of(pump)

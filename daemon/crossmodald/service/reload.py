@@ -124,12 +124,16 @@ def diff_configs(
         window_changed=old.window != new.window,
         logging_changed=old.logging != new.logging,
         service_changed=old.service != new.service,
-        restart_required=tuple(
-            f"{section}.{key}"
-            for section in ("api", "runtime")
-            for key in _changed_keys(
-                getattr(old, section).model_dump(), getattr(new, section).model_dump()
-            )
+        restart_required=(
+            *(
+                f"{section}.{key}"
+                for section in ("api", "runtime")
+                for key in _changed_keys(
+                    getattr(old, section).model_dump(), getattr(new, section).model_dump()
+                )
+            ),
+            # Fleet membership (the NATS connection, the daemon's id) is bound at start.
+            *(("fleet",) if old.fleet != new.fleet else ()),
         ),
     )
 

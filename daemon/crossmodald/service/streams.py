@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from crossmodald.bus.events import JsonValue
 from crossmodald.clock.drift import RateEstimator
-from crossmodald.ingest.base import Source, source_metrics, source_status
+from crossmodald.ingest.base import Source, source_info, source_metrics, source_status
 from crossmodald.ingest.registry import SourceConfigBase, SourceRegistry
 from crossmodald.media import NS_PER_S, ClockKind, StreamInfo
 from crossmodald.redact import redact_text
@@ -29,8 +29,9 @@ SourceBuilder = Callable[[SourceConfigBase], Source]
 
 #: Ended streams kept for /v1/streams beyond the running ones (oldest forgotten first).
 MAX_ENDED_STREAMS = 64
-#: Where a stream came from: the config file, the REST API, or a publisher (WHIP).
-ORIGINS = ("config", "api", "publisher")
+#: Where a stream came from: the config file, the REST API, a publisher (WHIP), or the fleet's
+#: shared source list (a lease this daemon holds, see :mod:`crossmodald.service.fleet`).
+ORIGINS = ("config", "api", "publisher", "fleet")
 
 
 @dataclass(slots=True)
@@ -61,6 +62,10 @@ class StreamState:
     last_source_status: dict[str, JsonValue] | None = None
     windower: Windower | None = None
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The ``stream.end`` reason when ``stop_requested`` ends it: ``stopped`` (one stream
+    #: stopped or removed) or ``daemon stopping``; consumers (the MQTT sink's Home Assistant
+    #: view) keep a stream's entities only when the daemon stops.
+    stop_reason: str = "stopped"
     task: asyncio.Task[None] | None = None
     #: The plugin hosts this stream's windows go to (swapped in place by a reload).
     hosts: list[PluginHost] = field(default_factory=list)
@@ -81,6 +86,7 @@ class StreamState:
         """Keep the source's last status and let the source go (the stream ended)."""
         if self.source is not None:
             self.last_source_status = source_status(self.source)
+            self.info = source_info(self.source) or self.info
             self.source = None
 
     def source_status(self) -> dict[str, JsonValue] | None:
@@ -88,17 +94,23 @@ class StreamState:
         return source_status(self.source) if self.source is not None else self.last_source_status
 
     def clock_rates(self) -> dict[str, float | None]:
-        """Transport view of the clocks: each track's rate error and the A/V drift, in ppm."""
-        video = self.video_rate.estimate() if self.video_rate else None
-        audio = self.audio_rate.estimate() if self.audio_rate else None
-        return {
-            "video_ppm": round(video.ppm, 1) if video else None,
-            "audio_ppm": round(audio.ppm, 1) if audio else None,
-            "av_drift_ppm": round(audio.ppm - video.ppm, 1) if audio and video else None,
-        }
+        """Each track's clock rate against the daemon's, ppm, with one standard error.
+
+        From arrival times, so network and scheduling jitter widen the uncertainty. The A/V
+        drift is the sync plugin's ``drift_ppm`` (``drift_uncertainty_ppm``), measured on the
+        media itself; it is not repeated here.
+        """
+        out: dict[str, float | None] = {}
+        for track, meter in (("video", self.video_rate), ("audio", self.audio_rate)):
+            rate = meter.estimate() if meter else None
+            out[f"{track}_ppm"] = round(rate.ppm, 1) if rate else None
+            out[f"{track}_uncertainty_ppm"] = round(rate.uncertainty_ppm, 1) if rate else None
+        return out
 
     def snapshot(self) -> dict[str, Any]:
-        info = self.info
+        # What the source knows now (a WebRTC stream learns its size, rate and timing after
+        # it opens), else what it said when it opened.
+        info = (source_info(self.source) if self.source is not None else None) or self.info
         out: dict[str, Any] = {
             "name": self.name,
             "source": self.kind,
@@ -217,6 +229,17 @@ class StreamManager:
         state.task.add_done_callback(lambda _: state.release_source())
         return state.task
 
+    def start_configured(self, config: SourceConfigBase, origin: str) -> asyncio.Task[None]:
+        """Start a stream from a validated source config; the source is built in its task.
+
+        Raises:
+            RuntimeError: The daemon is not running or is stopping.
+            ValueError: A stream of that name is still running.
+        """
+        return self.add_stream(
+            config.name, config.type, self._bind_factory(config), origin=origin, config=config
+        )
+
     def _forget_ended(self) -> None:
         ended = [
             name
@@ -262,8 +285,8 @@ class StreamManager:
         """Every stream with where it came from and its (redacted) source config."""
         return [source_entry(state) for state in self.stream_states.values()]
 
-    def start_source(self, config: SourceConfigBase) -> asyncio.Task[None]:
-        """Start a stream from a source config given through the API.
+    async def start_source(self, config: SourceConfigBase) -> asyncio.Task[None] | None:
+        """Start a stream from a source config given through the API (returns its task).
 
         The source is built before anything starts, so a source that cannot exist is refused.
 
@@ -295,7 +318,7 @@ def source_entry(state: StreamState) -> dict[str, Any]:
     """One stream as ``/v1/sources`` shows it: origin, state and its config, secrets hidden."""
     config = state.source_config.model_dump(mode="json") if state.source_config else None
     if config is not None:
-        config = _redacted(config)
+        config = redact_config(config)
     return {
         "name": state.name,
         "type": state.kind,
@@ -310,12 +333,13 @@ def _prebuilt(source: Source) -> Callable[[], Source]:
     return lambda: source
 
 
-def _redacted(value: Any) -> Any:
+def redact_config(value: Any) -> Any:
+    """A source config's JSON with the credentials in every URL-like string hidden."""
     # Every string that holds a URL (``url``, FFmpeg ``options``, a third party's keys).
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, dict):
-        return {key: _redacted(item) for key, item in value.items()}
+        return {key: redact_config(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_redacted(item) for item in value]
+        return [redact_config(item) for item in value]
     return value

@@ -210,10 +210,11 @@ class SpeakerPlugin:
     provides: ClassVar[ProductKey[Any] | None] = None
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec(
-            "crossmodald_stream_audio_lead_ms",
+            "crossmodald_stream_audio_lead_seconds",
             "gauge",
-            "Latest A/V offset (positive: audio ahead of video).",
+            "Latest A/V offset in seconds (positive: audio ahead of video).",
             "audio_lead_ms",
+            scale=0.001,
         ),
         MetricSpec("crossmodald_stream_speakers", "gauge", "Faces speaking now.", "speaking_faces"),
     )
@@ -499,6 +500,7 @@ class SpeakerSession:
         self._above: dict[int, int] = {}
         self._open: dict[int, _Speaking] = {}
         self._recent: deque[float] = deque(maxlen=self._config.smoothing_windows)
+        self._recent_confidence: deque[float] = deque(maxlen=self._config.smoothing_windows)
         self._last: tuple[int, Window] | None = None
         # The speech plugin's segmenter with default settings (no updates) over its shared
         # probabilities: the turns see the same speech segments a default ``speech`` table does.
@@ -545,7 +547,8 @@ class SpeakerSession:
             "speaking_track_ids": sorted(self._open),
         }
         last = self._last_offset or {}
-        for key in ("audio_lead_ms", "smoothed_audio_lead_ms", "confidence", "track_id"):
+        keys = ("audio_lead_ms", "smoothed_audio_lead_ms", "smoothed_confidence", "confidence")
+        for key in (*keys, "track_id"):
             out[key] = last.get(key)
         return out
 
@@ -667,12 +670,18 @@ class SpeakerSession:
     def _offset_event(self, window: Window, offset: OffsetEstimate) -> Event:
         if offset.audio_lead_ms is not None and offset.confidence >= 0.3:
             self._recent.append(offset.audio_lead_ms)
+            self._recent_confidence.append(offset.confidence)
         smoothed = statistics.median(self._recent) if self._recent else None
         data: dict[str, JsonValue] = {
             "audio_lead_ms": offset.audio_lead_ms,
             "confidence": offset.confidence,
             "method": offset.method,
             "smoothed_audio_lead_ms": smoothed,
+            "smoothed_confidence": (
+                round(statistics.median(self._recent_confidence), 4)
+                if self._recent_confidence
+                else None
+            ),
             "drift_ppm": None,
             "track_id": offset.track_id,
             "reason": offset.reason,

@@ -22,16 +22,23 @@ if TYPE_CHECKING:
 #: The per-stream metrics (names and meanings kept from before plugins declared them).
 METRICS = (
     MetricSpec(
-        "crossmodald_stream_audio_lead_ms",
+        "crossmodald_stream_audio_lead_seconds",
         "gauge",
-        "Latest A/V offset (positive: audio ahead of video).",
+        "Latest A/V offset in seconds (positive: audio ahead of video).",
         "audio_lead_ms",
+        scale=0.001,
     ),
     MetricSpec(
         "crossmodald_stream_sync_drift_ppm",
         "gauge",
         "A/V drift the sync analysis estimates (ppm).",
         "drift_ppm",
+    ),
+    MetricSpec(
+        "crossmodald_stream_sync_drift_uncertainty_ppm",
+        "gauge",
+        "One standard error of the A/V drift estimate (ppm).",
+        "drift_uncertainty_ppm",
     ),
     MetricSpec("crossmodald_stream_alarm", "gauge", "1 while a sync alarm is on.", "alarm"),
 )

@@ -42,6 +42,8 @@ class AvSyncSession:
         self.config = config
         self.drift = drift if drift is not None else DriftEstimator()
         self._recent: deque[float] = deque(maxlen=config.smoothing_windows)
+        #: The confidences of the windows in ``_recent`` (``smoothed_confidence``).
+        self._recent_confidence: deque[float] = deque(maxlen=config.smoothing_windows)
         self._alarm: Direction | None = None
         self._outside: Direction | None = None
         self._outside_run = 0
@@ -68,6 +70,7 @@ class AvSyncSession:
         if confident:
             assert result.audio_lead_ms is not None
             self._recent.append(result.audio_lead_ms)
+            self._recent_confidence.append(result.confidence)
             self.drift.add(result.measured_at_ns, result.audio_lead_ms)
         smoothed = self.smoothed_audio_lead_ms
         drift = self.drift.estimate()
@@ -76,6 +79,11 @@ class AvSyncSession:
             "confidence": round(result.confidence, 4),
             "method": result.method,
             "smoothed_audio_lead_ms": smoothed,
+            "smoothed_confidence": (
+                round(statistics.median(self._recent_confidence), 4)
+                if self._recent_confidence
+                else None
+            ),
             "drift_ppm": drift.ppm if drift is not None else None,
             "drift_uncertainty_ppm": drift.uncertainty_ppm if drift is not None else None,
             "reason": result.reason or None,
@@ -109,7 +117,7 @@ class AvSyncSession:
         """The latest ``sync.offset`` fields of this stream and whether the alarm is on.
 
         Keys: ``audio_lead_ms``, ``confidence``, ``method``, ``smoothed_audio_lead_ms``,
-        ``drift_ppm``, ``drift_uncertainty_ppm``, ``reason`` (None before the first window),
+        ``smoothed_confidence``, ``drift_ppm``, ``drift_uncertainty_ppm``, ``reason`` (None before the first window),
         ``alarm`` (bool) and ``alarm_direction`` ("audio_leads", "audio_lags" or None).
         """
         last = self._last_data or {}
@@ -120,6 +128,7 @@ class AvSyncSession:
                 "confidence",
                 "method",
                 "smoothed_audio_lead_ms",
+                "smoothed_confidence",
                 "drift_ppm",
                 "drift_uncertainty_ppm",
                 "reason",

@@ -14,6 +14,13 @@
   const LOG_MAX = 300; // event lines kept on the page (older ones are removed)
   const OFFSETS_MAX = 200;
   const CALIBRATION_WINDOWS = 10; // confident windows behind the browser chain offset
+  // The calibration rule of `crossmodald calibrate` (service/calibrate.py, checked by
+  // tests/service/test_calibrate.py): only the calibration signal's methods, never motion; a
+  // verdict needs CALIBRATION_MIN_WINDOWS windows whose spread (median absolute deviation) is
+  // at most CALIBRATION_MAX_SPREAD_MS, else "unstable, try again".
+  const CALIBRATION_METHODS = new Set(["flash", "clap"]);
+  const CALIBRATION_MAX_SPREAD_MS = 15.0;
+  const CALIBRATION_MIN_WINDOWS = 3;
   const ICE_GATHER_TIMEOUT_MS = 3000;
 
   const $ = (id) => document.getElementById(id);
@@ -30,12 +37,12 @@
     channel: "closed",
     events: 0,
     types: {},
-    offsets: [], // {seq, ms, confidence, smoothed, clock}
+    offsets: [], // {seq, ms, confidence, smoothed, method, clock}
     last_seq: null, // seq of the last event received
     transport: null, // last sync.transport data
     alarm: null,
     ended: null,
-    calibration: null, // {median_ms, spread_ms, windows}
+    calibration: null, // {median_ms, spread_ms, windows, stable}
     flashes: 0, // calibration flashes (and beeps) generated
     codecs: {}, // negotiated codec per kind, from the answer
   };
@@ -94,6 +101,12 @@
     return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
   }
 
+  /** Median absolute deviation from the median: the calibration's spread. */
+  function spreadMs(values) {
+    const med = median(values);
+    return median(values.map((v) => Math.abs(v - med)));
+  }
+
   // -- events -----------------------------------------------------------------------------------
 
   function summary(event) {
@@ -134,19 +147,23 @@
 
   function updateCalibration() {
     // The browser chain offset: what the daemon measures on the calibration pattern, whose
-    // flash and beep the page generated at the same instant (the truth is 0).
-    const usable = state.offsets.filter((o) => o.confidence >= 0.5 && o.clock === "rtcp");
+    // flash and beep the page generated at the same instant (the truth is 0). Only windows
+    // measured on that signal count; the motion method is no reference.
+    const usable = state.offsets.filter(
+      (o) => o.confidence >= 0.5 && o.clock === "rtcp" && CALIBRATION_METHODS.has(o.method),
+    );
     if (usable.length === 0) return;
     const recent = usable.slice(-CALIBRATION_WINDOWS).map((o) => o.ms);
     const med = median(recent);
-    state.calibration = {
-      median_ms: med,
-      spread_ms: Math.max(...recent) - Math.min(...recent),
-      windows: recent.length,
-    };
-    $("calibration").textContent =
-      `${describeLead(med)}; spread ${state.calibration.spread_ms.toFixed(1)} ms over ` +
-      `${recent.length} windows`;
+    const spread = spreadMs(recent);
+    const stable = recent.length >= CALIBRATION_MIN_WINDOWS && spread <= CALIBRATION_MAX_SPREAD_MS;
+    state.calibration = { median_ms: med, spread_ms: spread, windows: recent.length, stable };
+    const over = `spread ${spread.toFixed(1)} ms over ${recent.length} windows`;
+    $("calibration").textContent = stable
+      ? `${describeLead(med)}; ${over}`
+      : recent.length < CALIBRATION_MIN_WINDOWS
+        ? `measuring (${recent.length} of ${CALIBRATION_MIN_WINDOWS} windows)`
+        : `unstable, try again (${over}, limit ${CALIBRATION_MAX_SPREAD_MS} ms)`;
   }
 
   function onEvent(event) {
@@ -162,6 +179,7 @@
             ms: d.audio_lead_ms,
             confidence: d.confidence ?? 0,
             smoothed: d.smoothed_audio_lead_ms ?? null,
+            method: d.method ?? null,
             clock: event.media ? event.media.clock : "unknown",
           });
           if (state.offsets.length > OFFSETS_MAX) state.offsets.shift();
@@ -171,8 +189,11 @@
         const shown = d.smoothed_audio_lead_ms ?? confident;
         if (shown !== null && shown !== undefined) {
           placeNeedle("needle", shown);
+          // The smoothed value with the smoothed confidence (the median of the same windows);
+          // a lone confident window with its own.
+          const conf = d.smoothed_audio_lead_ms != null ? d.smoothed_confidence : d.confidence;
           $("offset").textContent =
-            `${describeLead(shown)}, confidence ${(d.confidence ?? 0).toFixed(2)}`;
+            `${describeLead(shown)}, confidence ${(conf ?? 0).toFixed(2)}`;
         } else if (d.audio_lead_ms !== null && d.audio_lead_ms !== undefined) {
           $("offset").textContent =
             `no confident estimate yet (window: ${fmtMs(d.audio_lead_ms)}, ` +
@@ -184,13 +205,15 @@
       }
       case "sync.transport":
         state.transport = d;
-        // transport_offset_ms: what the sender's SR-mapped timestamps say against arrival,
-        // on the same sign as sync.offset (audio ahead > 0).
-        placeNeedle("needle-transport", d.transport_offset_ms);
+        // The arrival lead (docs/webrtc.md): how far audio arrives ahead of video relative to
+        // their SR-mapped capture times (audio_lead_ms, > 0: audio arrives first), the offset
+        // the path adds. transport_offset_ms is its negation, shown as the timestamps' view.
+        placeNeedle("needle-transport", d.audio_lead_ms);
         $("transport").textContent =
-          d.transport_offset_ms === null || d.transport_offset_ms === undefined
+          d.audio_lead_ms === null || d.audio_lead_ms === undefined
             ? `waiting for Sender Reports (timing: ${d.timing})`
-            : `${describeLead(d.transport_offset_ms)}; latency audio ${fmtMs(d.audio_latency_ms)}, ` +
+            : `arrival lead ${describeLead(d.audio_lead_ms)}; timestamps ` +
+              `${fmtMs(d.transport_offset_ms)}; latency audio ${fmtMs(d.audio_latency_ms)}, ` +
               `video ${fmtMs(d.video_latency_ms)}`;
         break;
       case "sync.alarm": {
