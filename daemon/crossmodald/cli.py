@@ -12,7 +12,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -157,6 +157,13 @@ def _analyze_config(args: argparse.Namespace) -> DaemonConfig:
         plugins = [by_type.get(name, {"type": name}) for name in args.plugin]
     if not plugins:
         plugins = [{"type": "avsync"}]
+    if args.format in SUBTITLE_FORMATS:
+        if not any(p.get("type") == "transcript" for p in plugins):
+            raise ConfigError("arguments", [f"--format {args.format} needs --plugin transcript"])
+        # Subtitles take only finals: partials would cost Whisper calls for nothing.
+        plugins = [
+            {"partials": False, **p} if p.get("type") == "transcript" else p for p in plugins
+        ]
     name = Path(args.media).stem if "://" not in args.media else "stream"
     source = {
         "type": "media",
@@ -316,6 +323,32 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+#: ``analyze --format`` values that write subtitles from the transcript plugin's finals.
+SUBTITLE_FORMATS = ("srt", "vtt")
+
+
+class _Subtitles:
+    """Gathers final ``transcript`` events; writes them as subtitles at the end."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+        self.events: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+
+    def __call__(self, envelope: Envelope) -> None:
+        if envelope.type == "transcript":
+            self.events.append(envelope.as_dict())
+        elif envelope.type in ("stream.fault", "plugin.error"):
+            self.errors.append(str(envelope.as_dict()["data"].get("message", "")))
+
+    def write(self, out: TextIO) -> int:
+        from crossmodald_plugins.transcript.subtitles import cues, write_srt, write_vtt
+
+        items = cues(self.events)
+        out.write(write_srt(items) if self.fmt == "srt" else write_vtt(items))
+        return len(items)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from crossmodald.harness import run_daemon
     from crossmodald.runtime.registry import PluginLoadError
@@ -329,7 +362,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return _fail(f"--min-confidence must be within 0..1, got {args.min_confidence:g}", 2)
     setup_logging(args.log_level or "warning", "plain")
     stream = config.sources[0].name
-    bar = ProgressBar(sys.stderr, {stream: media_duration_s(args.media)}, "analyze")
+    bar = ProgressBar(
+        sys.stderr,
+        {stream: media_duration_s(args.media)},
+        "analyze",
+        enabled=False if args.quiet else None,
+    )
+    if args.format in SUBTITLE_FORMATS:
+        return _analyze_subtitles(args, config, bar)
     analysis = _Analysis(args.min_confidence, bar)
 
     async def main() -> int:
@@ -367,6 +407,41 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(json.dumps({"summary": summary}), file=sys.stderr)
         else:
             print(format_summary(summary))
+    return code
+
+
+def _analyze_subtitles(args: argparse.Namespace, config: DaemonConfig, bar: ProgressBar) -> int:
+    from crossmodald.harness import run_daemon
+    from crossmodald.runtime.registry import PluginLoadError
+
+    subtitles = _Subtitles(args.format)
+
+    async def main() -> int:
+        try:
+            result = await run_daemon(
+                config,
+                on_event=subtitles,
+                config_source=str(args.config or "analyze"),
+                freeze_gc=True,
+                on_media=lambda stream, done_ns: bar.advance(stream, done_ns / 1e9),
+            )
+        except ConfigError as exc:
+            return _config_errors(exc)
+        except (PluginLoadError, ValueError) as exc:
+            return _fail(str(exc))
+        if result.code != 0:
+            message = next(iter(result.errors.values()), None) or "analysis failed"
+            return _fail(message)
+        return 0
+
+    try:
+        code = asyncio.run(main())
+    finally:
+        bar.close()
+    if code == 0:
+        count = subtitles.write(sys.stdout)
+        if not args.quiet:
+            print(f"analyze: {count} subtitle cues", file=sys.stderr)
     return code
 
 
@@ -626,7 +701,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", action="append", help="plugin to run (repeatable; default avsync)")
     p.add_argument("--window", type=seconds, help="window length in seconds (default 2)")
     p.add_argument("--hop", type=seconds, help="window hop in seconds (default 0.5)")
-    p.add_argument("--format", choices=["jsonl", "table"], default="table")
+    p.add_argument(
+        "--format",
+        choices=["jsonl", "table", *SUBTITLE_FORMATS],
+        default="table",
+        help="jsonl or table: events; srt or vtt: subtitles from --plugin transcript",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bar (and no cue count) on stderr"
+    )
     p.add_argument("--config", type=Path, help="take window and plugin settings from this config")
     p.add_argument(
         "--min-confidence",
@@ -715,10 +798,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("eval", help="run a plugin over labelled media and print its metrics")
-    p.add_argument("plugin", help="plugin name, e.g. speech, avsync")
+    p.add_argument("plugin", help="plugin name, e.g. speech, avsync, transcript")
     p.add_argument("media", type=Path, help="media file (or folder of clips for lipsync)")
-    p.add_argument("labels", type=Path, nargs="?", help="reference labels (RTTM for speech)")
-    p.add_argument("--task", choices=["speech", "lipsync", "speaker"])
+    p.add_argument(
+        "labels",
+        type=Path,
+        nargs="?",
+        help="reference labels (RTTM for speech, a text file for transcript)",
+    )
+    p.add_argument("--task", choices=["speech", "lipsync", "speaker", "transcript"])
     p.add_argument("--shifts", type=finite_float, nargs="+", help="audio shifts in ms (lipsync)")
     p.add_argument("--second", type=Path, help="right-hand clip (speaker task)")
     p.add_argument("--window", type=seconds, help="window length in seconds")

@@ -285,6 +285,7 @@ async def run_daemon(
     max_seconds: float | None = None,
     config_source: str = "harness",
     freeze_gc: bool = False,
+    on_media: Callable[[str, int], None] | None = None,
 ) -> HarnessResult:
     """Run the daemon on ``config`` until every source ends; return what it published.
 
@@ -300,6 +301,8 @@ async def run_daemon(
         config_source: Names the config in error messages.
         freeze_gc: Move what exists once the plugins are loaded (modules, models) out of the
             garbage collector's sight; for one-shot processes like ``crossmodald analyze``.
+        on_media: Called with (stream, media ns delivered since its first item) as each
+            frame or audio chunk enters the daemon (progress of a long file).
 
     Raises:
         ConfigError: A plugin table is invalid.
@@ -327,7 +330,7 @@ async def run_daemon(
     def make_source(source_config: SourceConfig) -> Source:
         record = StreamRecord(source_config.name)
         records[source_config.name] = record
-        return _TapSource(build(source_config), record, limit_ns)
+        return _TapSource(build(source_config), record, limit_ns, on_media)
 
     daemon = Daemon(
         config,
@@ -411,11 +414,18 @@ def run_plugins_sync(
 class _TapSource:
     """A source passed through unchanged, noting what it delivers and ending it on a limit."""
 
-    def __init__(self, inner: Source, record: StreamRecord, limit_ns: int | None) -> None:
+    def __init__(
+        self,
+        inner: Source,
+        record: StreamRecord,
+        limit_ns: int | None,
+        on_media: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.name = inner.name
         self._inner = inner
         self._record = record
         self._limit_ns = limit_ns
+        self._on_media = on_media
 
     async def open(self) -> StreamInfo:
         info = await self._inner.open()
@@ -455,6 +465,8 @@ class _TapSource:
                 continue
             if record.first_pts_ns is None:
                 record.first_pts_ns = item.pts_ns
+            if self._on_media is not None:
+                self._on_media(self.name, end_ns - record.first_pts_ns)
             yield item
             if self._limit_ns is None:
                 continue

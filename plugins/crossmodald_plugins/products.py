@@ -7,6 +7,7 @@ a consumer names the key in its config's ``requires`` and reads ``item.inputs[KE
 
     tracks = item.inputs[FACE_TRACKS].tracks      # faces plugin: tracks on the window's frames
     probs = item.inputs[SPEECH].probs             # speech plugin: VAD probability per 32 ms chunk
+    faces = item.inputs[SPEAKING].faces           # speaker plugin: speaking score per face and slot
 
 Only numpy and the pure-OpenCV tracker types are imported here (no torch), so consumers and
 providers can import it cheaply.
@@ -14,7 +15,7 @@ providers can import it cheaply.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -64,7 +65,44 @@ class SpeechProbs:
         return k * SPEECH_CHUNK_NS, (k + 1) * SPEECH_CHUNK_NS
 
 
+@dataclass(frozen=True, slots=True)
+class FaceSpeaking:
+    """One face track's speaking scores in one window.
+
+    Attributes:
+        track_id: The face track.
+        pts_ns: Slot times (25 fps grid from the window's first frame).
+        boxes: Face box per slot, ``(x, y, w, h)``.
+        scores: Speaking probability per slot.
+        ended_pts_ns: Set when the track ended in this window.
+    """
+
+    track_id: int
+    pts_ns: npt.NDArray[np.int64]
+    boxes: tuple[tuple[float, float, float, float], ...]
+    scores: npt.NDArray[np.float32]
+    ended_pts_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakingFaces:
+    """Who is speaking in one window: each scored face track's speaking score per slot.
+
+    The ``speaker`` plugin's result for a window is one (its own result type extends this).
+
+    Attributes:
+        faces: The scored face tracks (tracks visible too briefly in the window are left out).
+        threshold: The score at which the provider counts a face as speaking (it depends on
+            how the scores were made: the learned model or the weight-free fallback).
+    """
+
+    faces: tuple[FaceSpeaking, ...]
+    threshold: float = field(default=0.5, kw_only=True)
+
+
 #: Face tracks per window, provided by the ``faces`` plugin.
 FACE_TRACKS: ProductKey[FaceTracks] = ProductKey("faces.tracks", FaceTracks)
 #: Speech probabilities per window, provided by the ``speech`` plugin.
 SPEECH: ProductKey[SpeechProbs] = ProductKey("speech.probs", SpeechProbs)
+#: Speaking scores per face track and window, provided by the ``speaker`` plugin.
+SPEAKING: ProductKey[SpeakingFaces] = ProductKey("speaker.faces", SpeakingFaces)

@@ -138,7 +138,8 @@ def test_plugins_lists_types_with_their_package_and_unloadable_ones_with_the_err
     rows = {
         # Name, provides, needs of the default config, package, description: aligned columns.
         "faces": rf"faces +faces\.tracks +- +{version} +Face tracks per stream",
-        "speaker": rf"speaker +- +faces\.tracks, speech\.probs +{version} +Who is talking",
+        "speaker": rf"speaker +speaker\.faces +faces\.tracks, speech\.probs +{version} +Who is talking",
+        "transcript": rf"transcript +- +speech\.probs, speaker\.faces \(optional\), faces\.tracks \(optional\) +{version} +Who said what, live",
         "avsync": rf"avsync +- +faces\.tracks \(optional\) +{version} +Audio/video sync",
         "broken": r"broken +\? +\? +crossmodald-thirdparty 2\.3 +ERROR: cannot import "
         r"crossmodald_thirdparty_missing\.plugin:BrokenFactory: ModuleNotFoundError",

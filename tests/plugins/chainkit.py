@@ -44,6 +44,7 @@ class _Stage:
     needs: tuple[Need, ...]
     states: dict[str, Any] = field(default_factory=dict)
     sessions: dict[str, Session[Any]] = field(default_factory=dict)
+    last_window: dict[str, Window] = field(default_factory=dict)
 
 
 class PluginChain:
@@ -125,16 +126,24 @@ class PluginChain:
                 if key is not None:
                     products[i][key] = result
                 window = batch[i]
+                stage.last_window[window.stream] = window
                 self.events[stage.plugin.name][window.stream] += stage.sessions[
                     window.stream
                 ].update(window, result)
         return out
 
     def close(self, stream: str) -> None:
-        """Close the stream's sessions (their last events go to :attr:`events`)."""
+        """Close the stream's sessions (their last events go to :attr:`events`); a plugin's
+        optional ``finish(state)`` result goes to its session first, as the host does."""
         for stage in self._stages:
             session = stage.sessions.pop(stream, None)
-            stage.states.pop(stream, None)
+            state = stage.states.pop(stream, None)
+            window = stage.last_window.pop(stream, None)
+            finish = getattr(stage.plugin, "finish", None)
+            if session is not None and window is not None and callable(finish):
+                result = finish(state)
+                if result is not None:
+                    self.events[stage.plugin.name][stream] += session.update(window, result)
             if session is not None:
                 self.events[stage.plugin.name][stream] += session.close()
 

@@ -12,7 +12,10 @@ that raises is isolated: the error is counted and reported as a ``plugin.error``
 streams and other plugins go on.
 
 The host owns each stream's plugin state (:meth:`Plugin.new_state`) and passes it back with the
-stream's windows; one worker per host means no two ``infer`` calls of a plugin overlap.
+stream's windows; one worker per host means no two ``infer`` calls of a plugin overlap. When a
+stream ends, a plugin that has the optional ``finish(state)`` method (see
+:mod:`crossmodald.runtime.plugin`) gets it called on the same worker thread after the stream's
+last window, and a result it returns goes to the session like a window's, before ``close``.
 
 Providers and consumers (see :mod:`crossmodald.runtime.plugin`): :func:`link_hosts` connects
 every consumer host to the hosts providing what its config requires. A provider hands its result
@@ -162,6 +165,8 @@ class PluginHost:
         self._inbox: OrderedDict[_WindowKey, dict[ProductKey[Any], object]] = OrderedDict()
         self._inbox_changed = asyncio.Event()
         self._closed_status: OrderedDict[str, dict[str, JsonValue]] = OrderedDict()
+        #: Each open stream's latest analysed window (the span a ``finish`` result reports on).
+        self._last_window: dict[str, Window] = {}
 
     # -- providers and consumers ---------------------------------------------------------
 
@@ -364,6 +369,7 @@ class PluginHost:
                         await self._wait_inputs(batch)
                     await self._run_batch(batch)
                 if marker is not None:
+                    await self._finish_stream(marker.stream)
                     self._close_session(marker)
         finally:
             # Nobody may wait forever on a stream close once the worker is gone.
@@ -461,6 +467,7 @@ class PluginHost:
                     consumer.deliver(self.provides, window, result)
         done_ns = time.monotonic_ns()
         for window, result in zip(batch, results, strict=True):
+            self._last_window[window.stream] = window
             session = self._sessions.get(window.stream)
             self.stats.windows_done += 1
             if window.closed_ns:
@@ -470,18 +477,39 @@ class PluginHost:
                 self.stats.window_latency_count += 1
                 self.stats.window_latency_s.observe(latency_ms / 1000.0)
                 self.stats.window_latency_ms_by_stream[window.stream] = latency_ms
-            if session is None:
-                continue
-            try:
-                events = session.update(window, result)
-            except Exception as exc:
-                self.stats.errors += 1
-                log.exception("plugin %s: session update failed on %s", self.name, window.stream)
-                self._report_error(window.stream, [window], f"{type(exc).__name__}: {exc}")
-                continue
-            if not self.silent:
-                for event in events:
-                    self._publish(event)
+            if session is not None:
+                self._update_session(session, window, result)
+
+    def _update_session(self, session: Session[Any], window: Window, result: Any) -> None:
+        try:
+            events = session.update(window, result)
+        except Exception as exc:
+            self.stats.errors += 1
+            log.exception("plugin %s: session update failed on %s", self.name, window.stream)
+            self._report_error(window.stream, [window], f"{type(exc).__name__}: {exc}")
+            return
+        if not self.silent:
+            for event in events:
+                self._publish(event)
+
+    async def _finish_stream(self, stream: str) -> None:
+        """Run the plugin's optional ``finish(state)`` for an ending stream (worker thread) and
+        hand a result to its session, on the span of the stream's last window."""
+        window = self._last_window.pop(stream, None)
+        finish = getattr(self.plugin, "finish", None)
+        session = self._sessions.get(stream)
+        if window is None or session is None or not callable(finish):
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self._executor, finish, self._states.get(stream))
+        except Exception as exc:  # isolated like a failed batch
+            self.stats.errors += 1
+            log.exception("plugin %s: finish failed on %s", self.name, stream)
+            self._report_error(stream, [window], f"{type(exc).__name__}: {exc}")
+            return
+        if result is not None:
+            self._update_session(session, window, result)
 
     def _infer(self, items: Sequence[BatchItem[Any]]) -> Sequence[Any]:
         results = self.plugin.infer(items)
@@ -524,6 +552,7 @@ class PluginHost:
                 self._closed_status.popitem(last=False)
         session = self._sessions.pop(marker.stream, None)
         self._states.pop(marker.stream, None)
+        self._last_window.pop(marker.stream, None)
         self.stats.window_latency_ms_by_stream.pop(marker.stream, None)  # bounded by live streams
         try:
             if session is not None:

@@ -19,6 +19,12 @@ The host owns per-stream state: :meth:`Plugin.new_state` makes it when a stream 
 :class:`BatchItem` passed to :meth:`Plugin.infer` carries the window, that stream's state and the
 inputs. The host never runs two ``infer`` calls of one plugin at once, so plugins need no locks.
 
+A plugin that keeps work in its state across windows (a speech segment still being heard, say)
+may also have ``finish(state) -> result | None``: when a stream ends, the host calls it on the
+plugin's worker thread after the stream's last ``infer``, and hands a result to the session's
+``update`` (with the stream's last window) before ``close``. It is optional: the host looks it up,
+so plugins without it keep the contract.
+
 A :class:`Session` per stream turns each window's result into events on the event loop and
 reports its own status (:meth:`Session.status`, shown under ``plugin_status`` in
 ``/v1/streams``); the plugin declares which status keys are metrics (:attr:`Plugin.metrics`,

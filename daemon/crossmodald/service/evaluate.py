@@ -1,6 +1,6 @@
 """Evaluation: run an analysis plugin over labelled media and print its accuracy.
 
-Three tasks, each with its metric:
+Four tasks, each with its metric:
 
 ``speech``
     Frame-level (10 ms) precision, recall and F1 of the plugin's ``speech`` segments against
@@ -15,6 +15,12 @@ Three tasks, each with its metric:
     temporary file): the share of speech frames on which the plugin's open ``speaker`` span
     (``data.track_id`` and ``data.box`` = ``[x, y, w, h]``) is on the face whose audio plays,
     and on no other face.
+
+``transcript``
+    Word error rate of the plugin's final ``transcript`` events (joined in time order) against
+    a reference text, both normalised (:mod:`crossmodald.service.wer`: case, punctuation,
+    numbers as words), and the real-time factor: wall time from the stream's start to its end
+    over the media's length (model loading left out).
 
 Nothing here decodes, windows or runs plugins itself: every task goes through
 :func:`crossmodald.harness.run_plugins`, i.e. the daemon's own pipeline as ``crossmodald
@@ -66,11 +72,12 @@ from crossmodald.service.config import (
     WindowConfig,
     format_validation_error,
 )
+from crossmodald.service.wer import WordErrors, wer
 
 #: Frame step of the frame-level speech metric.
 SPEECH_FRAME_NS = 10 * NS_PER_MS
 
-Task = Literal["speech", "lipsync", "speaker"]
+Task = Literal["speech", "lipsync", "speaker", "transcript"]
 
 _T = TypeVar("_T")
 
@@ -750,6 +757,98 @@ def evaluate_speaker(
     return total
 
 
+# -- transcript ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptMetrics:
+    """Word errors and speed of a transcript plugin on one file."""
+
+    errors: WordErrors
+    hypothesis: str
+    media_s: float
+    wall_s: float
+    finals: int
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: wall seconds per media second (below 1: faster than real time)."""
+        return self.wall_s / self.media_s if self.media_s > 0 else math.inf
+
+
+def read_reference(path: Path) -> str:
+    """The reference text of a transcript evaluation (UTF-8; '#' lines are comments).
+
+    Raises:
+        EvalError: Missing, unreadable or empty file.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalError(f"reference {path}: cannot read: {exc}") from exc
+    text = " ".join(line for line in lines if not line.lstrip().startswith("#")).strip()
+    if not text:
+        raise EvalError(f"reference {path}: no text")
+    return text
+
+
+class _Clock(Progress):
+    """Progress that also notes when the streams start and end (monotonic)."""
+
+    def __init__(self, out: TextIO | None, labels: Mapping[str, str]) -> None:
+        super().__init__(out, labels)
+        self.first_start: float | None = None
+        self.last_end: float | None = None
+
+    def __call__(self, envelope: Envelope) -> None:
+        if envelope.type == "stream.start" and self.first_start is None:
+            self.first_start = time.monotonic()
+        elif envelope.type == "stream.end":
+            self.last_end = time.monotonic()
+        super().__call__(envelope)
+
+
+def evaluate_transcript(
+    media: Path,
+    reference: Path,
+    *,
+    plugin: str = "transcript",
+    overrides: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+    length_s: float = 2.0,
+    hop_s: float = 0.5,
+    registry: PluginRegistry | None = None,
+    max_seconds: float | None = None,
+    progress: TextIO | None = None,
+) -> TranscriptMetrics:
+    """Run a transcript plugin over ``media`` and score its finals against ``reference``."""
+    text = read_reference(reference)
+    clock = _Clock(progress, {"eval": media.name})
+    result = run_streams(
+        [media_source(media, "eval")],
+        [plugin_table(plugin, {"partials": False, **(overrides or {})}, device)],
+        length_s=length_s,
+        hop_s=hop_s,
+        registry=registry,
+        max_seconds=max_seconds,
+        progress=clock,
+    )
+    record = result.streams["eval"]
+    if record.info is not None and not record.info.has_audio:
+        raise EvalError(f"media {media}: has no audio")
+    check_result(result)
+    finals = sorted(
+        (e for e in result.events("eval") if e.type == "transcript" and e.phase is Phase.END),
+        key=lambda e: e.start_ns,
+    )
+    hypothesis = " ".join(str(e.data.get("text", "")).strip() for e in finals).strip()
+    span = record.audio_span_ns
+    media_s = (span[1] - span[0]) / NS_PER_S if span is not None else 0.0
+    started, ended = clock.first_start, clock.last_end
+    wall_s = ended - started if started is not None and ended is not None else 0.0
+    return TranscriptMetrics(wer(text, hypothesis), hypothesis, media_s, wall_s, len(finals))
+
+
 # -- the command --------------------------------------------------------------------------------
 
 
@@ -784,8 +883,10 @@ def eval_command(
     Args:
         plugin: Entry-point name of the plugin (``speech``, or an offset / speaker plugin).
         media: The file (or, for ``lipsync``, a folder of ``talkinghead_*.mp4`` clips).
-        labels: RTTM reference for ``speech`` (the task is then inferred).
-        task: ``speech``, ``lipsync`` or ``speaker``; inferred as ``speech`` from an RTTM.
+        labels: RTTM reference for ``speech``, a text for ``transcript`` (the task is then
+            inferred).
+        task: ``speech``, ``lipsync``, ``speaker`` or ``transcript``; inferred as ``speech``
+            from an RTTM and as ``transcript`` from a ``.txt`` or the ``transcript`` plugin.
         shifts_ms: Audio shifts applied for ``lipsync`` (positive: audio leads).
         overrides: Plugin config keys over its defaults (e.g. a weights path).
         device: torch device for the plugin.
@@ -817,8 +918,10 @@ def eval_command(
     if task is None:
         if labels is not None and labels.suffix.lower() == ".rttm":
             task = "speech"
+        elif plugin == "transcript" or (labels is not None and labels.suffix.lower() == ".txt"):
+            task = "transcript"
         else:
-            print("eval: say --task (speech, lipsync or speaker)", file=sys.stderr)
+            print("eval: say --task (speech, lipsync, speaker or transcript)", file=sys.stderr)
             return 2
     try:
         if task == "speech":
@@ -838,6 +941,30 @@ def eval_command(
             printer(f"  precision       {sm.precision:.4f}")
             printer(f"  recall          {sm.recall:.4f}")
             printer(f"  F1              {sm.f1:.4f}")
+        elif task == "transcript":
+            if labels is None:
+                raise EvalError("transcript: needs a reference text file")
+            tm = evaluate_transcript(
+                media,
+                labels,
+                plugin=plugin,
+                length_s=window_s or 2.0,
+                hop_s=hop_s or 0.5,
+                **common,
+            )
+            e = tm.errors
+            printer(f"transcript  {media.name}  vs  {labels.name}")
+            printer(f"  hypothesis      {tm.hypothesis}")
+            printer(f"  finals          {tm.finals}")
+            printer(f"  reference words {e.reference_words}")
+            printer(
+                f"  errors          {e.errors} (substitutions {e.substitutions}, "
+                f"deletions {e.deletions}, insertions {e.insertions})"
+            )
+            printer(f"  WER             {e.wer:.2%}")
+            printer(f"  media           {tm.media_s:.2f} s")
+            printer(f"  wall            {tm.wall_s:.2f} s (model load not counted)")
+            printer(f"  RTF             {tm.rtf:.3f}")
         elif task == "lipsync":
             lm = evaluate_lipsync(
                 _clips(media),

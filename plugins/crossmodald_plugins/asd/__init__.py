@@ -13,9 +13,10 @@ Public API::
 
 from __future__ import annotations
 
+from crossmodald_plugins.products import FaceSpeaking
+
 from .model import LightASD
 from .plugin import (
-    FaceSpeaking,
     OffsetEstimate,
     SpeakerConfig,
     SpeakerFactory,

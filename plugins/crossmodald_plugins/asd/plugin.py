@@ -53,7 +53,13 @@ from crossmodald.bus.events import Event, JsonValue, Phase
 from crossmodald.media import NS_PER_MS, NS_PER_S, StreamInfo, U8Image, Window
 from crossmodald.runtime.plugin import BatchItem, MetricSpec, Need, PluginConfig, ProductKey
 from crossmodald_plugins.faces import Box, Track
-from crossmodald_plugins.products import FACE_TRACKS, SPEECH
+from crossmodald_plugins.products import (
+    FACE_TRACKS,
+    SPEAKING,
+    SPEECH,
+    FaceSpeaking,
+    SpeakingFaces,
+)
 from crossmodald_plugins.vad.plugin import SpeechConfig, SpeechResult, SpeechSession
 from crossmodald_plugins.vad.segments import SpeechSegment
 from crossmodald_plugins.vad.turns import TrackScores, attribute_turns
@@ -138,25 +144,6 @@ class SpeakerConfig(PluginConfig):
 
 
 @dataclass(frozen=True, slots=True)
-class FaceSpeaking:
-    """One face track's speaking scores in one window.
-
-    Attributes:
-        track_id: The face track.
-        pts_ns: Slot times (25 fps grid from the window's first frame).
-        boxes: Face box per slot, ``(x, y, w, h)``.
-        scores: Speaking probability per slot.
-        ended_pts_ns: Set when the track ended in this window.
-    """
-
-    track_id: int
-    pts_ns: npt.NDArray[np.int64]
-    boxes: tuple[tuple[float, float, float, float], ...]
-    scores: npt.NDArray[np.float32]
-    ended_pts_ns: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class OffsetEstimate:
     """The lip-sync offset of one window (``audio_lead_ms`` None when there is no face)."""
 
@@ -168,10 +155,10 @@ class OffsetEstimate:
 
 
 @dataclass(frozen=True, slots=True)
-class SpeakerResult:
-    """What :meth:`SpeakerPlugin.infer` found in one window."""
+class SpeakerResult(SpeakingFaces):
+    """What :meth:`SpeakerPlugin.infer` found in one window (its ``faces`` and ``threshold``
+    are the shared :data:`~crossmodald_plugins.products.SPEAKING` product)."""
 
-    faces: tuple[FaceSpeaking, ...]
     offset: OffsetEstimate | None
     method: str
     ended_tracks: tuple[int, ...] = ()
@@ -207,7 +194,7 @@ class SpeakerPlugin:
 
     name = "speaker"
 
-    provides: ClassVar[ProductKey[Any] | None] = None
+    provides: ClassVar[ProductKey[Any] | None] = SPEAKING
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec(
             "crossmodald_stream_audio_lead_seconds",
@@ -224,6 +211,8 @@ class SpeakerPlugin:
         self.model = model
         self.device = torch.device(device)
         self.method = METHOD_MODEL if model is not None else METHOD_FALLBACK
+        #: Score at which a face counts as speaking (the fallback's scores run lower).
+        self.threshold = config.threshold if model is not None else config.fallback_threshold
 
     # -- Plugin protocol --------------------------------------------------------------------
 
@@ -401,7 +390,9 @@ class SpeakerPlugin:
         offset: OffsetEstimate | None = None
         if self.config.lipsync:
             offset = self._offset(prep)
-        return SpeakerResult(faces, offset, self.method, tuple(prep.ended))
+        return SpeakerResult(
+            faces, offset, self.method, tuple(prep.ended), threshold=self.threshold
+        )
 
     def _offset(self, prep: _WindowPrep) -> OffsetEstimate:
         scanned = [job for job in prep.jobs if job.offset is not None and job.scores is not None]
@@ -491,11 +482,7 @@ class SpeakerSession:
         self._plugin = plugin
         self._stream = stream
         self._config = plugin.config
-        self._threshold = (
-            plugin.config.threshold
-            if plugin.method == METHOD_MODEL
-            else plugin.config.fallback_threshold
-        )
+        self._threshold = plugin.threshold
         self._done_ns = -1  # slots at or before this were already judged
         self._above: dict[int, int] = {}
         self._open: dict[int, _Speaking] = {}
@@ -702,7 +689,7 @@ class SpeakerFactory:
     """Entry point ``speaker`` of group ``crossmodald.plugins``."""
 
     config_model: ClassVar[type[PluginConfig]] = SpeakerConfig
-    provides: ClassVar[ProductKey[Any] | None] = None
+    provides: ClassVar[ProductKey[Any] | None] = SPEAKING
 
     @classmethod
     def create(cls, config: Any, device: str) -> SpeakerPlugin:

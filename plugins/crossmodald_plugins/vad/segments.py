@@ -91,6 +91,14 @@ class SpeechSegmenter:
             return None
         return SpeechSegment(self._padded_start(), self._last_end_ns, self._mean())
 
+    @property
+    def silence_start_ns(self) -> int | None:
+        """Where the silence that may end the open segment began (None: none is running).
+
+        Should the silence last ``min_silence_ms``, the segment ends there plus the padding.
+        """
+        return self._silence_ns if self._announced else None
+
     def push(self, start_ns: int, end_ns: int, probability: float) -> list[SegmentChange]:
         """Add one chunk's probability (chunks in time order; a gap before it is silence)."""
         changes: list[SegmentChange] = []
