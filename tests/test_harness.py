@@ -169,7 +169,7 @@ def test_max_seconds_ends_every_stream_early(tmp_path: Path) -> None:
     assert record.audio_span_ns is not None
     assert 1.5 * NS_PER_S <= record.audio_span_ns[1] < 2 * NS_PER_S
     assert max(e.start_ns for e in _probes(result.events("a"))) < 2 * NS_PER_S
-    with pytest.raises(ValueError, match="max_seconds must be positive"):
+    with pytest.raises(ValueError, match="max_seconds must be above 0"):
         run_plugins_sync([_media(ramp, "a")], PROBE, registry=REGISTRY, max_seconds=0)
 
 

@@ -107,7 +107,7 @@ class ApiConfig(ConfigModel):
     #: Events queued per subscriber before it counts as slow.
     subscriber_queue: int = Field(1024, ge=1, le=1_000_000)
     #: A subscriber whose queue stays full this long is closed with a reason.
-    slow_subscriber_s: float = Field(5.0, gt=0)
+    slow_subscriber_s: float = Field(5.0, gt=0, le=3600)
     #: Most SSE + WebSocket event subscribers at once; more get 503.
     max_subscribers: int = Field(default=256, ge=1, le=100_000)
     #: Bearer tokens; none configured means the API is open (allowed on loopback only).

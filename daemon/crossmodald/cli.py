@@ -6,31 +6,61 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from crossmodald import __version__
 from crossmodald.bus.events import Envelope
 from crossmodald.bus.text import format_event_line
+from crossmodald.media import MAX_MEDIA_S
 from crossmodald.progress import ProgressBar, media_duration_s
 from crossmodald.service.config import (
     ConfigError,
     DaemonConfig,
-    MediaSourceConfig,
     WindowConfig,
     format_validation_error,
     load_config,
+    validate_config,
 )
 
 log = logging.getLogger("crossmodald")
 
 _M = TypeVar("_M", bound=BaseModel)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem and where help is, not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def finite_float(text: str) -> float:
+    """An option's number: finite (``inf``/``nan`` are refused where they are typed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An option's duration: seconds above 0, at most :data:`~crossmodald.media.MAX_MEDIA_S`."""
+    value = finite_float(text)
+    if not 0 < value <= MAX_MEDIA_S:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds above 0 and at most {MAX_MEDIA_S:g}, got {text!r}"
+        )
+    return value
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -82,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             await daemon.run(stop)
         except OSError as exc:
             return _fail(exc.strerror or str(exc))
-        except StartupError as exc:
+        except (StartupError, ValueError) as exc:  # ValueError: a sink cannot be built
             return _fail(str(exc))
         finally:
             signals.uninstall()
@@ -135,21 +165,23 @@ def _analyze_config(args: argparse.Namespace) -> DaemonConfig:
             {"partials": False, **p} if p.get("type") == "transcript" else p for p in plugins
         ]
     name = Path(args.media).stem if "://" not in args.media else "stream"
-    source = MediaSourceConfig(
-        type="media",
-        name=_safe_name(name),
-        url=args.media,
-        realtime=False,
-        audio_shift_ms=args.audio_shift_ms,
-    )
-    return DaemonConfig.model_validate(
+    source = {
+        "type": "media",
+        "name": _safe_name(name),
+        "url": args.media,
+        "realtime": False,
+        "audio_shift_ms": args.audio_shift_ms,
+    }
+    # The daemon's own validation: what the arguments make is what `run` would accept.
+    return validate_config(
         {
-            "sources": [source.model_dump()],
+            "sources": [source],
             "window": window.model_dump(),
             "plugins": plugins,
             "api": {"enabled": False},
             "logging": base.logging.model_dump(),
-        }
+        },
+        "arguments",
     )
 
 
@@ -326,8 +358,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         config = _analyze_config(args)
     except ConfigError as exc:
         return _config_errors(exc)
-    except ValidationError as exc:
-        return _fail("; ".join(format_validation_error(exc)), 2)
     if not 0.0 <= args.min_confidence <= 1.0:
         return _fail(f"--min-confidence must be within 0..1, got {args.min_confidence:g}", 2)
     setup_logging(args.log_level or "warning", "plain")
@@ -517,8 +547,8 @@ def cmd_pattern(args: argparse.Namespace) -> int:
                 "realtime": False,
             }
         )
-    except ValueError as exc:
-        return _fail(str(exc).splitlines()[-1], 2)
+    except ValidationError as exc:
+        return _fail("; ".join(format_validation_error(exc)), 2)
     try:
         write_pattern_file(config, args.output, duration_s=args.duration)
     except (OSError, ValueError) as exc:
@@ -652,7 +682,7 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="crossmodald",
         description="Real-time cross-modal analysis daemon: A/V sync offsets and audio-visual events.",
     )
@@ -669,8 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="analyse a media file or URL offline, as fast as possible")
     p.add_argument("media", help="file path or URL (anything FFmpeg opens)")
     p.add_argument("--plugin", action="append", help="plugin to run (repeatable; default avsync)")
-    p.add_argument("--window", type=float, help="window length in seconds (default 2)")
-    p.add_argument("--hop", type=float, help="window hop in seconds (default 0.5)")
+    p.add_argument("--window", type=seconds, help="window length in seconds (default 2)")
+    p.add_argument("--hop", type=seconds, help="window hop in seconds (default 0.5)")
     p.add_argument(
         "--format",
         choices=["jsonl", "table", *SUBTITLE_FORMATS],
@@ -683,13 +713,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="take window and plugin settings from this config")
     p.add_argument(
         "--min-confidence",
-        type=float,
+        type=finite_float,
         default=DEFAULT_MIN_CONFIDENCE,
         help="windows below this confidence do not count in the summary (default 0.5)",
     )
     p.add_argument(
         "--audio-shift-ms",
-        type=float,
+        type=finite_float,
         default=0.0,
         help="shift the audio earlier by this many ms before analysis (testing)",
     )
@@ -716,16 +746,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pattern", help="write a test-pattern file (flash + beep, known offset)")
     p.add_argument("output", type=Path, help="output file: .mp4, .mkv, .webm, .avi, .wav ...")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
+    p.add_argument("--duration", type=seconds, default=10.0, help="seconds (default 10)")
     p.add_argument(
-        "--audio-lead-ms", type=float, default=0.0, help="true A/V offset (+ = audio first)"
+        "--audio-lead-ms", type=finite_float, default=0.0, help="true A/V offset (+ = audio first)"
     )
     p.add_argument("--fps", default="30", help="frame rate, e.g. 25, 30, 29.97 or 30000/1001")
     p.add_argument("--sample-rate", type=int, default=48000)
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
-    p.add_argument("--drift-ppm", type=float, default=0.0)
-    p.add_argument("--period", type=float, default=1.2, help="seconds between flashes")
+    p.add_argument("--drift-ppm", type=finite_float, default=0.0)
+    p.add_argument("--period", type=seconds, default=1.2, help="seconds between flashes")
     p.set_defaults(func=cmd_pattern)
 
     p = sub.add_parser(
@@ -736,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument(
         "--audio-lead-ms",
-        type=float,
+        type=finite_float,
         help="the input's offset to correct (+ = audio ahead of video, as analyze reports it)",
     )
     how.add_argument(
@@ -746,7 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--min-confidence",
-        type=float,
+        type=finite_float,
         default=0.5,
         help="with --measure: windows below this confidence do not count (default 0.5)",
     )
@@ -764,7 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", help="name of the [[sources]] entry to calibrate")
     p.add_argument("--config", type=Path, help="the daemon's config (default: embedded)")
-    p.add_argument("--seconds", type=float, default=10.0, help="seconds to record (default 10)")
+    p.add_argument("--seconds", type=seconds, default=10.0, help="seconds to record (default 10)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("eval", help="run a plugin over labelled media and print its metrics")
@@ -777,15 +807,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="reference labels (RTTM for speech, a text file for transcript)",
     )
     p.add_argument("--task", choices=["speech", "lipsync", "speaker", "transcript"])
-    p.add_argument("--shifts", type=float, nargs="+", help="audio shifts in ms (lipsync)")
+    p.add_argument("--shifts", type=finite_float, nargs="+", help="audio shifts in ms (lipsync)")
     p.add_argument("--second", type=Path, help="right-hand clip (speaker task)")
-    p.add_argument("--window", type=float, help="window length in seconds")
-    p.add_argument("--hop", type=float, help="window hop in seconds")
+    p.add_argument("--window", type=seconds, help="window length in seconds")
+    p.add_argument("--hop", type=seconds, help="window hop in seconds")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="plugin config override")
     p.add_argument(
         "--max-seconds",
-        type=float,
+        type=seconds,
         metavar="S",
         help="analyse only the first S seconds of each clip (a quick check)",
     )

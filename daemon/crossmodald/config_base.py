@@ -8,6 +8,7 @@ only composes them.
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 
@@ -23,9 +24,15 @@ _ORIGIN = re.compile(
 
 
 class ConfigModel(BaseModel):
-    """Base of every config table: unknown keys are errors, validated values are frozen."""
+    """Base of every config table: unknown keys are errors, validated values are frozen.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Every float of every table that derives from it (sources, sinks, plugins, the API, the
+    daemon's own tables, third-party types alike) must be finite: TOML's ``inf``/``nan`` and
+    JSON's ``Infinity``/``NaN`` are refused as ``Input should be a finite number``, where they
+    are read, instead of overflowing where the value is first turned into nanoseconds.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def parse_frame_rate(value: object) -> Fraction:
@@ -40,14 +47,19 @@ def parse_frame_rate(value: object) -> Fraction:
                 f"expected a frame rate like 30 or '30000/1001', got {value!r}"
             ) from exc
     elif isinstance(value, int | float):
-        rate = Fraction(value).limit_denominator(1001)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"expected a finite frame rate, got {value!r}")
+        exact = Fraction(value)
+        rate = exact.limit_denominator(1001)
         for ntsc in (24, 30, 60, 120):
-            if abs(float(value) - ntsc * 1000 / 1001) < 0.006:
+            if abs(exact - Fraction(ntsc * 1000, 1001)) < Fraction(6, 1000):
                 rate = Fraction(ntsc * 1000, 1001)
     else:
         raise ValueError(f"expected a frame rate, got {type(value).__name__}")
     if not 1 <= rate <= 240:
-        raise ValueError(f"frame rate must be within 1..240, got {float(rate):g}")
+        # Exact arithmetic: a 400-digit rate must not overflow a float in the message.
+        got = f"{float(rate):g}" if -(10**9) < rate < 10**9 else repr(value)[:40]
+        raise ValueError(f"frame rate must be within 1..240, got {got}")
     return rate
 
 

@@ -31,7 +31,15 @@ from typing import Any
 
 from crossmodald.bus.events import Envelope, Event, Phase
 from crossmodald.ingest.base import Source, SourceFault
-from crossmodald.media import NS_PER_S, AudioChunk, ClockKind, MediaItem, StreamInfo, VideoFrame
+from crossmodald.media import (
+    MAX_MEDIA_S,
+    NS_PER_S,
+    AudioChunk,
+    ClockKind,
+    MediaItem,
+    StreamInfo,
+    VideoFrame,
+)
 from crossmodald.runtime.registry import PluginRegistry
 from crossmodald.service.config import (
     DaemonConfig,
@@ -304,8 +312,10 @@ async def run_daemon(
     from crossmodald.runtime.host import Overload
     from crossmodald.service.daemon import Daemon, default_source_factory
 
-    if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"max_seconds must be positive, got {max_seconds:g}")
+    if max_seconds is not None and not 0 < max_seconds <= MAX_MEDIA_S:  # also refuses NaN
+        raise ValueError(
+            f"max_seconds must be above 0 and at most {MAX_MEDIA_S:g}, got {max_seconds:g}"
+        )
     limit_ns = round(max_seconds * NS_PER_S) if max_seconds is not None else None
     records: dict[str, StreamRecord] = {}
     envelopes: list[Envelope] = []

@@ -16,6 +16,10 @@ import numpy.typing as npt
 
 NS_PER_S = 1_000_000_000
 NS_PER_MS = 1_000_000
+#: Longest media time any setting may name, in seconds (durations, recording limits): media
+#: times are int64 ns (~292 years), and this keeps them, and a duration times a sample rate,
+#: far inside that.
+MAX_MEDIA_S = 1e9
 
 #: Longest side of a :attr:`VideoFrame.thumb`, in pixels.
 THUMB_MAX_SIDE = 80

@@ -54,6 +54,19 @@ async def test_missing_file(tmp_path: Path) -> None:
     assert str(err.value) == f"{path}: no such file"
 
 
+def test_a_missing_file_is_refused_when_the_source_is_built(tmp_path: Path) -> None:
+    # So POST /v1/sources answers 422 and a reload is rejected, instead of a stream that
+    # starts and then fails.
+    with pytest.raises(SourceError) as err:
+        create_source(media_config(str(tmp_path / "gone.mp4")))
+    assert str(err.value) == f"{tmp_path / 'gone.mp4'}: no such file"
+    with pytest.raises(SourceError, match="is a directory"):
+        create_source(media_config(str(tmp_path)))
+    # FFmpeg protocols are not file names: they are only checked when they open.
+    for url in ("pipe:0", "concat:a.mp4|b.mp4", "rtsp://127.0.0.1:9/x", "file:gone.mp4"):
+        assert isinstance(create_source(media_config(url)), MediaSource)
+
+
 async def test_directory_and_empty_file(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="is a directory"):
         await MediaSource(media_config(str(tmp_path))).open()
@@ -270,7 +283,7 @@ async def test_realtime_pacing_steps_over_a_timestamp_jump(tmp_path: Path) -> No
 
 def test_create_source_picks_the_class() -> None:
     assert isinstance(create_source(pattern_config()), PatternSource)
-    assert isinstance(create_source(media_config("/nowhere.mp4")), MediaSource)
+    assert isinstance(create_source(media_config("rtsp://127.0.0.1:9/nowhere")), MediaSource)
 
 
 async def test_loop_continues_the_timeline(media_dir: Path) -> None:

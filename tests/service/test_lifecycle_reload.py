@@ -279,7 +279,7 @@ async def test_changed_reload_touches_only_what_changed(daemon_at: Any, tmp_path
     ("bad", "expected"),
     [
         ("[[sources]\n", "not valid TOML"),
-        ("[window]\nlength_s = -1\n", "window.length_s: Input should be greater than 0"),
+        ("[window]\nlength_s = -1\n", "window.length_s: Input should be greater than or equal"),
         ('[[plugins]]\ntype = "tag"\nqueue = 3\n', "plugins.0.queue: unknown key"),
         ('[[plugins]]\ntype = "nope"\n', "plugins.0.type: unknown plugin 'nope'"),
         (source("x", flash_ms=2000), "flash"),
@@ -376,8 +376,15 @@ async def test_rest_sources(daemon_at: Any) -> None:
             assert response.status == 400
             error = await response.json()
             assert error["errors"][0].startswith("fps: frame rate must be within 1..240")
+        # A rule between keys is the model's: 400 with the key path, like any bad value.
         async with http.post(
             f"{run.url}/v1/sources", json={"type": "pattern", "name": "x", "flash_ms": 2000}
+        ) as response:
+            assert response.status == 400
+            assert "flash_ms must be shorter than period_s" in (await response.json())["error"]
+        # A source that cannot exist: 422, nothing started.
+        async with http.post(
+            f"{run.url}/v1/sources", json={"type": "media", "name": "x", "url": "/nonexistent.mp4"}
         ) as response:
             assert response.status == 422
             assert "source 'x'" in (await response.json())["error"]

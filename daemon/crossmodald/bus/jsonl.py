@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import IO, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from crossmodald.bus.bus import EventBus, EventFilter, SubscriberClosed, Subscription
 from crossmodald.bus.events import Envelope
@@ -37,6 +37,19 @@ class JsonlSinkConfig(SinkConfigBase):
     streams: list[str] = Field(default_factory=list)
     #: fsync after each batch of writes.
     fsync: bool = False
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        # The filter the sink builds, checked where check-config sees it.
+        EventFilter.from_lists(value, ())
+        return value
+
+    @field_validator("streams")
+    @classmethod
+    def _streams(cls, value: list[str]) -> list[str]:
+        EventFilter.from_lists((), value)
+        return value
 
     @property
     def identity(self) -> str:

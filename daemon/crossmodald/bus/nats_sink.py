@@ -78,7 +78,7 @@ class NatsSinkConfig(BrokerSinkConfig):
     #: Create the stream (with the limits below) when it is missing.
     create_stream: bool = True
     #: Limits of a created stream: oldest messages go first; 0 = no limit.
-    max_age_s: float = Field(86_400.0, ge=0)
+    max_age_s: float = Field(86_400.0, ge=0, le=1e9)
     max_bytes: int = Field(1 << 30, ge=0)
     max_msgs: int = Field(0, ge=0)
     #: How long JetStream remembers message ids to drop duplicates.

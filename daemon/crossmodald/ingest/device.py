@@ -38,7 +38,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import cv2
 import numpy as np
@@ -62,12 +62,16 @@ from crossmodald.media import (
 log = logging.getLogger(__name__)
 
 
+#: A device index as the OS numbers them (OpenCV and PortAudio take a C int).
+DeviceIndex = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
 class CameraConfig(ConfigModel):
     """A local camera opened through OpenCV ``VideoCapture``."""
 
     #: V4L2 index (0 = /dev/video0), a device path, or any capture string OpenCV accepts
     #: (a file or an image sequence like "frames/%04d.png" behaves as a camera at its own rate).
-    device: int | str
+    device: DeviceIndex | str
     #: OpenCV capture backend; "auto" lets OpenCV choose (V4L2 for indices on Linux).
     backend: Literal["auto", "v4l2", "ffmpeg", "gstreamer"] = "auto"
     #: Requested resolution (the driver may pick the nearest mode; None: the device's default).
@@ -86,7 +90,7 @@ class MicrophoneConfig(ConfigModel):
     """A local microphone opened through sounddevice (PortAudio)."""
 
     #: Device index or (part of) its name as `crossmodald devices` lists it; None: the default.
-    device: int | str | None = None
+    device: DeviceIndex | str | None = None
     sample_rate: int = Field(48000, ge=8000, le=192000)
     channels: int = Field(1, ge=1, le=64)
     #: Samples per PortAudio callback block (per channel).
@@ -106,7 +110,7 @@ class DeviceSourceConfig(SourceConfigBase):
     retry_initial_s: float = Field(0.5, gt=0, le=3600)
     retry_max_s: float = Field(30.0, gt=0, le=3600)
     #: Reopen attempts in a row before the stream fails (0: retry for ever).
-    retry_limit: int = Field(0, ge=0)
+    retry_limit: int = Field(0, ge=0, le=10**9)
     #: A device that delivers nothing for this long counts as vanished.
     stall_s: float = Field(3.0, gt=0, le=600)
 
@@ -117,6 +121,14 @@ class DeviceSourceConfig(SourceConfigBase):
         if self.retry_max_s < self.retry_initial_s:
             raise ValueError("retry_max_s must not be below retry_initial_s")
         return self
+
+    def declared_frame_rate(self) -> float | None:
+        """The camera's requested frame rate, when the table asks for one."""
+        return self.camera.fps if self.camera is not None else None
+
+    def declared_sample_rate(self) -> int | None:
+        """The microphone's sample rate."""
+        return self.microphone.sample_rate if self.microphone is not None else None
 
 
 #: Faults of one kind (overflow) are reported at most this often; counts are summed meanwhile.

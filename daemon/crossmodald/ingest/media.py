@@ -39,11 +39,13 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, Final, Literal, Protocol, TypeVar, cast
 
 import av
@@ -94,9 +96,9 @@ class MediaSourceConfig(SourceConfigBase):
     #: FFmpeg options passed to the demuxer/protocol, e.g. {rtsp_transport = "tcp"}.
     options: dict[str, str] = Field(default_factory=dict)
     #: Seconds to wait for a network stream to open or deliver data.
-    timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0, le=3600)
     #: Shift the audio timeline by this many ms (positive = audio earlier, i.e. audio leads).
-    audio_shift_ms: float = 0.0
+    audio_shift_ms: float = Field(0.0, ge=-60_000, le=60_000)
 
 
 _T = TypeVar("_T")
@@ -869,5 +871,30 @@ class MediaSourceFactory:
 
     @classmethod
     def create(cls, config: MediaSourceConfig, *, clock: Pacer | None = None) -> MediaSource:
-        """A media source paced by ``clock`` (None: real time)."""
+        """A media source paced by ``clock`` (None: real time).
+
+        Raises:
+            SourceError: ``url`` is a local path that does not exist or is a directory: a
+                source that cannot exist is refused when it is built (``POST /v1/sources``
+                answers 422, a reload is rejected), not reported later as a failed stream.
+        """
+        path = _local_path(config.url)
+        if path is not None:
+            display = redact_url(config.url)
+            if not path.exists():
+                raise SourceError(f"{display}: no such file")
+            if path.is_dir():
+                raise SourceError(f"{display}: is a directory, not a media file")
         return MediaSource(config, clock if clock is not None else MonotonicPacer())
+
+
+#: ``scheme:`` at the start of a URL: FFmpeg reads it as a protocol (``rtsp://``, ``pipe:0``,
+#: ``concat:a|b``), not as a file name.
+_PROTOCOL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _local_path(url: str) -> Path | None:
+    """The file ``url`` names when it is a plain path (no protocol), else None."""
+    if _PROTOCOL.match(url):
+        return None
+    return Path(url)

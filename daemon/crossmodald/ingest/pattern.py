@@ -52,16 +52,17 @@ from typing import Final, Literal
 
 import av
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from crossmodald.bus.events import JsonValue
 from crossmodald.clock.timeline import ticks_to_ns
 from crossmodald.config_base import parse_frame_rate
-from crossmodald.ingest.base import SourceError, SourceFault
+from crossmodald.ingest.base import SourceFault
 from crossmodald.ingest.frames import audio_chunk, make_thumb
 from crossmodald.ingest.pacing import MonotonicPacer, Pacer
 from crossmodald.ingest.registry import SourceConfigBase
 from crossmodald.media import (
+    MAX_MEDIA_S,
     NS_PER_S,
     ClockKind,
     F32Array,
@@ -82,8 +83,9 @@ class PatternSourceConfig(SourceConfigBase):
     sample_rate: int = Field(48000, ge=8000, le=192000)
     #: Seconds between flash/beep pairs; above 2 * max lag so a pair never matches the wrong one.
     period_s: float = Field(1.2, gt=0.1, le=60)
-    flash_ms: float = Field(100.0, gt=0)
-    beep_ms: float = Field(100.0, gt=0)
+    #: Each shorter than the period (checked below).
+    flash_ms: float = Field(100.0, gt=0, le=60_000)
+    beep_ms: float = Field(100.0, gt=0, le=60_000)
     tone_hz: float = Field(1000.0, gt=20, le=20000)
     #: The true A/V offset: positive = audio ahead of video (ITU-R BT.1359 sign).
     audio_lead_ms: float = Field(0.0, ge=-5000, le=5000)
@@ -95,10 +97,12 @@ class PatternSourceConfig(SourceConfigBase):
     drop_frames: float = Field(0.0, ge=0, lt=1)
     #: Probability that an audio packet is lost.
     lose_audio: float = Field(0.0, ge=0, lt=1)
-    audio_packet_ms: float = Field(20.0, gt=0, le=1000)
+    #: At least 1 ms: shorter packets (one sample each, say) cost more than real time to make.
+    audio_packet_ms: float = Field(20.0, ge=1, le=1000)
     #: Stop after this many seconds (None: run until stopped).
-    duration_s: float | None = Field(None, gt=0)
-    seed: int = 0
+    duration_s: float | None = Field(None, gt=0, le=MAX_MEDIA_S)
+    #: Seeds the fault draws (numpy's SeedSequence takes a non-negative integer).
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     #: Pace output at real time (True for `run`; `analyze` goes as fast as it can).
     realtime: bool = True
 
@@ -106,6 +110,26 @@ class PatternSourceConfig(SourceConfigBase):
     @classmethod
     def _fps(cls, value: object) -> Fraction:
         return parse_frame_rate(value)
+
+    @model_validator(mode="after")
+    def _within_period(self) -> PatternSourceConfig:
+        # Compared in whole ns, as the timeline keeps them: a flash or beep as long as the
+        # period would overlap the next one.
+        period_ns = _ns(self.period_s)
+        for key, ms in (("flash_ms", self.flash_ms), ("beep_ms", self.beep_ms)):
+            if _ns(ms / 1000) >= period_ns:
+                raise ValueError(
+                    f"{key} must be shorter than period_s ({self.period_s:g} s), got {ms:g} ms"
+                )
+        return self
+
+    def declared_frame_rate(self) -> float:
+        """The pattern's frame rate."""
+        return float(self.fps)
+
+    def declared_sample_rate(self) -> int:
+        """The pattern's sample rate."""
+        return self.sample_rate
 
 
 #: Limited-range black and white (BT.601/709 luma).
@@ -142,10 +166,7 @@ class PatternTimeline:
     agree to the nanosecond and the sample.
 
     Args:
-        config: The pattern's settings.
-
-    Raises:
-        ValueError: A flash or beep would last as long as the period (they must not overlap).
+        config: The pattern's settings (validated: flashes and beeps fit in the period).
     """
 
     def __init__(self, config: PatternSourceConfig) -> None:
@@ -161,16 +182,6 @@ class PatternTimeline:
         self.flash_ns = _ns(config.flash_ms / 1000)
         self.beep_ns = _ns(config.beep_ms / 1000)
         self.lead_ns = _ns(config.audio_lead_ms / 1000)
-        if self.flash_ns >= self.period_ns:
-            raise ValueError(
-                f"pattern {config.name}: flash_ms ({config.flash_ms:g}) must be shorter than "
-                f"period_s ({config.period_s:g} s)"
-            )
-        if self.beep_ns >= self.period_ns:
-            raise ValueError(
-                f"pattern {config.name}: beep_ms ({config.beep_ms:g}) must be shorter than "
-                f"period_s ({config.period_s:g} s)"
-            )
         #: Samples per true second: the ADC runs drift_ppm fast.
         self.rate_true: Fraction = self.sample_rate * (1 + _decimal(config.drift_ppm) / 10**6)
         self._rate_true_num = self.rate_true.numerator
@@ -340,19 +351,13 @@ class PatternSource:
     Args:
         config: The pattern settings (see the module docstring for their exact meaning).
         pacer: The clock used for real-time delivery and ``arrival_ns``.
-
-    Raises:
-        SourceError: The settings describe an impossible pattern (e.g. flash longer than period).
     """
 
     def __init__(self, config: PatternSourceConfig, pacer: Pacer | None = None) -> None:
         self.name = config.name
         self.config = config
         self.pacer: Pacer = pacer if pacer is not None else MonotonicPacer()
-        try:
-            self.timeline = PatternTimeline(config)
-        except ValueError as exc:
-            raise SourceError(str(exc)) from None
+        self.timeline = PatternTimeline(config)
         self.stats = PatternStats()
         self._thumbs: dict[tuple[int, int], U8Image] = {}
         self._info: StreamInfo | None = None
@@ -569,8 +574,10 @@ def write_pattern_file(
         raise ValueError(f"{path}: {ext} files hold audio only, cannot add {video_codec} video")
     vcodec = video_codec or default_video
     acodec = audio_codec or default_audio
-    if duration_s <= 0:
-        raise ValueError(f"{path}: duration_s must be positive, got {duration_s:g}")
+    if not 0 < duration_s <= MAX_MEDIA_S:  # also refuses NaN
+        raise ValueError(
+            f"{path}: duration_s must be above 0 and at most {MAX_MEDIA_S:g}, got {duration_s:g}"
+        )
     if vcodec is not None and (timeline.width % 2 or timeline.height % 2):
         raise ValueError(
             f"{path}: 4:2:0 video needs an even width and height, got "

@@ -58,6 +58,18 @@ class SourceConfigBase(ConfigModel):
     type: str
     name: str = Field(pattern=NAME_PATTERN)
 
+    def declared_frame_rate(self) -> float | None:
+        """The video frame rate this table fixes (None: no video, or known only once open).
+
+        The daemon checks ``[window]`` against it when the config is read (a window must
+        span a frame); a type that knows its rate from its table overrides this.
+        """
+        return None
+
+    def declared_sample_rate(self) -> int | None:
+        """The audio sample rate this table fixes (None: no audio, or known only once open)."""
+        return None
+
 
 class SourceFactory(Protocol):
     """What an entry point of group ``crossmodald.sources`` names."""
@@ -105,7 +117,7 @@ def create_source(
 
     Raises:
         SourceError: The type cannot be loaded, or the config describes a source that cannot
-            exist (e.g. a pattern whose flash outlasts its period). Opening errors come later,
+            exist (e.g. a media file that is not there). Opening errors come later,
             from ``open()``.
     """
     types = registry if registry is not None else SourceRegistry.default()

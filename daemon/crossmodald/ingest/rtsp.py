@@ -79,9 +79,9 @@ class RtspSourceConfig(SourceConfigBase):
     reconnect_max_s: float = Field(30.0, gt=0, le=3600)
     #: Failed retries in a row (tries after a wait; the first try after a loss is at once)
     #: before the stream fails (0: retry for ever).
-    reconnect_limit: int = Field(0, ge=0)
+    reconnect_limit: int = Field(0, ge=0, le=10**9)
     #: Shift the audio timeline by this many ms (positive = audio earlier, i.e. audio leads).
-    audio_shift_ms: float = 0.0
+    audio_shift_ms: float = Field(0.0, ge=-60_000, le=60_000)
     #: User name for the camera, when it is not in the URL.
     username: str | None = Field(None, min_length=1)
     #: Its password: a string or a secret reference ({env = NAME}, {file = PATH},

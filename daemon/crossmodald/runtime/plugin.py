@@ -37,9 +37,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from crossmodald.bus.events import Event, JsonValue
+from crossmodald.config_base import ConfigModel
 from crossmodald.media import StreamInfo, Window
 
 # Re-exported (plugins import it from here); it lives in a neutral module sources use too.
@@ -153,10 +154,8 @@ class BatchItem(Generic[StateT]):
     inputs: Inputs = NO_INPUTS
 
 
-class PluginConfig(BaseModel):
-    """Base of every plugin's config model: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class PluginConfig(ConfigModel):
+    """Base of every plugin's config model: unknown keys are errors, floats finite."""
 
     type: str
     enabled: bool = True

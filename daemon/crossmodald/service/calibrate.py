@@ -35,6 +35,7 @@ from crossmodald.harness import (
 )
 from crossmodald.ingest.base import SourceError
 from crossmodald.ingest.rtsp import RtspSourceConfig
+from crossmodald.media import MAX_MEDIA_S
 from crossmodald.runtime.device import DeviceError
 from crossmodald.runtime.registry import PluginLoadError, PluginRegistry
 from crossmodald.service.config import (
@@ -157,8 +158,10 @@ async def calibrate(
     if source_config is None:
         known = ", ".join(sorted(by_name)) or "none configured"
         raise CalibrationError(f"no source named {source_name!r} (sources: {known})")
-    if seconds <= 0:
-        raise CalibrationError(f"seconds must be positive, got {seconds:g}")
+    if not 0 < seconds <= MAX_MEDIA_S:  # also refuses NaN
+        raise CalibrationError(
+            f"seconds must be above 0 and at most {MAX_MEDIA_S:g}, got {seconds:g}"
+        )
     registry = registry if registry is not None else PluginRegistry.discover()
     table = _plugin_table(config)
     (loaded,) = registry.validate([table], config_source)

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
     from crossmodald.ingest.pattern import PatternSourceConfig
 
 __all__ = [
+    "EMPTY_CONFIG",
+    "MIN_HOP_S",
+    "MIN_HOP_SAMPLES",
     "NAME_PATTERN",
     "ApiConfig",
     "ApiLimitsConfig",
@@ -83,6 +86,11 @@ __all__ = [
     "validate_config",
 ]
 
+#: Why a config file that sets nothing is refused (at start, by check-config, on reload).
+EMPTY_CONFIG = (
+    "no settings (the file is empty or only comments); a config with nothing configured "
+    "says so: sources = []"
+)
 #: Any ``[[sources]]`` table, validated by the model of its type.
 SourceConfig = SourceConfigBase
 #: Any ``[[sinks]]`` table, validated by the model of its type.
@@ -113,21 +121,54 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-class WindowConfig(ConfigModel):
-    """Event-time windows: length and hop, closed by a watermark with an allowed lateness."""
+#: The shortest hop (and so the shortest window): 10 ms, 80 audio samples at 8 kHz, the lowest
+#: sample rate a configured source takes.
+MIN_HOP_S = 0.01
+#: Audio samples a hop must hold at a stream's own sample rate (a file may have any rate).
+MIN_HOP_SAMPLES = 32
 
-    length_s: float = Field(2.0, gt=0, le=60)
-    hop_s: float = Field(0.5, gt=0, le=60)
+
+class WindowConfig(ConfigModel):
+    """Event-time windows: length and hop, closed by a watermark with an allowed lateness.
+
+    What a stream's rates demand of them (a window spans at least one video frame, a hop holds
+    at least :data:`MIN_HOP_SAMPLES` audio samples) is :meth:`unfit_for`: checked against the
+    rates a ``[[sources]]`` table fixes when the config is read, and against the rates a
+    source reports when it opens (a file's), where a stream that does not fit fails alone.
+    """
+
+    length_s: float = Field(2.0, ge=MIN_HOP_S, le=60)
+    hop_s: float = Field(0.5, ge=MIN_HOP_S, le=60)
     #: How long after a window's end late media may still arrive before the window closes.
     lateness_s: float = Field(0.2, ge=0, le=30)
     #: Longest stretch of missing audio (s) filled with silence rather than treated as a jump.
-    max_gap_s: float = Field(5.0, gt=0)
+    #: Bounded: the windower holds this much media per track.
+    max_gap_s: float = Field(5.0, ge=0.001, le=60)
 
     @model_validator(mode="after")
     def _hop(self) -> WindowConfig:
         if self.hop_s > self.length_s:
             raise ValueError("window.hop_s must not exceed window.length_s")
         return self
+
+    def unfit_for(self, frame_rate: float | None, sample_rate: int | None) -> str | None:
+        """Why these windows cannot cut a stream with these rates; None when they can.
+
+        Args:
+            frame_rate: The stream's video frames per second (None: no video, or unknown).
+            sample_rate: Its audio samples per second (None: no audio).
+        """
+        if frame_rate is not None and frame_rate > 0 and self.length_s * frame_rate < 1 - 1e-9:
+            return (
+                f"length_s must span at least one video frame ({1 / frame_rate:.4g} s at "
+                f"{frame_rate:g} fps), got {self.length_s:g} s"
+            )
+        if sample_rate is not None and self.hop_s * sample_rate < MIN_HOP_SAMPLES:
+            return (
+                f"hop_s must hold at least {MIN_HOP_SAMPLES} audio samples "
+                f"({MIN_HOP_SAMPLES / sample_rate:.4g} s at {sample_rate} Hz), got {self.hop_s:g} s"
+            )
+        return None
 
 
 class RuntimeConfig(ConfigModel):
@@ -173,7 +214,8 @@ class DaemonConfig(ConfigModel):
 
     #: Source tables; each is validated by the model of its `type` (entry point).
     sources: list[SerializeAsAny[SourceConfigBase]] = Field(default_factory=list)
-    window: WindowConfig = WindowConfig()
+    #: Checked against the rates each source fixes (validated after ``sources``).
+    window: WindowConfig = Field(default_factory=WindowConfig, validate_default=True)
     #: Plugin tables; each is validated by its plugin's own model (chosen by `type`).
     plugins: list[dict[str, Any]] = Field(default_factory=list)
     api: ApiConfig = ApiConfig()
@@ -193,6 +235,17 @@ class DaemonConfig(ConfigModel):
         types = context.get(SOURCE_TYPES)
         registry = types if isinstance(types, SourceRegistry) else SourceRegistry.default()
         return registry.validate_list(value)
+
+    @field_validator("window")
+    @classmethod
+    def _window_fits(cls, value: WindowConfig, info: ValidationInfo) -> WindowConfig:
+        # A source whose own table fixes its rates (a pattern's fps, a microphone's rate) is
+        # checked here, where check-config sees it; others when they open (pipeline).
+        for source in info.data.get("sources") or ():
+            reason = value.unfit_for(source.declared_frame_rate(), source.declared_sample_rate())
+            if reason is not None:
+                raise ValueError(f"{reason} (source {source.name!r})")
+        return value
 
     @field_validator("sinks", mode="before")
     @classmethod
@@ -277,8 +330,13 @@ def load_config_text(
     """Parse and validate TOML text; the registries as in :func:`validate_config`."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        # ValueError: an integer longer than Python parses (4300 digits).
         raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+    if not data:
+        # A file caught while it is being rewritten reads as empty: applied, it would stop
+        # every stream, plugin and sink. Nothing at all is said explicitly (``sources = []``).
+        raise ConfigError(source, [EMPTY_CONFIG])
     return validate_config(data, source, source_types=source_types, sink_types=sink_types)
 
 

@@ -480,6 +480,8 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
                 plugin_configs = self.registry.validate(new.plugins, source)
             except ConfigError as exc:
                 return self._rejected(source, exc.errors)
+            if self.config.sources and not new.sources and "sources" not in new.model_fields_set:
+                return self._rejected(source, [_no_sources(self.config)])
             diff = diff_configs(
                 self.config,
                 new,
@@ -520,13 +522,27 @@ class Daemon(StreamManager, StreamPipeline, ReloadApplier):
                     if sink_config.identity in (*diff.sinks_added, *diff.sinks_changed):
                         new_sinks[sink_config.identity] = self._make_sink(sink_config)
                         await asyncio.to_thread(self._check_sink, sink_config)
-            except (PluginLoadError, SourceError, OSError, ValueError) as exc:
+            except Exception as exc:
+                # Whatever fails here, nothing has changed yet: the old config keeps running.
+                expected = isinstance(exc, PluginLoadError | SourceError | OSError | ValueError)
+                if not expected:  # a bug in a plugin, source or sink type
+                    log.error("reload %s: unexpected error", source, exc_info=exc)
                 for host in new_hosts.values():
                     await host.aclose()
-                return self._rejected(source, [str(exc)])
+                return self._rejected(source, [str(exc) if expected else repr(exc)])
             self.config = new
             self._plugin_configs = plugin_configs
             await self._apply(diff, new, new_hosts, new_sources, new_sinks)
             self.reloads += 1
             self.notifier.status(f"reloaded ({diff.summary()}); {self.status_line()}")
             return ReloadResult(True, diff, (), source)
+
+
+def _no_sources(running: DaemonConfig) -> str:
+    """Why a reload without ``[[sources]]`` is refused while configured streams run."""
+    names = ", ".join(repr(s.name) for s in running.sources[:5])
+    more = ", ..." if len(running.sources) > 5 else ""
+    return (
+        f"sources: the new config has no [[sources]] and would stop every configured stream "
+        f"({names}{more}); to remove them all, say so: sources = []"
+    )

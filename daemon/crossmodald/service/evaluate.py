@@ -49,6 +49,7 @@ from typing import Any, Literal, TextIO, TypeVar
 import av
 import numpy as np
 import numpy.typing as npt
+from pydantic import ValidationError
 
 from crossmodald.bus.events import Envelope, Event, Phase
 from crossmodald.harness import HarnessResult, StreamRecord, run_plugins
@@ -65,7 +66,12 @@ from crossmodald.media import (
 )
 from crossmodald.progress import ProgressBar, media_duration_s
 from crossmodald.runtime.registry import PluginLoadError, PluginRegistry
-from crossmodald.service.config import ConfigError, MediaSourceConfig, WindowConfig
+from crossmodald.service.config import (
+    ConfigError,
+    MediaSourceConfig,
+    WindowConfig,
+    format_validation_error,
+)
 from crossmodald.service.wer import WordErrors, wer
 
 #: Frame step of the frame-level speech metric.
@@ -272,13 +278,16 @@ def media_source(path: Path, name: str, audio_shift_ms: float = 0.0) -> MediaSou
     """A file read as fast as it decodes, as ``crossmodald analyze`` reads it.
 
     Raises:
-        EvalError: The file does not exist.
+        EvalError: The file does not exist, or the shift is out of range.
     """
     if not path.is_file():
         raise EvalError(f"media {path}: no such file")
-    return MediaSourceConfig(
-        type="media", name=name, url=str(path), realtime=False, audio_shift_ms=audio_shift_ms
-    )
+    try:
+        return MediaSourceConfig(
+            type="media", name=name, url=str(path), realtime=False, audio_shift_ms=audio_shift_ms
+        )
+    except ValidationError as exc:
+        raise EvalError("; ".join(format_validation_error(exc))) from None
 
 
 class Progress:
@@ -349,8 +358,8 @@ def run_streams(
         window = WindowConfig.model_validate(
             {"length_s": length_s, "hop_s": hop_s, "lateness_s": 0.0}
         )
-    except ValueError as exc:
-        raise EvalError(str(exc).splitlines()[-1].strip()) from None
+    except ValidationError as exc:
+        raise EvalError("; ".join(format_validation_error(exc, ("window",)))) from None
     if progress is not None:
         progress.expect(sources, max_seconds)
     try:

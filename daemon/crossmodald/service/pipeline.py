@@ -57,18 +57,28 @@ class StreamPipeline:
 
     async def _run_stream(self, state: StreamState, make_source: Callable[[], Source]) -> None:
         name = state.name
+        source: Source | None = None
         try:
             source = make_source()
             info = await source.open()
-        except (SourceError, OSError, ValueError) as exc:
-            self._fail_stream(state, str(exc))
+            # [window] against the rates the source reports (a file's are known only now).
+            windower = windower_for(name, info, self.config.window)
+        except Exception as exc:
+            # Whatever one stream's config or media does at start, that stream fails alone:
+            # this task is in the daemon's TaskGroup, and an exception leaving it would stop
+            # every stream (and the daemon) with it.
+            if not isinstance(exc, _EXPECTED):
+                log.error("stream %s: unexpected error at start", name, exc_info=exc)
+            self._fail_stream(state, _one_line(exc))
+            if source is not None:
+                with contextlib.suppress(Exception):
+                    await source.aclose()
             return
         state.info = info
         state.state = "running"
         if self._overload is Overload.DROP_OLDEST:  # live: arrival times mean something
             state.video_rate = RateEstimator() if info.has_video else None
             state.audio_rate = RateEstimator() if info.has_audio else None
-        windower = windower_for(name, info, self.config.window)
         state.windower = windower
         for host in list(self.hosts):
             self._attach_host(state, info, host)
@@ -105,9 +115,7 @@ class StreamPipeline:
             failure = await _exception_of(pump)
             if failure is not None:
                 reason = "error"
-                self._fail_stream(
-                    state, str(failure) if isinstance(failure, SourceError) else repr(failure)
-                )
+                self._fail_stream(state, _one_line(failure))
         # Finish open windows, let the plugins see them, then close the sessions.
         for window in windower.flush(self._clock_ns()):
             for host in tuple(state.hosts):
@@ -161,7 +169,10 @@ class StreamPipeline:
 
     def _fail_stream(self, state: StreamState, message: str) -> None:
         message = redact_text(message)  # a source's error may quote its URL
-        log.error("stream %s failed: %s", state.name, message)
+        # Offline (analyze, eval, the harness) the caller reports the failure itself, as its
+        # own error: logging it too would print it twice.
+        level = logging.ERROR if self._overload is Overload.DROP_OLDEST else logging.INFO
+        log.log(level, "stream %s failed: %s", state.name, message)
         state.state = "failed"
         state.error = message
         self.failed_streams.append(state.name)
@@ -197,9 +208,33 @@ async def _exception_of(task: asyncio.Task[None]) -> BaseException | None:
     return None
 
 
+#: What a stream's start may raise for its config or media (anything else is a bug, logged
+#: with its traceback; the stream fails alone all the same).
+_EXPECTED = (SourceError, OSError, ValueError)
+
+
+def _one_line(exc: BaseException) -> str:
+    """A failure's reason as one line: a source's own message, else the exception named."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, _EXPECTED) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def windower_for(stream: str, info: StreamInfo, window: WindowConfig) -> Windower:
     """The windower of a stream as the daemon makes it: ``[window]`` applied to what the source
-    says of its tracks when it opens."""
+    says of its tracks when it opens.
+
+    Raises:
+        ValueError: The windows do not fit the stream's rates (shorter than a video frame,
+            a hop of too few audio samples; see :meth:`WindowConfig.unfit_for`).
+    """
+    reason = window.unfit_for(
+        info.frame_rate if info.has_video else None,
+        info.sample_rate if info.has_audio else None,
+    )
+    if reason is not None:
+        raise ValueError(f"[window] {reason}")
     return Windower(
         stream,
         length_ns=round(window.length_s * NS_PER_S),
