@@ -72,7 +72,7 @@ port = 70000
     assert "sources.1.url: required key is missing" in errors
     # An unknown type names the installed ones.
     assert (
-        "sources.2.type: unknown source type (installed: device, media, pattern) (got 'webcam')"
+        "sources.2.type: unknown source type (installed: device, media, pattern, rtsp, whep) (got 'webcam')"
         in errors
     )
     assert any(e.startswith("window.hop_s:") and "'x'" in e for e in errors)
