@@ -210,7 +210,8 @@ class _Control:
     def sources(self) -> list[dict[str, Any]]:
         return []
 
-    def start_source(self, config: Any) -> asyncio.Task[None]:
+    async def start_source(self, config: Any) -> asyncio.Task[None]:
+        # Async, as SourcesControl.start_source is (fleet mode writes to the shared list).
         if self.exc is not None:
             raise self.exc
         task = asyncio.get_running_loop().create_task(asyncio.sleep(3600))

@@ -429,11 +429,16 @@ async def test_post_sources_refuses_what_cannot_run(tmp_path: Path) -> None:
             body = await response.json()
         assert body["error"] == f"source 'm': {tmp_path / 'missing.mp4'}: no such file"
         assert "m" not in run.daemon.stream_states
+        not_finite = "body is not JSON: {} is not a JSON number (numbers must be finite)"
         for extra, expected in [
-            ('"duration_s": Infinity', "duration_s: Input should be a finite number (got inf)"),
-            ('"flash_ms": NaN', "flash_ms: Input should be a finite number (got nan)"),
+            # Non-finite numbers are not JSON: refused by the API's strict parse ...
+            ('"duration_s": Infinity', not_finite.format("Infinity")),
+            ('"flash_ms": NaN', not_finite.format("NaN")),
+            ('"fps": Infinity', not_finite.format("Infinity")),
+            ('"duration_s": 1e999', "body is not JSON: the number 1e999 is too large to be finite"),
+            # ... and what JSON can say but the daemon cannot run by the source's own model.
             ('"seed": -1', "seed: Input should be greater than or equal to 0 (got -1)"),
-            ('"fps": Infinity', "fps: expected a finite frame rate, got inf"),
+            ('"fps": "inf"', "fps: expected a frame rate like 30 or '30000/1001', got 'inf'"),
         ]:
             data = '{"type": "pattern", "name": "p", ' + extra + "}"
             async with http.post(
