@@ -2,8 +2,11 @@
 
 Starts a real NATS server with JetStream on a free loopback port and three ``crossmodald run``
 processes in fleet mode (``[fleet]``, default lease TTL 5 s, avsync on small pattern sources),
-adds twelve sources through one daemon's API and subscribes to every daemon's events (SSE:
-the NATS event sink is not on this branch, so the daemons' own SSE is the consumer). Then:
+adds twelve sources through one daemon's API. Each daemon also has a ``nats`` event sink to the
+same server (``[[sinks]] type = "nats"``; in fleet mode its subject's daemon token is the
+``daemon_id``), and the events are consumed twice: from every daemon's own SSE, and by one
+JetStream consumer of nats-py (an ordered push consumer of the ``CROSSMODALD`` stream, from its
+first message) that reads every event all the daemons published. Then:
 
 1. Baseline, same run: for each source, the time from ``POST /v1/sources`` to its first event
    (``stream.start``) and to its first ``sync.offset`` (a cold start on a fresh daemon).
@@ -13,7 +16,12 @@ the NATS event sink is not on this branch, so the daemons' own SSE is the consum
 3. The other streams through the kill: every ``sync.offset`` window of theirs, by media time,
    seen exactly once (no id twice, no hop missing) on the daemon that runs them; for the
    moved ones, the gap between the last event from the dead daemon and the first from the
-   new one, and that no event came from two daemons at once.
+   new one, and that no event came from two daemons at once. Both views: the SSE's, and the
+   JetStream consumer's, which must also hold exactly the events the SSE saw (by id, per
+   daemon up to the last ``seq`` both have), each once, on a subject naming the daemon
+   that produced it; for the moved streams it shows what the dead daemon's sink never got
+   out (what its SSE saw and JetStream did not), one switch of daemon, and the gap by
+   JetStream's store time.
 4. A clean stop (SIGTERM) of a second daemon: its sources are handed over without waiting for
    the TTL.
 5. For sizing on paper: what one daemon's scan costs with ``--scan-keys`` sources and leases in
@@ -38,10 +46,18 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+try:
+    import nats
+    import nats.aio.msg
+    import nats.js.errors
+except ModuleNotFoundError:
+    raise SystemExit("the benchmark needs nats-py: pip install -e '.[brokers]'") from None
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
@@ -59,6 +75,9 @@ SOURCE = {
     "audio_lead_ms": 40.0,
 }
 HOP_NS = 500_000_000
+#: The JetStream stream and subject prefix of the ``nats`` sinks (their defaults).
+JS_STREAM = "CROSSMODALD"
+JS_PREFIX = "crossmodald"
 
 
 @dataclass
@@ -75,6 +94,73 @@ class Proc:
         return f"http://127.0.0.1:{self.port}"
 
 
+@dataclass
+class Stored:
+    """One message the JetStream consumer read."""
+
+    arrived: float  # monotonic, in this process
+    stored: datetime  # JetStream's store time (the server's clock)
+    stream_seq: int  # its sequence number in the JetStream stream
+    subject_daemon: str  # the subject's daemon token
+    event: dict[str, Any]
+
+
+@dataclass
+class Consumer:
+    """nats-py's ordered push consumer of the sinks' JetStream stream, from its first message."""
+
+    messages: list[Stored] = field(default_factory=list)
+
+    async def run(self, url: str, ready: asyncio.Event) -> None:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            async with asyncio.timeout(60):  # the first sink to connect creates the stream
+                while True:
+                    try:
+                        await js.stream_info(JS_STREAM)
+                        break
+                    except nats.js.errors.NotFoundError:
+                        await asyncio.sleep(0.1)
+
+            async def on_message(msg: nats.aio.msg.Msg) -> None:
+                meta = msg.metadata
+                self.messages.append(
+                    Stored(
+                        time.monotonic(),
+                        meta.timestamp,
+                        meta.sequence.stream,
+                        msg.subject.split(".")[1],
+                        json.loads(msg.data),
+                    )
+                )
+
+            sub = await js.subscribe(
+                f"{JS_PREFIX}.>", stream=JS_STREAM, cb=on_message, ordered_consumer=True
+            )
+            ready.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await sub.unsubscribe()
+        finally:
+            await nc.close()
+
+    async def caught_up(self, url: str) -> int:
+        """Wait until every message the stream holds now has been read; the count."""
+        nc = await nats.connect(url)
+        try:
+            last = (await nc.jetstream().stream_info(JS_STREAM)).state.last_seq
+        finally:
+            await nc.close()
+        await wait_for(
+            lambda: bool(self.messages) and self.messages[-1].stream_seq >= last,
+            30,
+            "the JetStream consumer catching up",
+        )
+        return last
+
+
 async def start(daemon_id: str, nats_url: str, ttl_s: float, home: Path) -> Proc:
     config = home / f"{daemon_id}.toml"
     config.write_text(
@@ -83,6 +169,9 @@ async def start(daemon_id: str, nats_url: str, ttl_s: float, home: Path) -> Proc
         "[window]\nlength_s = 1.0\nhop_s = 0.5\nlateness_s = 0.1\n"
         f'[fleet]\nnats_url = "{nats_url}"\nbucket = "bench"\ndaemon_id = "{daemon_id}"\n'
         f"lease_ttl_s = {ttl_s}\nscan_interval_s = {min(1.0, ttl_s / 3)}\n"
+        # Every event also to JetStream; `daemon` (the subject's token) is the fleet's id.
+        f'[[sinks]]\ntype = "nats"\nurl = "{nats_url}"\nreconnect_min_s = 0.1\n'
+        "reconnect_max_s = 1.0\n"
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "crossmodald", "run", "--config", str(config),
@@ -167,8 +256,13 @@ async def main() -> None:
         async with nats_server(home / "js") as server, aiohttp.ClientSession() as http:
             procs = [await start(d, server.url, args.ttl, home) for d in ("a", "b", "c")]
             readers = [asyncio.create_task(subscribe(http, p)) for p in procs]
+            consumer = Consumer()
+            ready = asyncio.Event()
+            readers.append(asyncio.create_task(consumer.run(server.url, ready)))
             try:
-                await run(http, procs, names, args)
+                async with asyncio.timeout(60):
+                    await ready.wait()
+                await run(http, procs, names, args, consumer, server.url)
             finally:
                 for p in procs:
                     if p.proc.returncode is None:
@@ -183,7 +277,6 @@ async def main() -> None:
 
 async def scan_cost(url: str, keys: int) -> None:
     """Step 5: a scan's bucket reads and a renewal, with ``keys`` sources and leases."""
-    import nats
     from nats.js.api import KeyValueConfig
 
     from crossmodald.service.fleet import _entries
@@ -231,7 +324,35 @@ async def scan_cost(url: str, keys: int) -> None:
         await nc.close()
 
 
-async def run(http: aiohttp.ClientSession, procs: list[Proc], names: list[str], args: Any) -> None:
+def windows(timeline: list[dict[str, Any]]) -> tuple[int, int]:
+    """``sync.offset`` windows missing and repeated in events in the order they came, by media
+    time; a ``stream.start`` begins a new run of the stream (media time from 0)."""
+    runs: list[list[int]] = [[]]
+    for e in timeline:
+        if e["type"] == "stream.start":
+            runs.append([])
+        elif e["type"] == "sync.offset":
+            runs[-1].append(e["media"]["start_ns"])
+    missing = repeated = 0
+    for run_starts in runs:
+        for a_, b_ in itertools.pairwise(sorted(run_starts)):
+            missing += max(0, (b_ - a_) // HOP_NS - 1)
+            repeated += a_ == b_
+    return missing, repeated
+
+
+def seconds(later: datetime, earlier: datetime) -> float:
+    return (later - earlier).total_seconds()
+
+
+async def run(
+    http: aiohttp.ClientSession,
+    procs: list[Proc],
+    names: list[str],
+    args: Any,
+    consumer: Consumer,
+    nats_url: str,
+) -> None:
     a, b, c = procs
 
     async def fleet_size() -> int:
@@ -267,6 +388,7 @@ async def run(http: aiohttp.ClientSession, procs: list[Proc], names: list[str], 
     moved = sorted(placement[victim.daemon_id])
     others = sorted(set(names) - set(moved))
     killed = time.monotonic()
+    killed_wall = datetime.now().astimezone()
     victim.proc.send_signal(signal.SIGKILL)
     await victim.proc.wait()
     survivors = [a, b]
@@ -308,23 +430,15 @@ async def run(http: aiohttp.ClientSession, procs: list[Proc], names: list[str], 
     repeated = 0
     restarts = 0
     for n in others:
-        # By arrival; a stream.start begins a new run of the stream (media time from 0).
+        # By arrival.
         timeline = sorted(
             ((t, e) for p in procs for t, e in p.events if e["stream"] == n),
             key=lambda item: item[0],
         )
-        runs: list[list[int]] = [[]]
-        for t, e in timeline:
-            if e["type"] == "stream.start":
-                runs.append([])
-                restarts += t > killed
-            elif e["type"] == "sync.offset":
-                runs[-1].append(e["media"]["start_ns"])
-        for run_starts in runs:
-            ordered = sorted(run_starts)
-            for a_, b_ in itertools.pairwise(ordered):
-                missing += max(0, (b_ - a_) // HOP_NS - 1)
-                repeated += a_ == b_
+        restarts += sum(t > killed and e["type"] == "stream.start" for t, e in timeline)
+        gone, again = windows([e for _t, e in timeline])
+        missing += gone
+        repeated += again
     overlap = 0
     gaps = []
     for n in moved:
@@ -342,6 +456,7 @@ async def run(http: aiohttp.ClientSession, procs: list[Proc], names: list[str], 
         f"moved streams ({len(moved)}): gap between the dead daemon's last event and the "
         f"new daemon's first {fmt(gaps)}; overlapping {overlap}"
     )
+    js = await jetstream_view(consumer, nats_url, procs, victim, others, moved, killed_wall)
 
     # 4. A clean stop hands over at once.
     left = sorted(await streams_of(http, b))
@@ -365,9 +480,113 @@ async def run(http: aiohttp.ClientSession, procs: list[Proc], names: list[str], 
                 "unmoved_restarts": restarts,
                 "moved_overlap": overlap,
                 "clean_handover_max_s": max(handover),
+                "jetstream": js,
             }
         )
     )
+
+
+async def jetstream_view(
+    consumer: Consumer,
+    nats_url: str,
+    procs: list[Proc],
+    victim: Proc,
+    others: list[str],
+    moved: list[str],
+    killed_wall: datetime,
+) -> dict[str, Any]:
+    """Step 3 as the JetStream consumer saw it (every daemon's ``nats`` sink, one stream)."""
+    total = await consumer.caught_up(nats_url)
+    messages = list(consumer.messages)  # in the stream's order
+    counts: dict[str, int] = {}
+    for m in messages:
+        counts[m.event["id"]] = counts.get(m.event["id"], 0) + 1
+    duplicates = sum(n - 1 for n in counts.values() if n > 1)
+    wrong_subject = sum(m.subject_daemon != m.event.get("daemon") for m in messages)
+    # Against the SSE, per daemon, up to the last seq both views have (they go on arriving).
+    compared = absent = extra = 0  # unmoved streams' events: on the SSE not in JetStream, and back
+    for p in procs:
+        if p is victim:
+            continue
+        sse = {e["seq"]: e["id"] for _t, e in p.events if e["stream"] in others}
+        mine = [m.event for m in messages if m.event.get("daemon") == p.daemon_id]
+        cut = min(
+            max((e["seq"] for _t, e in p.events), default=0),
+            max((e["seq"] for e in mine), default=0),
+        )
+        on_js = {e["id"] for e in mine if e["stream"] in others and e["seq"] <= cut}
+        on_sse = {i for seq, i in sse.items() if seq <= cut}
+        compared += len(on_sse)
+        absent += len(on_sse - on_js)
+        extra += len(on_js - on_sse)
+    missing = repeated = restarts = 0
+    for n in others:
+        timeline = [m for m in messages if m.event["stream"] == n]
+        restarts += sum(
+            m.stored > killed_wall and m.event["type"] == "stream.start" for m in timeline
+        )
+        gone, again = windows([m.event for m in timeline])
+        missing += gone
+        repeated += again
+    print(
+        f"JetStream consumer, {total} messages from the three daemons' nats sinks: "
+        f"duplicates {duplicates}, subject's daemon not the producer {wrong_subject}"
+    )
+    print(
+        f"  unmoved streams ({len(others)}): of the {compared} events their SSE saw (up to "
+        f"the last seq both views have), not in JetStream "
+        f"{absent}, the other way {extra}; sync.offset windows missing {missing}, repeated "
+        f"{repeated}; restarted after the kill {restarts}"
+    )
+    # The moved streams: the dead daemon's events, then the new daemon's, nothing between.
+    victim_ids = {e["id"] for _t, e in victim.events}
+    lost = len(victim_ids - {m.event["id"] for m in messages})
+    overlap = switches = moved_missing = moved_repeated = 0
+    gaps: list[float] = []
+    failover: list[float] = []
+    for n in moved:
+        timeline = [m for m in messages if m.event["stream"] == n]
+        owners = [d for d, _ in itertools.groupby(m.event.get("daemon") for m in timeline)]
+        switches += len(owners) - 1
+        old = [m for m in timeline if m.event.get("daemon") == victim.daemon_id]
+        new = [m for m in timeline if m.event.get("daemon") != victim.daemon_id]
+        if not old or not new:
+            raise SystemExit(
+                f"{n}: JetStream holds no events of it from {'before' if not old else 'after'} the kill"
+            )
+        overlap += max(m.stored for m in old) > min(m.stored for m in new)
+        gaps.append(seconds(min(m.stored for m in new), max(m.stored for m in old)))
+        failover.append(seconds(min(m.stored for m in new), killed_wall))
+        for part in (old, new):
+            gone, again = windows([m.event for m in part])
+            moved_missing += gone
+            moved_repeated += again
+    print(
+        f"  moved streams ({len(moved)}): owners in order {switches} switches (one each "
+        f"expected); overlapping {overlap}; sync.offset windows missing {moved_missing}, "
+        f"repeated {moved_repeated} (within each daemon's part); the dead daemon's events "
+        f"its SSE saw that never reached JetStream {lost}"
+    )
+    print(f"  gap by store time, dead daemon's last -> new daemon's first: {fmt(gaps)}")
+    print(f"  kill -> new daemon's first event stored: {fmt(failover)}")
+    return {
+        "messages": total,
+        "duplicates": duplicates,
+        "wrong_subject": wrong_subject,
+        "unmoved_compared": compared,
+        "unmoved_absent": absent,
+        "unmoved_extra": extra,
+        "unmoved_missing_windows": missing,
+        "unmoved_repeated_windows": repeated,
+        "unmoved_restarts": restarts,
+        "moved_switches": switches,
+        "moved_overlap": overlap,
+        "moved_missing_windows": moved_missing,
+        "moved_repeated_windows": moved_repeated,
+        "victim_lost": lost,
+        "moved_gap_s": gaps,
+        "moved_failover_s": failover,
+    }
 
 
 if __name__ == "__main__":
