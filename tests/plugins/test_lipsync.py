@@ -215,3 +215,14 @@ def test_alarm_goes_through_the_smoothed_offset() -> None:
     assert starts == [4]
     assert session.status()["alarm"] is True
     assert [e.type for e in session.close()] == ["sync.alarm"]
+
+
+def test_train_command_refuses_a_folder_without_clips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crossmodald.cli import main
+
+    code = main(["train", "lipsync", str(tmp_path), "--out", str(tmp_path / "x.pt")])
+    assert code == 2
+    assert "no training clips found" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
