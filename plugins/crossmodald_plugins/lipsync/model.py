@@ -98,11 +98,13 @@ class LagScan:
         lags_ms: Audio lead tested, ms.
         curve: Mean cosine per lag over the slots every lag can pair.
         per_slot: (slots,) cosine of each slot at the best lag (nan where it has no pair).
+        slot_by_lag: (lags, slots) cosine of each slot at each lag (nan where it has no pair).
     """
 
     lags_ms: npt.NDArray[np.float32]
     curve: npt.NDArray[np.float32]
     per_slot: npt.NDArray[np.float32]
+    slot_by_lag: npt.NDArray[np.float32]
 
     @property
     def best(self) -> int:
@@ -176,13 +178,14 @@ def scan(
     out = []
     for i in range(b):
         best = int(np.argmax(curve[i]))
-        per_slot = np.full(t, np.nan, np.float32)
-        per_slot[margin : t - margin] = per[i, best]
+        by_lag = np.full((len(lags), t), np.nan, np.float32)
+        by_lag[:, margin : t - margin] = per[i]
         out.append(
             LagScan(
                 np.array(lags, np.float32) * STEP_MS,
                 curve[i].astype(np.float32),
-                per_slot,
+                by_lag[best].copy(),
+                by_lag,
             )
         )
     return out

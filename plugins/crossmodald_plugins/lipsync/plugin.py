@@ -263,17 +263,21 @@ class LipSyncPlugin:
             t.track_id for t in item.inputs[FACE_TRACKS].tracks if t.ended_pts_ns is not None
         )
         middle = (window.start_ns + window.end_ns) // 2
-        faces: list[FaceSpeaking] = []
+        scanned = [(job, res) for job, res in mine if res is not None]
         best: tuple[float, _Job, Any] | None = None
-        for job, res in mine:
-            if res is None:
-                continue
-            agree = _smooth(np.nan_to_num(res.per_slot, nan=-1.0))
-            faces.append(
-                FaceSpeaking(job.track_id, job.slot_pts, job.boxes, agree.astype(np.float32))
-            )
+        for job, res in scanned:
             if best is None or res.prominence > best[0]:
                 best = (res.prominence, job, res)
+        # Every face is judged at the lag of the face whose lips follow the sound best: at the
+        # stream's offset the voiced face's lips match, a silent face's do not.
+        faces: list[FaceSpeaking] = []
+        if best is not None:
+            at = best[2].best
+            for job, res in scanned:
+                agree = _smooth(np.nan_to_num(res.slot_by_lag[at], nan=-1.0))
+                faces.append(
+                    FaceSpeaking(job.track_id, job.slot_pts, job.boxes, agree.astype(np.float32))
+                )
         if best is None:
             why = "no face" if not mine else "face not on screen long enough to scan"
             if not item.window.video:
