@@ -678,6 +678,13 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     return models_fetch_command(args.name, args.dest, args.url)
 
 
+def _add_train_parsers(sub: Any) -> None:
+    """``train lipsync``: the trainer lives with its plugin (torch imported only when run)."""
+    from crossmodald_plugins.lipsync.cli import add_parser
+
+    add_parser(sub)
+
+
 # -- parser --------------------------------------------------------------------------------
 
 
@@ -823,6 +830,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="no progress lines on stderr (one per clip/shift)"
     )
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train", help="train a model on your own media")
+    train = p.add_subparsers(dest="train_command", required=True, metavar="MODEL")
+    _add_train_parsers(train)
 
     p = sub.add_parser("models", help="manage model weights")
     models = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")

@@ -100,9 +100,37 @@ class SpeakingFaces:
     threshold: float = field(default=0.5, kw_only=True)
 
 
+@dataclass(frozen=True, slots=True)
+class TrackLips:
+    """Lip poses of one face track on the window's frames (``lips`` plugin).
+
+    Attributes:
+        track_id: The face track (:data:`FACE_TRACKS`).
+        pts_ns: Frame times, ascending.
+        poses: ``(frames, 80)`` normalised lip poses (x, y of 40 lip points in inter-ocular
+            distances, mouth-centred, eye line horizontal; see
+            :mod:`crossmodald_plugins.lipsync.landmarks`).
+        valid: Per frame, whether Face Mesh found the face in the track's box.
+    """
+
+    track_id: int
+    pts_ns: npt.NDArray[np.int64]
+    poses: npt.NDArray[np.float32]
+    valid: npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
+class LipPoses:
+    """Lip poses of every face track on one window's frames (the ``lips`` plugin's result)."""
+
+    tracks: tuple[TrackLips, ...]
+
+
 #: Face tracks per window, provided by the ``faces`` plugin.
 FACE_TRACKS: ProductKey[FaceTracks] = ProductKey("faces.tracks", FaceTracks)
 #: Speech probabilities per window, provided by the ``speech`` plugin.
 SPEECH: ProductKey[SpeechProbs] = ProductKey("speech.probs", SpeechProbs)
 #: Speaking scores per face track and window, provided by the ``speaker`` plugin.
 SPEAKING: ProductKey[SpeakingFaces] = ProductKey("speaker.faces", SpeakingFaces)
+#: Lip landmarks per face track per window, provided by the ``lips`` plugin (Face Mesh).
+LIP_POSES: ProductKey[LipPoses] = ProductKey("lips.poses", LipPoses)

@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -475,10 +475,25 @@ class _Speaking:
     below: int = 0
 
 
+class SpeakerSource(Protocol):
+    """What a :class:`SpeakerSession` needs of its plugin (the ``lipsync`` plugin reuses it)."""
+
+    @property
+    def config(self) -> SpeakerConfig: ...
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def threshold(self) -> float:
+        """The score at which a face counts as speaking."""
+        ...
+
+
 class SpeakerSession:
     """Per-stream ``speaker`` lifecycle and ``sync.offset`` smoothing."""
 
-    def __init__(self, plugin: SpeakerPlugin, stream: StreamInfo) -> None:
+    def __init__(self, plugin: SpeakerSource, stream: StreamInfo) -> None:
         self._plugin = plugin
         self._stream = stream
         self._config = plugin.config

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Method = Literal["flash", "motion", "clap"]
+#: "lipsync": the ``lipsync`` plugin, which reuses the avsync session for smoothing and alarms.
+Method = Literal["flash", "motion", "clap", "lipsync"]
 
 
 @dataclass(frozen=True, slots=True)

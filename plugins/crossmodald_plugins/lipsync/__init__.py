@@ -1,0 +1,1 @@
+"""The project's own lip-sync model (see weights/MODEL_CARD.md)."""

@@ -1,0 +1,76 @@
+"""``crossmodald train lipsync``: argument parsing (torch is imported only when it runs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .settings import TrainSettings
+
+DESCRIPTION = (
+    "Train the lip-sync model on talking-face clips whose audio is in sync with the picture; "
+    "negatives come from shifting each clip's own audio. Running the same command again resumes "
+    "from --out."
+)
+
+
+def add_parser(sub: Any) -> None:
+    """The ``train lipsync`` subcommand (``sub``: the ``train`` command's subparsers)."""
+    p = sub.add_parser(
+        "lipsync",
+        help="train the lip-sync model on in-sync talking-face clips",
+        description=DESCRIPTION,
+    )
+    p.add_argument("data", type=Path, nargs="+", help="clips or folders of clips (in sync)")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (or resume)")
+    p.add_argument("--val", type=Path, nargs="*", default=[], help="validation clips/folders")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--cache", type=Path, help="folder for extracted features (reused)")
+    d = TrainSettings()
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)"
+    )
+    p.add_argument("--steps-per-epoch", type=int, default=0, help="default: one pass")
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    settings = TrainSettings(
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        steps_per_epoch=args.steps_per_epoch,
+    )
+    import torch
+
+    from .data import ClipError
+    from .model import CheckpointError
+    from .train import train
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"train: device {args.device}: CUDA is not available", file=sys.stderr)
+        return 2
+    try:
+        result = train(
+            args.data,
+            args.out,
+            val=args.val,
+            settings=settings,
+            device=args.device,
+            cache=args.cache,
+        )
+    except (ClipError, CheckpointError) as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 2
+    last = result["history"][-1] if result["history"] else {}
+    print(f"wrote {args.out} (epoch {result['epoch']}; {last})")
+    return 0

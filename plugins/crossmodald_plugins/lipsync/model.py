@@ -1,0 +1,229 @@
+"""SyncNet-style lip-sync model on lip landmarks and log-mel, and its lag scan.
+
+Two fully convolutional 1-D encoders turn a span of lip features (one row per 40 ms slot) and
+its log-mel (four rows per slot) into one 64-d unit embedding per slot, each seeing about five
+slots around it. How well slot ``t``'s lips match the sound ``k`` slots earlier is the cosine
+of ``lips[t]`` and ``audio[t - k]``: the audio leads the picture by ``k`` slots where that peaks
+(``audio_lead_ms`` positive = audio ahead, ITU-R BT.1359).
+
+Training (:mod:`.train`) pairs every slot with the audio at 31 lags (-15..+15 slots) and asks a
+31-way softmax over the cosines for lag 0: the negatives are the same clip's own audio, shifted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor, nn
+
+from .features import N_MELS, STEP_MS, STEPS_PER_SLOT
+from .landmarks import FEATURE_DIM
+
+ARCH = "lipsync-landmarks-v1"
+EMBED = 64
+
+
+class SyncNet(nn.Module):
+    """Lip and audio encoders (see the module docstring)."""
+
+    def __init__(self, hidden: int = 128, embed: int = EMBED) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.embed = embed
+        self.lips = nn.Sequential(
+            nn.Conv1d(FEATURE_DIM, hidden, 3, padding=1),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Conv1d(hidden, hidden, 3, padding=1),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Conv1d(hidden, embed, 1),
+        )
+        self.audio = nn.Sequential(
+            nn.Conv1d(N_MELS, hidden, 5, padding=2),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            # Four 10 ms steps -> one 40 ms slot.
+            nn.Conv1d(hidden, hidden, STEPS_PER_SLOT, stride=STEPS_PER_SLOT),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Conv1d(hidden, hidden, 3, padding=1),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Conv1d(hidden, embed, 1),
+        )
+        #: Softmax temperature of the cosines (learned, as in CLIP).
+        self.log_scale = nn.Parameter(torch.tensor(np.log(10.0), dtype=torch.float32))
+
+    def embed_lips(self, lips: Tensor) -> Tensor:
+        """(B, T, 160) -> (B, T, E) unit vectors."""
+        out = self.lips(lips.transpose(1, 2)).transpose(1, 2)
+        return nn.functional.normalize(out, dim=-1)
+
+    def embed_audio(self, mel: Tensor) -> Tensor:
+        """(B, 4 T, 40) -> (B, T, E) unit vectors (slot ``j`` from steps ``4 j .. 4 j + 3``)."""
+        out = self.audio(mel.transpose(1, 2)).transpose(1, 2)
+        return nn.functional.normalize(out, dim=-1)
+
+    def lag_logits(self, lips: Tensor, mel: Tensor, max_lag: int) -> Tensor:
+        """Training scores: lips of ``T`` slots against audio of ``T + 2 max_lag`` slots.
+
+        Args:
+            lips: (B, T, 160).
+            mel: (B, 4 (T + 2 max_lag), 40), starting ``max_lag`` slots before the lips.
+
+        Returns:
+            (B, T, 2 max_lag + 1) scaled cosines; index ``max_lag + k`` pairs lips ``t`` with
+            audio ``t - k`` (lag ``k``; the true pairing is index ``max_lag``).
+        """
+        v = self.embed_lips(lips)
+        a = self.embed_audio(mel)
+        t = v.shape[1]
+        cols = [a[:, max_lag - k : max_lag - k + t] for k in range(-max_lag, max_lag + 1)]
+        stacked = torch.stack(cols, dim=2)  # (B, T, L, E)
+        cos = (stacked * v.unsqueeze(2)).sum(-1)
+        return cos * self.log_scale.exp()
+
+
+@dataclass(frozen=True, slots=True)
+class LagScan:
+    """Scores of one face over audio lags (10 ms steps).
+
+    Attributes:
+        lags_ms: Audio lead tested, ms.
+        curve: Mean cosine per lag over the slots every lag can pair.
+        per_slot: (slots,) cosine of each slot at the best lag (nan where it has no pair).
+        slot_by_lag: (lags, slots) cosine of each slot at each lag (nan where it has no pair).
+    """
+
+    lags_ms: npt.NDArray[np.float32]
+    curve: npt.NDArray[np.float32]
+    per_slot: npt.NDArray[np.float32]
+    slot_by_lag: npt.NDArray[np.float32]
+
+    @property
+    def best(self) -> int:
+        return int(np.argmax(self.curve))
+
+    @property
+    def lead_ms(self) -> float:
+        """The best lag, refined by a parabola through its neighbours."""
+        i = self.best
+        if 0 < i < len(self.curve) - 1:
+            y0, y1, y2 = (float(self.curve[i + d]) for d in (-1, 0, 1))
+            den = y0 - 2 * y1 + y2
+            if den < 0:
+                frac = 0.5 * (y0 - y2) / den
+                return float(self.lags_ms[i]) + max(-0.5, min(0.5, frac)) * STEP_MS
+        return float(self.lags_ms[i])
+
+    @property
+    def peak(self) -> float:
+        """The best mean cosine."""
+        return float(self.curve[self.best])
+
+    @property
+    def prominence(self) -> float:
+        """How far the peak stands above the other lags: (peak - median) / std."""
+        c = self.curve.astype(np.float64)
+        return float((c.max() - np.median(c)) / (c.std() + 1e-6))
+
+
+@torch.inference_mode()
+def scan(
+    model: SyncNet,
+    lips: Tensor,
+    mel: Tensor,
+    max_lag_ms: int,
+) -> list[LagScan]:
+    """Lag curves of a batch of faces, every 10 ms within +/- ``max_lag_ms``.
+
+    The audio encoder runs once per 10 ms phase (4 runs); a lag is then a slice. Only slots
+    that every lag can pair inside the window are averaged, so each hypothesis is judged on the
+    same lips.
+
+    Args:
+        lips: (B, T, 160) standardised lip features.
+        mel: (B, 4 T, 40) standardised log-mel, step ``4 t`` at slot ``t``.
+    """
+    v = model.embed_lips(lips)  # (B, T, E)
+    b, t, _ = v.shape
+    k_max = max_lag_ms // STEP_MS
+    margin = -(-k_max // STEPS_PER_SLOT) + 1
+    if t - 2 * margin < 4:
+        raise ValueError(f"window too short to scan +/-{max_lag_ms} ms: {t} slots")
+    phases = []
+    for p in range(STEPS_PER_SLOT):
+        n = (mel.shape[1] - p) // STEPS_PER_SLOT
+        phases.append(model.embed_audio(mel[:, p : p + STEPS_PER_SLOT * n]))
+    lags = list(range(-k_max, k_max + 1))
+    curves = []
+    slot_cos = []
+    for k in lags:
+        # Lips t with audio starting 10 k ms before t: mel step 4 t - k = p + 4 j.
+        p = (-k) % STEPS_PER_SLOT
+        q = (k + p) // STEPS_PER_SLOT
+        a = phases[p]
+        lo, hi = margin, t - margin
+        cos = (v[:, lo:hi] * a[:, lo - q : hi - q]).sum(-1)  # (B, hi - lo)
+        curves.append(cos.mean(dim=1))
+        slot_cos.append(cos)
+    curve = torch.stack(curves, dim=1).cpu().numpy()  # (B, L)
+    per = torch.stack(slot_cos, dim=1).cpu().numpy()  # (B, L, N)
+    out = []
+    for i in range(b):
+        best = int(np.argmax(curve[i]))
+        by_lag = np.full((len(lags), t), np.nan, np.float32)
+        by_lag[:, margin : t - margin] = per[i]
+        out.append(
+            LagScan(
+                np.array(lags, np.float32) * STEP_MS,
+                curve[i].astype(np.float32),
+                by_lag[best].copy(),
+                by_lag,
+            )
+        )
+    return out
+
+
+class CheckpointError(ValueError):
+    """A file is not a lip-sync checkpoint this code can load."""
+
+
+def save_checkpoint(path: Path, model: SyncNet, extra: dict[str, Any]) -> None:
+    """Write atomically: ``arch``, ``hidden``, ``state_dict`` and everything in ``extra``."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {"arch": ARCH, "hidden": model.hidden, "state_dict": model.state_dict(), **extra}, tmp
+    )
+    tmp.replace(path)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's dict (tensors on the CPU), checked for its architecture."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"lipsync weights {path}: no such file") from exc
+    except Exception as exc:
+        raise CheckpointError(f"lipsync weights {path}: not a checkpoint ({exc})") from exc
+    if not isinstance(data, dict) or data.get("arch") != ARCH:
+        got = data.get("arch") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"lipsync weights {path}: expected arch {ARCH!r}, got {got!r}")
+    return data
+
+
+def load_model(path: Path, device: str = "cpu") -> SyncNet:
+    """A :class:`SyncNet` in eval mode from a checkpoint ``crossmodald train lipsync`` wrote."""
+    data = read_checkpoint(path)
+    model = SyncNet(hidden=int(data.get("hidden", 128)))
+    try:
+        model.load_state_dict(data["state_dict"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"lipsync weights {path}: {exc}") from exc
+    return model.to(device).eval()

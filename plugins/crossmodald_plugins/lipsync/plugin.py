@@ -1,0 +1,399 @@
+"""The ``lipsync`` plugin: offset, active speaker and sync alarm from one lip-sync scan per face.
+
+Per window, for every face track with lip poses (the ``lips`` plugin's
+:data:`~crossmodald_plugins.products.LIP_POSES`, on the shared face tracks), on a 25 fps slot grid
+from the window's first frame: the sync model (:mod:`.model`, shipped weights by default) scores
+the face's lips against the window's audio at every 10 ms lag within +/- ``max_lag_ms``.
+
+* ``sync.offset`` (``method`` "lipsync"): the best lag of the face whose lips match the sound
+  best; ``confidence`` from how far the peak stands out, 0 with a ``reason`` when no face is
+  visible, the audio is silent or no visible face's lips follow the sound. Smoothing and
+  ``sync.alarm`` are the avsync plugin's (:class:`~crossmodald_plugins.avsync.session.AvSyncSession`).
+* ``speaker`` start/end (``method`` "lipsync"): per slot, each face's lip/sound agreement at
+  its window's best lag; the face that matches the voice is the one speaking (one at a time),
+  through the speaker plugin's session (:class:`~crossmodald_plugins.asd.plugin.SpeakerSession`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Final
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field
+
+from crossmodald.bus.events import Event, JsonValue
+from crossmodald.media import NS_PER_MS, NS_PER_S, StreamInfo, Window
+from crossmodald.runtime.plugin import BatchItem, MetricSpec, Need, PluginConfig, ProductKey
+from crossmodald_plugins.asd.plugin import (
+    SpeakerConfig,
+    SpeakerResult,
+    SpeakerSession,
+)
+from crossmodald_plugins.avsync.config import AvSyncConfig
+from crossmodald_plugins.avsync.result import AvSyncResult
+from crossmodald_plugins.avsync.session import AvSyncSession
+from crossmodald_plugins.products import FACE_TRACKS, LIP_POSES, FaceSpeaking
+
+log = logging.getLogger(__name__)
+
+METHOD: Final = "lipsync"
+#: The weights trained and shipped by the project (see weights/MODEL_CARD.md).
+SHIPPED_WEIGHTS = Path(__file__).with_name("weights") / "lipsync-v1.pt"
+SLOT_NS = 40 * NS_PER_MS
+#: Fewest slots a face needs in a window to be scanned.
+MIN_SLOTS = 25
+#: Per-slot agreement is averaged over this many slots either side for ``speaker``.
+SMOOTH_SLOTS = 4
+#: Log-mel energy (mean over bands, natural log) below which a window counts as silent.
+SILENCE_LOG_ENERGY = -9.0
+
+
+class LipSyncConfig(PluginConfig):
+    """``[[plugins]]`` table of the ``lipsync`` plugin."""
+
+    type: str = "lipsync"
+    #: A checkpoint of ``crossmodald train lipsync``; None: the shipped weights.
+    weights: Path | None = None
+    #: Subtracted from every offset the model reads (ms); None: the checkpoint's
+    #: ``calibration_ms`` (its median reading on in-sync clips of held-out speakers).
+    calibration_ms: float | None = None
+    #: Offsets searched, ms either side.
+    max_lag_ms: int = Field(500, ge=40, le=1500)
+    #: Peak prominence ((peak - median) / std of the lag curve) that gives confidence 0 ...
+    min_prominence: float = Field(2.5, ge=0.0, le=20.0)
+    #: ... and the prominence that gives confidence 1.
+    full_prominence: float = Field(6.0, gt=0.0, le=50.0)
+    #: Smoothing and alarm, as the avsync plugin's keys of the same names.
+    smoothing_windows: int = Field(8, ge=1, le=1000)
+    min_confidence: float = Field(0.3, ge=0, le=1)
+    alarm_audio_lead_ms: float = Field(90.0, gt=0, le=10_000)
+    alarm_audio_lag_ms: float = Field(185.0, gt=0, le=10_000)
+    alarm_windows: int = Field(3, ge=1, le=1000)
+    #: ``speaker`` events: a face speaks on slots where its lip/sound agreement (cosine at the
+    #: best lag, smoothed) is at least this and the best of all faces.
+    speaker_threshold: float = Field(0.25, gt=-1.0, lt=1.0)
+    hold_slots: int = Field(3, ge=1, le=250)
+    speakers: bool = True
+
+    def requires(self) -> tuple[Need, ...]:
+        return (Need(FACE_TRACKS), Need(LIP_POSES))
+
+    def avsync_config(self) -> AvSyncConfig:
+        return AvSyncConfig(
+            type="avsync",
+            smoothing_windows=self.smoothing_windows,
+            min_confidence=self.min_confidence,
+            alarm_audio_lead_ms=self.alarm_audio_lead_ms,
+            alarm_audio_lag_ms=self.alarm_audio_lag_ms,
+            alarm_windows=self.alarm_windows,
+        )
+
+    def speaker_config(self) -> SpeakerConfig:
+        return SpeakerConfig(
+            threshold=min(0.99, max(0.01, self.speaker_threshold)),
+            fallback_threshold=min(0.99, max(0.01, self.speaker_threshold)),
+            hold_slots=self.hold_slots,
+            single_speaker=True,
+            lipsync=False,
+            turns=False,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LipSyncResult:
+    """One window: the offset estimate and each face's per-slot agreement."""
+
+    offset: AvSyncResult
+    faces: tuple[FaceSpeaking, ...]
+    ended_tracks: tuple[int, ...]
+    track_id: int | None
+
+
+@dataclass(slots=True)
+class _Job:
+    window_index: int
+    track_id: int
+    slot_pts: npt.NDArray[np.int64]
+    boxes: tuple[tuple[float, float, float, float], ...]
+    lips: npt.NDArray[np.float32]
+    mel: npt.NDArray[np.float32]
+
+
+class LipSyncPlugin:
+    """See the module docstring."""
+
+    name = "lipsync"
+    provides: ClassVar[ProductKey[Any] | None] = None
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec(
+            "crossmodald_stream_audio_lead_ms",
+            "gauge",
+            "Latest A/V offset (positive: audio ahead of video).",
+            "audio_lead_ms",
+        ),
+        MetricSpec("crossmodald_stream_alarm", "gauge", "1 while a sync alarm is on.", "alarm"),
+        MetricSpec("crossmodald_stream_speakers", "gauge", "Faces speaking now.", "speaking_faces"),
+    )
+
+    def __init__(
+        self, config: LipSyncConfig, model: Any, device: str, calibration_ms: float = 0.0
+    ) -> None:
+        import torch
+
+        self.config = config
+        self.calibration_ms = (
+            config.calibration_ms if config.calibration_ms is not None else calibration_ms
+        )
+        self.model = model
+        self.device = torch.device(device)
+        self.method = METHOD
+        self._speaker_config = config.speaker_config()
+
+    def check_stream(self, stream: StreamInfo) -> str | None:
+        if not stream.has_video:
+            return "has no video"
+        if not stream.has_audio:
+            return "has no audio"
+        return None
+
+    def new_state(self, stream: StreamInfo) -> None:
+        return None
+
+    def open(self, stream: StreamInfo) -> LipSyncSession:
+        return LipSyncSession(self, stream)
+
+    # -- inference --------------------------------------------------------------------------
+
+    def infer(self, batch: Sequence[BatchItem[None]]) -> list[LipSyncResult]:
+        """Scan every face of every window; faces of equal length share one model call."""
+        import torch
+
+        from .model import scan
+
+        jobs: list[_Job] = []
+        silent: list[bool] = []
+        for i, item in enumerate(batch):
+            found, quiet = self._prepare(i, item)
+            jobs += found
+            silent.append(quiet)
+        scans: dict[int, Any] = {}
+        by_len: dict[int, list[int]] = {}
+        for j, job in enumerate(jobs):
+            by_len.setdefault(len(job.slot_pts), []).append(j)
+        for n, idx in by_len.items():
+            if n < MIN_SLOTS:
+                continue
+            lips = torch.from_numpy(np.stack([jobs[j].lips for j in idx])).to(self.device)
+            mel = torch.from_numpy(np.stack([jobs[j].mel for j in idx])).to(self.device)
+            try:
+                found_scans = scan(self.model, lips, mel, self.config.max_lag_ms)
+            except ValueError:
+                continue
+            scans.update(zip(idx, found_scans, strict=True))
+        results = []
+        for i, item in enumerate(batch):
+            mine = [(jobs[j], scans.get(j)) for j in range(len(jobs)) if jobs[j].window_index == i]
+            results.append(self._result(item, mine, silent[i]))
+        return results
+
+    def _prepare(self, index: int, item: BatchItem[None]) -> tuple[list[_Job], bool]:
+        from .features import STEPS_PER_SLOT, log_mel, standardise_audio, standardise_lips
+        from .landmarks import lip_features
+
+        window = item.window
+        if not window.video or window.audio_rate <= 0 or len(window.audio) == 0:
+            return [], True
+        first = window.video[0].pts_ns
+        n_slots = int((window.end_ns - first) // SLOT_NS)
+        skip = int((first - window.start_ns) * window.audio_rate // NS_PER_S)
+        mel_all = log_mel(np.asarray(window.audio[skip:], np.float32), window.audio_rate)
+        n_slots = min(n_slots, len(mel_all) // STEPS_PER_SLOT)
+        if n_slots < MIN_SLOTS:
+            return [], False
+        mel_all = mel_all[: n_slots * STEPS_PER_SLOT]
+        quiet = float(np.mean(mel_all)) < SILENCE_LOG_ENERGY
+        slot_pts = first + SLOT_NS * np.arange(n_slots, dtype=np.int64)
+        boxes_by_track = {
+            t.track_id: {o.pts_ns: o.box for o in t.observations}
+            for t in item.inputs[FACE_TRACKS].tracks
+        }
+        jobs = []
+        for lips in item.inputs[LIP_POSES].tracks:
+            if len(lips.pts_ns) == 0 or not lips.valid.any():
+                continue
+            # The frame on screen at each slot; slots before the track's first frame or after
+            # its last are outside the face's run.
+            at = np.searchsorted(lips.pts_ns, slot_pts, side="right") - 1
+            frame_ns = SLOT_NS * 2
+            inside = (at >= 0) & (slot_pts - lips.pts_ns[np.clip(at, 0, None)] <= frame_ns)
+            run = _longest_run(inside.tolist())
+            if run is None or run[1] - run[0] < MIN_SLOTS:
+                continue
+            lo, hi = run
+            pick = at[lo:hi]
+            feats = lip_features(lips.poses[pick], lips.valid[pick])
+            boxes = boxes_by_track.get(lips.track_id, {})
+            box_list = []
+            for p in lips.pts_ns[pick].tolist():
+                b = boxes.get(int(p))
+                box_list.append((b.x, b.y, b.w, b.h) if b is not None else (0.0, 0.0, 0.0, 0.0))
+            jobs.append(
+                _Job(
+                    index,
+                    lips.track_id,
+                    slot_pts[lo:hi],
+                    tuple(box_list),
+                    standardise_lips(feats),
+                    standardise_audio(mel_all[lo * STEPS_PER_SLOT : hi * STEPS_PER_SLOT]),
+                )
+            )
+        return jobs, quiet
+
+    def _result(
+        self, item: BatchItem[None], mine: list[tuple[_Job, Any]], silent: bool
+    ) -> LipSyncResult:
+        window = item.window
+        ended = tuple(
+            t.track_id for t in item.inputs[FACE_TRACKS].tracks if t.ended_pts_ns is not None
+        )
+        middle = (window.start_ns + window.end_ns) // 2
+        scanned = [(job, res) for job, res in mine if res is not None]
+        best: tuple[float, _Job, Any] | None = None
+        for job, res in scanned:
+            if best is None or res.prominence > best[0]:
+                best = (res.prominence, job, res)
+        # Every face is judged at the lag of the face whose lips follow the sound best: at the
+        # stream's offset the voiced face's lips match, a silent face's do not.
+        faces: list[FaceSpeaking] = []
+        if best is not None:
+            at = best[2].best
+            for job, res in scanned:
+                agree = _smooth(np.nan_to_num(res.slot_by_lag[at], nan=-1.0))
+                faces.append(
+                    FaceSpeaking(job.track_id, job.slot_pts, job.boxes, agree.astype(np.float32))
+                )
+        if best is None:
+            why = "no face" if not mine else "face not on screen long enough to scan"
+            if not item.window.video:
+                why = "no video"
+            offset = AvSyncResult(None, 0.0, METHOD, middle, reason=why)
+            return LipSyncResult(offset, tuple(faces), ended, None)
+        prominence, job, res = best
+        c = self.config
+        confidence = (prominence - c.min_prominence) / (c.full_prominence - c.min_prominence)
+        confidence = float(min(1.0, max(0.0, confidence)))
+        reason = ""
+        if silent:
+            confidence, reason = 0.0, "silent audio"
+        elif confidence == 0.0:
+            reason = "no visible face is talking (lips do not follow the sound)"
+        lead = res.lead_ms - self.calibration_ms
+        offset = AvSyncResult(round(lead, 1), confidence, METHOD, middle, reason=reason)
+        if silent or not self.config.speakers:
+            faces = [
+                FaceSpeaking(f.track_id, f.pts_ns, f.boxes, np.zeros_like(f.scores)) for f in faces
+            ]
+        return LipSyncResult(offset, tuple(faces), ended, job.track_id)
+
+
+def _longest_run(flags: Sequence[bool]) -> tuple[int, int] | None:
+    best: tuple[int, int] | None = None
+    start: int | None = None
+    for i, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            if best is None or i - start > best[1] - best[0]:
+                best = (start, i)
+            start = None
+    return best
+
+
+def _smooth(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    n = len(x)
+    c = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
+    idx = np.arange(n)
+    lo = np.clip(idx - SMOOTH_SLOTS, 0, n)
+    hi = np.clip(idx + SMOOTH_SLOTS + 1, 0, n)
+    out: npt.NDArray[np.float32] = ((c[hi] - c[lo]) / (hi - lo)).astype(np.float32)
+    return out
+
+
+class LipSyncSession:
+    """``sync.offset``/``sync.alarm`` through avsync's session, ``speaker`` through speaker's."""
+
+    def __init__(self, plugin: LipSyncPlugin, stream: StreamInfo) -> None:
+        self._sync = AvSyncSession(stream, plugin.config.avsync_config())
+        self._speakers = (
+            SpeakerSession(_SpeakerSource(plugin), stream) if plugin.config.speakers else None
+        )
+        self._track: int | None = None
+
+    def update(self, window: Window, result: LipSyncResult) -> list[Event]:
+        events = []
+        for event in self._sync.update(window, result.offset):
+            if event.type == "sync.offset":
+                event = _with(event, track_id=result.track_id)
+            events.append(event)
+        if self._speakers is not None:
+            events += self._speakers.update(
+                window, SpeakerResult(result.faces, None, METHOD, result.ended_tracks)
+            )
+        return events
+
+    def status(self) -> Mapping[str, JsonValue]:
+        out = dict(self._sync.status())
+        if self._speakers is not None:
+            speakers = self._speakers.status()
+            out["speaking_faces"] = speakers["speaking_faces"]
+            out["speaking_track_ids"] = speakers["speaking_track_ids"]
+        return out
+
+    def close(self) -> list[Event]:
+        events = self._sync.close()
+        if self._speakers is not None:
+            events += self._speakers.close()
+        return events
+
+
+def _with(event: Event, **extra: JsonValue) -> Event:
+    import dataclasses
+
+    return dataclasses.replace(event, data={**event.data, **extra})
+
+
+class _SpeakerSource:
+    def __init__(self, plugin: LipSyncPlugin) -> None:
+        self.config = plugin._speaker_config
+        self.method = METHOD
+        # The agreement a face needs to count as speaking (the speaker plugin's learned-model
+        # and fallback thresholds are both this one here).
+        self.threshold = self.config.threshold
+
+
+class LipSyncFactory:
+    """Entry point ``lipsync`` of group ``crossmodald.plugins``."""
+
+    config_model: ClassVar[type[PluginConfig]] = LipSyncConfig
+    provides: ClassVar[ProductKey[Any] | None] = None
+
+    @classmethod
+    def create(cls, config: Any, device: str) -> LipSyncPlugin:
+        """Load the weights (the shipped ones unless ``weights`` names a checkpoint).
+
+        Raises:
+            CheckpointError: The weights file is missing or not a lip-sync checkpoint.
+        """
+        from .model import load_model, read_checkpoint
+
+        if not isinstance(config, LipSyncConfig):
+            raise TypeError(f"lipsync: expected LipSyncConfig, got {type(config).__name__}")
+        path = config.weights or SHIPPED_WEIGHTS
+        model = load_model(path, device)
+        calibration = float(read_checkpoint(path).get("calibration_ms", 0.0))
+        return LipSyncPlugin(config, model, device, calibration)

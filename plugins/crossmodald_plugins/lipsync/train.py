@@ -1,0 +1,255 @@
+"""``crossmodald train lipsync DATA... --out FILE``: train the sync model on in-sync clips.
+
+Any folder of talking-face clips whose audio is in sync with the picture will do: the negatives
+come from shifting each clip's own audio (31 lags, -15..+15 slots of 40 ms). Validation runs on
+``--val`` clips (other speakers, ideally) after every epoch: the share of 2 s windows whose
+scanned offset lands within 40 ms of the truth, with the audio shifted by -200, 0 and +200 ms.
+
+The checkpoint (written atomically after every epoch) holds the weights, the optimiser, the RNG
+states, the settings, the sha256 of every training and validation clip and the validation
+history; running the same command again resumes from it (the settings and data must match).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from .data import ClipError, ClipFeatures, extract_all, find_clips
+from .features import STEPS_PER_SLOT, standardise_audio, standardise_lips
+from .landmarks import lip_features
+from .model import CheckpointError, SyncNet, read_checkpoint, save_checkpoint, scan
+from .settings import TrainSettings
+
+#: Validation windows: length and step (slots), audio shifts (slots) and tolerance (ms).
+VAL_SLOTS = 50
+VAL_STEP = 25
+VAL_SHIFTS = (-5, 0, 5)
+VAL_TOLERANCE_MS = 40.0
+VAL_MAX_LAG_MS = 400
+
+
+def _prepare(clip: ClipFeatures) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    return lip_features(clip.poses, clip.valid), clip.mel
+
+
+class _Sampler:
+    def __init__(
+        self, clips: list[ClipFeatures], settings: TrainSettings, rng: np.random.Generator
+    ):
+        need = settings.span + 2 * settings.max_lag
+        self.clips = [c for c in clips if len(c.poses) >= need]
+        if not self.clips:
+            raise ClipError(f"no training clip is long enough ({need} slots of 40 ms needed)")
+        self.s = settings
+        self.rng = rng
+        weights = np.array([len(c.poses) - need + 1 for c in self.clips], np.float64)
+        self.p = weights / weights.sum()
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.s
+        lips_out, mel_out = [], []
+        for i in self.rng.choice(len(self.clips), size=s.batch, p=self.p):
+            clip = self.clips[int(i)]
+            start = int(self.rng.integers(s.max_lag, len(clip.poses) - s.span - s.max_lag + 1))
+            poses = clip.poses[start : start + s.span]
+            poses = poses + self.rng.normal(0.0, s.jitter, poses.shape).astype(np.float32)
+            lips = standardise_lips(lip_features(poses, clip.valid[start : start + s.span]))
+            lo = (start - s.max_lag) * STEPS_PER_SLOT
+            hi = (start + s.span + s.max_lag) * STEPS_PER_SLOT
+            mel = clip.mel[lo:hi]
+            if self.rng.random() < s.noise_prob:
+                level = float(np.mean(mel)) + float(self.rng.uniform(-3.0, 1.0))
+                mel = np.logaddexp(mel, level).astype(np.float32)
+            lips_out.append(lips)
+            mel_out.append(standardise_audio(mel))
+        return torch.from_numpy(np.stack(lips_out)), torch.from_numpy(np.stack(mel_out))
+
+
+def validate(model: SyncNet, clips: Sequence[ClipFeatures], device: str) -> dict[str, float]:
+    """Scan 2 s windows of the validation clips with the audio shifted by -200/0/+200 ms.
+
+    Returns the share within 40 ms and the median error, raw and after removing the median
+    offset the model reads on the unshifted windows (``bias_ms``: the lip-to-sound timing the
+    training speakers taught it that these speakers do not share; the checkpoint stores it as
+    ``calibration_ms`` and the plugin subtracts it).
+    """
+    model.eval()
+    errors: list[float] = []
+    at_zero: list[float] = []
+    for clip in clips:
+        lips_all, mel_all = _prepare(clip)
+        n = len(lips_all)
+        for d in VAL_SHIFTS:
+            for s in range(max(0, -d), n - VAL_SLOTS - max(0, d) + 1, VAL_STEP):
+                lips = standardise_lips(lips_all[s : s + VAL_SLOTS])
+                a0 = (s + d) * STEPS_PER_SLOT
+                mel = standardise_audio(mel_all[a0 : a0 + VAL_SLOTS * STEPS_PER_SLOT])
+                (res,) = scan(
+                    model,
+                    torch.from_numpy(lips[None]).to(device),
+                    torch.from_numpy(mel[None]).to(device),
+                    VAL_MAX_LAG_MS,
+                )
+                errors.append(res.lead_ms - d * 40.0)
+                if d == 0:
+                    at_zero.append(res.lead_ms)
+    model.train()
+    if not errors:
+        return {"windows": 0.0, "within_40ms": 0.0, "median_abs_error_ms": math.nan}
+    err = np.array(errors)
+    bias = float(np.median(at_zero)) if at_zero else 0.0
+    return {
+        "windows": float(len(err)),
+        "within_40ms": float(np.mean(np.abs(err) <= VAL_TOLERANCE_MS)),
+        "median_abs_error_ms": float(np.median(np.abs(err))),
+        "bias_ms": bias,
+        "within_40ms_calibrated": float(np.mean(np.abs(err - bias) <= VAL_TOLERANCE_MS)),
+    }
+
+
+class _Bar:
+    """A one-line progress bar on a TTY; one line per epoch otherwise."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+
+    def step(self, epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+        if not self.tty:
+            return
+        done = int(30 * step / steps)
+        self.out.write(
+            f"\repoch {epoch}/{epochs} [{'#' * done}{'.' * (30 - done)}] {step}/{steps} "
+            f"loss {loss:.3f}"
+        )
+        self.out.flush()
+
+    def epoch(self, line: str) -> None:
+        self.out.write(("\r" if self.tty else "") + line + " " * 10 + "\n")
+        self.out.flush()
+
+
+def _without_epochs(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "epochs"}
+    return value
+
+
+def _hashes(clips: Sequence[ClipFeatures]) -> list[dict[str, str]]:
+    return [{"file": c.name, "sha256": c.sha256} for c in clips]
+
+
+def train(
+    data: Sequence[Path],
+    out: Path,
+    *,
+    val: Sequence[Path] = (),
+    settings: TrainSettings | None = None,
+    device: str = "cpu",
+    cache: Path | None = None,
+    log: TextIO = sys.stderr,
+) -> dict[str, Any]:
+    """Train (or resume) and return the final checkpoint's dict (without tensors)."""
+    s = settings if settings is not None else TrainSettings()
+    random.seed(s.seed)
+    np.random.seed(s.seed)
+    torch.manual_seed(s.seed)
+    rng = np.random.default_rng(s.seed)
+    train_paths = find_clips(data)
+    val_paths = find_clips(val)
+    overlap = {p.resolve() for p in train_paths} & {p.resolve() for p in val_paths}
+    if overlap:
+        raise ClipError(f"{len(overlap)} clips are in both the training and validation data")
+    if not train_paths:
+        raise ClipError("no training clips found")
+    t0 = time.monotonic()
+    clips, skipped = extract_all(train_paths, cache)
+    val_clips, val_skipped = extract_all(val_paths, cache)
+    for why in [*skipped, *val_skipped]:
+        print(f"skipped {why}", file=log)
+    print(
+        f"features: {len(clips)} training, {len(val_clips)} validation clips "
+        f"({time.monotonic() - t0:.0f} s)",
+        file=log,
+    )
+    model = SyncNet(hidden=s.hidden).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=1e-4)
+    meta: dict[str, Any] = {
+        "settings": asdict(s),
+        "train_data": _hashes(clips),
+        "val_data": _hashes(val_clips),
+        "history": [],
+        "epoch": 0,
+    }
+    if out.exists():
+        old = read_checkpoint(out)
+        for key in ("settings", "train_data", "val_data"):
+            # More (or fewer) epochs continue the same run; anything else is another run.
+            if _without_epochs(old.get(key)) != _without_epochs(meta[key]):
+                raise CheckpointError(
+                    f"{out}: exists with other {key.replace('_', ' ')}; "
+                    "pass another --out, or the same data and settings to resume"
+                )
+        model.load_state_dict(old["state_dict"])
+        opt.load_state_dict(old["optimizer"])
+        meta["history"] = list(old["history"])
+        meta["epoch"] = int(old["epoch"])
+        rng.bit_generator.state = old["rng"]["numpy"]
+        torch.set_rng_state(old["rng"]["torch"])
+        print(f"resuming {out} after epoch {meta['epoch']}", file=log)
+    sampler = _Sampler(clips, s, rng)
+    slots = sum(len(c.poses) for c in sampler.clips)
+    steps = s.steps_per_epoch or max(1, slots // (s.span * s.batch))
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=s.lr, total_steps=s.epochs * steps, pct_start=0.1
+    )
+    for _ in range(meta["epoch"] * steps):
+        sched.step()
+    bar = _Bar(log)
+    target = torch.full((s.batch * s.span,), s.max_lag, dtype=torch.long, device=device)
+    model.train()
+    for epoch in range(meta["epoch"] + 1, s.epochs + 1):
+        t_epoch = time.monotonic()
+        total = 0.0
+        for step in range(1, steps + 1):
+            lips, mel = sampler.batch()
+            logits = model.lag_logits(lips.to(device), mel.to(device), s.max_lag)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+            bar.step(epoch, s.epochs, step, steps, total / step)
+        metrics = validate(model, val_clips, device) if val_clips else {}
+        record = {"epoch": epoch, "loss": total / steps, "seconds": time.monotonic() - t_epoch}
+        record.update({f"val_{k}": v for k, v in metrics.items()})
+        meta["history"].append(record)
+        meta["epoch"] = epoch
+        shown = "  ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+        )
+        bar.epoch(shown)
+        save_checkpoint(
+            out,
+            model,
+            {
+                **meta,
+                "optimizer": opt.state_dict(),
+                "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
+                "metrics": metrics,
+                "calibration_ms": float(metrics.get("bias_ms", 0.0)),
+            },
+        )
+    return {k: v for k, v in meta.items()}
