@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from mediakit import run_plugin
 
-from conftest import SHARED
 from crossmodald.bus.events import Phase
 from crossmodald.harness import run_plugins_sync
 from crossmodald.media import NS_PER_S, ClockKind, StreamInfo, Window
@@ -43,6 +42,9 @@ from crossmodald_plugins.lipsync.plugin import (
 )
 from crossmodald_plugins.lipsync.settings import TrainSettings
 from crossmodald_plugins.lipsync.train import train
+
+#: ../shared next to the checkout (datasets and media; tests that need it skip without it).
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 
 DATASETS = SHARED / "datasets"
 CLIP = "talkinghead_hdtf_aoc_25fps.mp4"
