@@ -10,7 +10,7 @@ import math
 import os
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
@@ -350,8 +350,6 @@ class _Subtitles:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from crossmodald.harness import run_daemon
-    from crossmodald.runtime.registry import PluginLoadError
     from crossmodald.service.logs import setup_logging
 
     try:
@@ -371,32 +369,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.format in SUBTITLE_FORMATS:
         return _analyze_subtitles(args, config, bar)
     analysis = _Analysis(args.min_confidence, bar)
-
-    async def main() -> int:
-        # The daemon as the test harness runs it (blocking queues, no API); eval and
-        # calibrate go the same way. What exists once the plugins are loaded (modules, torch,
-        # models) lives until exit: frozen out of the collector's sight, full collections
-        # stop rescanning it, and exit is ~0.35 s faster with torch.
-        try:
-            result = await run_daemon(
-                config,
-                on_event=analysis,
-                config_source=str(args.config or "analyze"),
-                freeze_gc=True,
-            )
-        except ConfigError as exc:
-            return _config_errors(exc)
-        except (PluginLoadError, ValueError) as exc:
-            return _fail(str(exc))
-        if result.code != 0:
-            message = next(iter(result.errors.values()), None) or "analysis failed"
-            return _fail(message)
-        return 0
-
-    try:
-        code = asyncio.run(main())
-    finally:
-        bar.close()
+    code = _run_analysis(args, config, bar, analysis)
     if code == 0:
         kept, past_end = analysis.kept()
         for event, raw in kept:
@@ -410,20 +383,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return code
 
 
-def _analyze_subtitles(args: argparse.Namespace, config: DaemonConfig, bar: ProgressBar) -> int:
+def _run_analysis(
+    args: argparse.Namespace,
+    config: DaemonConfig,
+    bar: ProgressBar,
+    on_event: Callable[[Envelope], None],
+    *,
+    on_media: Callable[[str, int], None] | None = None,
+) -> int:
+    """Run ``analyze``'s daemon over the media; 0, or the exit code of the one-line error."""
     from crossmodald.harness import run_daemon
     from crossmodald.runtime.registry import PluginLoadError
 
-    subtitles = _Subtitles(args.format)
-
     async def main() -> int:
+        # The daemon as the test harness runs it (blocking queues, no API); eval and
+        # calibrate go the same way. What exists once the plugins are loaded (modules, torch,
+        # models) lives until exit: frozen out of the collector's sight, full collections
+        # stop rescanning it, and exit is ~0.35 s faster with torch.
         try:
             result = await run_daemon(
                 config,
-                on_event=subtitles,
+                on_event=on_event,
                 config_source=str(args.config or "analyze"),
                 freeze_gc=True,
-                on_media=lambda stream, done_ns: bar.advance(stream, done_ns / 1e9),
+                on_media=on_media,
             )
         except ConfigError as exc:
             return _config_errors(exc)
@@ -435,9 +418,20 @@ def _analyze_subtitles(args: argparse.Namespace, config: DaemonConfig, bar: Prog
         return 0
 
     try:
-        code = asyncio.run(main())
+        return asyncio.run(main())
     finally:
         bar.close()
+
+
+def _analyze_subtitles(args: argparse.Namespace, config: DaemonConfig, bar: ProgressBar) -> int:
+    subtitles = _Subtitles(args.format)
+    code = _run_analysis(
+        args,
+        config,
+        bar,
+        subtitles,
+        on_media=lambda stream, done_ns: bar.advance(stream, done_ns / 1e9),
+    )
     if code == 0:
         count = subtitles.write(sys.stdout)
         if not args.quiet:

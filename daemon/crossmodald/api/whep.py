@@ -39,7 +39,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import hdrs, web
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -139,16 +139,33 @@ class WhepEndpoint:
         # WHIP's preflight answer fits WHEP word for word (methods, headers, Accept-Post).
         return await self.whip._options(request)
 
-    async def _post(self, request: web.Request) -> web.Response:
+    def _refused(
+        self, request: web.Request, scope: Literal["subscribe", "admin"]
+    ) -> web.Response | None:
+        """The answer to a request from a foreign origin or without the ``scope``, else None."""
         whip = self.whip
         if whip._cors(request) is None:
             return whip._forbidden_origin(request)
-        denied = whip._authorize(request, "subscribe")
-        if denied is not None:
-            return denied
+        return whip._authorize(request, scope)
+
+    def _stream_refused(
+        self, request: web.Request, scope: Literal["subscribe", "admin"]
+    ) -> web.Response | None:
+        """:meth:`_refused`, and 400 for a stream name the API does not take."""
+        refused = self._refused(request, scope)
+        if refused is not None:
+            return refused
         name = request.match_info["stream"]
         if not _NAME.fullmatch(name):
-            return whip._error(request, 400, f"bad stream name {name[:80]!r}")
+            return self.whip._error(request, 400, f"bad stream name {name[:80]!r}")
+        return None
+
+    async def _post(self, request: web.Request) -> web.Response:
+        whip = self.whip
+        refused = self._stream_refused(request, "subscribe")
+        if refused is not None:
+            return refused
+        name = request.match_info["stream"]
         if request.content_type != _SDP_TYPE:
             got = request.headers.get(hdrs.CONTENT_TYPE, "none")
             return whip._error(
@@ -254,11 +271,9 @@ class WhepEndpoint:
 
     async def _delete(self, request: web.Request) -> web.Response:
         whip = self.whip
-        if whip._cors(request) is None:
-            return whip._forbidden_origin(request)
-        denied = whip._authorize(request, "subscribe")
-        if denied is not None:
-            return denied
+        refused = self._refused(request, "subscribe")
+        if refused is not None:
+            return refused
         viewer = self.viewers.get(request.match_info["id"])
         if viewer is None:
             return whip._error(request, 404, "no such WHEP session (ended, or never existed)")
@@ -269,14 +284,10 @@ class WhepEndpoint:
 
     async def _put_correction(self, request: web.Request) -> web.Response:
         whip = self.whip
-        if whip._cors(request) is None:
-            return whip._forbidden_origin(request)
-        denied = whip._authorize(request, "admin")
-        if denied is not None:
-            return denied
+        refused = self._stream_refused(request, "admin")
+        if refused is not None:
+            return refused
         name = request.match_info["stream"]
-        if not _NAME.fullmatch(name):
-            return whip._error(request, 400, f"bad stream name {name[:80]!r}")
         try:
             body = parse_json_body(await request.read())
         except ValueError as exc:
