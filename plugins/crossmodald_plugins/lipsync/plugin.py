@@ -61,7 +61,7 @@ class LipSyncConfig(PluginConfig):
     weights: Path | None = None
     #: Subtracted from every offset the model reads (ms); None: the checkpoint's
     #: ``calibration_ms`` (its median reading on in-sync clips of held-out speakers).
-    calibration_ms: float | None = None
+    calibration_ms: float | None = Field(None, ge=-1000.0, le=1000.0)
     #: Offsets searched, ms either side.
     max_lag_ms: int = Field(500, ge=40, le=1500)
     #: Peak prominence ((peak - median) / std of the lag curve) that gives confidence 0 ...
