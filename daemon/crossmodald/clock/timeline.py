@@ -65,7 +65,10 @@ def _div_round_half_even(num: int, den: int) -> int:
 
 
 def _check_time_base(time_base: Fraction) -> None:
-    if not isinstance(time_base, Fraction) or time_base <= 0:
+    # ``numerator``, not ``time_base <= 0``: a Fraction's comparison goes through its generic
+    # operator fallbacks (~1 us), and this runs for every frame and chunk; a Fraction's
+    # denominator is always positive, so the numerator's sign is its sign.
+    if not isinstance(time_base, Fraction) or time_base.numerator <= 0:
         raise ValueError(f"time base must be a positive Fraction, got {time_base!r}")
 
 

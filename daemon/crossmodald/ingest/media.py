@@ -53,6 +53,7 @@ import av.container
 import av.error
 import av.format
 import av.stream
+import numpy as np
 from pydantic import Field
 
 from crossmodald.bus.events import JsonValue
@@ -114,6 +115,11 @@ _BATCH_WALL_S_OFFLINE: Final = 0.1
 # a bounded amount of memory whatever the picture size (1080p: 10 frames a batch).
 _BATCH_PIXELS_OFFLINE: Final = 64 * 640 * 480
 _BATCH_WALL_S: Final = 0.02
+# Offline reads join consecutive audio frames that tile exactly into one chunk of up to this
+# much audio: an AAC file has ~47 frames a second, and every item costs the same Python on its
+# way through the loop, the pipeline and the windower whatever its length. Real-time and live
+# reads keep the decoder's frames (a longer chunk would arrive early by its own length).
+_JOIN_AUDIO_NS_OFFLINE: Final = 200 * NS_PER_MS
 # Batches queued on the worker ahead of the consumer (bounded: their frames are held).
 _AHEAD_BATCHES: Final = 2
 # Decode pictures up to this size (1080p) on one thread; larger ones with frame threads.
@@ -226,10 +232,13 @@ class _Video:
 @dataclass(slots=True)
 class _Audio:
     pts_ns: int
-    #: None until the finishing thread converted ``frame`` (:func:`_finish`).
+    #: None until the finishing thread converted ``parts`` (:func:`_finish`).
     samples: F32Array | None
     sample_rate: int
-    frame: av.AudioFrame | None = None
+    #: Consecutive frames (or samples converted already) that tile exactly from ``pts_ns``.
+    parts: list[av.AudioFrame | F32Array]
+    #: Where the last part ends (ns): a frame placed exactly here joins this item.
+    end_ns: int
 
 
 _Decoded = _Video | _Audio
@@ -242,8 +251,8 @@ def _finish(decoding: concurrent.futures.Future[_Batch]) -> _Batch:
     Runs on the source's second (finishing) thread. The decoding thread is the one that limits
     a fast (offline) read, and every numpy or OpenCV call there lets go of the GIL and then
     waits to get it back from the loop or a plugin: the luma planes, the thumbnails (~30 us a
-    VGA frame) and the mono downmix of the audio frames (several numpy calls each) are made
-    here instead, while it decodes the next batch. Decoded frames are reference-counted, so the
+    VGA frame) and the mono downmix of the audio frames (several numpy calls each, then one join
+    for the frames an item holds) are made here instead, while it decodes the next batch. Decoded frames are reference-counted, so the
     decoder never reuses a buffer that a frame waiting here still holds.
     """
     batch = decoding.result()
@@ -253,9 +262,13 @@ def _finish(decoding: concurrent.futures.Future[_Batch]) -> _Batch:
                 item.luma = luma_from_av_frame(item.frame)
                 item.frame = None
                 item.thumb = make_thumb(item.luma)
-        elif item.frame is not None:
-            item.samples = AudioMonoConverter.convert_direct(item.frame)
-            item.frame = None
+        elif item.parts:
+            arrays = [
+                part if isinstance(part, np.ndarray) else AudioMonoConverter.convert_direct(part)
+                for part in item.parts
+            ]
+            item.samples = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+            item.parts = []
     return batch
 
 
@@ -289,6 +302,9 @@ class _Reader:
         self._batch_items = _BATCH_ITEMS if small else _BATCH_ITEMS_OFFLINE
         self._batch_wall_s = _BATCH_WALL_S if small else _BATCH_WALL_S_OFFLINE
         self._batch_pixels = (1 << 62) if small else _BATCH_PIXELS_OFFLINE
+        self._join_audio_ns = 0 if small else _JOIN_AUDIO_NS_OFFLINE
+        #: The audio item of the current batch that the next tiling frame joins.
+        self._open_audio: _Audio | None = None
         #: Items decoded in the current pass (a looping input that yields none stops).
         self.pass_decoded = 0
         #: Asked about each packet until it admits one (None: every item counts).
@@ -458,6 +474,7 @@ class _Reader:
         """Decode up to one batch; returns the items, faults found, and whether the input ended."""
         items: list[_Decoded] = []
         faults = self.faults = []
+        self._open_audio = None  # items never span batches
         demux = self._demux
         assert demux is not None
         assert self.container is not None
@@ -601,7 +618,22 @@ class _Reader:
         assert counter.end_ns is not None
         self._extend_pass(pts_ns, counter.end_ns)
         stats.audio_chunks += 1
-        return _Audio(pts_ns, samples, rate, None if samples is not None else frame)
+        part: av.AudioFrame | F32Array = samples if samples is not None else frame
+        joined = self._open_audio
+        if (
+            joined is not None
+            and joined.end_ns == pts_ns
+            and joined.sample_rate == rate
+            and counter.end_ns - joined.pts_ns <= self._join_audio_ns
+        ):
+            joined.parts.append(part)
+            joined.end_ns = counter.end_ns
+            self.decoded += 1  # a frame decoded, though no new item
+            self.pass_decoded += 1
+            return None
+        item = _Audio(pts_ns, None, rate, [part], counter.end_ns)
+        self._open_audio = item if self._join_audio_ns else None
+        return item
 
     def _extend_pass(self, start_ns: int, end_ns: int) -> None:
         if self.pass_first_ns is None or start_ns < self.pass_first_ns:
