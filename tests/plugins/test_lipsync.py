@@ -14,6 +14,7 @@ from mediakit import run_plugin
 from crossmodald.bus.events import Phase
 from crossmodald.harness import run_plugins_sync
 from crossmodald.media import NS_PER_S, ClockKind, StreamInfo, Window
+from crossmodald.runtime.plugin import BatchItem, Inputs
 from crossmodald.service.evaluate import decode_media, inside, media_source
 
 pytest.importorskip("mediapipe", reason="the lipsync extra (mediapipe) is not installed")
@@ -29,19 +30,24 @@ from crossmodald_plugins.lipsync.landmarks import (
 )
 from crossmodald_plugins.lipsync.model import (
     CheckpointError,
+    LagScan,
     load_model,
     read_checkpoint,
 )
 from crossmodald_plugins.lipsync.plugin import (
+    LAG_HISTORY,
     METHOD,
     SHIPPED_WEIGHTS,
     LipSyncConfig,
     LipSyncFactory,
     LipSyncPlugin,
     LipSyncResult,
+    _Job,
+    _StreamLag,
 )
 from crossmodald_plugins.lipsync.settings import TrainSettings
 from crossmodald_plugins.lipsync.train import train
+from crossmodald_plugins.products import FACE_TRACKS, FaceTracks
 
 #: ../shared next to the checkout (datasets and media; tests that need it skip without it).
 SHARED = Path(__file__).resolve().parents[3] / "shared"
@@ -217,6 +223,60 @@ def test_alarm_goes_through_the_smoothed_offset() -> None:
     assert starts == [4]
     assert session.status()["alarm"] is True
     assert [e.type for e in session.close()] == ["sync.alarm"]
+
+
+def _scan(rows: dict[int, float], peak_at: int, slots: int = 50, margin: int = 13) -> LagScan:
+    """A face's lag scan over 101 lags (+/-500 ms): cosine ``rows[k]`` on the scored slots at
+    lag k (0 elsewhere), the mean curve peaking at ``peak_at``; the edge slots unscored."""
+    lags = np.arange(-500, 510, 10, dtype=np.float32)
+    by_lag = np.zeros((len(lags), slots), np.float32)
+    for k, value in rows.items():
+        by_lag[k] = value
+    by_lag[:, :margin] = np.nan
+    by_lag[:, slots - margin :] = np.nan
+    curve = np.zeros(len(lags), np.float32)
+    curve[peak_at] = 1.0
+    return LagScan(lags, curve, by_lag[peak_at], by_lag)
+
+
+def _job(track_id: int, slots: int = 50) -> _Job:
+    pts = 40_000_000 * np.arange(slots, dtype=np.int64)
+    box = (10.0 * track_id, 0.0, 5.0, 5.0)
+    empty = np.zeros((slots, 1), np.float32)
+    return _Job(0, track_id, pts, (box,) * slots, empty, empty)
+
+
+def test_faces_are_judged_at_the_stream_lag_on_scored_slots_only() -> None:
+    # Face 1 is the voice (its lips match at lag 40, where the stream's recent windows put
+    # it); this window face 2's curve happens to peak higher elsewhere (lag 70). The faces are
+    # judged at lag 40, on the 24 scored slots only, each by its mean over them.
+    plugin = LipSyncPlugin(LipSyncConfig(), model=None, device="cpu")
+    state = _StreamLag()
+    state.recent.extend([40, 41, 39, 40])
+    window = _faceless_windows(1)[0]
+    item = BatchItem(window, state, Inputs({FACE_TRACKS: FaceTracks(())}))
+    voiced = _scan({40: 0.3, 70: 0.0}, peak_at=40)
+    voiced.curve[[39, 41]] = 0.8  # a broader peak: less prominent than face 2's
+    other = _scan({40: 0.01, 70: 0.5}, peak_at=70)
+    assert other.prominence > voiced.prominence
+    result = plugin._result(item, [(_job(1), voiced), (_job(2), other)], silent=False)
+    scores = {f.track_id: f for f in result.faces}
+    assert len(scores[1].pts_ns) == len(scores[1].boxes) == len(scores[1].scores) == 24
+    assert scores[1].pts_ns[0] == 13 * 40_000_000
+    assert np.allclose(scores[1].scores, 0.3)
+    assert np.allclose(scores[2].scores, 0.01)
+    # The window's own best lag joined the history (the median stays at 40).
+    assert list(state.recent)[-1] == 70
+    assert state.lag(0) == 40
+
+
+def test_stream_lag_is_the_median_of_recent_confident_windows() -> None:
+    state = _StreamLag()
+    assert state.lag(7) == 7  # nothing yet: the window's own
+    state.recent.extend([10] * LAG_HISTORY)
+    state.recent.extend([90] * (LAG_HISTORY // 2 + 1))  # the old lags age out
+    assert len(state.recent) == LAG_HISTORY
+    assert state.lag(0) == 90
 
 
 def test_train_command_refuses_a_folder_without_clips(

@@ -9,16 +9,19 @@ the face's lips against the window's audio at every 10 ms lag within +/- ``max_l
   best; ``confidence`` from how far the peak stands out, 0 with a ``reason`` when no face is
   visible, the audio is silent or no visible face's lips follow the sound. Smoothing and
   ``sync.alarm`` are the avsync plugin's (:class:`~crossmodald_plugins.avsync.session.AvSyncSession`).
-* ``speaker`` start/end (``method`` "lipsync"): per slot, each face's lip/sound agreement at
-  its window's best lag; the face that matches the voice is the one speaking (one at a time),
-  through the speaker plugin's session (:class:`~crossmodald_plugins.asd.plugin.SpeakerSession`).
+* ``speaker`` start/end (``method`` "lipsync"): each face's lip/sound agreement over the
+  window's scored slots at the stream's lag (the median of the recent confident windows' best
+  lags: one 2 s window's own best lag is too noisy to judge a face by); the face that matches
+  the voice is the one speaking (one at a time), through the speaker plugin's session
+  (:class:`~crossmodald_plugins.asd.plugin.SpeakerSession`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
@@ -47,8 +50,8 @@ SHIPPED_WEIGHTS = Path(__file__).with_name("weights") / "lipsync-v1.pt"
 SLOT_NS = 40 * NS_PER_MS
 #: Fewest slots a face needs in a window to be scanned.
 MIN_SLOTS = 25
-#: Per-slot agreement is averaged over this many slots either side for ``speaker``.
-SMOOTH_SLOTS = 4
+#: The stream's lag for ``speaker`` is the median best lag of this many recent confident windows.
+LAG_HISTORY = 15
 #: Log-mel energy (mean over bands, natural log) below which a window counts as silent.
 SILENCE_LOG_ENERGY = -9.0
 
@@ -74,9 +77,11 @@ class LipSyncConfig(PluginConfig):
     alarm_audio_lead_ms: float = Field(90.0, gt=0, le=10_000)
     alarm_audio_lag_ms: float = Field(185.0, gt=0, le=10_000)
     alarm_windows: int = Field(3, ge=1, le=1000)
-    #: ``speaker`` events: a face speaks on slots where its lip/sound agreement (cosine at the
-    #: best lag, smoothed) is at least this and the best of all faces.
-    speaker_threshold: float = Field(0.25, gt=-1.0, lt=1.0)
+    #: ``speaker`` events: a face speaks where its lip/sound agreement (mean cosine over the
+    #: window's scored slots at the stream's lag) is at least this and the best of all faces.
+    #: 0.08: the 90th percentile of a face against audio that is not its own, on the shipped
+    #: model's held-out speakers (see weights/MODEL_CARD.md).
+    speaker_threshold: float = Field(0.08, gt=-1.0, lt=1.0)
     hold_slots: int = Field(3, ge=1, le=250)
     speakers: bool = True
 
@@ -112,6 +117,17 @@ class LipSyncResult:
     faces: tuple[FaceSpeaking, ...]
     ended_tracks: tuple[int, ...]
     track_id: int | None
+
+
+@dataclass(slots=True)
+class _StreamLag:
+    """Per-stream state (host-owned): the best lag index of recent confident windows."""
+
+    recent: deque[int] = field(default_factory=lambda: deque(maxlen=LAG_HISTORY))
+
+    def lag(self, fallback: int) -> int:
+        """The median of the recent lags (``fallback`` before there is any)."""
+        return int(np.median(self.recent)) if self.recent else fallback
 
 
 @dataclass(slots=True)
@@ -161,15 +177,15 @@ class LipSyncPlugin:
             return "has no audio"
         return None
 
-    def new_state(self, stream: StreamInfo) -> None:
-        return None
+    def new_state(self, stream: StreamInfo) -> _StreamLag:
+        return _StreamLag()
 
     def open(self, stream: StreamInfo) -> LipSyncSession:
         return LipSyncSession(self, stream)
 
     # -- inference --------------------------------------------------------------------------
 
-    def infer(self, batch: Sequence[BatchItem[None]]) -> list[LipSyncResult]:
+    def infer(self, batch: Sequence[BatchItem[_StreamLag]]) -> list[LipSyncResult]:
         """Scan every face of every window; faces of equal length share one model call."""
         import torch
 
@@ -201,7 +217,7 @@ class LipSyncPlugin:
             results.append(self._result(item, mine, silent[i]))
         return results
 
-    def _prepare(self, index: int, item: BatchItem[None]) -> tuple[list[_Job], bool]:
+    def _prepare(self, index: int, item: BatchItem[_StreamLag]) -> tuple[list[_Job], bool]:
         from .features import STEPS_PER_SLOT, log_mel, standardise_audio, standardise_lips
         from .landmarks import lip_features
 
@@ -255,7 +271,7 @@ class LipSyncPlugin:
         return jobs, quiet
 
     def _result(
-        self, item: BatchItem[None], mine: list[tuple[_Job, Any]], silent: bool
+        self, item: BatchItem[_StreamLag], mine: list[tuple[_Job, Any]], silent: bool
     ) -> LipSyncResult:
         window = item.window
         ended = tuple(
@@ -267,26 +283,25 @@ class LipSyncPlugin:
         for job, res in scanned:
             if best is None or res.prominence > best[0]:
                 best = (res.prominence, job, res)
-        # Every face is judged at the lag of the face whose lips follow the sound best: at the
-        # stream's offset the voiced face's lips match, a silent face's do not.
-        faces: list[FaceSpeaking] = []
-        if best is not None:
-            at = best[2].best
-            for job, res in scanned:
-                agree = _smooth(np.nan_to_num(res.slot_by_lag[at], nan=-1.0))
-                faces.append(
-                    FaceSpeaking(job.track_id, job.slot_pts, job.boxes, agree.astype(np.float32))
-                )
         if best is None:
             why = "no face" if not mine else "face not on screen long enough to scan"
             if not item.window.video:
                 why = "no video"
             offset = AvSyncResult(None, 0.0, METHOD, middle, reason=why)
-            return LipSyncResult(offset, tuple(faces), ended, None)
+            return LipSyncResult(offset, (), ended, None)
         prominence, job, res = best
         c = self.config
         confidence = (prominence - c.min_prominence) / (c.full_prominence - c.min_prominence)
         confidence = float(min(1.0, max(0.0, confidence)))
+        if confidence > 0.0 and not silent:
+            item.state.recent.append(res.best)
+        # Every face is judged at the stream's lag: there the voiced face's lips match the
+        # sound and a silent face's do not. Only the slots the scan scored are reported (the
+        # middle of the window, which every lag pairs); overlapping windows cover the rest
+        # with their own middles (the speaker session judges each slot in the first window
+        # that reports it).
+        at = item.state.lag(res.best)
+        faces = [face for face in (_agreement(j, r.slot_by_lag[at]) for j, r in scanned) if face]
         reason = ""
         if silent:
             confidence, reason = 0.0, "silent audio"
@@ -314,14 +329,17 @@ def _longest_run(flags: Sequence[bool]) -> tuple[int, int] | None:
     return best
 
 
-def _smooth(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    n = len(x)
-    c = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
-    idx = np.arange(n)
-    lo = np.clip(idx - SMOOTH_SLOTS, 0, n)
-    hi = np.clip(idx + SMOOTH_SLOTS + 1, 0, n)
-    out: npt.NDArray[np.float32] = ((c[hi] - c[lo]) / (hi - lo)).astype(np.float32)
-    return out
+def _agreement(job: _Job, row: npt.NDArray[np.float32]) -> FaceSpeaking | None:
+    """The face's mean cosine over the slots ``row`` scores, on each of those slots (None when
+    it scores none). Per slot the cosine is too noisy to judge a face by; over the scored
+    second it separates the voiced face (see ``speaker_threshold``)."""
+    scored = np.flatnonzero(np.isfinite(row))
+    if scored.size == 0:
+        return None
+    lo, hi = int(scored[0]), int(scored[-1]) + 1
+    mean = float(np.nanmean(row[lo:hi]))
+    scores = np.full(hi - lo, mean, dtype=np.float32)
+    return FaceSpeaking(job.track_id, job.slot_pts[lo:hi], job.boxes[lo:hi], scores)
 
 
 class LipSyncSession:

@@ -1,0 +1,97 @@
+"""Where the lipsync plugin's ``speaker_threshold`` comes from: agreement on held-out speakers.
+
+For every 2 s window (50 slots of 40 ms, every 12 slots) of each validation clip, the sync
+model scans +/-500 ms as the plugin does, and the face's agreement is its mean cosine over the
+scored slots at the clip's lag (the median of its windows' best lags, as the plugin's stream
+lag). "Matched": the clip's lips with its own audio. "Mismatched": its lips with the audio of
+each other clip at the same place: a face that is not the voice. Prints both distributions and,
+per threshold, the share of each at or above it. The shipped default (0.08) is the mismatched
+90th percentile on the shipped model's validation speakers (PC-AVS, never trained on).
+
+    python benchmarks/lipsync_speaker_threshold.py VAL_CLIPS... [--weights W] [--cache DIR]
+
+VAL_CLIPS: the checkpoint's validation clips (files or folders), e.g. the seven PC-AVS clips
+named in weights/lipsync-v1.data.json under ``val_data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crossmodald_plugins.lipsync.data import extract_all, find_clips
+from crossmodald_plugins.lipsync.features import (
+    STEPS_PER_SLOT,
+    standardise_audio,
+    standardise_lips,
+)
+from crossmodald_plugins.lipsync.landmarks import lip_features
+from crossmodald_plugins.lipsync.model import LagScan, load_model, scan
+from crossmodald_plugins.lipsync.plugin import SHIPPED_WEIGHTS
+
+SLOTS = 50
+STEP = 12
+MAX_LAG_MS = 500
+THRESHOLDS = (0.02, 0.04, 0.06, 0.08, 0.10, 0.15, 0.25)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("clips", type=Path, nargs="+")
+    parser.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
+    parser.add_argument("--cache", type=Path, help="feature cache of `train --cache`")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    model = load_model(args.weights, "cpu")
+    clips, skipped = extract_all(find_clips(args.clips), args.cache)
+    for why in skipped:
+        print(f"skipped {why}")
+    if len(clips) < 2:
+        raise SystemExit("needs at least two clips (mismatched pairs)")
+    feats = [(lip_features(c.poses, c.valid), c.mel) for c in clips]
+
+    def scan_at(lips_of: int, audio_of: int, start: int) -> LagScan | None:
+        mel = feats[audio_of][1][start * STEPS_PER_SLOT : (start + SLOTS) * STEPS_PER_SLOT]
+        if len(mel) < SLOTS * STEPS_PER_SLOT:
+            return None
+        lips = standardise_lips(feats[lips_of][0][start : start + SLOTS])
+        (res,) = scan(
+            model,
+            torch.from_numpy(lips[None]),
+            torch.from_numpy(standardise_audio(mel)[None]),
+            MAX_LAG_MS,
+        )
+        return res
+
+    matched: list[float] = []
+    mismatched: list[float] = []
+    for i, (lips, _) in enumerate(feats):
+        starts = range(0, len(lips) - SLOTS + 1, STEP)
+        own = [r for r in (scan_at(i, i, s) for s in starts) if r is not None]
+        if not own:
+            continue
+        lag = int(np.median([r.best for r in own]))
+        matched += [float(np.nanmean(r.slot_by_lag[lag])) for r in own]
+        for j in range(len(feats)):
+            if j != i:
+                other = (scan_at(i, j, s) for s in starts)
+                mismatched += [float(np.nanmean(r.slot_by_lag[lag])) for r in other if r]
+    m, x = np.array(matched), np.array(mismatched)
+    print(f"{len(clips)} clips, {args.weights.name}")
+    print(f"matched    {len(m):5d} windows: mean {m.mean():.3f}, median {np.median(m):.3f}")
+    print(
+        f"mismatched {len(x):5d} windows: mean {x.mean():.3f}, "
+        f"p90 {np.percentile(x, 90):.3f}, p95 {np.percentile(x, 95):.3f}"
+    )
+    for t in THRESHOLDS:
+        print(
+            f"threshold {t:.2f}: matched at or above {np.mean(m >= t):.2f}, "
+            f"mismatched {np.mean(x >= t):.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
