@@ -268,6 +268,16 @@ def test_faces_are_judged_at_the_stream_lag_on_scored_slots_only() -> None:
     # The window's own best lag joined the history (the median stays at 40).
     assert list(state.recent)[-1] == 70
     assert state.lag(0) == 40
+    # Next window: each face's score is its mean over its windows with sound so far; a silent
+    # window scores 0 and adds nothing; a face missing from a window starts anew.
+    voiced2 = _scan({40: 0.1}, peak_at=40)
+    result = plugin._result(item, [(_job(1), voiced2), (_job(2), other)], silent=False)
+    assert np.allclose({f.track_id: f for f in result.faces}[1].scores, 0.2)
+    result = plugin._result(item, [(_job(1), voiced2)], silent=True)
+    assert np.allclose(result.faces[0].scores, 0.0)
+    assert list(state.agreement) == [1]
+    result = plugin._result(item, [(_job(1), voiced2)], silent=False)
+    assert np.allclose(result.faces[0].scores, (0.3 + 0.1 + 0.1) / 3)
 
 
 def test_stream_lag_is_the_median_of_recent_confident_windows() -> None:

@@ -9,15 +9,17 @@ the face's lips against the window's audio at every 10 ms lag within +/- ``max_l
   best; ``confidence`` from how far the peak stands out, 0 with a ``reason`` when no face is
   visible, the audio is silent or no visible face's lips follow the sound. Smoothing and
   ``sync.alarm`` are the avsync plugin's (:class:`~crossmodald_plugins.avsync.session.AvSyncSession`).
-* ``speaker`` start/end (``method`` "lipsync"): each face's lip/sound agreement over the
-  window's scored slots at the stream's lag (the median of the recent confident windows' best
-  lags: one 2 s window's own best lag is too noisy to judge a face by); the face that matches
-  the voice is the one speaking (one at a time), through the speaker plugin's session
+* ``speaker`` start/end (``method`` "lipsync"): each face's lip/sound agreement (its mean
+  cosine over the window's scored slots at the stream's lag: the median of the recent confident
+  windows' best lags, since one 2 s window's own best lag is too noisy to judge a face by),
+  averaged over the face's last :data:`AGREEMENT_WINDOWS` windows with sound; the face that
+  matches the voice is the one speaking (one at a time), through the speaker plugin's session
   (:class:`~crossmodald_plugins.asd.plugin.SpeakerSession`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -52,6 +54,10 @@ SLOT_NS = 40 * NS_PER_MS
 MIN_SLOTS = 25
 #: The stream's lag for ``speaker`` is the median best lag of this many recent confident windows.
 LAG_HISTORY = 15
+#: A face's ``speaker`` score is its agreement averaged over this many of its latest windows
+#: with sound (on held-out speakers the voiced face beats a face with other audio in 80 % of
+#: single windows, 89 % over 4: ``benchmarks/lipsync_speaker_threshold.py``).
+AGREEMENT_WINDOWS = 4
 #: Log-mel energy (mean over bands, natural log) below which a window counts as silent.
 SILENCE_LOG_ENERGY = -9.0
 
@@ -78,10 +84,10 @@ class LipSyncConfig(PluginConfig):
     alarm_audio_lag_ms: float = Field(185.0, gt=0, le=10_000)
     alarm_windows: int = Field(3, ge=1, le=1000)
     #: ``speaker`` events: a face speaks where its lip/sound agreement (mean cosine over the
-    #: window's scored slots at the stream's lag) is at least this and the best of all faces.
-    #: 0.08: the 90th percentile of a face against audio that is not its own, on the shipped
-    #: model's held-out speakers (see weights/MODEL_CARD.md).
-    speaker_threshold: float = Field(0.08, gt=-1.0, lt=1.0)
+    #: window's scored slots at the stream's lag, averaged over its last 4 windows) is at least
+    #: this and the best of all faces. 0.06: the 90th percentile of a face against audio that
+    #: is not its own, on the shipped model's held-out speakers (see weights/MODEL_CARD.md).
+    speaker_threshold: float = Field(0.06, gt=-1.0, lt=1.0)
     hold_slots: int = Field(3, ge=1, le=250)
     speakers: bool = True
 
@@ -121,13 +127,28 @@ class LipSyncResult:
 
 @dataclass(slots=True)
 class _StreamLag:
-    """Per-stream state (host-owned): the best lag index of recent confident windows."""
+    """Per-stream state (host-owned): the best lag index of recent confident windows, and each
+    face track's agreement in its latest windows with sound."""
 
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=LAG_HISTORY))
+    agreement: dict[int, deque[float]] = field(default_factory=dict)
 
     def lag(self, fallback: int) -> int:
         """The median of the recent lags (``fallback`` before there is any)."""
         return int(np.median(self.recent)) if self.recent else fallback
+
+    def average(self, track_id: int, value: float) -> float:
+        """Add the track's agreement in a new window; its mean over the latest windows."""
+        history = self.agreement.get(track_id)
+        if history is None:
+            history = self.agreement[track_id] = deque(maxlen=AGREEMENT_WINDOWS)
+        history.append(value)
+        return float(np.mean(history))
+
+    def forget_except(self, track_ids: set[int]) -> None:
+        """Drop the history of tracks not scanned now (a face that returns starts anew)."""
+        for track_id in [t for t in self.agreement if t not in track_ids]:
+            del self.agreement[track_id]
 
 
 @dataclass(slots=True)
@@ -301,7 +322,16 @@ class LipSyncPlugin:
         # with their own middles (the speaker session judges each slot in the first window
         # that reports it).
         at = item.state.lag(res.best)
-        faces = [face for face in (_agreement(j, r.slot_by_lag[at]) for j, r in scanned) if face]
+        faces = []
+        for face_job, face_res in scanned:
+            face = _agreement(face_job, face_res.slot_by_lag[at])
+            if face is None:
+                continue
+            if not silent:
+                mean = item.state.average(face.track_id, float(face.scores[0]))
+                face = dataclasses.replace(face, scores=np.full_like(face.scores, mean))
+            faces.append(face)
+        item.state.forget_except({f.track_id for f in faces})
         reason = ""
         if silent:
             confidence, reason = 0.0, "silent audio"
