@@ -270,7 +270,7 @@ class SpeakerPlugin:
         for track in tracks:
             by_pts = {obs.pts_ns: obs.box for obs in track.observations}
             present = [frame_pts[f] in by_pts for f in frame_of_slot]
-            run = _longest_run(present)
+            run = longest_run(present)
             if run is None or run[1] - run[0] < MIN_SLOTS:
                 continue
             lo, hi = run
@@ -427,7 +427,9 @@ def _best_per_slot(faces: Sequence[FaceSpeaking]) -> dict[int, float]:
     return best
 
 
-def _longest_run(flags: Sequence[bool]) -> tuple[int, int] | None:
+def longest_run(flags: Sequence[bool]) -> tuple[int, int] | None:
+    """``[start, end)`` of the longest run of True in ``flags`` (the first of equal ones), or
+    None when there is none."""
     best: tuple[int, int] | None = None
     start: int | None = None
     for i, flag in enumerate([*flags, False]):

@@ -19,7 +19,6 @@ the face's lips against the window's audio at every 10 ms lag within +/- ``max_l
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -38,6 +37,7 @@ from crossmodald_plugins.asd.plugin import (
     SpeakerConfig,
     SpeakerResult,
     SpeakerSession,
+    longest_run,
 )
 from crossmodald_plugins.avsync.config import AvSyncConfig
 from crossmodald_plugins.avsync.result import AvSyncResult
@@ -268,7 +268,7 @@ class LipSyncPlugin:
             at = np.searchsorted(lips.pts_ns, slot_pts, side="right") - 1
             frame_ns = SLOT_NS * 2
             inside = (at >= 0) & (slot_pts - lips.pts_ns[np.clip(at, 0, None)] <= frame_ns)
-            run = _longest_run(inside.tolist())
+            run = longest_run(inside.tolist())
             if run is None or run[1] - run[0] < MIN_SLOTS:
                 continue
             lo, hi = run
@@ -322,15 +322,23 @@ class LipSyncPlugin:
         # with their own middles (the speaker session judges each slot in the first window
         # that reports it).
         at = item.state.lag(res.best)
+        speaking = not silent and self.config.speakers
         faces = []
         for face_job, face_res in scanned:
-            face = _agreement(face_job, face_res.slot_by_lag[at])
-            if face is None:
+            span = _scored_span(face_res.slot_by_lag[at])
+            if span is None:
                 continue
-            if not silent:
-                mean = item.state.average(face.track_id, float(face.scores[0]))
-                face = dataclasses.replace(face, scores=np.full_like(face.scores, mean))
-            faces.append(face)
+            lo, hi, agreement = span
+            # Silent windows (and ``speakers = false``) score 0 and add nothing to the history.
+            score = item.state.average(face_job.track_id, agreement) if speaking else 0.0
+            faces.append(
+                FaceSpeaking(
+                    face_job.track_id,
+                    face_job.slot_pts[lo:hi],
+                    face_job.boxes[lo:hi],
+                    np.full(hi - lo, score, dtype=np.float32),
+                )
+            )
         item.state.forget_except({f.track_id for f in faces})
         reason = ""
         if silent:
@@ -339,37 +347,18 @@ class LipSyncPlugin:
             reason = "no visible face is talking (lips do not follow the sound)"
         lead = res.lead_ms - self.calibration_ms
         offset = AvSyncResult(round(lead, 1), confidence, METHOD, middle, reason=reason)
-        if silent or not self.config.speakers:
-            faces = [
-                FaceSpeaking(f.track_id, f.pts_ns, f.boxes, np.zeros_like(f.scores)) for f in faces
-            ]
         return LipSyncResult(offset, tuple(faces), ended, job.track_id)
 
 
-def _longest_run(flags: Sequence[bool]) -> tuple[int, int] | None:
-    best: tuple[int, int] | None = None
-    start: int | None = None
-    for i, flag in enumerate([*flags, False]):
-        if flag and start is None:
-            start = i
-        elif not flag and start is not None:
-            if best is None or i - start > best[1] - best[0]:
-                best = (start, i)
-            start = None
-    return best
-
-
-def _agreement(job: _Job, row: npt.NDArray[np.float32]) -> FaceSpeaking | None:
-    """The face's mean cosine over the slots ``row`` scores, on each of those slots (None when
+def _scored_span(row: npt.NDArray[np.float32]) -> tuple[int, int, float] | None:
+    """``[lo, hi)`` of the slots ``row`` scores and the face's mean cosine over them (None when
     it scores none). Per slot the cosine is too noisy to judge a face by; over the scored
     second it separates the voiced face (see ``speaker_threshold``)."""
     scored = np.flatnonzero(np.isfinite(row))
     if scored.size == 0:
         return None
     lo, hi = int(scored[0]), int(scored[-1]) + 1
-    mean = float(np.nanmean(row[lo:hi]))
-    scores = np.full(hi - lo, mean, dtype=np.float32)
-    return FaceSpeaking(job.track_id, job.slot_pts[lo:hi], job.boxes[lo:hi], scores)
+    return lo, hi, float(np.nanmean(row[lo:hi]))
 
 
 class LipSyncSession:
