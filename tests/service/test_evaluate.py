@@ -265,6 +265,9 @@ def test_lipsync_evaluation_follows_applied_shifts() -> None:
     assert progress.getvalue().count(" done (") == 2
     assert "shift +80 ms done" in progress.getvalue()
     assert "100.0%" in out.getvalue()
+    # The per-clip table: the clip's 4 windows, all within, no error, no spread.
+    row = next(line for line in out.getvalue().splitlines() if line.strip().startswith(AOC.name))
+    assert row.split()[1:] == ["4", "100.0%", "+0.0", "n/a", "0.0"]
 
 
 # -- active speaker plumbing --------------------------------------------------------------------
@@ -422,6 +425,26 @@ def test_windows_without_an_estimate_count_as_misses() -> None:
     )
     assert metrics.hit_rate() == 0.5
     assert metrics.median_unshifted_ms() == 10.0
+
+
+def test_per_clip_summary_separates_a_stable_bias_from_scatter() -> None:
+    from crossmodald.service.evaluate import LipSyncMetrics, OffsetEstimate
+
+    biased = [OffsetEstimate("biased.mp4", s, s - 95.0 + d, 0.9, "m") for s, d in
+              [(0.0, 0.0), (0.0, 1.0), (200.0, -1.0), (-200.0, 0.5)]]  # fmt: skip
+    scattered = [OffsetEstimate("scattered.mp4", 0.0, x, 0.9, "m") for x in (-150.0, 5.0, 170.0)]
+    missed = [OffsetEstimate("scattered.mp4", 120.0, None, 0.0, "m")]
+    metrics = LipSyncMetrics(40.0, biased + scattered + missed)
+    first, second = metrics.per_clip("m")
+    assert (first.clip, first.windows, first.hit_rate) == ("biased.mp4", 4, 0.0)
+    assert first.median_error_ms == pytest.approx(-94.75)
+    assert first.median_unshifted_ms == pytest.approx(-94.5)
+    assert first.spread_ms == pytest.approx(0.5)
+    # The window without an estimate counts as a miss, not in the medians.
+    assert (second.clip, second.windows, second.hit_rate) == ("scattered.mp4", 4, 0.25)
+    assert second.median_error_ms == 5.0
+    assert second.spread_ms == 155.0
+    assert metrics.per_clip("other") == []
 
 
 @needs_media

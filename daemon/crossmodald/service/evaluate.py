@@ -547,6 +547,27 @@ class OffsetEstimate:
 
 
 @dataclass(frozen=True, slots=True)
+class ClipOffsets:
+    """One clip's estimates in a lip-sync evaluation.
+
+    A small ``spread_ms`` beside a large ``median_error_ms`` is a stable bias: the estimates
+    follow every applied shift, from a zero that is off for this clip (the speaker's own
+    lip-to-sound timing, or an offset in the clip itself); a large spread is scatter.
+    """
+
+    clip: str
+    windows: int
+    #: Share of the windows within the tolerance of the applied shift.
+    hit_rate: float
+    #: Median error (estimate minus applied shift) over the windows with an estimate.
+    median_error_ms: float | None
+    #: Median estimate with no shift applied.
+    median_unshifted_ms: float | None
+    #: Median absolute deviation of the errors around their median.
+    spread_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class LipSyncMetrics:
     """How well offset estimates follow applied audio shifts."""
 
@@ -563,6 +584,36 @@ class LipSyncMetrics:
             return 0.0
         return sum(abs(e.error_ms) <= self.tolerance_ms for e in chosen) / len(chosen)
 
+    def per_clip(self, method: str | None = None) -> list[ClipOffsets]:
+        """One summary per clip, in the order the clips first appear."""
+        by_clip: dict[str, list[OffsetEstimate]] = {}
+        for e in self.estimates:
+            if method is None or e.method == method:
+                by_clip.setdefault(e.clip, []).append(e)
+        out = []
+        for clip, chosen in by_clip.items():
+            finite = [e.error_ms for e in chosen if e.audio_lead_ms is not None]
+            zero = [
+                e.audio_lead_ms for e in chosen if e.shift_ms == 0 and e.audio_lead_ms is not None
+            ]
+            median = statistics.median(finite) if finite else None
+            out.append(
+                ClipOffsets(
+                    clip=clip,
+                    windows=len(chosen),
+                    hit_rate=sum(abs(e.error_ms) <= self.tolerance_ms for e in chosen)
+                    / len(chosen),
+                    median_error_ms=median,
+                    median_unshifted_ms=statistics.median(zero) if zero else None,
+                    spread_ms=(
+                        None
+                        if median is None
+                        else statistics.median(abs(x - median) for x in finite)
+                    ),
+                )
+            )
+        return out
+
     def median_unshifted_ms(self, method: str | None = None) -> float | None:
         zero = [
             e.audio_lead_ms
@@ -572,6 +623,12 @@ class LipSyncMetrics:
             and (method is None or e.method == method)
         ]
         return statistics.median(zero) if zero else None
+
+
+def _ms(value: float | None, *, signed: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
 
 
 def _float_or_none(value: object) -> float | None:
@@ -983,6 +1040,21 @@ def eval_command(
                     f"  {method:<16}within {lm.tolerance_ms:.0f} ms: {lm.hit_rate(method):.1%}"
                     f"   median at 0 shift: {med}"
                 )
+            for method in lm.methods():
+                printer(
+                    f"  per clip, {method} (ms; spread: the errors' median distance from their"
+                    " median, small = a stable bias of the clip)"
+                )
+                printer(
+                    f"    {'clip':<40} {'windows':>7} {'within':>7} {'error':>9} "
+                    f"{'at 0':>9} {'spread':>8}"
+                )
+                for c in lm.per_clip(method):
+                    printer(
+                        f"    {c.clip[:40]:<40} {c.windows:>7} {c.hit_rate:>7.1%} "
+                        f"{_ms(c.median_error_ms):>9} {_ms(c.median_unshifted_ms):>9} "
+                        f"{_ms(c.spread_ms, signed=False):>8}"
+                    )
         else:
             if second is None:
                 raise EvalError("speaker: needs a second clip for the right-hand face")
