@@ -1041,20 +1041,22 @@ def eval_command(
                     f"   median at 0 shift: {med}"
                 )
             for method in lm.methods():
+                rows = lm.per_clip(method)
+                label = f"  per clip, {method} (ms)"
+                width = max(len(label) - 4, *(len(c.clip) for c in rows))
                 printer(
-                    f"  per clip, {method} (ms; spread: the errors' median distance from their"
-                    " median, small = a stable bias of the clip)"
+                    label.ljust(width + 4)
+                    + f" {'windows':>7} {'within':>7} {'error':>8} {'at 0':>8} {'spread':>7}"
                 )
-                printer(
-                    f"    {'clip':<40} {'windows':>7} {'within':>7} {'error':>9} "
-                    f"{'at 0':>9} {'spread':>8}"
-                )
-                for c in lm.per_clip(method):
+                for c in rows:
                     printer(
-                        f"    {c.clip[:40]:<40} {c.windows:>7} {c.hit_rate:>7.1%} "
-                        f"{_ms(c.median_error_ms):>9} {_ms(c.median_unshifted_ms):>9} "
-                        f"{_ms(c.spread_ms, signed=False):>8}"
+                        f"    {c.clip:<{width}} {c.windows:>7} {c.hit_rate:>7.1%} "
+                        f"{_ms(c.median_error_ms):>8} {_ms(c.median_unshifted_ms):>8} "
+                        f"{_ms(c.spread_ms, signed=False):>7}"
                     )
+            if lm.methods():
+                printer("  spread: the errors' median distance from their median")
+                printer("  (a large error with a small spread: a stable bias of that clip)")
         else:
             if second is None:
                 raise EvalError("speaker: needs a second clip for the right-hand face")
