@@ -21,6 +21,7 @@ pytest.importorskip("mediapipe", reason="the lipsync extra (mediapipe) is not in
 
 from crossmodald_plugins.avsync.result import AvSyncResult
 from crossmodald_plugins.lipsync.landmarks import (
+    FEATURE_DIM,
     KEPT,
     N_LIPS,
     POSE_DIM,
@@ -33,6 +34,7 @@ from crossmodald_plugins.lipsync.model import (
     LagScan,
     load_model,
     read_checkpoint,
+    scan,
 )
 from crossmodald_plugins.lipsync.plugin import (
     LAG_HISTORY,
@@ -132,6 +134,32 @@ def test_shipped_weights_load_with_their_card() -> None:
     assert "within_40ms" in ckpt["metrics"]
     assert SHIPPED_WEIGHTS.stat().st_size < 5_000_000
     assert (SHIPPED_WEIGHTS.parent / "MODEL_CARD.md").is_file()
+
+
+def test_scan_scores_every_slot_a_lag_pairs_and_averages_the_common_ones() -> None:
+    # The lag curve compares every lag on the same lips (the slots all lags pair); each lag's
+    # per-slot cosines cover every slot that lag pairs, so a face judged at one lag is judged
+    # over (nearly) the whole window, not only its middle.
+    import torch
+
+    torch.manual_seed(0)
+    slots, max_lag_ms = 50, 500
+    lips = torch.randn(2, slots, FEATURE_DIM)
+    mel = torch.randn(2, 4 * slots, 40)
+    results = scan(load_model(SHIPPED_WEIGHTS), lips, mel, max_lag_ms)
+    margin = 14  # ceil(500 ms / 40 ms) + 1 slots at each end
+    for res in results:
+        lags = list(res.lags_ms)
+        common = res.slot_by_lag[:, margin : slots - margin]
+        assert np.isfinite(common).all()
+        assert np.allclose(res.curve, common.mean(axis=1), atol=1e-6)
+        assert np.isfinite(res.slot_by_lag[lags.index(0.0)]).all()  # lag 0 pairs every slot
+        # Audio 500 ms ahead: slot t pairs audio from 12.5 slots before it, which the first 13
+        # slots of the window do not have.
+        ahead = res.slot_by_lag[lags.index(500.0)]
+        assert np.isnan(ahead[:13]).all()
+        assert np.isfinite(ahead[13:]).all()
+        assert np.array_equal(res.per_slot, res.slot_by_lag[res.best], equal_nan=True)
 
 
 def test_bad_weights_are_a_clear_error(tmp_path: Path) -> None:

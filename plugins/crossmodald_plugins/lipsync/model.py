@@ -12,6 +12,7 @@ Training (:mod:`.train`) pairs every slot with the audio at 31 lags (-15..+15 sl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,9 +144,10 @@ def scan(
 ) -> list[LagScan]:
     """Lag curves of a batch of faces, every 10 ms within +/- ``max_lag_ms``.
 
-    The audio encoder runs once per 10 ms phase (4 runs); a lag is then a slice. Only slots
-    that every lag can pair inside the window are averaged, so each hypothesis is judged on the
-    same lips.
+    The audio encoder runs once per 10 ms phase (4 runs); a lag is then a slice. The curve
+    averages only the slots that every lag can pair inside the window, so each hypothesis is
+    judged on the same lips; ``slot_by_lag`` holds every slot each lag pairs (the speaker
+    decision judges faces at one lag, over as much of the window as that lag covers).
 
     Args:
         lips: (B, T, 160) standardised lip features.
@@ -162,30 +164,31 @@ def scan(
         n = (mel.shape[1] - p) // STEPS_PER_SLOT
         phases.append(model.embed_audio(mel[:, p : p + STEPS_PER_SLOT * n]))
     lags = list(range(-k_max, k_max + 1))
+    lo, hi = margin, t - margin
     curves = []
-    slot_cos = []
-    for k in lags:
+    by_lag = torch.full((b, len(lags), t), math.nan, dtype=v.dtype, device=v.device)
+    for i, k in enumerate(lags):
         # Lips t with audio starting 10 k ms before t: mel step 4 t - k = p + 4 j.
         p = (-k) % STEPS_PER_SLOT
         q = (k + p) // STEPS_PER_SLOT
         a = phases[p]
-        lo, hi = margin, t - margin
-        cos = (v[:, lo:hi] * a[:, lo - q : hi - q]).sum(-1)  # (B, hi - lo)
-        curves.append(cos.mean(dim=1))
-        slot_cos.append(cos)
+        # Every slot this lag pairs (audio index t - q inside the window) gets its cosine;
+        # the curve averages only [lo, hi), the slots that every lag pairs.
+        first, last = max(0, q), min(t, a.shape[1] + q)
+        cos = (v[:, first:last] * a[:, first - q : last - q]).sum(-1)
+        by_lag[:, i, first:last] = cos
+        curves.append(cos[:, lo - first : hi - first].mean(dim=1))
     curve = torch.stack(curves, dim=1).cpu().numpy()  # (B, L)
-    per = torch.stack(slot_cos, dim=1).cpu().numpy()  # (B, L, N)
+    per = by_lag.cpu().numpy()  # (B, L, T)
     out = []
     for i in range(b):
         best = int(np.argmax(curve[i]))
-        by_lag = np.full((len(lags), t), np.nan, np.float32)
-        by_lag[:, margin : t - margin] = per[i]
         out.append(
             LagScan(
                 np.array(lags, np.float32) * STEP_MS,
                 curve[i].astype(np.float32),
-                by_lag[best].copy(),
-                by_lag,
+                per[i, best].astype(np.float32),
+                per[i].astype(np.float32),
             )
         )
     return out

@@ -10,8 +10,9 @@ the face's lips against the window's audio at every 10 ms lag within +/- ``max_l
   visible, the audio is silent or no visible face's lips follow the sound. Smoothing and
   ``sync.alarm`` are the avsync plugin's (:class:`~crossmodald_plugins.avsync.session.AvSyncSession`).
 * ``speaker`` start/end (``method`` "lipsync"): each face's lip/sound agreement (its mean
-  cosine over the window's scored slots at the stream's lag: the median of the recent confident
-  windows' best lags, since one 2 s window's own best lag is too noisy to judge a face by),
+  cosine over every slot of the window that the stream's lag pairs with audio: that lag is the
+  median of the recent confident windows' best lags, since one 2 s window's own best lag is too
+  noisy to judge a face by),
   averaged over the face's last :data:`AGREEMENT_WINDOWS` windows with sound; the face that
   matches the voice is the one speaking (one at a time), through the speaker plugin's session
   (:class:`~crossmodald_plugins.asd.plugin.SpeakerSession`).
@@ -55,8 +56,8 @@ MIN_SLOTS = 25
 #: The stream's lag for ``speaker`` is the median best lag of this many recent confident windows.
 LAG_HISTORY = 15
 #: A face's ``speaker`` score is its agreement averaged over this many of its latest windows
-#: with sound (on held-out speakers the voiced face beats a face with other audio in 80 % of
-#: single windows, 89 % over 4: ``benchmarks/lipsync_speaker_threshold.py``).
+#: with sound (on held-out speakers the voiced face beats a face with other audio in 87 % of
+#: single windows, 91 % over 4: ``benchmarks/lipsync_speaker_threshold.py``).
 AGREEMENT_WINDOWS = 4
 #: Log-mel energy (mean over bands, natural log) below which a window counts as silent.
 SILENCE_LOG_ENERGY = -9.0
@@ -84,10 +85,11 @@ class LipSyncConfig(PluginConfig):
     alarm_audio_lag_ms: float = Field(185.0, gt=0, le=10_000)
     alarm_windows: int = Field(3, ge=1, le=1000)
     #: ``speaker`` events: a face speaks where its lip/sound agreement (mean cosine over the
-    #: window's scored slots at the stream's lag, averaged over its last 4 windows) is at least
-    #: this and the best of all faces. 0.06: the 90th percentile of a face against audio that
-    #: is not its own, on the shipped model's held-out speakers (see weights/MODEL_CARD.md).
-    speaker_threshold: float = Field(0.06, gt=-1.0, lt=1.0)
+    #: window's slots at the stream's lag, averaged over its last 4 windows) is at least this
+    #: and the best of all faces. 0.045: about the 90th percentile (0.046) of a face against
+    #: audio that is not its own, on the shipped model's held-out speakers (see
+    #: weights/MODEL_CARD.md).
+    speaker_threshold: float = Field(0.045, gt=-1.0, lt=1.0)
     hold_slots: int = Field(3, ge=1, le=250)
     speakers: bool = True
 
@@ -317,10 +319,11 @@ class LipSyncPlugin:
         if confidence > 0.0 and not silent:
             item.state.recent.append(res.best)
         # Every face is judged at the stream's lag: there the voiced face's lips match the
-        # sound and a silent face's do not. Only the slots the scan scored are reported (the
-        # middle of the window, which every lag pairs); overlapping windows cover the rest
-        # with their own middles (the speaker session judges each slot in the first window
-        # that reports it).
+        # sound and a silent face's do not. Every slot that lag pairs with the window's audio
+        # is reported (not only the middle that every lag of the scan pairs): the speaker
+        # session judges each slot in the first window that reports it, so the first second of
+        # a stream and the slots at a window's newest edge are judged too, without waiting for
+        # the next window's middle.
         at = item.state.lag(res.best)
         speaking = not silent and self.config.speakers
         faces = []
@@ -352,8 +355,8 @@ class LipSyncPlugin:
 
 def _scored_span(row: npt.NDArray[np.float32]) -> tuple[int, int, float] | None:
     """``[lo, hi)`` of the slots ``row`` scores and the face's mean cosine over them (None when
-    it scores none). Per slot the cosine is too noisy to judge a face by; over the scored
-    second it separates the voiced face (see ``speaker_threshold``)."""
+    it scores none). Per slot the cosine is too noisy to judge a face by; over the window's
+    scored slots it separates the voiced face (see ``speaker_threshold``)."""
     scored = np.flatnonzero(np.isfinite(row))
     if scored.size == 0:
         return None
