@@ -641,15 +641,23 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from crossmodald.service.evaluate import DEFAULT_SHIFTS_MS, eval_command
 
+    also: dict[str, dict[str, Any]] = {name: {} for name in args.also or []}
     overrides: dict[str, Any] = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
             return _fail(f"--set {item!r}: expected KEY=VALUE", 2)
+        # PLUGIN.KEY=VALUE sets a key of an --also plugin; KEY=VALUE one of the evaluated one.
+        name, dot, field = key.partition(".")
+        target = overrides
+        if dot:
+            if name not in also:
+                return _fail(f"--set {item!r}: {name!r} is not a plugin given with --also", 2)
+            target, key = also[name], field
         try:
-            overrides[key] = json.loads(value)
+            target[key] = json.loads(value)
         except json.JSONDecodeError:
-            overrides[key] = value
+            target[key] = value
     return eval_command(
         args.plugin,
         args.media,
@@ -663,6 +671,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         second=args.second,
         max_seconds=args.max_seconds,
         progress=None if args.quiet else sys.stderr,
+        also=list(also.items()),
     )
 
 
@@ -813,7 +822,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=seconds, help="window length in seconds")
     p.add_argument("--hop", type=seconds, help="window hop in seconds")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="plugin config override")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="plugin config override (PLUGIN.KEY=VALUE: of a plugin given with --also)",
+    )
+    p.add_argument(
+        "--also",
+        action="append",
+        metavar="PLUGIN",
+        help="lipsync: run this plugin too, in the same daemon over the same windows, and print "
+        "its figures beside (e.g. --also avsync --set avsync.method=motion)",
+    )
     p.add_argument(
         "--max-seconds",
         type=seconds,

@@ -174,8 +174,10 @@ class XcorrOffset:
     def new_state(self, stream: StreamInfo) -> None:
         return None
 
-    def __init__(self, media: DecodedMedia) -> None:
+    def __init__(self, media: DecodedMedia, method: str = "xcorr", bias_ms: float = 0.0) -> None:
         self.media = media
+        self.name = self.method = method  # registered under its method's name
+        self.bias_ms = bias_ms
         # Silence on both sides: the daemon's windows reach up to a hop (1 s) and a shift beyond
         # the media, and the search adds half a second more.
         self.pad = 2 * media.audio_rate
@@ -185,7 +187,7 @@ class XcorrOffset:
         return None
 
     def open(self, stream: StreamInfo) -> XcorrSession:
-        return XcorrSession()
+        return XcorrSession(self.method)
 
     def infer(self, batch: Sequence[Any]) -> list[float]:
         batch = [getattr(item, "window", item) for item in batch]  # v2 items carry the window
@@ -202,7 +204,7 @@ class XcorrOffset:
                 score = float(np.dot(ref * w.audio_valid, w.audio))
                 if score > best:
                     best, best_lag = score, lag_ms
-            out.append(float(best_lag))
+            out.append(float(best_lag) + self.bias_ms)
         return out
 
 
@@ -210,6 +212,9 @@ class XcorrConfig(PluginConfig):
     """The clip whose true audio the plugin correlates against."""
 
     clip: str
+    #: The ``method`` its estimates carry, and a bias added to each.
+    method: str = "xcorr"
+    bias_ms: float = 0.0
 
 
 class XcorrFactory:
@@ -218,12 +223,15 @@ class XcorrFactory:
 
     @classmethod
     def create(cls, config: XcorrConfig, device: str) -> XcorrOffset:
-        return XcorrOffset(decode_media(Path(config.clip)))
+        return XcorrOffset(decode_media(Path(config.clip)), config.method, config.bias_ms)
 
 
 class XcorrSession:
+    def __init__(self, method: str) -> None:
+        self.method = method
+
     def update(self, window: Window, result: float) -> list[Event]:
-        data = {"audio_lead_ms": result, "confidence": 1.0, "method": "xcorr"}
+        data = {"audio_lead_ms": result, "confidence": 1.0, "method": self.method}
         return [Event("sync.offset", window.stream, window.start_ns, window.end_ns, data)]
 
     def close(self) -> list[Event]:
@@ -268,6 +276,56 @@ def test_lipsync_evaluation_follows_applied_shifts() -> None:
     # The per-clip table: the clip's 4 windows, all within, no error, no spread.
     row = next(line for line in out.getvalue().splitlines() if line.strip().startswith(AOC.name))
     assert row.split()[1:] == ["4", "100.0%", "+0.0", "n/a", "0.0"]
+
+
+@needs_media
+def test_other_plugins_run_beside_in_the_same_daemon_and_print_beside() -> None:
+    # `--also`: a second offset plugin (here the same correlator, 60 ms off and named "biased")
+    # runs over the same streams and windows; each method gets its line and its table.
+    registry = PluginRegistry({"xcorr": XcorrFactory, "biased": XcorrFactory})
+    clip = {"clip": str(AOC)}
+    out = io.StringIO()
+    code = eval_command(
+        "xcorr",
+        AOC,
+        task="lipsync",
+        shifts_ms=(0.0,),
+        overrides=clip,
+        registry=registry,
+        max_seconds=6.5,
+        out=out,
+        also=[("biased", {**clip, "method": "biased", "bias_ms": 60.0})],
+    )
+    assert code == 0, out.getvalue()
+    text = out.getvalue()
+    assert text.splitlines()[0].startswith("lipsync  xcorr + biased  shifts +0 ms")
+    assert "estimates       4" in text  # two windows, two plugins
+    assert "xcorr           within 40 ms: 100.0%   median at 0 shift: +0.0 ms" in text
+    assert "biased          within 40 ms: 0.0%   median at 0 shift: +60.0 ms" in text
+    rows = [line.split() for line in text.splitlines() if line.strip().startswith(AOC.name)]
+    assert [row[1:] for row in rows] == [  # by method: biased, xcorr
+        ["2", "0.0%", "+60.0", "+60.0", "0.0"],
+        ["2", "100.0%", "+0.0", "+0.0", "0.0"],
+    ]
+
+
+def test_also_is_refused_outside_lipsync_and_twice(capsys: pytest.CaptureFixture[str]) -> None:
+    rttm = MEDIA / "speech_2speakers_pyannote_sample.rttm"
+    code = eval_command("speech", AOC, rttm, also=[("avsync", {})])
+    assert code == 2
+    assert "--also is for --task lipsync, not speech" in capsys.readouterr().err
+    code = eval_command("avsync", AOC, task="lipsync", also=[("avsync", {})])
+    assert code == 2
+    assert "each plugin once: avsync, avsync" in capsys.readouterr().err
+
+
+def test_cli_set_reaches_the_also_plugin_named(capsys: pytest.CaptureFixture[str]) -> None:
+    from crossmodald.cli import main
+
+    # A dotted key must name a plugin given with --also (checked before anything runs).
+    code = main(["eval", "avsync", str(AOC), "--task", "lipsync", "--set", "speaker.turns=false"])
+    assert code == 2
+    assert "'speaker' is not a plugin given with --also" in capsys.readouterr().err
 
 
 # -- active speaker plumbing --------------------------------------------------------------------

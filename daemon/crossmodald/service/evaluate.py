@@ -651,12 +651,14 @@ def evaluate_lipsync(
     registry: PluginRegistry | None = None,
     max_seconds: float | None = None,
     progress: TextIO | None = None,
+    also: Sequence[Mapping[str, Any]] = (),
 ) -> LipSyncMetrics:
     """Shift each clip's audio by each amount and collect the plugin's offset estimates.
 
     Every (clip, shift) pair is one stream of one daemon run, so the plugin host batches
     their windows together. ``tolerance_ms`` defaults to one frame of the first clip (40 ms
-    at 25 fps).
+    at 25 fps). ``also``: more ``[[plugins]]`` tables run in the same daemon, over the same
+    streams and windows; their estimates come in too, told apart by their ``method``.
     """
     if not clips:
         raise EvalError("lipsync: no clips given")
@@ -670,7 +672,7 @@ def evaluate_lipsync(
             labels[name] = (clip.name, float(shift))
     result = run_streams(
         sources,
-        [plugin_table(plugin, overrides, device)],
+        [plugin_table(plugin, overrides, device), *also],
         length_s=length_s,
         hop_s=hop_s,
         registry=registry,
@@ -934,6 +936,7 @@ def eval_command(
     registry: PluginRegistry | None = None,
     out: TextIO | None = None,
     progress: TextIO | None = None,
+    also: Sequence[tuple[str, Mapping[str, Any]]] = (),
 ) -> int:
     """``crossmodald eval``: run ``plugin`` over labelled media and print its metrics.
 
@@ -955,6 +958,9 @@ def eval_command(
         out: Where to print (stdout by default).
         progress: Where a line goes as each clip (each shift, for ``lipsync``) is done
             (None: nowhere).
+        also: For ``lipsync``: more plugins (name, config overrides) run in the same daemon
+            over the same windows, their figures printed beside ``plugin``'s (e.g. the
+            Light-ASD scan and the weight-free method beside a lip-sync model).
 
     Returns:
         0 when the evaluation ran and printed its metrics, 2 on bad input (error printed to
@@ -980,6 +986,13 @@ def eval_command(
         else:
             print("eval: say --task (speech, lipsync, speaker or transcript)", file=sys.stderr)
             return 2
+    names = [plugin, *(name for name, _ in also)]
+    if also and task != "lipsync":
+        print(f"eval: --also is for --task lipsync, not {task}", file=sys.stderr)
+        return 2
+    if len(set(names)) != len(names):
+        print(f"eval: each plugin once: {', '.join(names)}", file=sys.stderr)
+        return 2
     try:
         if task == "speech":
             if labels is None:
@@ -1029,9 +1042,11 @@ def eval_command(
                 shifts_ms=shifts_ms,
                 length_s=window_s or 5.0,
                 hop_s=hop_s or 1.0,
+                also=[plugin_table(name, extra, device) for name, extra in also],
                 **common,
             )
-            printer(f"lipsync  {plugin}  shifts {', '.join(f'{s:+g}' for s in shifts_ms)} ms")
+            shown = plugin + "".join(f" + {name}" for name, _ in also)
+            printer(f"lipsync  {shown}  shifts {', '.join(f'{s:+g}' for s in shifts_ms)} ms")
             printer(f"  estimates       {len(lm.estimates)}")
             for method in lm.methods() or ["(none)"]:
                 median = lm.median_unshifted_ms(method)
