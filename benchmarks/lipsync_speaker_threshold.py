@@ -2,13 +2,14 @@
 
 For every 2 s window (50 slots of 40 ms, every 12 slots) of each validation clip, the sync
 model scans +/-500 ms as the plugin does, and the face's agreement is its mean cosine over the
-slots that the clip's lag pairs with audio in the window, at that lag (the median of its windows' best lags, as the plugin's stream
-lag), averaged over its latest ``--windows`` windows (the plugin's AGREEMENT_WINDOWS).
+slots that the clip's lag pairs with audio in the window, at that lag (the median of its
+windows' best lags, as the plugin's stream lag), averaged over its latest ``--windows`` windows
+(the plugin's AGREEMENT_WINDOWS).
 "Matched": the clip's lips with its own audio. "Mismatched": its lips with the audio of each
 other clip at the same place: a face that is not the voice. Prints both distributions, how often
 the matched face beats a mismatched one at the same place, and per threshold the share of each
-at or above it. The shipped default (0.045) is about the mismatched 90th percentile on the shipped
-model's validation speakers (PC-AVS, never trained on).
+at or above it. The shipped default (0.045) is about the mismatched 90th percentile on the
+shipped model's validation speakers (PC-AVS, never trained on).
 
     python benchmarks/lipsync_speaker_threshold.py VAL_CLIPS... [--weights W] [--cache DIR]
         [--windows 4]

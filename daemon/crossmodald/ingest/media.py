@@ -252,8 +252,9 @@ def _finish(decoding: concurrent.futures.Future[_Batch]) -> _Batch:
     a fast (offline) read, and every numpy or OpenCV call there lets go of the GIL and then
     waits to get it back from the loop or a plugin: the luma planes, the thumbnails (~30 us a
     VGA frame) and the mono downmix of the audio frames (several numpy calls each, then one join
-    for the frames an item holds) are made here instead, while it decodes the next batch. Decoded frames are reference-counted, so the
-    decoder never reuses a buffer that a frame waiting here still holds.
+    for the frames an item holds) are made here instead, while it decodes the next batch.
+    Decoded frames are reference-counted, so the decoder never reuses a buffer that a frame
+    waiting here still holds.
     """
     batch = decoding.result()
     for item in batch[0]:

@@ -592,19 +592,17 @@ class LipSyncMetrics:
                 by_clip.setdefault(e.clip, []).append(e)
         out = []
         for clip, chosen in by_clip.items():
+            # The clip's own metrics: the same share and median-at-0 rules as the whole set's.
+            own = LipSyncMetrics(self.tolerance_ms, chosen)
             finite = [e.error_ms for e in chosen if e.audio_lead_ms is not None]
-            zero = [
-                e.audio_lead_ms for e in chosen if e.shift_ms == 0 and e.audio_lead_ms is not None
-            ]
             median = statistics.median(finite) if finite else None
             out.append(
                 ClipOffsets(
                     clip=clip,
                     windows=len(chosen),
-                    hit_rate=sum(abs(e.error_ms) <= self.tolerance_ms for e in chosen)
-                    / len(chosen),
+                    hit_rate=own.hit_rate(),
                     median_error_ms=median,
-                    median_unshifted_ms=statistics.median(zero) if zero else None,
+                    median_unshifted_ms=own.median_unshifted_ms(),
                     spread_ms=(
                         None
                         if median is None
