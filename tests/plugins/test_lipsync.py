@@ -253,6 +253,43 @@ def test_alarm_goes_through_the_smoothed_offset() -> None:
     assert [e.type for e in session.close()] == ["sync.alarm"]
 
 
+@pytest.mark.parametrize("release", [0.0, 0.045])
+def test_a_speaking_face_outlasts_a_dip_down_to_the_release_threshold(release: float) -> None:
+    # Agreement 0.1 for 20 slots (starts the face), a dip to 0.02 mid-speech for 20 (under the
+    # 0.045 start threshold, above the default release 0.0), then a silent stretch (scored 0).
+    from crossmodald_plugins.asd.plugin import SLOT_NS, FaceSpeaking
+
+    config = LipSyncConfig(speaker_release_threshold=release)
+    plugin = LipSyncPlugin(config, model=None, device="cpu")
+    session = plugin.open(StreamInfo("x", "test", True, True, 25.0, 16000, 320, 240, ClockKind.PTS))
+    window = _faceless_windows(1)[0]
+    scores = [0.1] * 20 + [0.02] * 20 + [0.0] * 10
+    face = FaceSpeaking(
+        1,
+        np.arange(len(scores), dtype=np.int64) * SLOT_NS,
+        ((10.0, 0.0, 5.0, 5.0),) * len(scores),
+        np.array(scores, np.float32),
+    )
+    offset = AvSyncResult(None, 0.0, METHOD, window.start_ns)
+    events = session.update(window, LipSyncResult(offset, (face,), (), 1))
+    spans = [(e.phase, e.start_ns, e.end_ns) for e in events if e.type == "speaker"]
+    hold = config.hold_slots
+    assert spans[0] == (Phase.START, 0, (hold - 1) * SLOT_NS)
+    (end,) = [s for s in spans if s[0] is Phase.END]
+    # The span ends where the first of ``hold`` slots at or below the release lies.
+    assert end[2] == (40 if release == 0.0 else 20) * SLOT_NS
+
+
+def test_the_release_threshold_is_capped_at_the_start_threshold() -> None:
+    config = LipSyncConfig(speaker_threshold=0.03, speaker_release_threshold=0.05)
+    source = LipSyncPlugin(config, model=None, device="cpu")
+    session = source.open(StreamInfo("x", "test", True, True, 25.0, 16000, 320, 240, ClockKind.PTS))
+    assert session._speakers is not None
+    assert session._speakers._release == session._speakers._threshold == 0.03
+    with pytest.raises(ValueError, match="speaker_release_threshold"):
+        LipSyncConfig(speaker_release_threshold=-0.1)
+
+
 def _scan(rows: dict[int, float], peak_at: int, slots: int = 50, margin: int = 13) -> LagScan:
     """A face's lag scan over 101 lags (+/-500 ms): cosine ``rows[k]`` on the scored slots at
     lag k (0 elsewhere), the mean curve peaking at ``peak_at``; the edge slots unscored."""

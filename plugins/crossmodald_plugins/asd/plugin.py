@@ -213,6 +213,8 @@ class SpeakerPlugin:
         self.method = METHOD_MODEL if model is not None else METHOD_FALLBACK
         #: Score at which a face counts as speaking (the fallback's scores run lower).
         self.threshold = config.threshold if model is not None else config.fallback_threshold
+        #: No hysteresis here: a face stops speaking where it falls below ``threshold``.
+        self.release_threshold = self.threshold
 
     # -- Plugin protocol --------------------------------------------------------------------
 
@@ -491,6 +493,12 @@ class SpeakerSource(Protocol):
         """The score at which a face counts as speaking."""
         ...
 
+    @property
+    def release_threshold(self) -> float:
+        """A face that speaks goes on speaking while its score stays above this (hysteresis;
+        at most ``threshold``, which it starts at; equal to it: none)."""
+        ...
+
 
 class SpeakerSession:
     """Per-stream ``speaker`` lifecycle and ``sync.offset`` smoothing."""
@@ -500,6 +508,7 @@ class SpeakerSession:
         self._stream = stream
         self._config = plugin.config
         self._threshold = plugin.threshold
+        self._release = min(plugin.release_threshold, plugin.threshold)
         self._done_ns = -1  # slots at or before this were already judged
         self._above: dict[int, int] = {}
         self._open: dict[int, _Speaking] = {}
@@ -609,12 +618,12 @@ class SpeakerSession:
     ) -> list[Event]:
         hold = self._config.hold_slots
         speaking = self._open.get(track_id)
+        if speaking is not None and (score >= self._threshold or score > self._release):
+            speaking.scores.append(score)
+            speaking.box = box  # ``end`` reports where the face was last seen speaking
+            speaking.below = 0
+            return []
         if score >= self._threshold:
-            if speaking is not None:
-                speaking.scores.append(score)
-                speaking.box = box  # ``end`` reports where the face was last seen speaking
-                speaking.below = 0
-                return []
             run = self._above.get(track_id, 0) + 1
             self._above[track_id] = run
             if run < hold:

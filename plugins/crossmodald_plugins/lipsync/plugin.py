@@ -89,6 +89,12 @@ class LipSyncConfig(PluginConfig):
     #: audio that is not its own, on the shipped model's held-out speakers (see
     #: weights/MODEL_CARD.md).
     speaker_threshold: float = Field(0.045, gt=-1.0, lt=1.0)
+    #: A face that speaks goes on speaking while its agreement stays above this (and it is the
+    #: best face), so that a dip of the agreement in the middle of speech does not end its
+    #: span; silent windows score 0 and end it. 0.0: the median of a face against audio that
+    #: is not its own on the held-out speakers (-0.001). Capped at ``speaker_threshold``; equal
+    #: to it: no hysteresis.
+    speaker_release_threshold: float = Field(0.0, ge=0.0, lt=1.0)
     hold_slots: int = Field(3, ge=1, le=250)
     speakers: bool = True
 
@@ -413,6 +419,7 @@ class _SpeakerSource:
         # The agreement a face needs to count as speaking (the speaker plugin's learned-model
         # and fallback thresholds are both this one here).
         self.threshold = self.config.threshold
+        self.release_threshold = min(plugin.config.speaker_release_threshold, self.threshold)
 
 
 class LipSyncFactory:
