@@ -17,6 +17,7 @@ from crossmodald.runtime.registry import PluginRegistry
 from crossmodald.service.evaluate import (
     DecodedMedia,
     EvalError,
+    SpeakerMetrics,
     compose_side_by_side,
     decode_media,
     eval_command,
@@ -79,8 +80,16 @@ def test_speaker_accuracy_counts_only_speech_frames() -> None:
     m = speaker_accuracy(pts, speech, spans, width=800, speaking_side="left")
     assert m.speech_frames == 25
     assert m.correct == 13  # frames 0..12 are before 0.5 s
+    # The 12 other speech frames: only the right-hand face (the one not voiced) speaks.
+    assert (m.no_face, m.other_face, m.both_faces) == (0, 12, 0)
     both = [(0, 2 * NS_PER_S, 100.0), (0, 2 * NS_PER_S, 600.0)]
-    assert speaker_accuracy(pts, speech, both, width=800, speaking_side="left").correct == 0
+    m = speaker_accuracy(pts, speech, both, width=800, speaking_side="left")
+    assert (m.correct, m.both_faces) == (0, 25)
+    gap = [(0, NS_PER_S // 4, 100.0)]  # frames 0..6, then nobody
+    m = speaker_accuracy(pts, speech, gap, width=800, speaking_side="left")
+    assert (m.correct, m.no_face, m.other_face) == (7, 18, 0)
+    total = m + SpeakerMetrics(3, 5, 1, 1, 0)
+    assert (total.correct, total.speech_frames, total.no_face, total.other_face) == (10, 30, 19, 1)
 
 
 # -- media ------------------------------------------------------------------------------------
@@ -450,6 +459,12 @@ def test_speaker_evaluation_scores_the_side_that_speaks(tmp_path: Path) -> None:
     )
     assert right.speech_frames > 200  # both arrangements, most of 8 s each
     assert right.accuracy > 0.9
+    # Per arrangement, summing to the whole; every miss has a kind.
+    assert [side for side, _ in right.by_voice] == ["left", "right"]
+    assert sum(m.speech_frames for _, m in right.by_voice) == right.speech_frames
+    assert sum(m.correct for _, m in right.by_voice) == right.correct
+    for _, m in right.by_voice:
+        assert m.correct + m.no_face + m.other_face + m.both_faces == m.speech_frames
     wrong = evaluate_speaker(
         AOC,
         MARKEY,
@@ -462,6 +477,23 @@ def test_speaker_evaluation_scores_the_side_that_speaks(tmp_path: Path) -> None:
     )
     assert 50 < wrong.speech_frames < right.speech_frames
     assert wrong.accuracy < 0.1
+    assert wrong.other_face > 0.9 * wrong.speech_frames  # wrong picks, not a decision let go
+    out = io.StringIO()
+    code = eval_command(
+        "oracle",
+        AOC,
+        task="speaker",
+        second=MARKEY,
+        overrides={"lie": True},
+        registry=ORACLE,
+        max_seconds=4.0,
+        out=out,
+    )
+    assert code == 0
+    rows = {line.split()[0]: line.split()[1:] for line in out.getvalue().splitlines()[4:7]}
+    assert list(rows) == ["left", "right", "all"]
+    assert rows["all"][0] == str(wrong.speech_frames)
+    assert rows["all"][3] == f"{wrong.other_face / wrong.speech_frames:.1%}"
     with pytest.raises(EvalError, match="no audio"):
         compose_side_by_side(
             AOC,

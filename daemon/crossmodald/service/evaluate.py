@@ -41,7 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, TextIO, TypeVar
@@ -713,14 +713,37 @@ def evaluate_lipsync(
 
 @dataclass(frozen=True, slots=True)
 class SpeakerMetrics:
-    """Active-speaker frame accuracy on composed two-face clips."""
+    """Active-speaker frame accuracy on composed two-face clips.
+
+    Every speech frame is either ``correct`` (the voiced face alone speaks) or a miss of one
+    kind: ``no_face`` (no face speaks: the decision let go), ``other_face`` (only the face
+    that is not the voice speaks: a wrong pick) or ``both_faces``. ``by_voice``: the same per
+    arrangement ("left" and "right" voiced), when these are the sum of both.
+    """
 
     correct: int
     speech_frames: int
+    no_face: int = 0
+    other_face: int = 0
+    both_faces: int = 0
+    by_voice: tuple[tuple[str, SpeakerMetrics], ...] = ()
 
     @property
     def accuracy(self) -> float:
         return self.correct / self.speech_frames if self.speech_frames else 0.0
+
+    def __add__(self, other: SpeakerMetrics) -> SpeakerMetrics:
+        return SpeakerMetrics(
+            self.correct + other.correct,
+            self.speech_frames + other.speech_frames,
+            self.no_face + other.no_face,
+            self.other_face + other.other_face,
+            self.both_faces + other.both_faces,
+        )
+
+    def share(self, frames: int) -> str:
+        """``frames`` as a percentage of the speech frames."""
+        return f"{frames / self.speech_frames:.1%}" if self.speech_frames else "-"
 
 
 def speaker_spans(events: Iterable[Event]) -> list[tuple[int, int, float]]:
@@ -744,15 +767,22 @@ def speaker_accuracy(
     width: int,
     speaking_side: Literal["left", "right"],
 ) -> SpeakerMetrics:
-    """Count speech frames where only the speaking side's face has an open ``speaker`` span."""
-    correct = total = 0
+    """Count speech frames where only the speaking side's face has an open ``speaker`` span,
+    and the misses by kind (see :class:`SpeakerMetrics`)."""
+    counts = {"correct": 0, "none": 0, "other": 0, "both": 0}
+    total = 0
     for pts in frames_pts_ns:
         if not any(s <= pts < e for s, e in speech):
             continue
         total += 1
         sides = {"left" if cx < width / 2 else "right" for s, e, cx in spans if s <= pts < e}
-        correct += sides == {speaking_side}
-    return SpeakerMetrics(correct, total)
+        if not sides:
+            counts["none"] += 1
+        elif len(sides) == 2:
+            counts["both"] += 1
+        else:
+            counts["correct" if sides == {speaking_side} else "other"] += 1
+    return SpeakerMetrics(counts["correct"], total, counts["none"], counts["other"], counts["both"])
 
 
 def evaluate_speaker(
@@ -779,6 +809,7 @@ def evaluate_speaker(
     if plugin != "speech":
         tables.append(plugin_table("speech", None, device))
     total = SpeakerMetrics(0, 0)
+    by_voice: list[tuple[str, SpeakerMetrics]] = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for side in ("left", "right"):
             if progress is not None:
@@ -810,8 +841,9 @@ def evaluate_speaker(
             m = speaker_accuracy(
                 pts, speech, speaker_spans(events), width=width or 0, speaking_side=side
             )
-            total = SpeakerMetrics(total.correct + m.correct, total.speech_frames + m.speech_frames)
-    return total
+            total += m
+            by_voice.append((side, m))
+    return replace(total, by_voice=tuple(by_voice))
 
 
 # -- transcript ---------------------------------------------------------------------------------
@@ -1084,6 +1116,18 @@ def eval_command(
             printer(f"speaker  {media.name} | {second.name}")
             printer(f"  speech frames   {am.speech_frames}")
             printer(f"  accuracy        {am.accuracy:.1%}")
+            printer(
+                f"  {'voice':<10} {'frames':>7} {'correct':>7} {'no face':>8} {'other':>7} {'both':>7}"
+            )
+            for side, m in (*am.by_voice, ("all", am)):
+                printer(
+                    f"  {side:<10} {m.speech_frames:>7} {m.share(m.correct):>7} "
+                    f"{m.share(m.no_face):>8} {m.share(m.other_face):>7} "
+                    f"{m.share(m.both_faces):>7}"
+                )
+            printer("  voice: the side whose audio plays; correct: that face alone speaks;")
+            printer("  no face: none does; other: only the face that is not the voice; both:")
+            printer("  both faces at once")
     except EvalError as exc:
         print(f"eval: {exc}", file=sys.stderr)
         return 2
