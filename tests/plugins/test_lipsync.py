@@ -345,6 +345,24 @@ def test_faces_are_judged_at_the_stream_lag_on_scored_slots_only() -> None:
     assert np.allclose(result.faces[0].scores, (0.3 + 0.1 + 0.1) / 3)
 
 
+def test_before_any_confident_window_faces_are_judged_where_in_sync_content_reads() -> None:
+    # No lag history and a flat curve (prominence ~1.7, confidence 0): its best lag (+500 ms)
+    # is noise, so the faces are judged at the calibration's lag (-30 ms here), not there.
+    plugin = LipSyncPlugin(LipSyncConfig(), model=None, device="cpu", calibration_ms=-30.0)
+    state = _StreamLag()
+    item = BatchItem(_faceless_windows(1)[0], state, Inputs({FACE_TRACKS: FaceTracks(())}))
+    voiced = _scan({47: 0.2, 100: 0.01}, peak_at=100)
+    other = _scan({47: 0.0, 100: 0.4}, peak_at=100)
+    for face in (voiced, other):
+        face.curve[:] = np.linspace(0.0, 1.0, len(face.curve))
+    assert voiced.prominence < plugin.config.min_prominence
+    result = plugin._result(item, [(_job(1), voiced), (_job(2), other)], silent=False)
+    assert result.offset.confidence == 0.0
+    assert not state.recent
+    scores = {f.track_id: float(f.scores[0]) for f in result.faces}
+    assert scores == pytest.approx({1: 0.2, 2: 0.0})
+
+
 def test_stream_lag_is_the_median_of_recent_confident_windows() -> None:
     state = _StreamLag()
     assert state.lag(7) == 7  # nothing yet: the window's own

@@ -328,8 +328,11 @@ class LipSyncPlugin:
         # is reported (not only the middle that every lag of the scan pairs): the speaker
         # session judges each slot in the first window that reports it, so the first second of
         # a stream and the slots at a window's newest edge are judged too, without waiting for
-        # the next window's middle.
-        at = item.state.lag(res.best)
+        # the next window's middle. Until the stream has a confident window there is no lag to
+        # trust (an unconfident scan's best lag is noise over +/-max_lag_ms): faces are judged
+        # where in-sync content reads (the calibration), not at that best lag.
+        in_sync = int(np.argmin(np.abs(res.lags_ms - self.calibration_ms)))
+        at = item.state.lag(in_sync)
         speaking = not silent and self.config.speakers
         faces = []
         for face_job, face_res in scanned:
