@@ -1117,13 +1117,13 @@ def eval_command(
             printer(f"  speech frames   {am.speech_frames}")
             printer(f"  accuracy        {am.accuracy:.1%}")
             printer(
-                f"  {'voice':<10} {'frames':>7} {'correct':>7} {'no face':>8} {'other':>7} {'both':>7}"
+                f"  {'voice':<8} {'frames':>7} {'correct':>8} {'no face':>8} {'other':>8} {'both':>8}"
             )
             for side, m in (*am.by_voice, ("all", am)):
                 printer(
-                    f"  {side:<10} {m.speech_frames:>7} {m.share(m.correct):>7} "
-                    f"{m.share(m.no_face):>8} {m.share(m.other_face):>7} "
-                    f"{m.share(m.both_faces):>7}"
+                    f"  {side:<8} {m.speech_frames:>7} {m.share(m.correct):>8} "
+                    f"{m.share(m.no_face):>8} {m.share(m.other_face):>8} "
+                    f"{m.share(m.both_faces):>8}"
                 )
             printer("  voice: the side whose audio plays; correct: that face alone speaks;")
             printer("  no face: none does; other: only the face that is not the voice; both:")
