@@ -422,7 +422,8 @@ class _SpeakerSource:
         # The agreement a face needs to count as speaking (the speaker plugin's learned-model
         # and fallback thresholds are both this one here).
         self.threshold = self.config.threshold
-        self.release_threshold = min(plugin.config.speaker_release_threshold, self.threshold)
+        # The session caps it at ``threshold``.
+        self.release_threshold = plugin.config.speaker_release_threshold
 
 
 class LipSyncFactory:
