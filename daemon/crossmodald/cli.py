@@ -222,17 +222,12 @@ class _Analysis:
         self.bar.advance(envelope.stream, end_s, ended=envelope.type == "stream.end")
 
     def _media_end_ns(self) -> dict[str, int]:
-        """Per stream: the end of its media plus one frame (None-free: streams that ended)."""
-        frame_ns: dict[str, int] = {}
-        ends: dict[str, int] = {}
-        for event, _ in self.events:
-            stream = str(event["stream"])
-            if event["type"] == "stream.start":
-                rate = event["data"].get("frame_rate")
-                frame_ns[stream] = round(1e9 / rate) if rate else 0
-            elif event["type"] == "stream.end":
-                ends[stream] = int(event["media"]["end_ns"]) + frame_ns.get(stream, 0)
-        return ends
+        """Per stream that ended: the end of its media (its ``stream.end`` event's end)."""
+        return {
+            str(event["stream"]): int(event["media"]["end_ns"])
+            for event, _ in self.events
+            if event["type"] == "stream.end"
+        }
 
     def kept(self) -> tuple[list[tuple[dict[str, Any], str]], int]:
         """(events within the media in media-time order, windows left out past the end)."""

@@ -81,6 +81,9 @@ class AudioChunk:
         samples: Mono float32 samples, shape (n,).
         sample_rate: Samples per second.
         clock: The clock ``pts_ns`` rests on.
+        counted_end_ns: Where a source counts samples from an anchor: the time after the last
+            sample by that count. ``pts_ns`` and the length are each rounded down, so their sum
+            can fall 1 ns short of it, by how the samples happened to be cut into chunks.
     """
 
     source_id: str
@@ -89,14 +92,18 @@ class AudioChunk:
     samples: F32Array
     sample_rate: int
     clock: ClockKind = ClockKind.PTS
+    counted_end_ns: int | None = None
 
     @property
     def duration_ns(self) -> int:
-        return len(self.samples) * NS_PER_S // self.sample_rate
+        return self.end_ns - self.pts_ns
 
     @property
     def end_ns(self) -> int:
-        return self.pts_ns + self.duration_ns
+        """The time after the last sample."""
+        if self.counted_end_ns is not None:
+            return self.counted_end_ns
+        return self.pts_ns + len(self.samples) * NS_PER_S // self.sample_rate
 
 
 MediaItem = VideoFrame | AudioChunk

@@ -121,8 +121,10 @@ def audio_chunk(
     mono: npt.NDArray[np.float32],
     sample_rate: int,
     clock: ClockKind,
+    counted_end_ns: int | None = None,
 ) -> AudioChunk:
-    """An AudioChunk from mono float32 samples the caller owns."""
+    """An AudioChunk from mono float32 samples the caller owns (``counted_end_ns``: see
+    :class:`AudioChunk`)."""
     if sample_rate <= 0:
         raise ValueError(f"sample rate must be positive, got {sample_rate}")
     return AudioChunk(
@@ -132,6 +134,7 @@ def audio_chunk(
         samples=mono,
         sample_rate=sample_rate,
         clock=clock,
+        counted_end_ns=counted_end_ns,
     )
 
 

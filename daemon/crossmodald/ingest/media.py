@@ -893,7 +893,13 @@ class MediaSource:
             )
         assert item.samples is not None
         return audio_chunk(
-            self.name, item.pts_ns, arrival_ns, item.samples, item.sample_rate, self.clock
+            self.name,
+            item.pts_ns,
+            arrival_ns,
+            item.samples,
+            item.sample_rate,
+            self.clock,
+            counted_end_ns=item.end_ns,
         )
 
 

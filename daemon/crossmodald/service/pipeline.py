@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from crossmodald.bus.events import Envelope, Event
 from crossmodald.clock.drift import RateEstimator
 from crossmodald.ingest.base import Source, SourceError, SourceFault
-from crossmodald.media import NS_PER_S, AudioChunk, ClockKind, StreamInfo, VideoFrame
+from crossmodald.media import NS_PER_S, ClockKind, StreamInfo, VideoFrame
 from crossmodald.redact import redact_text
 from crossmodald.runtime.host import Overload, PluginHost
 from crossmodald.service.config import DaemonConfig, WindowConfig
@@ -126,13 +126,14 @@ class StreamPipeline:
             await source.aclose()
         if state.state != "failed":
             state.state = "ended"
-        last = state.last_media_ns or 0
+        # The media span the stream delivered (an empty one at 0 when nothing came).
+        end = state.media_end_ns or 0
         self.publish(
             Event(
                 type="stream.end",
                 stream=name,
-                start_ns=last,
-                end_ns=last,
+                start_ns=min(state.media_start_ns or 0, end),
+                end_ns=end,
                 data={"reason": reason},
                 clock=info.clock,
             )
@@ -144,6 +145,8 @@ class StreamPipeline:
         # closed from then on say it too.
         clocks: dict[type, ClockKind] = {}
         tracks = int(windower.has_video) + int(windower.has_audio)
+        rate = state.info.frame_rate if state.info is not None else None
+        frame_ns = round(NS_PER_S / rate) if rate else 0
         async for item in source:
             if isinstance(item, SourceFault):
                 self.publish(_fault(state.info, item.kind, item.message, item.pts_ns, state.name))
@@ -152,12 +155,17 @@ class StreamPipeline:
                 state.video_frames += 1
                 if state.video_rate is not None:
                     state.video_rate.add(item.pts_ns, item.arrival_ns)
-            elif isinstance(item, AudioChunk):
+                end_ns = item.pts_ns + frame_ns
+            else:
                 state.audio_chunks += 1
                 state.audio_samples += len(item.samples)
                 if state.audio_rate is not None:
                     state.audio_rate.add(item.end_ns, item.arrival_ns)
-            state.last_media_ns = item.pts_ns
+                end_ns = item.end_ns
+            if state.media_start_ns is None or item.pts_ns < state.media_start_ns:
+                state.media_start_ns = item.pts_ns
+            if state.media_end_ns is None or end_ns > state.media_end_ns:
+                state.media_end_ns = end_ns
             clocks[type(item)] = item.clock
             if len(clocks) == tracks and len(set(clocks.values())) == 1:
                 windower.clock = item.clock

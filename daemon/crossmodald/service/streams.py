@@ -51,7 +51,11 @@ class StreamState:
     audio_chunks: int = 0
     audio_samples: int = 0
     faults: int = 0
-    last_media_ns: int | None = None
+    #: The stream's media span so far: the earliest item's time and the latest end (an audio
+    #: chunk's last sample, a picture's time plus one frame). Extremes, not the last item's
+    #: time, so they do not depend on how the source interleaved or cut its items.
+    media_start_ns: int | None = None
+    media_end_ns: int | None = None
     plugins: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
     #: The running source (None before it is built and once the stream ended).
@@ -131,8 +135,8 @@ class StreamState:
             if info and info.sample_rate
             else 0.0,
             "faults": self.faults,
-            "media_time_s": round(self.last_media_ns / NS_PER_S, 3)
-            if self.last_media_ns is not None
+            "media_time_s": round(self.media_end_ns / NS_PER_S, 3)
+            if self.media_end_ns is not None
             else None,
             "plugins": list(self.plugins),
             "refused": dict(self.refused),
