@@ -16,6 +16,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -214,8 +215,13 @@ def train(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=s.lr, total_steps=s.epochs * steps, pct_start=0.1
     )
-    for _ in range(meta["epoch"] * steps):
-        sched.step()
+    with warnings.catch_warnings():
+        # A resumed run moves the schedule to where it stopped before any optimiser step of
+        # this process, which is what torch warns of (a fresh run's first value skipped): not
+        # the case here, and a warning on every resume would say something is wrong.
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`", UserWarning)
+        for _ in range(meta["epoch"] * steps):
+            sched.step()
     bar = _Bar(log)
     target = torch.full((s.batch * s.span,), s.max_lag, dtype=torch.long, device=device)
     model.train()
