@@ -18,8 +18,15 @@ track's box, see :class:`LipLandmarker`), so the model sees the same features in
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import os
+import re
+import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,11 +101,59 @@ CROP_SIDE = 256
 CROP_GROW = 1.7
 
 
+#: What Face Mesh's native libraries print to stderr (not through Python's logging, so no
+#: setting reaches them) when a new instance runs its first picture: every new face track, every
+#: training clip. Nothing in them is for the user.
+_STARTUP_NOISE = re.compile(
+    rb"^(INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    rb"|W\d{4} [\d:. ]+\d+ inference_feedback_manager\.cc:\d+\] Feedback manager requires a model "
+    rb"with a single signature inference\. Disabling support for feedback tensors\.)\s*$"
+)
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_startup_noise() -> Iterator[None]:
+    """Holds what is written to file descriptor 2 while the block runs, then writes it back
+    without Face Mesh's start-up lines. Other threads' output in the meantime is written back
+    too, in order, only later (the block is one picture, a few ms)."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as held:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr to hold (closed): nothing to keep clean either
+            yield
+            return
+        try:
+            os.dup2(held.fileno(), 2)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stderr.flush()
+                os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+        held.seek(0)
+        kept = b"".join(
+            line for line in held.read().splitlines(keepends=True) if not _STARTUP_NOISE.match(line)
+        )
+        if kept:
+            os.write(2, kept)
+
+
 class LandmarksUnavailable(RuntimeError):
     """mediapipe is not installed (``pip install crossmodald[lipsync]``, see the README)."""
 
 
 def _face_mesh_module() -> Any:
+    # mediapipe 0.10.14 calls a protobuf API that protobuf 4.25 marks deprecated: a notice for
+    # mediapipe's developers, printed on our users' terminal on the first picture.
+    warnings.filterwarnings(
+        "ignore", r"SymbolDatabase\.GetPrototype\(\) is deprecated", UserWarning
+    )
     try:
         from mediapipe.python.solutions import face_mesh
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -193,13 +248,18 @@ class LipLandmarker:
 
     def __init__(self) -> None:
         face_mesh = _face_mesh_module()
-        self._mesh = face_mesh.FaceMesh(
-            static_image_mode=False,
-            max_num_faces=1,
-            refine_landmarks=False,
-            min_detection_confidence=0.5,
-            min_tracking_confidence=0.5,
-        )
+        # The graph starts on threads of its own, which print their start-up lines while it is
+        # built and until its first picture is through: both happen here, with those lines
+        # held back (a blank picture: no face, so tracking starts from nothing as before).
+        with _without_startup_noise():
+            self._mesh = face_mesh.FaceMesh(
+                static_image_mode=False,
+                max_num_faces=1,
+                refine_landmarks=False,
+                min_detection_confidence=0.5,
+                min_tracking_confidence=0.5,
+            )
+            self._mesh.process(np.zeros((64, 64, 3), np.uint8))
 
     def close(self) -> None:
         self._mesh.close()
