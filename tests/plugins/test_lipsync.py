@@ -22,6 +22,7 @@ from crossmodald.service.evaluate import decode_media, inside, media_source
 pytest.importorskip("mediapipe", reason="the lipsync extra (mediapipe) is not installed")
 
 from crossmodald_plugins.avsync.result import AvSyncResult
+from crossmodald_plugins.lipsync.cli import summary
 from crossmodald_plugins.lipsync.landmarks import (
     FEATURE_DIM,
     KEPT,
@@ -157,6 +158,28 @@ def test_train_tiny_model_resumes_and_records_hashes(datasets: Path, tmp_path: P
     # Other data under the same --out is another run: refused, not silently mixed.
     with pytest.raises(CheckpointError, match="other train data"):
         train(data[:1], out, val=val, settings=more, cache=tmp_path / "cache", log=log)
+
+
+def test_train_ends_with_its_figures_in_words() -> None:
+    record = {
+        "epoch": 2,
+        "loss": 2.0626,
+        "seconds": 0.04,
+        "val_windows": 3.0,
+        "val_within_40ms": 2 / 3,
+        "val_median_abs_error_ms": 11.07,
+        "val_bias_ms": -11.07,
+        "val_within_40ms_calibrated": 1.0,
+    }
+    assert summary(Path("t.pt"), 2, record) == (
+        "wrote t.pt after epoch 2: loss 2.063; validation (3 windows, audio shifted by -200, 0 "
+        "and +200 ms): 66.7% within 40 ms, median error 11.1 ms; in-sync clips read -11.1 ms, "
+        "which the plugin subtracts (100.0% within 40 ms after it)"
+    )
+    assert summary(Path("t.pt"), 2, {"epoch": 2, "loss": 2.0}) == (
+        "wrote t.pt after epoch 2: loss 2.000; no validation clips (--val)"
+    )
+    assert summary(Path("t.pt"), 0, {}) == "wrote t.pt after epoch 0"
 
 
 def test_shipped_weights_load_with_their_card() -> None:

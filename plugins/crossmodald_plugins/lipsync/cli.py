@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,5 +73,23 @@ def command(args: argparse.Namespace) -> int:
         print(f"train: {exc}", file=sys.stderr)
         return 2
     last = result["history"][-1] if result["history"] else {}
-    print(f"wrote {args.out} (epoch {result['epoch']}; {last})")
+    print(summary(args.out, int(result["epoch"]), last))
     return 0
+
+
+def summary(out: Path, epoch: int, record: Mapping[str, float]) -> str:
+    """The command's last line: what it wrote and the last epoch's figures, in words."""
+    line = f"wrote {out} after epoch {epoch}"
+    if "loss" in record:
+        line += f": loss {record['loss']:.3f}"
+    if record.get("val_windows"):
+        line += (
+            f"; validation ({int(record['val_windows'])} windows, audio shifted by -200, 0 and "
+            f"+200 ms): {record['val_within_40ms']:.1%} within 40 ms, median error "
+            f"{record['val_median_abs_error_ms']:.1f} ms; in-sync clips read "
+            f"{record['val_bias_ms']:+.1f} ms, which the plugin subtracts "
+            f"({record['val_within_40ms_calibrated']:.1%} within 40 ms after it)"
+        )
+    elif "loss" in record:
+        line += "; no validation clips (--val)"
+    return line
