@@ -112,6 +112,10 @@ _STARTUP_NOISE = re.compile(
 )
 _STDERR_LOCK = threading.Lock()
 
+# mediapipe 0.10.14 calls a protobuf API that protobuf 4.25 marks deprecated: a notice for
+# mediapipe's developers, printed on our users' terminal on the first picture.
+warnings.filterwarnings("ignore", r"SymbolDatabase\.GetPrototype\(\) is deprecated", UserWarning)
+
 
 @contextlib.contextmanager
 def _without_startup_noise() -> Iterator[None]:
@@ -149,11 +153,6 @@ class LandmarksUnavailable(RuntimeError):
 
 
 def _face_mesh_module() -> Any:
-    # mediapipe 0.10.14 calls a protobuf API that protobuf 4.25 marks deprecated: a notice for
-    # mediapipe's developers, printed on our users' terminal on the first picture.
-    warnings.filterwarnings(
-        "ignore", r"SymbolDatabase\.GetPrototype\(\) is deprecated", UserWarning
-    )
     try:
         from mediapipe.python.solutions import face_mesh
     except ImportError as exc:  # pragma: no cover - depends on the environment
