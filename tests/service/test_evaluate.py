@@ -535,6 +535,19 @@ def test_per_clip_summary_separates_a_stable_bias_from_scatter() -> None:
     assert second.median_error_ms == 5.0
     assert second.spread_ms == 155.0
     assert metrics.per_clip("other") == []
+    # Relative to each clip's own reading at 0 shift, over the shifted windows: the biased clip
+    # follows both of its shifts; the scattered clip's one shifted window gave no estimate.
+    assert metrics.relative_hit_rate("m") == pytest.approx(2 / 3)
+    assert metrics.relative_hit_rate("other") is None
+
+
+def test_the_relative_figure_needs_the_clips_own_reading_at_zero() -> None:
+    from crossmodald.service.evaluate import LipSyncMetrics, OffsetEstimate
+
+    # No window at 0 shift for this clip: nothing to be relative to, so its windows are misses.
+    metrics = LipSyncMetrics(40.0, [OffsetEstimate("c.mp4", 200.0, 200.0, 0.9, "m")])
+    assert metrics.hit_rate("m") == 1.0
+    assert metrics.relative_hit_rate("m") == 0.0
 
 
 @needs_media

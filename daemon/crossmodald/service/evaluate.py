@@ -612,6 +612,28 @@ class LipSyncMetrics:
             )
         return out
 
+    def relative_hit_rate(self, method: str | None = None) -> float | None:
+        """Share of the shifted windows (shift not 0) whose estimate, minus its clip's own
+        median reading at 0 shift, is within ``tolerance_ms`` of the shift: whether the
+        estimates follow a change of the offset, whatever each clip reads when unshifted (the
+        issue's figure is the absolute one, :meth:`hit_rate`). Windows without an estimate, and
+        those of a clip with no reading at 0 shift, count as misses; None with no shifted window.
+        """
+        chosen = [e for e in self.estimates if method is None or e.method == method]
+        shifted = [e for e in chosen if e.shift_ms != 0]
+        if not shifted:
+            return None
+        base = {
+            c.clip: c.median_unshifted_ms
+            for c in LipSyncMetrics(self.tolerance_ms, chosen).per_clip()
+        }
+        hits = 0
+        for e in shifted:
+            zero = base.get(e.clip)
+            if e.audio_lead_ms is not None and zero is not None:
+                hits += abs(e.audio_lead_ms - zero - e.shift_ms) <= self.tolerance_ms
+        return hits / len(shifted)
+
     def median_unshifted_ms(self, method: str | None = None) -> float | None:
         zero = [
             e.audio_lead_ms
@@ -1085,6 +1107,12 @@ def eval_command(
                     f"  {method:<16}within {lm.tolerance_ms:.0f} ms: {lm.hit_rate(method):.1%}"
                     f"   median at 0 shift: {med}"
                 )
+                relative = lm.relative_hit_rate(method)
+                if relative is not None:
+                    printer(
+                        f"  {'':<16}relative to each clip's own reading at 0 shift, shifted "
+                        f"windows: {relative:.1%} within {lm.tolerance_ms:.0f} ms"
+                    )
             for method in lm.methods():
                 rows = lm.per_clip(method)
                 label = f"  per clip, {method} (ms)"
