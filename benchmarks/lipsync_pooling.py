@@ -1,0 +1,126 @@
+"""What pooling a face's lag curves over windows buys the lipsync offset (held-out speakers).
+
+The plugin reads each 2 s window on its own. On natural content one window's curve is weak
+evidence: its best lag is within 40 ms of the truth on about a third of the windows and its
+prominence ((peak - median) / std, what the plugin's confidence is made of) says little about
+which third. This measures, on clips the model never saw (use the checkpoint's validation clips),
+2 s windows every 12 slots (about 0.5 s, as the plugin's default hop) with the audio shifted by
+-400 ... +400 ms:
+
+* pooled: the mean of the face's lag curves over its last N windows (the window and the N - 1
+  before it), read as the plugin reads one curve (best lag, parabola-refined, minus the
+  checkpoint's ``calibration_ms``), for N in ``--pool``;
+* the median of the last N windows' own estimates, for comparison;
+* per prominence band of the pooled curve, the share within 40 ms (what a confidence built on
+  pooled curves could stand on).
+
+    python benchmarks/lipsync_pooling.py VAL_CLIPS... [--weights W] [--cache DIR] [--pool 1 2 4 8]
+
+VAL_CLIPS: the checkpoint's validation clips (files or folders), e.g. the seven PC-AVS clips
+named in weights/lipsync-v1.data.json under ``val_data``. The checkpoint's ``calibration_ms``
+came from those clips' unshifted windows, so every share here is somewhat optimistic; the
+comparison between the rows is not. The shipped model's figures are in its model card (limits).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from crossmodald_plugins.lipsync.data import extract_all, find_clips
+from crossmodald_plugins.lipsync.features import (
+    STEPS_PER_SLOT,
+    standardise_audio,
+    standardise_lips,
+)
+from crossmodald_plugins.lipsync.landmarks import lip_features
+from crossmodald_plugins.lipsync.model import LagScan, load_model, read_checkpoint, scan
+from crossmodald_plugins.lipsync.plugin import SHIPPED_WEIGHTS
+
+SLOTS = 50
+STEP = 12
+MAX_LAG_MS = 500
+SHIFTS = (-10, -5, -2, 0, 3, 6, 10)  # slots of 40 ms: -400 ... +400 ms
+TOLERANCE_MS = 40.0
+BANDS = ((0.0, 2.5), (2.5, 3.0), (3.0, 3.5), (3.5, 4.0), (4.0, 99.0))
+
+
+def prominence(curve: npt.NDArray[np.float32]) -> float:
+    """As :attr:`LagScan.prominence`."""
+    c = curve.astype(np.float64)
+    return float((c.max() - np.median(c)) / (c.std() + 1e-6))
+
+
+def read_ms(lags_ms: npt.NDArray[np.float32], curve: npt.NDArray[np.float32]) -> float:
+    """The curve's best lag, refined as the plugin refines one window's."""
+    return LagScan(lags_ms, curve, np.zeros(1, np.float32), np.zeros((1, 1), np.float32)).lead_ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("clips", type=Path, nargs="+")
+    parser.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
+    parser.add_argument("--cache", type=Path, help="feature cache of `train --cache`")
+    parser.add_argument("--pool", type=int, nargs="+", default=[1, 2, 4, 8])
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    model = load_model(args.weights, "cpu")
+    calibration = float(read_checkpoint(args.weights).get("calibration_ms", 0.0))
+    clips, skipped = extract_all(find_clips(args.clips), args.cache)
+    for why in skipped:
+        print(f"skipped {why}")
+    # Per clip and shift, the windows' scans in order (one stream each).
+    streams: list[tuple[float, list[LagScan]]] = []
+    for clip in clips:
+        lips_all, mel_all = lip_features(clip.poses, clip.valid), clip.mel
+        for d in SHIFTS:
+            scans = []
+            for s in range(max(0, -d), len(lips_all) - SLOTS - max(0, d) + 1, STEP):
+                a0 = (s + d) * STEPS_PER_SLOT
+                mel = mel_all[a0 : a0 + SLOTS * STEPS_PER_SLOT]
+                if len(mel) < SLOTS * STEPS_PER_SLOT:
+                    continue
+                lips = standardise_lips(lips_all[s : s + SLOTS])
+                (res,) = scan(
+                    model,
+                    torch.from_numpy(lips[None]),
+                    torch.from_numpy(standardise_audio(mel)[None]),
+                    MAX_LAG_MS,
+                )
+                scans.append(res)
+            streams.append((d * 40.0, scans))
+    windows = sum(len(s) for _, s in streams)
+    print(f"{len(clips)} clips, {args.weights.name}, {windows} windows of 2 s (every 0.48 s)")
+    for n in args.pool:
+        pooled_ok: list[bool] = []
+        median_ok: list[bool] = []
+        bands: list[tuple[float, bool]] = []
+        for shift_ms, scans in streams:
+            for k in range(len(scans)):
+                last = scans[max(0, k - n + 1) : k + 1]
+                curve = np.mean([r.curve for r in last], axis=0)
+                ok = abs(read_ms(scans[k].lags_ms, curve) - calibration - shift_ms) <= TOLERANCE_MS
+                pooled_ok.append(ok)
+                own = float(np.median([r.lead_ms for r in last]))
+                median_ok.append(abs(own - calibration - shift_ms) <= TOLERANCE_MS)
+                if len(last) == n:
+                    bands.append((prominence(curve), ok))
+        print(
+            f"pool {n}: within {TOLERANCE_MS:.0f} ms {np.mean(pooled_ok):.1%} "
+            f"(median of the last {n} estimates: {np.mean(median_ok):.1%})"
+        )
+        for lo, hi in BANDS:
+            chosen = [ok for p, ok in bands if lo <= p < hi]
+            if chosen:
+                print(
+                    f"  pooled prominence {lo:.1f}-{hi:.1f}: {len(chosen):4d} windows, "
+                    f"within {TOLERANCE_MS:.0f} ms {np.mean(chosen):.1%}"
+                )
+
+
+if __name__ == "__main__":
+    main()
