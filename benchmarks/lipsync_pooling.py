@@ -12,7 +12,10 @@ which third. This measures, on clips the model never saw (use the checkpoint's v
   checkpoint's ``calibration_ms``), for N in ``--pool``;
 * the median of the last N windows' own estimates, for comparison;
 * per prominence band of the pooled curve, the share within 40 ms (what a confidence built on
-  pooled curves could stand on).
+  pooled curves could stand on);
+* against the plugin's default alarm limits (audio 90 ms early, 185 ms late), window by window:
+  the share of pooled readings beyond a limit where the applied shift is within both (-80, 0 ms:
+  a false alarm's raw material) and where it is beyond one (+120 ... +400, -200, -400 ms).
 
     python benchmarks/lipsync_pooling.py VAL_CLIPS... [--weights W] [--cache DIR] [--pool 1 2 4 8]
 
@@ -47,6 +50,12 @@ MAX_LAG_MS = 500
 SHIFTS = (-10, -5, -2, 0, 3, 6, 10)  # slots of 40 ms: -400 ... +400 ms
 TOLERANCE_MS = 40.0
 BANDS = ((0.0, 2.5), (2.5, 3.0), (3.0, 3.5), (3.5, 4.0), (4.0, 99.0))
+ALARM_LEAD_MS, ALARM_LAG_MS = 90.0, 185.0  # LipSyncConfig's defaults
+
+
+def beyond(lead_ms: float) -> bool:
+    """Outside the alarm limits."""
+    return lead_ms > ALARM_LEAD_MS or lead_ms < -ALARM_LAG_MS
 
 
 def prominence(curve: npt.NDArray[np.float32]) -> float:
@@ -99,12 +108,15 @@ def main() -> None:
         pooled_ok: list[bool] = []
         median_ok: list[bool] = []
         bands: list[tuple[float, bool]] = []
+        alarms: dict[bool, list[bool]] = {False: [], True: []}
         for shift_ms, scans in streams:
             for k in range(len(scans)):
                 last = scans[max(0, k - n + 1) : k + 1]
                 curve = np.mean([r.curve for r in last], axis=0)
-                ok = abs(read_ms(scans[k].lags_ms, curve) - calibration - shift_ms) <= TOLERANCE_MS
+                reading = read_ms(scans[k].lags_ms, curve) - calibration
+                ok = abs(reading - shift_ms) <= TOLERANCE_MS
                 pooled_ok.append(ok)
+                alarms[beyond(shift_ms)].append(beyond(reading))
                 own = float(np.median([r.lead_ms for r in last]))
                 median_ok.append(abs(own - calibration - shift_ms) <= TOLERANCE_MS)
                 if len(last) == n:
@@ -112,6 +124,11 @@ def main() -> None:
         print(
             f"pool {n}: within {TOLERANCE_MS:.0f} ms {np.mean(pooled_ok):.1%} "
             f"(median of the last {n} estimates: {np.mean(median_ok):.1%})"
+        )
+        print(
+            f"  beyond the alarm limits: {np.mean(alarms[False]):.1%} of {len(alarms[False])} "
+            f"windows shifted within them, {np.mean(alarms[True]):.1%} of {len(alarms[True])} "
+            "shifted beyond"
         )
         for lo, hi in BANDS:
             chosen = [ok for p, ok in bands if lo <= p < hi]
