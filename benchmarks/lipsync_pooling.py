@@ -31,7 +31,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
 from crossmodald_plugins.lipsync.data import extract_all, find_clips
@@ -42,7 +41,7 @@ from crossmodald_plugins.lipsync.features import (
 )
 from crossmodald_plugins.lipsync.landmarks import lip_features
 from crossmodald_plugins.lipsync.model import LagScan, load_model, read_checkpoint, scan
-from crossmodald_plugins.lipsync.plugin import SHIPPED_WEIGHTS
+from crossmodald_plugins.lipsync.plugin import SHIPPED_WEIGHTS, LipSyncConfig
 
 SLOTS = 50
 STEP = 12
@@ -50,23 +49,18 @@ MAX_LAG_MS = 500
 SHIFTS = (-10, -5, -2, 0, 3, 6, 10)  # slots of 40 ms: -400 ... +400 ms
 TOLERANCE_MS = 40.0
 BANDS = ((0.0, 2.5), (2.5, 3.0), (3.0, 3.5), (3.5, 4.0), (4.0, 99.0))
-ALARM_LEAD_MS, ALARM_LAG_MS = 90.0, 185.0  # LipSyncConfig's defaults
+DEFAULTS = LipSyncConfig()
 
 
 def beyond(lead_ms: float) -> bool:
-    """Outside the alarm limits."""
-    return lead_ms > ALARM_LEAD_MS or lead_ms < -ALARM_LAG_MS
+    """Outside the plugin's default alarm limits."""
+    return lead_ms > DEFAULTS.alarm_audio_lead_ms or lead_ms < -DEFAULTS.alarm_audio_lag_ms
 
 
-def prominence(curve: npt.NDArray[np.float32]) -> float:
-    """As :attr:`LagScan.prominence`."""
-    c = curve.astype(np.float64)
-    return float((c.max() - np.median(c)) / (c.std() + 1e-6))
-
-
-def read_ms(lags_ms: npt.NDArray[np.float32], curve: npt.NDArray[np.float32]) -> float:
-    """The curve's best lag, refined as the plugin refines one window's."""
-    return LagScan(lags_ms, curve, np.zeros(1, np.float32), np.zeros((1, 1), np.float32)).lead_ms
+def pooled(scans: list[LagScan]) -> LagScan:
+    """The scans' mean lag curve, as one scan (read with its ``lead_ms`` and ``prominence``)."""
+    curve = np.mean([r.curve for r in scans], axis=0).astype(np.float32)
+    return LagScan(scans[-1].lags_ms, curve, np.zeros(1, np.float32), np.zeros((1, 1), np.float32))
 
 
 def main() -> None:
@@ -112,15 +106,15 @@ def main() -> None:
         for shift_ms, scans in streams:
             for k in range(len(scans)):
                 last = scans[max(0, k - n + 1) : k + 1]
-                curve = np.mean([r.curve for r in last], axis=0)
-                reading = read_ms(scans[k].lags_ms, curve) - calibration
+                pool = pooled(last)
+                reading = pool.lead_ms - calibration
                 ok = abs(reading - shift_ms) <= TOLERANCE_MS
                 pooled_ok.append(ok)
                 alarms[beyond(shift_ms)].append(beyond(reading))
                 own = float(np.median([r.lead_ms for r in last]))
                 median_ok.append(abs(own - calibration - shift_ms) <= TOLERANCE_MS)
                 if len(last) == n:
-                    bands.append((prominence(curve), ok))
+                    bands.append((pool.prominence, ok))
         print(
             f"pool {n}: within {TOLERANCE_MS:.0f} ms {np.mean(pooled_ok):.1%} "
             f"(median of the last {n} estimates: {np.mean(median_ok):.1%})"
