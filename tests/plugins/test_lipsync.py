@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import math
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from mediakit import run_plugin
 
 from crossmodald.bus.events import Phase
@@ -22,7 +24,9 @@ from crossmodald.service.evaluate import decode_media, inside, media_source
 pytest.importorskip("mediapipe", reason="the lipsync extra (mediapipe) is not installed")
 
 from crossmodald_plugins.avsync.result import AvSyncResult
+from crossmodald_plugins.lipsync.agreement import Agreements, speaker_thresholds
 from crossmodald_plugins.lipsync.cli import summary
+from crossmodald_plugins.lipsync.features import N_MELS, warp_bands
 from crossmodald_plugins.lipsync.landmarks import (
     FEATURE_DIM,
     KEPT,
@@ -36,11 +40,15 @@ from crossmodald_plugins.lipsync.landmarks import (
 from crossmodald_plugins.lipsync.model import (
     CheckpointError,
     LagScan,
+    SyncEnsemble,
+    SyncNet,
     load_model,
     read_checkpoint,
     scan,
 )
 from crossmodald_plugins.lipsync.plugin import (
+    DEFAULT_SPEAKER_RELEASE,
+    DEFAULT_SPEAKER_THRESHOLD,
     LAG_HISTORY,
     METHOD,
     SHIPPED_WEIGHTS,
@@ -129,22 +137,35 @@ def _sha(path: Path) -> str:
 
 def test_train_tiny_model_resumes_and_records_hashes(datasets: Path, tmp_path: Path) -> None:
     data = [datasets / "grid-s1" / "bbaf2n.mp4", datasets / "grid-s1" / "bbaf3s.mp4"]
-    val = [datasets / "crema-d" / "1001_DFA_ANG_XX.mp4"]
+    val = [
+        datasets / "crema-d" / "1001_DFA_ANG_XX.mp4",
+        datasets / "crema-d" / "1001_DFA_DIS_XX.mp4",
+    ]
     out = tmp_path / "tiny.pt"
-    settings = TrainSettings(epochs=1, batch=4, steps_per_epoch=2, hidden=16, seed=3)
+    settings = TrainSettings(
+        epochs=1, batch=4, steps_per_epoch=2, hidden=16, seed=3, warp=0.15, aspect=0.15, members=1
+    )
     log = io.StringIO()
     train(data, out, val=val, settings=settings, cache=tmp_path / "cache", log=log)
     ckpt = read_checkpoint(out)
     assert ckpt["epoch"] == 1
     assert ckpt["settings"]["seed"] == 3
+    assert ckpt["settings"]["warp"] == ckpt["settings"]["aspect"] == 0.15
     assert [d["sha256"] for d in ckpt["train_data"]] == [_sha(p) for p in data]
     assert [d["sha256"] for d in ckpt["val_data"]] == [_sha(p) for p in val]
     (first,) = ckpt["history"]
     assert first["val_windows"] > 0
     assert 0.0 <= first["val_within_40ms"] <= 1.0
+    # Two validation speakers' clips: this model's own speaker thresholds (its cosines have a
+    # scale of their own), which the plugin then uses.
+    assert 0.0 <= ckpt["speaker_release_threshold"] <= ckpt["speaker_threshold"] < 1.0
+    assert 0.0 <= first["val_speaker_separation"] <= 1.0
+    plugin = LipSyncFactory.create(LipSyncConfig(weights=out), "cpu")
+    assert plugin.speaker_threshold == ckpt["speaker_threshold"]
+    assert plugin.speaker_release == ckpt["speaker_release_threshold"]
     # The same command with more epochs resumes after epoch 1 (and reuses the feature cache).
     log = io.StringIO()
-    more = TrainSettings(epochs=2, batch=4, steps_per_epoch=2, hidden=16, seed=3)
+    more = dataclasses.replace(settings, epochs=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(data, out, val=val, settings=more, cache=tmp_path / "cache", log=log)
@@ -158,6 +179,115 @@ def test_train_tiny_model_resumes_and_records_hashes(datasets: Path, tmp_path: P
     # Other data under the same --out is another run: refused, not silently mixed.
     with pytest.raises(CheckpointError, match="other train data"):
         train(data[:1], out, val=val, settings=more, cache=tmp_path / "cache", log=log)
+    # So are other augmentation settings.
+    other = dataclasses.replace(more, warp=0.1)
+    with pytest.raises(CheckpointError, match="other settings"):
+        train(data, out, val=val, settings=other, cache=tmp_path / "cache", log=log)
+
+
+class _StopAt(io.StringIO):
+    """A log that interrupts the run when a line containing ``marker`` is written."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def write(self, text: str) -> int:
+        if self.marker in text:
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+def test_train_members_one_after_another_and_serve_their_mean(
+    datasets: Path, tmp_path: Path
+) -> None:
+    data = [datasets / "grid-s1" / "bbaf2n.mp4", datasets / "grid-s1" / "bbaf3s.mp4"]
+    val = [
+        datasets / "crema-d" / "1001_DFA_ANG_XX.mp4",
+        datasets / "crema-d" / "1001_DFA_DIS_XX.mp4",
+    ]
+    cache = tmp_path / "cache"
+    settings = TrainSettings(epochs=2, batch=4, steps_per_epoch=2, hidden=16, seed=5, members=2)
+    out = tmp_path / "two.pt"
+    # Interrupted in the second member's last epoch, then resumed with the same command.
+    with pytest.raises(KeyboardInterrupt):
+        train(data, out, val=val, settings=settings, cache=cache, log=_StopAt("member 2  epoch 2"))
+    stopped = read_checkpoint(out)
+    assert (stopped["member"], stopped["epoch"], len(stopped["members"])) == (1, 1, 1)
+    # Until the second member has all its epochs, the file serves the first alone.
+    assert isinstance(load_model(out), SyncNet)
+    log = io.StringIO()
+    train(data, out, val=val, settings=settings, cache=cache, log=log)
+    assert "resuming" in log.getvalue()
+    ckpt = read_checkpoint(out)
+    assert (ckpt["member"], ckpt["epoch"], len(ckpt["members"])) == (1, 2, 1)
+    # Member k is exactly the run that seed + k gives alone.
+    for k in (0, 1):
+        alone = tmp_path / f"alone{k}.pt"
+        single = dataclasses.replace(settings, seed=5 + k, members=1)
+        train(data, alone, val=val, settings=single, cache=cache, log=io.StringIO())
+        mine = ckpt["members"][0] if k == 0 else ckpt["state_dict"]
+        theirs = read_checkpoint(alone)["state_dict"]
+        assert all(torch.allclose(mine[name], theirs[name]) for name in theirs)
+    # The file serves both, as one model whose cosine is the mean of theirs.
+    ensemble = load_model(out)
+    assert isinstance(ensemble, SyncEnsemble)
+    members = [load_model(tmp_path / "alone0.pt"), load_model(tmp_path / "alone1.pt")]
+    torch.manual_seed(0)
+    lips, mel = torch.randn(1, 60, FEATURE_DIM), torch.randn(1, 240, N_MELS)
+    (both,) = scan(ensemble, lips, mel, 200)
+    each = [scan(m, lips, mel, 200)[0] for m in members]
+    assert np.allclose(both.curve, (each[0].curve + each[1].curve) / 2, atol=1e-5)
+    # Its figures are the ensemble's: the calibration and thresholds the plugin reads.
+    last = ckpt["history"][-1]
+    assert last["ensemble"] == 2
+    assert ckpt["calibration_ms"] == last["val_bias_ms"] == ckpt["metrics"]["bias_ms"]
+    assert ckpt["speaker_threshold"] == last["val_speaker_threshold"]
+
+
+def test_a_checkpoint_from_before_the_augmentation_settings_resumes(
+    datasets: Path, tmp_path: Path
+) -> None:
+    # lipsync-v1 and every checkpoint written before ``warp`` and ``aspect`` existed ran
+    # without them: resumed with both at 0 they are the same run, not "other settings".
+    data = [datasets / "grid-s1" / "bbaf2n.mp4"]
+    out = tmp_path / "old.pt"
+    settings = TrainSettings(
+        epochs=1, batch=4, steps_per_epoch=1, hidden=16, warp=0.0, aspect=0.0, members=1
+    )
+    train(data, out, settings=settings, cache=tmp_path / "cache", log=io.StringIO())
+    old = torch.load(out, map_location="cpu", weights_only=True)
+    del old["settings"]["warp"], old["settings"]["aspect"]
+    torch.save(old, out)
+    log = io.StringIO()
+    more = dataclasses.replace(settings, epochs=2)
+    train(data, out, settings=more, cache=tmp_path / "cache", log=log)
+    assert "resuming" in log.getvalue()
+    assert read_checkpoint(out)["epoch"] == 2
+
+
+def test_warping_the_bands_moves_a_formant_as_a_shorter_vocal_tract_would() -> None:
+    mel = np.zeros((3, N_MELS), np.float32)
+    mel[:, 10] = 5.0  # energy in one band
+    assert np.array_equal(warp_bands(mel, 1.0), mel)
+    up, down = warp_bands(mel, 1.2), warp_bands(mel, 1 / 1.2)
+    assert int(np.argmax(up[0])) > 10 > int(np.argmax(down[0]))
+    # The band's energy is moved, not made: the peak stays within the values that were there.
+    assert float(up.max()) <= 5.0
+    assert float(up.min()) >= 0.0
+
+
+def test_speaker_thresholds_from_mismatched_agreements() -> None:
+    found = Agreements(
+        matched=[0.1] * 5, mismatched=[float(v) for v in np.linspace(-0.05, 0.05, 101)]
+    )
+    start, release = speaker_thresholds(found)  # type: ignore[misc]
+    assert start == pytest.approx(0.04)  # the 90th percentile
+    assert release == 0.0  # the median
+    # The release is never below 0 and never above the start.
+    assert speaker_thresholds(Agreements(mismatched=[-0.2, -0.1, -0.05])) == (-0.06, -0.06)
+    assert speaker_thresholds(Agreements(mismatched=[0.01, 0.02, 0.03])) == (0.028, 0.02)
+    assert speaker_thresholds(Agreements(matched=[0.1])) is None
 
 
 def test_train_ends_with_its_figures_in_words() -> None:
@@ -175,6 +305,16 @@ def test_train_ends_with_its_figures_in_words() -> None:
         "wrote t.pt after epoch 2: loss 2.063; validation (3 windows, audio shifted by -200, 0 "
         "and +200 ms): 66.7% within 40 ms, median error 11.1 ms; in-sync clips read -11.1 ms, "
         "which the plugin subtracts (100.0% within 40 ms after it)"
+    )
+    speakers = {
+        **record,
+        "val_speaker_threshold": 0.0461,
+        "val_speaker_release_threshold": 0.0,
+        "val_speaker_separation": 0.913,
+    }
+    assert summary(Path("t.pt"), 2, speakers).endswith(
+        "after it); a face speaks from an agreement of 0.046 (until 0.000), and with its own "
+        "voice it agrees better than with another's in 91.3% of windows"
     )
     assert summary(Path("t.pt"), 2, {"epoch": 2, "loss": 2.0}) == (
         "wrote t.pt after epoch 2: loss 2.000; no validation clips (--val)"
@@ -346,6 +486,28 @@ def test_the_release_threshold_is_capped_at_the_start_threshold() -> None:
         LipSyncConfig(speaker_release_threshold=-0.1)
 
 
+def test_speaker_thresholds_come_from_the_checkpoint_unless_configured() -> None:
+    stream = StreamInfo("x", "test", True, True, 25.0, 16000, 320, 240, ClockKind.PTS)
+    stored = {"speaker_threshold": 0.12, "speaker_release_threshold": 0.03}
+
+    def thresholds(config: LipSyncConfig, checkpoint: dict[str, float] | None) -> tuple[float, ...]:
+        plugin = LipSyncPlugin(config, model=None, device="cpu", checkpoint=checkpoint)
+        speakers = plugin.open(stream)._speakers
+        assert speakers is not None
+        return speakers._threshold, speakers._release
+
+    # A checkpoint that measured its own (a model's cosines have a scale of their own).
+    assert thresholds(LipSyncConfig(), stored) == (0.12, 0.03)
+    # One written before they were measured: lipsync-v1's.
+    assert thresholds(LipSyncConfig(), None) == (
+        DEFAULT_SPEAKER_THRESHOLD,
+        DEFAULT_SPEAKER_RELEASE,
+    )
+    # The config wins over the checkpoint, each key on its own; the release stays capped.
+    assert thresholds(LipSyncConfig(speaker_threshold=0.05), stored) == (0.05, 0.03)
+    assert thresholds(LipSyncConfig(speaker_release_threshold=0.2), stored) == (0.12, 0.12)
+
+
 def _scan(rows: dict[int, float], peak_at: int, slots: int = 50, margin: int = 13) -> LagScan:
     """A face's lag scan over 101 lags (+/-500 ms): cosine ``rows[k]`` on the scored slots at
     lag k (0 elsewhere), the mean curve peaking at ``peak_at``; the edge slots unscored."""
@@ -404,7 +566,9 @@ def test_faces_are_judged_at_the_stream_lag_on_scored_slots_only() -> None:
 def test_before_any_confident_window_faces_are_judged_where_in_sync_content_reads() -> None:
     # No lag history and a flat curve (prominence ~1.7, confidence 0): its best lag (+500 ms)
     # is noise, so the faces are judged at the calibration's lag (-30 ms here), not there.
-    plugin = LipSyncPlugin(LipSyncConfig(), model=None, device="cpu", calibration_ms=-30.0)
+    plugin = LipSyncPlugin(
+        LipSyncConfig(), model=None, device="cpu", checkpoint={"calibration_ms": -30.0}
+    )
     state = _StreamLag()
     item = BatchItem(_faceless_windows(1)[0], state, Inputs({FACE_TRACKS: FaceTracks(())}))
     voiced = _scan({47: 0.2, 100: 0.01}, peak_at=100)
@@ -436,4 +600,22 @@ def test_train_command_refuses_a_folder_without_clips(
     code = main(["train", "lipsync", str(tmp_path), "--out", str(tmp_path / "x.pt")])
     assert code == 2
     assert "no training clips found" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--warp", "-0.1"), ("--warp", "nan"), ("--aspect", "inf"), ("--aspect", "lots"),
+     ("--members", "0"), ("--members", "2.5")],
+)  # fmt: skip
+def test_train_command_refuses_bad_settings(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crossmodald.cli import main
+
+    argv = ["train", "lipsync", str(tmp_path), "--out", str(tmp_path / "x.pt"), flag, value]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert flag in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()

@@ -17,6 +17,26 @@ DESCRIPTION = (
 )
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def add_parser(sub: Any) -> None:
     """The ``train lipsync`` subcommand (``sub``: the ``train`` command's subparsers)."""
     p = sub.add_parser(
@@ -35,9 +55,28 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(
+        "--members",
+        type=_positive_int,
+        default=d.members,
+        help="models trained one after another (seeds SEED, SEED+1, ...) and served as one "
+        "(their mean cosine)",
+    )
+    p.add_argument(
         "--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)"
     )
     p.add_argument("--steps-per-epoch", type=int, default=0, help="default: one pass")
+    p.add_argument(
+        "--warp",
+        type=_non_negative,
+        default=d.warp,
+        help="audio frequency warp, up to exp(+/-WARP) (other voices; 0: none)",
+    )
+    p.add_argument(
+        "--aspect",
+        type=_non_negative,
+        default=d.aspect,
+        help="lip width against height, up to exp(+/-ASPECT) (turned faces; 0: none)",
+    )
     p.set_defaults(func=command)
 
 
@@ -48,6 +87,9 @@ def command(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         steps_per_epoch=args.steps_per_epoch,
+        warp=args.warp,
+        aspect=args.aspect,
+        members=args.members,
     )
     import torch
 
@@ -92,4 +134,11 @@ def summary(out: Path, epoch: int, record: Mapping[str, float]) -> str:
         )
     elif "loss" in record:
         line += "; no validation clips (--val)"
+    if "val_speaker_threshold" in record:
+        line += (
+            f"; a face speaks from an agreement of {record['val_speaker_threshold']:.3f} "
+            f"(until {record['val_speaker_release_threshold']:.3f}), and with its own voice it "
+            f"agrees better than with another's in {record['val_speaker_separation']:.1%} of "
+            "windows"
+        )
     return line

@@ -30,8 +30,9 @@ SLOT_MS = 40
 STEP_MS = 10
 
 
-@lru_cache(maxsize=1)
-def _mel_bank() -> Tensor:
+def _band_edges_hz() -> npt.NDArray[np.float64]:
+    """The mel bands' edge frequencies (Hz): band ``j`` spans ``[j, j + 2]``, centre ``j + 1``."""
+
     def hz2mel(hz: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         return 2595.0 * np.log10(1.0 + hz / 700.0)
 
@@ -39,7 +40,13 @@ def _mel_bank() -> Tensor:
         return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
     lo, hi = hz2mel(np.array([0.0, SAMPLE_RATE / 2.0]))
-    hz = mel2hz(np.linspace(lo, hi, N_MELS + 2))
+    edges: npt.NDArray[np.float64] = mel2hz(np.linspace(lo, hi, N_MELS + 2))
+    return edges
+
+
+@lru_cache(maxsize=1)
+def _mel_bank() -> Tensor:
+    hz = _band_edges_hz()
     freqs = np.linspace(0.0, SAMPLE_RATE / 2.0, N_FFT // 2 + 1)
     bank = np.zeros((N_MELS, len(freqs)))
     for j in range(N_MELS):
@@ -62,6 +69,25 @@ def log_mel(audio: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.float32
     power = torch.fft.rfft(frames, n=N_FFT).abs().square()
     mel = torch.log(power @ _mel_bank().T + 1e-6)
     out: npt.NDArray[np.float32] = mel.numpy().astype(np.float32)
+    return out
+
+
+def warp_bands(mel: npt.NDArray[np.float32], factor: float) -> npt.NDArray[np.float32]:
+    """``mel`` as a voice whose spectrum is stretched by ``factor`` in frequency would give it.
+
+    Band ``j`` takes the (interpolated) value of the band whose centre lies at ``centre_j /
+    factor``; bands that would read above the top or below the bottom band repeat the edge band.
+    A factor above 1 moves formants up (a shorter vocal tract: most women and children against
+    most men), below 1 down (vocal tract length perturbation, a training augmentation).
+    """
+    centres = _band_edges_hz()[1:-1]
+    source = np.interp(centres / factor, centres, np.arange(N_MELS, dtype=np.float64))
+    low = np.floor(source).astype(np.int64)
+    high = np.minimum(low + 1, N_MELS - 1)
+    frac = (source - low).astype(np.float32)
+    out: npt.NDArray[np.float32] = (mel[:, low] * (1.0 - frac) + mel[:, high] * frac).astype(
+        np.float32
+    )
     return out
 
 

@@ -13,9 +13,10 @@ Training (:mod:`.train`) pairs every slot with the audio at 31 lags (-15..+15 sl
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -91,6 +92,38 @@ class SyncNet(nn.Module):
         return cos * self.log_scale.exp()
 
 
+class SyncEnsemble(nn.Module):
+    """Several trained models as one: its cosine at every slot and lag is the mean of theirs.
+
+    Each member's embeddings are unit vectors; their concatenation divided by the square root
+    of the number of members is a unit vector too, whose dot product with another such vector
+    is the members' mean cosine. So :func:`scan` and everything after it take an ensemble as
+    they take one model (``crossmodald train lipsync --members K`` trains one).
+    """
+
+    def __init__(self, members: Sequence[SyncNet]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self._scale = 1.0 / math.sqrt(len(members))
+
+    def embed_lips(self, lips: Tensor) -> Tensor:
+        """(B, T, 160) -> (B, T, members x E) unit vectors."""
+        return torch.cat([m.embed_lips(lips) for m in self._each()], dim=-1) * self._scale
+
+    def embed_audio(self, mel: Tensor) -> Tensor:
+        """(B, 4 T, 40) -> (B, T, members x E) unit vectors."""
+        return torch.cat([m.embed_audio(mel) for m in self._each()], dim=-1) * self._scale
+
+    def _each(self) -> list[SyncNet]:
+        return [cast(SyncNet, m) for m in self.members]
+
+
+#: What :func:`scan` takes: one model or an ensemble.
+SyncModel = SyncNet | SyncEnsemble
+
+
 @dataclass(frozen=True, slots=True)
 class LagScan:
     """Scores of one face over audio lags (10 ms steps).
@@ -137,7 +170,7 @@ class LagScan:
 
 @torch.inference_mode()
 def scan(
-    model: SyncNet,
+    model: SyncModel,
     lips: Tensor,
     mel: Tensor,
     max_lag_ms: int,
@@ -221,12 +254,28 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_model(path: Path, device: str = "cpu") -> SyncNet:
-    """A :class:`SyncNet` in eval mode from a checkpoint ``crossmodald train lipsync`` wrote."""
+def load_model(path: Path, device: str = "cpu") -> SyncModel:
+    """The model a checkpoint ``crossmodald train lipsync`` wrote serves, in eval mode.
+
+    One member (``state_dict``): that model, whatever its epochs. Several (``--members``): the
+    finished members (``members``) as a :class:`SyncEnsemble`, the one in training joining them
+    once it has all its epochs.
+    """
     data = read_checkpoint(path)
-    model = SyncNet(hidden=int(data.get("hidden", 128)))
-    try:
-        model.load_state_dict(data["state_dict"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"lipsync weights {path}: {exc}") from exc
+    hidden = int(data.get("hidden", 128))
+    states = list(data.get("members") or [])
+    epochs = int((data.get("settings") or {}).get("epochs", 0))
+    if not states or int(data.get("epoch", 0)) >= epochs:
+        if "state_dict" not in data:
+            raise CheckpointError(f"lipsync weights {path}: no state_dict")
+        states.append(data["state_dict"])
+    members = []
+    for state in states:
+        member = SyncNet(hidden=hidden)
+        try:
+            member.load_state_dict(state)
+        except (KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"lipsync weights {path}: {exc}") from exc
+        members.append(member)
+    model: SyncModel = members[0] if len(members) == 1 else SyncEnsemble(members)
     return model.to(device).eval()

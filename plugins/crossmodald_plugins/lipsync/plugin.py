@@ -55,11 +55,15 @@ MIN_SLOTS = 25
 #: The stream's lag for ``speaker`` is the median best lag of this many recent confident windows.
 LAG_HISTORY = 15
 #: A face's ``speaker`` score is its agreement averaged over this many of its latest windows
-#: with sound (on held-out speakers the voiced face beats a face with other audio in 87 % of
-#: single windows, 91 % over 4: ``benchmarks/lipsync_speaker_threshold.py``).
+#: with sound (on held-out speakers lipsync-v1's voiced face beat a face with other audio in
+#: 87 % of single windows, 91 % over 4: ``benchmarks/lipsync_speaker_threshold.py``).
 AGREEMENT_WINDOWS = 4
 #: Log-mel energy (mean over bands, natural log) below which a window counts as silent.
 SILENCE_LOG_ENERGY = -9.0
+#: Speaker thresholds for a checkpoint that stores none (written before training measured
+#: them): lipsync-v1's, measured on its validation speakers the same way (0.046 and -0.001).
+DEFAULT_SPEAKER_THRESHOLD = 0.045
+DEFAULT_SPEAKER_RELEASE = 0.0
 
 
 class LipSyncConfig(PluginConfig):
@@ -85,16 +89,17 @@ class LipSyncConfig(PluginConfig):
     alarm_windows: int = Field(3, ge=1, le=1000)
     #: ``speaker`` events: a face speaks where its lip/sound agreement (mean cosine over the
     #: window's slots at the stream's lag, averaged over its last 4 windows) is at least this
-    #: and the best of all faces. 0.045: about the 90th percentile (0.046) of a face against
-    #: audio that is not its own, on the shipped model's held-out speakers (see
-    #: weights/MODEL_CARD.md).
-    speaker_threshold: float = Field(0.045, gt=-1.0, lt=1.0)
+    #: and the best of all faces. None: the checkpoint's ``speaker_threshold`` (the 90th
+    #: percentile of a face against audio that is not its own on its validation speakers,
+    #: :mod:`.agreement`), or :data:`DEFAULT_SPEAKER_THRESHOLD` for a checkpoint without one.
+    speaker_threshold: float | None = Field(None, gt=-1.0, lt=1.0)
     #: A face that speaks goes on speaking while its agreement stays above this (and it is the
     #: best face), so that a dip of the agreement in the middle of speech does not end its
-    #: span; silent windows score 0 and end it. 0.0: the median of a face against audio that
-    #: is not its own on the held-out speakers (-0.001). Capped at ``speaker_threshold``; equal
-    #: to it: no hysteresis.
-    speaker_release_threshold: float = Field(0.0, ge=0.0, lt=1.0)
+    #: span; silent windows score 0 and end it. None: the checkpoint's
+    #: ``speaker_release_threshold`` (the median of a face against audio that is not its own on
+    #: its validation speakers, at least 0), or :data:`DEFAULT_SPEAKER_RELEASE`. Capped at the
+    #: start threshold; equal to it: no hysteresis.
+    speaker_release_threshold: float | None = Field(None, ge=0.0, lt=1.0)
     hold_slots: int = Field(3, ge=1, le=250)
     speakers: bool = True
 
@@ -111,10 +116,11 @@ class LipSyncConfig(PluginConfig):
             alarm_windows=self.alarm_windows,
         )
 
-    def speaker_config(self) -> SpeakerConfig:
+    def speaker_config(self, threshold: float) -> SpeakerConfig:
+        """The speaker session's settings, with the start threshold in force (``threshold``)."""
         return SpeakerConfig(
-            threshold=min(0.99, max(0.01, self.speaker_threshold)),
-            fallback_threshold=min(0.99, max(0.01, self.speaker_threshold)),
+            threshold=min(0.99, max(0.01, threshold)),
+            fallback_threshold=min(0.99, max(0.01, threshold)),
             hold_slots=self.hold_slots,
             single_speaker=True,
             lipsync=False,
@@ -185,18 +191,39 @@ class LipSyncPlugin:
     )
 
     def __init__(
-        self, config: LipSyncConfig, model: Any, device: str, calibration_ms: float = 0.0
+        self,
+        config: LipSyncConfig,
+        model: Any,
+        device: str,
+        checkpoint: Mapping[str, Any] | None = None,
     ) -> None:
+        """``checkpoint``: the weights' stored figures (``calibration_ms``, the speaker
+        thresholds); the config's values, where set, win over them."""
         import torch
 
+        stored = checkpoint or {}
+
+        def pick(configured: float | None, key: str, default: float) -> float:
+            return configured if configured is not None else float(stored.get(key, default))
+
         self.config = config
-        self.calibration_ms = (
-            config.calibration_ms if config.calibration_ms is not None else calibration_ms
+        self.calibration_ms = pick(config.calibration_ms, "calibration_ms", 0.0)
+        self.speaker_threshold = pick(
+            config.speaker_threshold, "speaker_threshold", DEFAULT_SPEAKER_THRESHOLD
+        )
+        #: Capped at the start threshold (the session caps it too).
+        self.speaker_release = min(
+            self.speaker_threshold,
+            pick(
+                config.speaker_release_threshold,
+                "speaker_release_threshold",
+                DEFAULT_SPEAKER_RELEASE,
+            ),
         )
         self.model = model
         self.device = torch.device(device)
         self.method = METHOD
-        self._speaker_config = config.speaker_config()
+        self._speaker_config = config.speaker_config(self.speaker_threshold)
 
     def check_stream(self, stream: StreamInfo) -> str | None:
         if not stream.has_video:
@@ -422,8 +449,7 @@ class _SpeakerSource:
         # The agreement a face needs to count as speaking (the speaker plugin's learned-model
         # and fallback thresholds are both this one here).
         self.threshold = self.config.threshold
-        # The session caps it at ``threshold``.
-        self.release_threshold = plugin.config.speaker_release_threshold
+        self.release_threshold = plugin.speaker_release
 
 
 class LipSyncFactory:
@@ -445,5 +471,10 @@ class LipSyncFactory:
             raise TypeError(f"lipsync: expected LipSyncConfig, got {type(config).__name__}")
         path = config.weights or SHIPPED_WEIGHTS
         model = load_model(path, device)
-        calibration = float(read_checkpoint(path).get("calibration_ms", 0.0))
-        return LipSyncPlugin(config, model, device, calibration)
+        stored = read_checkpoint(path)
+        figures = {
+            key: stored[key]
+            for key in ("calibration_ms", "speaker_threshold", "speaker_release_threshold")
+            if isinstance(stored.get(key), int | float)
+        }
+        return LipSyncPlugin(config, model, device, figures)

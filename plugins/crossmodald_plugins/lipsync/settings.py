@@ -19,3 +19,6 @@ class TrainSettings:
     steps_per_epoch: int = 0  # 0: one pass over the training slots
     jitter: float = 0.004  # landmark jitter, inter-ocular distances
     noise_prob: float = 0.5  # chance of mixing noise into an example's audio
+    warp: float = 0.0  # frequency warp of the audio: factor exp(U(-warp, warp)) (0: none)
+    aspect: float = 0.0  # lip width against height: x scaled by exp(U(-aspect, aspect)) (0: none)
+    members: int = 1  # models trained one after another (seeds seed, seed + 1, ...), averaged

@@ -3,11 +3,17 @@
 Any folder of talking-face clips whose audio is in sync with the picture will do: the negatives
 come from shifting each clip's own audio (31 lags, -15..+15 slots of 40 ms). Validation runs on
 ``--val`` clips (other speakers, ideally) after every epoch: the share of 2 s windows whose
-scanned offset lands within 40 ms of the truth, with the audio shifted by -200, 0 and +200 ms.
+scanned offset lands within 40 ms of the truth, with the audio shifted by -200, 0 and +200 ms,
+the reading of the unshifted windows (``calibration_ms``, which the plugin subtracts) and, with
+two clips or more, the speaker thresholds for this model (:mod:`.agreement`).
 
-The checkpoint (written atomically after every epoch) holds the weights, the optimiser, the RNG
-states, the settings, the sha256 of every training and validation clip and the validation
-history; running the same command again resumes from it (the settings and data must match).
+``--members K`` (3 by default) trains K models one after another, each as a run of its own with
+the next seed; the plugin serves them as one (the mean of their cosines, :class:`~.model.SyncEnsemble`).
+
+The checkpoint (written atomically after every epoch) holds the finished members, the member in
+training with its optimiser and RNG states, the settings, the sha256 of every training and
+validation clip and the validation history; running the same command again resumes from it (the
+settings and data must match).
 """
 
 from __future__ import annotations
@@ -26,10 +32,19 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from . import agreement
 from .data import ClipError, ClipFeatures, extract_all, find_clips
-from .features import STEPS_PER_SLOT, standardise_audio, standardise_lips
+from .features import STEPS_PER_SLOT, standardise_audio, standardise_lips, warp_bands
 from .landmarks import lip_features
-from .model import CheckpointError, SyncNet, read_checkpoint, save_checkpoint, scan
+from .model import (
+    CheckpointError,
+    SyncEnsemble,
+    SyncModel,
+    SyncNet,
+    read_checkpoint,
+    save_checkpoint,
+    scan,
+)
 from .settings import TrainSettings
 
 #: Validation windows: length and step (slots), audio shifts (slots) and tolerance (ms).
@@ -65,6 +80,11 @@ class _Sampler:
             start = int(self.rng.integers(s.max_lag, len(clip.poses) - s.span - s.max_lag + 1))
             poses = clip.poses[start : start + s.span]
             poses = poses + self.rng.normal(0.0, s.jitter, poses.shape).astype(np.float32)
+            if s.aspect > 0.0:
+                # A face turned or tilted away shows its mouth narrower or flatter.
+                width = math.exp(float(self.rng.uniform(-s.aspect, s.aspect)))
+                scale = np.array([width, 1.0], np.float32)
+                poses = (poses.reshape(len(poses), -1, 2) * scale).reshape(poses.shape)
             lips = standardise_lips(lip_features(poses, clip.valid[start : start + s.span]))
             lo = (start - s.max_lag) * STEPS_PER_SLOT
             hi = (start + s.span + s.max_lag) * STEPS_PER_SLOT
@@ -72,18 +92,24 @@ class _Sampler:
             if self.rng.random() < s.noise_prob:
                 level = float(np.mean(mel)) + float(self.rng.uniform(-3.0, 1.0))
                 mel = np.logaddexp(mel, level).astype(np.float32)
+            if s.warp > 0.0:
+                mel = warp_bands(mel, math.exp(float(self.rng.uniform(-s.warp, s.warp))))
             lips_out.append(lips)
             mel_out.append(standardise_audio(mel))
         return torch.from_numpy(np.stack(lips_out)), torch.from_numpy(np.stack(mel_out))
 
 
-def validate(model: SyncNet, clips: Sequence[ClipFeatures], device: str) -> dict[str, float]:
+def validate(model: SyncModel, clips: Sequence[ClipFeatures], device: str) -> dict[str, float]:
     """Scan 2 s windows of the validation clips with the audio shifted by -200/0/+200 ms.
 
     Returns the share within 40 ms and the median error, raw and after removing the median
     offset the model reads on the unshifted windows (``bias_ms``: the lip-to-sound timing the
     training speakers taught it that these speakers do not share; the checkpoint stores it as
-    ``calibration_ms`` and the plugin subtracts it).
+    ``calibration_ms`` and the plugin subtracts it). With two clips or more, also the plugin's
+    speaker thresholds for this model (:mod:`.agreement`: ``speaker_threshold`` and
+    ``speaker_release_threshold``, stored in the checkpoint under those names) and how often a
+    face with its own audio agrees better than a face with another clip's audio at the same
+    place (``speaker_separation``).
     """
     model.eval()
     errors: list[float] = []
@@ -105,9 +131,18 @@ def validate(model: SyncNet, clips: Sequence[ClipFeatures], device: str) -> dict
                 errors.append(res.lead_ms - d * 40.0)
                 if d == 0:
                     at_zero.append(res.lead_ms)
+    speaker: dict[str, float] = {}
+    agreements = agreement.measure(model, clips, device=device)
+    thresholds = agreement.speaker_thresholds(agreements)
+    if thresholds is not None:
+        speaker = {
+            "speaker_threshold": thresholds[0],
+            "speaker_release_threshold": thresholds[1],
+            "speaker_separation": agreements.wins / max(1, agreements.pairs),
+        }
     model.train()
     if not errors:
-        return {"windows": 0.0, "within_40ms": 0.0, "median_abs_error_ms": math.nan}
+        return {"windows": 0.0, "within_40ms": 0.0, "median_abs_error_ms": math.nan, **speaker}
     err = np.array(errors)
     bias = float(np.median(at_zero)) if at_zero else 0.0
     return {
@@ -116,6 +151,7 @@ def validate(model: SyncNet, clips: Sequence[ClipFeatures], device: str) -> dict
         "median_abs_error_ms": float(np.median(np.abs(err))),
         "bias_ms": bias,
         "within_40ms_calibrated": float(np.mean(np.abs(err - bias) <= VAL_TOLERANCE_MS)),
+        **speaker,
     }
 
 
@@ -141,6 +177,11 @@ class _Bar:
         self.out.flush()
 
 
+#: Settings added after the first checkpoints were written, each with the value that those runs
+#: had in effect: an older checkpoint resumes as the run it was.
+_ADDED_SETTINGS: dict[str, Any] = {"warp": 0.0, "aspect": 0.0, "members": 1}
+
+
 def _without_epochs(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: v for k, v in value.items() if k != "epochs"}
@@ -161,12 +202,17 @@ def train(
     cache: Path | None = None,
     log: TextIO = sys.stderr,
 ) -> dict[str, Any]:
-    """Train (or resume) and return the final checkpoint's dict (without tensors)."""
+    """Train (or resume) and return the final checkpoint's dict (without tensors).
+
+    With ``settings.members`` above 1 the members are trained one after another, member ``k``
+    exactly as a run of its own with seed ``seed + k`` would be. The checkpoint holds the
+    finished members (``members``) and the one in training (``state_dict``, with its optimiser
+    and RNG states); the plugin averages the cosines of the finished members, the last one
+    included once it has all its epochs (:func:`~.model.load_model`). The checkpoint's figures
+    (``metrics``, ``calibration_ms``, the speaker thresholds) are those of what the plugin loads.
+    More epochs on a resume continue the member in training; finished members keep theirs.
+    """
     s = settings if settings is not None else TrainSettings()
-    random.seed(s.seed)
-    np.random.seed(s.seed)
-    torch.manual_seed(s.seed)
-    rng = np.random.default_rng(s.seed)
     train_paths = find_clips(data)
     val_paths = find_clips(val)
     overlap = {p.resolve() for p in train_paths} & {p.resolve() for p in val_paths}
@@ -184,17 +230,19 @@ def train(
         f"({time.monotonic() - t0:.0f} s)",
         file=log,
     )
-    model = SyncNet(hidden=s.hidden).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=1e-4)
     meta: dict[str, Any] = {
         "settings": asdict(s),
         "train_data": _hashes(clips),
         "val_data": _hashes(val_clips),
         "history": [],
-        "epoch": 0,
+        "member": 0,  # the member in training (0-based) ...
+        "epoch": 0,  # ... and its epochs done
     }
+    run = _Run(out, s, meta, val_clips, device, log)
+    resume: dict[str, Any] | None = None
     if out.exists():
         old = read_checkpoint(out)
+        old["settings"] = {**_ADDED_SETTINGS, **old.get("settings", {})}
         for key in ("settings", "train_data", "val_data"):
             # More (or fewer) epochs continue the same run; anything else is another run.
             if _without_epochs(old.get(key)) != _without_epochs(meta[key]):
@@ -202,60 +250,164 @@ def train(
                     f"{out}: exists with other {key.replace('_', ' ')}; "
                     "pass another --out, or the same data and settings to resume"
                 )
-        model.load_state_dict(old["state_dict"])
-        opt.load_state_dict(old["optimizer"])
         meta["history"] = list(old["history"])
+        meta["member"] = int(old.get("member", 0))
         meta["epoch"] = int(old["epoch"])
-        rng.bit_generator.state = old["rng"]["numpy"]
-        torch.set_rng_state(old["rng"]["torch"])
+        run.finished = list(old.get("members", []))
+        run.metrics = run.finished_metrics = dict(old.get("metrics", {}))
+        resume = old
         print(f"resuming {out} after epoch {meta['epoch']}", file=log)
-    sampler = _Sampler(clips, s, rng)
-    slots = sum(len(c.poses) for c in sampler.clips)
-    steps = s.steps_per_epoch or max(1, slots // (s.span * s.batch))
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=s.lr, total_steps=s.epochs * steps, pct_start=0.1
-    )
-    with warnings.catch_warnings():
-        # A resumed run moves the schedule to where it stopped before any optimiser step of
-        # this process, which is what torch warns of (a fresh run's first value skipped): not
-        # the case here, and a warning on every resume would say something is wrong.
-        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`", UserWarning)
-        for _ in range(meta["epoch"] * steps):
-            sched.step()
-    bar = _Bar(log)
-    target = torch.full((s.batch * s.span,), s.max_lag, dtype=torch.long, device=device)
-    model.train()
-    for epoch in range(meta["epoch"] + 1, s.epochs + 1):
-        t_epoch = time.monotonic()
-        total = 0.0
-        for step in range(1, steps + 1):
-            lips, mel = sampler.batch()
-            logits = model.lag_logits(lips.to(device), mel.to(device), s.max_lag)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            sched.step()
-            total += float(loss.detach())
-            bar.step(epoch, s.epochs, step, steps, total / step)
-        metrics = validate(model, val_clips, device) if val_clips else {}
-        record = {"epoch": epoch, "loss": total / steps, "seconds": time.monotonic() - t_epoch}
-        record.update({f"val_{k}": v for k, v in metrics.items()})
-        meta["history"].append(record)
-        meta["epoch"] = epoch
-        shown = "  ".join(
-            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+    while True:
+        run.train_member(clips, resume)
+        resume = None
+        if meta["member"] + 1 >= s.members:
+            break
+        run.next_member()
+    return {k: v for k, v in meta.items()} | {"metrics": run.metrics}
+
+
+class _Run:
+    """One training run: its members, checkpoint and figures."""
+
+    def __init__(
+        self,
+        out: Path,
+        settings: TrainSettings,
+        meta: dict[str, Any],
+        val_clips: Sequence[ClipFeatures],
+        device: str,
+        log: TextIO,
+    ) -> None:
+        self.out = out
+        self.s = settings
+        self.meta = meta
+        self.val_clips = val_clips
+        self.device = device
+        self.log = log
+        self.bar = _Bar(log)
+        #: State dicts of the finished members.
+        self.finished: list[dict[str, Any]] = []
+        #: The figures of the finished members together (computed when the last one finished).
+        self.finished_metrics: dict[str, float] = {}
+        #: The figures of what the checkpoint serves.
+        self.metrics: dict[str, float] = {}
+        self.model: SyncNet | None = None
+
+    def train_member(self, clips: Sequence[ClipFeatures], resume: dict[str, Any] | None) -> None:
+        """Train member ``meta["member"]`` to the last epoch (from ``resume``'s state if given)."""
+        s, meta, device = self.s, self.meta, self.device
+        seed = s.seed + meta["member"]
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        model = self.model = SyncNet(hidden=s.hidden).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=1e-4)
+        if resume is not None:
+            model.load_state_dict(resume["state_dict"])
+            opt.load_state_dict(resume["optimizer"])
+            rng.bit_generator.state = resume["rng"]["numpy"]
+            torch.set_rng_state(resume["rng"]["torch"])
+        sampler = _Sampler(list(clips), s, rng)
+        slots = sum(len(c.poses) for c in sampler.clips)
+        steps = s.steps_per_epoch or max(1, slots // (s.span * s.batch))
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=s.lr, total_steps=s.epochs * steps, pct_start=0.1
         )
-        bar.epoch(shown)
-        save_checkpoint(
-            out,
-            model,
-            {
-                **meta,
+        with warnings.catch_warnings():
+            # A resumed run moves the schedule to where it stopped before any optimiser step
+            # of this process, which is what torch warns of (a fresh run's first value
+            # skipped): not the case here, and a warning on every resume would say something
+            # is wrong.
+            warnings.filterwarnings(
+                "ignore", r"Detected call of `lr_scheduler\.step\(\)`", UserWarning
+            )
+            for _ in range(min(meta["epoch"], s.epochs) * steps):
+                sched.step()
+        target = torch.full((s.batch * s.span,), s.max_lag, dtype=torch.long, device=device)
+        model.train()
+        for epoch in range(meta["epoch"] + 1, s.epochs + 1):
+            t_epoch = time.monotonic()
+            total = 0.0
+            for step in range(1, steps + 1):
+                lips, mel = sampler.batch()
+                logits = model.lag_logits(lips.to(device), mel.to(device), s.max_lag)
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), target
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+                sched.step()
+                total += float(loss.detach())
+                self.bar.step(epoch, s.epochs, step, steps, total / step)
+            metrics = validate(model, self.val_clips, device) if self.val_clips else {}
+            record: dict[str, Any] = {"epoch": epoch}
+            if s.members > 1:
+                record = {"member": meta["member"] + 1, **record}
+            record.update({"loss": total / steps, "seconds": time.monotonic() - t_epoch})
+            record.update({f"val_{k}": v for k, v in metrics.items()})
+            meta["history"].append(record)
+            meta["epoch"] = epoch
+            self.bar.epoch(_shown(record))
+            self.metrics = self._served_metrics(metrics)
+            extra = {
                 "optimizer": opt.state_dict(),
                 "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
+            }
+            self._save(extra)
+
+    def next_member(self) -> None:
+        """Put the member just trained with the finished ones and start the next."""
+        assert self.model is not None
+        self.finished.append(self.model.state_dict())
+        self.finished_metrics = self.metrics
+        self.meta["member"] += 1
+        self.meta["epoch"] = 0
+
+    def _served_metrics(self, member: dict[str, float]) -> dict[str, float]:
+        """The figures of what the checkpoint serves now (see :func:`~.model.load_model`):
+        the member alone, the finished members, or all of them once the last is done."""
+        if not self.finished:
+            return member
+        if self.meta["epoch"] < self.s.epochs:
+            return self.finished_metrics
+        assert self.model is not None
+        members = []
+        for state in [*self.finished, self.model.state_dict()]:
+            m = SyncNet(hidden=self.s.hidden)
+            m.load_state_dict(state)
+            members.append(m.to(self.device))
+        ensemble = SyncEnsemble(members).to(self.device)
+        metrics = validate(ensemble, self.val_clips, self.device) if self.val_clips else {}
+        record = {"ensemble": len(members), **{f"val_{k}": v for k, v in metrics.items()}}
+        self.meta["history"].append(record)
+        self.bar.epoch(_shown(record))
+        return metrics
+
+    def _save(self, extra: dict[str, Any]) -> None:
+        assert self.model is not None
+        metrics = self.metrics
+        save_checkpoint(
+            self.out,
+            self.model,
+            {
+                **self.meta,
+                **extra,
+                "members": list(self.finished),
                 "metrics": metrics,
                 "calibration_ms": float(metrics.get("bias_ms", 0.0)),
+                # The plugin's speaker thresholds for this model (none without two val clips).
+                **{
+                    key: float(metrics[key])
+                    for key in ("speaker_threshold", "speaker_release_threshold")
+                    if key in metrics
+                },
             },
         )
-    return {k: v for k, v in meta.items()}
+
+
+def _shown(record: dict[str, Any]) -> str:
+    return "  ".join(
+        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+    )
