@@ -20,7 +20,7 @@ which third. This measures, on clips the model never saw (use the checkpoint's v
     python benchmarks/lipsync_pooling.py VAL_CLIPS... [--weights W] [--cache DIR] [--pool 1 2 4 8]
 
 VAL_CLIPS: the checkpoint's validation clips (files or folders), e.g. the seven PC-AVS clips
-named in weights/lipsync-v1.data.json under ``val_data``. The checkpoint's ``calibration_ms``
+named in weights/lipsync-v2.data.json under ``val_data``. The checkpoint's ``calibration_ms``
 came from those clips' unshifted windows, so every share here is somewhat optimistic; the
 comparison between the rows is not. The shipped model's figures are in its model card (limits).
 """

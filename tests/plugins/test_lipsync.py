@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import math
 import os
 import warnings
@@ -324,12 +325,26 @@ def test_train_ends_with_its_figures_in_words() -> None:
 
 def test_shipped_weights_load_with_their_card() -> None:
     model = load_model(SHIPPED_WEIGHTS)
-    assert sum(p.numel() for p in model.parameters()) > 10_000
     ckpt = read_checkpoint(SHIPPED_WEIGHTS)
+    # The ensemble the card describes: every member trained to its last epoch, served as one.
+    assert isinstance(model, SyncEnsemble)
+    assert len(model.members) == ckpt["settings"]["members"] > 1
+    assert ckpt["epoch"] == ckpt["settings"]["epochs"]
+    assert sum(p.numel() for p in model.parameters()) > 10_000
     assert ckpt["train_data"]
     assert "within_40ms" in ckpt["metrics"]
+    # Its own speaker thresholds and calibration, measured on its validation speakers.
+    assert 0.0 <= ckpt["speaker_release_threshold"] <= ckpt["speaker_threshold"] < 1.0
+    assert ckpt["calibration_ms"] == ckpt["metrics"]["bias_ms"]
+    # Shipped without the optimiser and RNG states (weights only: a few MB).
+    assert "optimizer" not in ckpt
     assert SHIPPED_WEIGHTS.stat().st_size < 5_000_000
-    assert (SHIPPED_WEIGHTS.parent / "MODEL_CARD.md").is_file()
+    card = SHIPPED_WEIGHTS.parent / "MODEL_CARD.md"
+    assert SHIPPED_WEIGHTS.name in card.read_text()
+    hashes = json.loads(SHIPPED_WEIGHTS.with_suffix(".data.json").read_text())
+    assert hashes["train_data"] == ckpt["train_data"]
+    assert hashes["val_data"] == ckpt["val_data"]
+    assert hashes["settings"] == ckpt["settings"]
 
 
 def test_scan_scores_every_slot_a_lag_pairs_and_averages_the_common_ones() -> None:

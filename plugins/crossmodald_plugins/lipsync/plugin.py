@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 METHOD: Final = "lipsync"
 #: The weights trained and shipped by the project (see weights/MODEL_CARD.md).
-SHIPPED_WEIGHTS = Path(__file__).with_name("weights") / "lipsync-v1.pt"
+SHIPPED_WEIGHTS = Path(__file__).with_name("weights") / "lipsync-v2.pt"
 SLOT_NS = 40 * NS_PER_MS
 #: Fewest slots a face needs in a window to be scanned.
 MIN_SLOTS = 25
