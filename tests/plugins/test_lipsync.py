@@ -634,3 +634,21 @@ def test_train_command_refuses_bad_settings(
     assert exit_info.value.code == 2
     assert flag in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_train_progress_on_a_terminal_says_which_member_and_epoch(
+    datasets: Path, tmp_path: Path
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    data = [datasets / "grid-s1" / "bbaf2n.mp4"]
+    settings = TrainSettings(epochs=1, batch=4, steps_per_epoch=2, hidden=16, members=2)
+    log = Terminal()
+    train(data, tmp_path / "t.pt", settings=settings, cache=tmp_path / "cache", log=log)
+    shown = log.getvalue()
+    assert "\rmember 1/2 epoch 1/1 [###############...............] 1/2 loss " in shown
+    assert "\rmember 2/2 epoch 1/1 [##############################] 2/2 loss " in shown
+    # Each epoch ends in one line of its figures, over the bar.
+    assert "\rmember 2  epoch 1  loss " in shown

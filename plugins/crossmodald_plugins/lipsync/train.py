@@ -162,13 +162,13 @@ class _Bar:
         self.out = out
         self.tty = out.isatty()
 
-    def step(self, epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+    def step(self, where: str, step: int, steps: int, loss: float) -> None:
+        """``where``: the epoch (and member) the step belongs to, e.g. ``epoch 3/30``."""
         if not self.tty:
             return
         done = int(30 * step / steps)
         self.out.write(
-            f"\repoch {epoch}/{epochs} [{'#' * done}{'.' * (30 - done)}] {step}/{steps} "
-            f"loss {loss:.3f}"
+            f"\r{where} [{'#' * done}{'.' * (30 - done)}] {step}/{steps} loss {loss:.3f}"
         )
         self.out.flush()
 
@@ -283,7 +283,6 @@ class _Run:
         self.meta = meta
         self.val_clips = val_clips
         self.device = device
-        self.log = log
         self.bar = _Bar(log)
         #: State dicts of the finished members.
         self.finished: list[dict[str, Any]] = []
@@ -325,6 +324,7 @@ class _Run:
             for _ in range(min(meta["epoch"], s.epochs) * steps):
                 sched.step()
         target = torch.full((s.batch * s.span,), s.max_lag, dtype=torch.long, device=device)
+        where = f"member {meta['member'] + 1}/{s.members} " if s.members > 1 else ""
         model.train()
         for epoch in range(meta["epoch"] + 1, s.epochs + 1):
             t_epoch = time.monotonic()
@@ -340,7 +340,7 @@ class _Run:
                 opt.step()
                 sched.step()
                 total += float(loss.detach())
-                self.bar.step(epoch, s.epochs, step, steps, total / step)
+                self.bar.step(where + f"epoch {epoch}/{s.epochs}", step, steps, total / step)
             metrics = validate(model, self.val_clips, device) if self.val_clips else {}
             record: dict[str, Any] = {"epoch": epoch}
             if s.members > 1:
