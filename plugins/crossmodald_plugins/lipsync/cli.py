@@ -50,7 +50,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--cache", type=Path, help="folder for extracted features (reused)")
     d = TrainSettings()
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="per member (default %(default)s)")
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -59,7 +59,7 @@ def add_parser(sub: Any) -> None:
         type=_positive_int,
         default=d.members,
         help="models trained one after another (seeds SEED, SEED+1, ...) and served as one "
-        "(their mean cosine)",
+        "(their mean cosine; default %(default)s)",
     )
     p.add_argument(
         "--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)"
@@ -69,13 +69,15 @@ def add_parser(sub: Any) -> None:
         "--warp",
         type=_non_negative,
         default=d.warp,
-        help="audio frequency warp, up to exp(+/-WARP) (other voices; 0: none)",
+        help="audio frequency warp, up to exp(+/-WARP) (other voices; 0: none; default "
+        "%(default)s)",
     )
     p.add_argument(
         "--aspect",
         type=_non_negative,
         default=d.aspect,
-        help="lip width against height, up to exp(+/-ASPECT) (turned faces; 0: none)",
+        help="lip width against height, up to exp(+/-ASPECT) (turned faces; 0: none; default "
+        "%(default)s)",
     )
     p.set_defaults(func=command)
 
