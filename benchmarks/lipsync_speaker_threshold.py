@@ -7,7 +7,7 @@ For every 2 s window (50 slots of 40 ms, every 12 slots) of each clip, the sync 
 the clip's lag pairs with audio in the window, at that lag (the median of its windows' best
 lags, as the plugin's stream lag), averaged over its latest ``--windows`` windows (the plugin's
 AGREEMENT_WINDOWS). "Matched": the clip's lips with its own audio. "Mismatched": its lips with
-the audio of each other clip at the same place: a face that is not the voice. Prints both
+the audio of each other clip (up to six) at the same place: a face that is not the voice. Prints both
 distributions, how often the matched face beats a mismatched one at the same place, the start
 (mismatched 90th percentile) and release (mismatched median, at least 0) thresholds as training
 measures them, and per threshold the share of each at or above it.

@@ -652,3 +652,28 @@ def test_train_progress_on_a_terminal_says_which_member_and_epoch(
     assert "\rmember 2/2 epoch 1/1 [##############################] 2/2 loss " in shown
     # Each epoch ends in one line of its figures, over the bar.
     assert "\rmember 2  epoch 1  loss " in shown
+
+
+def test_agreement_pairs_each_clip_with_a_bounded_number_of_others() -> None:
+    # Training measures the speaker thresholds after every epoch: with many validation clips
+    # the work must grow with their number, not its square.
+    from crossmodald_plugins.lipsync import agreement
+    from crossmodald_plugins.lipsync.data import ClipFeatures
+
+    rng = np.random.default_rng(0)
+    slots = agreement.WINDOW_SLOTS + agreement.WINDOW_STEP  # two windows per clip
+
+    def clip(k: int) -> ClipFeatures:
+        poses = rng.normal(0.0, 0.05, (slots, POSE_DIM)).astype(np.float32)
+        mel = rng.normal(0.0, 1.0, (4 * slots, N_MELS)).astype(np.float32)
+        return ClipFeatures(f"c{k}", "0", poses, np.ones(slots, np.bool_), mel)
+
+    torch.manual_seed(0)
+    model = SyncNet(hidden=8)
+    few = agreement.measure(model, [clip(k) for k in range(3)])
+    assert len(few.matched) == 3 * 2
+    assert len(few.mismatched) == 3 * 2 * 2  # every other clip
+    many = agreement.measure(model, [clip(k) for k in range(12)], beside=True)
+    assert len(many.mismatched) == 12 * agreement.MAX_OTHERS * 2
+    assert all(len(pairs) == agreement.MAX_OTHERS for pairs in many.beside.values())
+    assert model.training  # left as it was found

@@ -10,7 +10,7 @@ on), and stored in it (:func:`speaker_thresholds`).
 For every 2 s window (50 slots, every 12 slots: the plugin's 0.5 s hop) of each clip, the model
 scans +/-500 ms as the plugin does; a face's agreement is taken at the clip's lag (the median of
 its windows' best lags, as the plugin's stream lag). "Matched": a clip's lips with its own audio.
-"Mismatched": its lips with each other clip's audio at the same place, a face that is not the
+"Mismatched": its lips with each other clip's audio (up to six others) at the same place, a face that is not the
 voice. The start threshold is the mismatched 90th percentile (a face that is not the voice
 reaches it in one window of ten), the release the mismatched median (a face that speaks goes on
 while its lips agree with the sound better than half of the faces that are not the voice do).
@@ -37,6 +37,10 @@ WINDOW_STEP = 12
 MAX_LAG_MS = 500
 #: The start threshold: this percentile of the mismatched agreements; the release: their median.
 START_PERCENTILE = 90.0
+#: Each clip's lips are paired with the audio of at most this many other clips (the next ones,
+#: in order, wrapping round), so that the cost grows with the number of clips, not its square:
+#: training measures this after every epoch.
+MAX_OTHERS = 6
 
 
 @dataclass(slots=True)
@@ -72,7 +76,10 @@ def measure(
     beside: bool = False,
     device: str = "cpu",
 ) -> Agreements:
-    """Matched and mismatched agreements over ``clips`` (``beside``: the two-face pairs too)."""
+    """Matched and mismatched agreements over ``clips`` (``beside``: the two-face pairs too).
+
+    Each clip is paired with up to :data:`MAX_OTHERS` other clips (all of them when there are
+    at most that many others)."""
     feats = [(lip_features(c.poses, c.valid), c.mel) for c in clips]
     out = Agreements()
     was_training = model.training
@@ -86,9 +93,8 @@ def measure(
             lag = int(np.median([best for best, _ in own]))
             mine = rolling([float(np.nanmean(row[lag])) for _, row in own], windows)
             out.matched += mine
-            for j in range(len(feats)):
-                if j == i:
-                    continue
+            for k in range(1, min(len(feats), MAX_OTHERS + 1)):
+                j = (i + k) % len(feats)
                 other = _scan_windows(model, feats, i, j, starts, device)
                 theirs = rolling([float(np.nanmean(row[lag])) for _, row in other], windows)
                 out.mismatched += theirs
