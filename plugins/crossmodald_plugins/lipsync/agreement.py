@@ -10,10 +10,11 @@ on), and stored in it (:func:`speaker_thresholds`).
 For every 2 s window (50 slots, every 12 slots: the plugin's 0.5 s hop) of each clip, the model
 scans +/-500 ms as the plugin does; a face's agreement is taken at the clip's lag (the median of
 its windows' best lags, as the plugin's stream lag). "Matched": a clip's lips with its own audio.
-"Mismatched": its lips with each other clip's audio (up to six others) at the same place, a face that is not the
-voice. The start threshold is the mismatched 90th percentile (a face that is not the voice
-reaches it in one window of ten), the release the mismatched median (a face that speaks goes on
-while its lips agree with the sound better than half of the faces that are not the voice do).
+"Mismatched": its lips with each other clip's audio (up to six others) at the same place, a
+face that is not the voice. The start threshold is the mismatched 90th percentile (a face that
+is not the voice reaches it in one window of ten), the release the mismatched median (a face
+that speaks goes on while its lips agree with the sound better than half of the faces that are
+not the voice do).
 """
 
 from __future__ import annotations
