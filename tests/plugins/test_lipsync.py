@@ -380,6 +380,16 @@ def test_bad_weights_are_a_clear_error(tmp_path: Path) -> None:
         LipSyncFactory.create(LipSyncConfig(weights=bad), "cpu")
     with pytest.raises(CheckpointError, match="no such file"):
         LipSyncFactory.create(LipSyncConfig(weights=tmp_path / "missing.pt"), "cpu")
+    # A checkpoint edited by hand: figures the plugin cannot use, a member of another shape.
+    shipped = torch.load(SHIPPED_WEIGHTS, map_location="cpu", weights_only=True)
+    for key, value in [("speaker_threshold", math.nan), ("calibration_ms", "late")]:
+        torch.save({**shipped, key: value}, bad)
+        with pytest.raises(CheckpointError, match=f"{key} is .*expected a number"):
+            LipSyncFactory.create(LipSyncConfig(weights=bad), "cpu")
+    small = SyncNet(hidden=8).state_dict()
+    torch.save({**shipped, "members": [*shipped["members"][:-1], small]}, bad)
+    with pytest.raises(CheckpointError, match="size mismatch"):
+        LipSyncFactory.create(LipSyncConfig(weights=bad), "cpu")
 
 
 def _plugin(**extra: object) -> LipSyncPlugin:

@@ -465,16 +465,28 @@ class LipSyncFactory:
         Raises:
             CheckpointError: The weights file is missing or not a lip-sync checkpoint.
         """
-        from .model import load_model, read_checkpoint
+        from .model import CheckpointError, load_model, read_checkpoint
 
         if not isinstance(config, LipSyncConfig):
             raise TypeError(f"lipsync: expected LipSyncConfig, got {type(config).__name__}")
         path = config.weights or SHIPPED_WEIGHTS
         model = load_model(path, device)
         stored = read_checkpoint(path)
-        figures = {
-            key: stored[key]
-            for key in ("calibration_ms", "speaker_threshold", "speaker_release_threshold")
-            if isinstance(stored.get(key), int | float)
+        figures: dict[str, float] = {}
+        # What the config would accept for the same keys (a hand-edited file says so here).
+        limits = {
+            "calibration_ms": (-1000.0, 1000.0),
+            "speaker_threshold": (-1.0, 1.0),
+            "speaker_release_threshold": (-1.0, 1.0),
         }
+        for key, (low, high) in limits.items():
+            if key not in stored:
+                continue
+            value = stored[key]
+            if not isinstance(value, int | float) or not low <= float(value) <= high:
+                raise CheckpointError(
+                    f"lipsync weights {path}: {key} is {value!r}, expected a number "
+                    f"from {low:g} to {high:g}"
+                )
+            figures[key] = float(value)
         return LipSyncPlugin(config, model, device, figures)
