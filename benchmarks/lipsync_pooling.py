@@ -71,8 +71,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, nargs="+", default=[1, 2, 4, 8])
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    model = load_model(args.weights, "cpu")
-    calibration = float(read_checkpoint(args.weights).get("calibration_ms", 0.0))
+    stored = read_checkpoint(args.weights)
+    model = load_model(args.weights, "cpu", stored)
+    calibration = float(stored.get("calibration_ms", 0.0))
     clips, skipped = extract_all(find_clips(args.clips), args.cache)
     for why in skipped:
         print(f"skipped {why}")

@@ -74,8 +74,8 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, help="default: the checkpoint's")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    model = load_model(args.weights, "cpu")
     stored = read_checkpoint(args.weights)
+    model = load_model(args.weights, "cpu", stored)
     start = args.threshold
     if start is None:
         start = float(stored.get("speaker_threshold", DEFAULT_SPEAKER_THRESHOLD))

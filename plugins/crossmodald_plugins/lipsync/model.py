@@ -254,28 +254,35 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_model(path: Path, device: str = "cpu") -> SyncModel:
+def members_from(states: Sequence[dict[str, Any]], hidden: int) -> list[SyncNet]:
+    """A :class:`SyncNet` per state dict (raises ``RuntimeError`` for one of another shape)."""
+    members = []
+    for state in states:
+        member = SyncNet(hidden=hidden)
+        member.load_state_dict(state)
+        members.append(member)
+    return members
+
+
+def load_model(path: Path, device: str = "cpu", data: dict[str, Any] | None = None) -> SyncModel:
     """The model a checkpoint ``crossmodald train lipsync`` wrote serves, in eval mode.
 
     One member (``state_dict``): that model, whatever its epochs. Several (``--members``): the
     finished members (``members``) as a :class:`SyncEnsemble`, the one in training joining them
-    once it has all its epochs.
+    once it has all its epochs. ``data``: the checkpoint as :func:`read_checkpoint` gave it, for a
+    caller that reads its other figures too (not read again).
     """
-    data = read_checkpoint(path)
-    hidden = int(data.get("hidden", 128))
+    if data is None:
+        data = read_checkpoint(path)
     states = list(data.get("members") or [])
     epochs = int((data.get("settings") or {}).get("epochs", 0))
     if not states or int(data.get("epoch", 0)) >= epochs:
         if "state_dict" not in data:
             raise CheckpointError(f"lipsync weights {path}: no state_dict")
         states.append(data["state_dict"])
-    members = []
-    for state in states:
-        member = SyncNet(hidden=hidden)
-        try:
-            member.load_state_dict(state)
-        except (KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"lipsync weights {path}: {exc}") from exc
-        members.append(member)
+    try:
+        members = members_from(states, int(data.get("hidden", 128)))
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"lipsync weights {path}: {exc}") from exc
     model: SyncModel = members[0] if len(members) == 1 else SyncEnsemble(members)
     return model.to(device).eval()

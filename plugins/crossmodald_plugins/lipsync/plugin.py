@@ -470,8 +470,8 @@ class LipSyncFactory:
         if not isinstance(config, LipSyncConfig):
             raise TypeError(f"lipsync: expected LipSyncConfig, got {type(config).__name__}")
         path = config.weights or SHIPPED_WEIGHTS
-        model = load_model(path, device)
         stored = read_checkpoint(path)
+        model = load_model(path, device, stored)
         figures: dict[str, float] = {}
         # What the config would accept for the same keys (a hand-edited file says so here).
         limits = {

@@ -41,6 +41,7 @@ from .model import (
     SyncEnsemble,
     SyncModel,
     SyncNet,
+    members_from,
     read_checkpoint,
     save_checkpoint,
     scan,
@@ -373,11 +374,7 @@ class _Run:
         if self.meta["epoch"] < self.s.epochs:
             return self.finished_metrics
         assert self.model is not None
-        members = []
-        for state in [*self.finished, self.model.state_dict()]:
-            m = SyncNet(hidden=self.s.hidden)
-            m.load_state_dict(state)
-            members.append(m.to(self.device))
+        members = [*members_from(self.finished, self.s.hidden), self.model]
         ensemble = SyncEnsemble(members).to(self.device)
         metrics = validate(ensemble, self.val_clips, self.device) if self.val_clips else {}
         record = {"ensemble": len(members), **{f"val_{k}": v for k, v in metrics.items()}}
