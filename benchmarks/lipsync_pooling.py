@@ -33,19 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from crossmodald_plugins.lipsync import agreement
+from crossmodald_plugins.lipsync.agreement import scan_windows
 from crossmodald_plugins.lipsync.data import extract_all, find_clips
-from crossmodald_plugins.lipsync.features import (
-    STEPS_PER_SLOT,
-    standardise_audio,
-    standardise_lips,
-)
 from crossmodald_plugins.lipsync.landmarks import lip_features
-from crossmodald_plugins.lipsync.model import LagScan, load_model, read_checkpoint, scan
+from crossmodald_plugins.lipsync.model import LagScan, load_model, read_checkpoint
 from crossmodald_plugins.lipsync.plugin import SHIPPED_WEIGHTS, LipSyncConfig
 
-SLOTS = 50
-STEP = 12
-MAX_LAG_MS = 500
+SLOTS = agreement.WINDOW_SLOTS  # 2 s windows every 12 slots, +/-500 ms: the plugin's scan
+STEP = agreement.WINDOW_STEP
 SHIFTS = (-10, -5, -2, 0, 3, 6, 10)  # slots of 40 ms: -400 ... +400 ms
 TOLERANCE_MS = 40.0
 BANDS = ((0.0, 2.5), (2.5, 3.0), (3.0, 3.5), (3.5, 4.0), (4.0, 99.0))
@@ -80,23 +76,10 @@ def main() -> None:
     # Per clip and shift, the windows' scans in order (one stream each).
     streams: list[tuple[float, list[LagScan]]] = []
     for clip in clips:
-        lips_all, mel_all = lip_features(clip.poses, clip.valid), clip.mel
+        lips_all = lip_features(clip.poses, clip.valid)
         for d in SHIFTS:
-            scans = []
-            for s in range(max(0, -d), len(lips_all) - SLOTS - max(0, d) + 1, STEP):
-                a0 = (s + d) * STEPS_PER_SLOT
-                mel = mel_all[a0 : a0 + SLOTS * STEPS_PER_SLOT]
-                if len(mel) < SLOTS * STEPS_PER_SLOT:
-                    continue
-                lips = standardise_lips(lips_all[s : s + SLOTS])
-                (res,) = scan(
-                    model,
-                    torch.from_numpy(lips[None]),
-                    torch.from_numpy(standardise_audio(mel)[None]),
-                    MAX_LAG_MS,
-                )
-                scans.append(res)
-            streams.append((d * 40.0, scans))
+            starts = range(max(0, -d), len(lips_all) - SLOTS - max(0, d) + 1, STEP)
+            streams.append((d * 40.0, scan_windows(model, lips_all, clip.mel, starts, shift=d)))
     windows = sum(len(s) for _, s in streams)
     print(f"{len(clips)} clips, {args.weights.name}, {windows} windows of 2 s (every 0.48 s)")
     for n in args.pool:

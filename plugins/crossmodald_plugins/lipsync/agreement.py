@@ -29,7 +29,7 @@ import torch
 from .data import ClipFeatures
 from .features import STEPS_PER_SLOT, standardise_audio, standardise_lips
 from .landmarks import lip_features
-from .model import SyncModel, scan
+from .model import LagScan, SyncModel, scan
 from .plugin import AGREEMENT_WINDOWS
 
 #: Window length and hop (slots of 40 ms), and the lags scanned: the plugin's.
@@ -88,23 +88,24 @@ def measure(
     try:
         for i, (lips, _) in enumerate(feats):
             starts = list(range(0, len(lips) - WINDOW_SLOTS + 1, WINDOW_STEP))
-            own = _scan_windows(model, feats, i, i, starts, device)
+            own = scan_windows(model, lips, feats[i][1], starts, device=device)
             if not own:
                 continue
-            lag = int(np.median([best for best, _ in own]))
-            mine = rolling([float(np.nanmean(row[lag])) for _, row in own], windows)
+            lag = int(np.median([r.best for r in own]))
+            mine = rolling([float(np.nanmean(r.slot_by_lag[lag])) for r in own], windows)
             out.matched += mine
             for k in range(1, min(len(feats), MAX_OTHERS + 1)):
                 j = (i + k) % len(feats)
-                other = _scan_windows(model, feats, i, j, starts, device)
-                theirs = rolling([float(np.nanmean(row[lag])) for _, row in other], windows)
+                other = scan_windows(model, lips, feats[j][1], starts, device=device)
+                theirs = rolling([float(np.nanmean(r.slot_by_lag[lag])) for r in other], windows)
                 out.mismatched += theirs
                 out.wins += sum(a > b for a, b in zip(mine, theirs, strict=False))
                 out.pairs += min(len(mine), len(theirs))
                 if beside:
                     # Face j beside face i, both with i's audio, judged at i's lag.
-                    face_j = _scan_windows(model, feats, j, i, starts, device)
-                    pair = (mine, rolling([float(np.nanmean(r[lag])) for _, r in face_j], windows))
+                    face_j = scan_windows(model, feats[j][0], feats[i][1], starts, device=device)
+                    scores = [float(np.nanmean(r.slot_by_lag[lag])) for r in face_j]
+                    pair = (mine, rolling(scores, windows))
                     out.beside.setdefault(i, []).append(pair)
     finally:
         model.train(was_training)
@@ -125,30 +126,34 @@ def speaker_thresholds(agreements: Agreements) -> tuple[float, float] | None:
     return round(start, 4), round(release, 4)
 
 
-def _scan_windows(
+def scan_windows(
     model: SyncModel,
-    feats: Sequence[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]],
-    lips_of: int,
-    audio_of: int,
+    lips_all: npt.NDArray[np.float32],
+    mel_all: npt.NDArray[np.float32],
     starts: Sequence[int],
-    device: str,
-) -> list[tuple[int, npt.NDArray[np.float32]]]:
-    """(best lag index, cosine per lag and slot) of ``lips_of``'s lips against ``audio_of``'s
-    audio, for each window start that both clips cover, in one batched scan."""
-    lips_all, mel_all = feats[lips_of][0], feats[audio_of][1]
+    *,
+    shift: int = 0,
+    device: str = "cpu",
+) -> list[LagScan]:
+    """The plugin's scan of the 2 s windows of a face's lip features (``lip_features``) that
+    start at ``starts`` (slots), each against the log-mel ``shift`` slots later (the audio
+    ``shift`` x 40 ms late), all in one batched call; windows the lips or the audio do not
+    cover are left out."""
     lips_rows, mel_rows = [], []
     for start in starts:
-        mel = mel_all[start * STEPS_PER_SLOT : (start + WINDOW_SLOTS) * STEPS_PER_SLOT]
-        if len(mel) < WINDOW_SLOTS * STEPS_PER_SLOT or start + WINDOW_SLOTS > len(lips_all):
+        a0 = (start + shift) * STEPS_PER_SLOT
+        mel = mel_all[max(0, a0) : a0 + WINDOW_SLOTS * STEPS_PER_SLOT]
+        if a0 < 0 or len(mel) < WINDOW_SLOTS * STEPS_PER_SLOT:
+            continue
+        if start < 0 or start + WINDOW_SLOTS > len(lips_all):
             continue
         lips_rows.append(standardise_lips(lips_all[start : start + WINDOW_SLOTS]))
         mel_rows.append(standardise_audio(mel))
     if not lips_rows:
         return []
-    results = scan(
+    return scan(
         model,
         torch.from_numpy(np.stack(lips_rows)).to(device),
         torch.from_numpy(np.stack(mel_rows)).to(device),
         MAX_LAG_MS,
     )
-    return [(r.best, r.slot_by_lag) for r in results]
