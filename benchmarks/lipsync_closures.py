@@ -26,7 +26,7 @@ all the clips' delays minus its own, i.e. it takes the typical clip as in sync. 
 same is read on control clips (``--control``, e.g. GRID, recorded in a laboratory) and printed
 beside, against their median delay. Per clip it also prints how many closures lie within 40 ms
 of its median (one stable delay reads as most of them; a clip where the method finds no
-agreement, as few): only a clip with most of its closures near its median is a reading.
+agreement, as few) and the 90 % interval of its median (bootstrap over its closures).
 
     python benchmarks/lipsync_closures.py CLIPS... [--control CLIPS... [--max-control N]]
 
@@ -57,6 +57,7 @@ MIN_RISE = 0.8
 #: ... from below this percentile of the clip's smoothed log energy.
 QUIET_PERCENTILE = 60.0
 CLUSTER_MS = 40.0
+BOOTSTRAP = 2000
 
 F64 = npt.NDArray[np.float64]
 
@@ -128,6 +129,14 @@ def onset_delays(released: list[float], times: F64, energy: F64) -> list[float]:
     return out
 
 
+def median_interval(delays: F64, seed: int = 0) -> tuple[float, float]:
+    """90 % interval of the median of ``delays`` (bootstrap)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(delays), (BOOTSTRAP, len(delays)))
+    medians = np.median(delays[picks], axis=1)
+    return float(np.percentile(medians, 5)), float(np.percentile(medians, 95))
+
+
 def clip_delays(path: Path) -> list[float]:
     lumas, times, audio, rate = decode(path)
     poses, valid = poses_of_frames(lumas)
@@ -183,14 +192,18 @@ def main() -> None:
                 f"{float(np.median(np.abs(ms - control))):.1f} ms"
             )
     print(f"clips' median delay (their zero): {zero:+.1f} ms (positive: sound after lips part)")
-    head = f"{'clip':42s} closures  median delay  within {CLUSTER_MS:.0f} ms  audio_lead_ms"
+    head = (
+        f"{'clip':42s} closures  median delay  within {CLUSTER_MS:.0f} ms  "
+        "audio_lead_ms (90 % interval)"
+    )
     print(head + ("  vs controls" if control is not None else ""))
     for name, delays in rows:
         med = float(np.median(delays))
         near = int(np.sum(np.abs(delays - med) <= CLUSTER_MS))
+        lo, hi = median_interval(delays)
         line = (
             f"{name:42s} {len(delays):8d}  {med:+9.1f} ms  {near:4d} of {len(delays):<4d}"
-            f"  {zero - med:+13.1f}"
+            f"  {zero - med:+13.1f} ({zero - hi:+.0f} .. {zero - lo:+.0f})"
         )
         print(line + (f"  {control - med:+11.1f}" if control is not None else ""))
 
