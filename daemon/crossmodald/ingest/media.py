@@ -467,7 +467,13 @@ class _Reader:
         if self.container is not None:
             self.container.close()
             self.container = None
+        # Let go of everything that holds the decoders (their codec contexts keep a pool of
+        # decoded pictures: ~75 MB for 512x512 H.264): the reader and its source refer to each
+        # other, so what they hold would otherwise wait for the cyclic garbage collector, and a
+        # process that opens stream after stream grew by that much per stream in the meantime.
+        self.video = self.audio = None
         self._demux = None
+        self._open_audio = None
 
     # -- decoding -------------------------------------------------------------------------
 
