@@ -424,6 +424,40 @@ def test_plugin_follows_a_shifted_talking_head(shared_media: Path) -> None:
     assert abs(medians["lead"] - medians["sync"] - 200.0) <= 40.0
 
 
+def test_a_streams_face_mesh_graphs_are_closed_when_it_ends(
+    shared_media: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Face Mesh graph that is only dropped is never freed (~20 MB each): the lips provider
+    closes every track's graph when its stream ends, whether or not the track had ended."""
+    import crossmodald_plugins.lipsync.lips as lips_module
+
+    opened: list[LipLandmarker] = []
+    closed: list[LipLandmarker] = []
+
+    class Counted(LipLandmarker):
+        def __init__(self) -> None:
+            super().__init__()
+            opened.append(self)
+
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    monkeypatch.setattr(lips_module, "LipLandmarker", Counted)
+    clip = shared_media / CLIP
+    result = run_plugins_sync(
+        [media_source(clip, "a"), media_source(clip, "b")],
+        [{"type": "lipsync", "device": "cpu"}],
+        window={"length_s": 2.0, "hop_s": 0.5},
+        max_seconds=3.0,
+        streams_at_once=1,
+    )
+    assert [e for e in result.events("b") if e.type == "sync.offset"]
+    # The factory's start-up check made and closed one; each stream's face track made one.
+    assert len(opened) >= 3
+    assert sorted(map(id, closed)) == sorted(map(id, opened))
+
+
 def _faceless_windows(n: int) -> list[Window]:
     from crossmodald.ingest.frames import video_frame_from_luma
 

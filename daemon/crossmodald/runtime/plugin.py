@@ -22,8 +22,9 @@ inputs. The host never runs two ``infer`` calls of one plugin at once, so plugin
 A plugin that keeps work in its state across windows (a speech segment still being heard, say)
 may also have ``finish(state) -> result | None``: when a stream ends, the host calls it on the
 plugin's worker thread after the stream's last ``infer``, and hands a result to the session's
-``update`` (with the stream's last window) before ``close``. It is optional: the host looks it up,
-so plugins without it keep the contract.
+``update`` (with the stream's last window) before ``close``; a state holding resources that need
+an explicit close (a MediaPipe graph) releases them there, since the host then drops it. It is
+optional: the host looks it up, so plugins without it keep the contract.
 
 A :class:`Session` per stream turns each window's result into events on the event loop and
 reports its own status (:meth:`Session.status`, shown under ``plugin_status`` in

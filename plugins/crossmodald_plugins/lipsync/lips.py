@@ -60,6 +60,10 @@ class LipsState:
         if state is not None:
             state.marker.close()
 
+    def close_all(self) -> None:
+        for track_id in list(self.tracks):
+            self.close(track_id)
+
 
 class LipsSession:
     """No events: the product is for other plugins."""
@@ -96,6 +100,12 @@ class LipsPlugin:
     def infer(self, batch: Sequence[BatchItem[LipsState]]) -> list[LipPoses]:
         """Face Mesh on each track's new frames (crop around its box); older ones from history."""
         return [self._window(item) for item in batch]
+
+    def finish(self, state: LipsState) -> None:
+        """The stream ended: close the Face Mesh graphs of the face tracks it still had. A
+        graph that is only dropped is never freed (about 20 MB each, kept for the life of the
+        process: a daemon whose publishers come and go would grow with every stream)."""
+        state.close_all()
 
     def _window(self, item: BatchItem[LipsState]) -> LipPoses:
         state = item.state
