@@ -173,6 +173,35 @@ def test_max_seconds_ends_every_stream_early(tmp_path: Path) -> None:
         run_plugins_sync([_media(ramp, "a")], PROBE, registry=REGISTRY, max_seconds=0)
 
 
+def test_streams_at_once_bounds_the_open_sources(tmp_path: Path) -> None:
+    """With ``streams_at_once`` 2, five sources (one of them missing: a failed open gives its
+    place back) run two at a time, in order, and every one that exists runs to its end."""
+    ramp = _ramp(tmp_path / "ramp.wav", seconds=2)
+    names = ["a", "b", "gone", "c", "d"]
+    sources = [_media(tmp_path / "missing.wav" if n == "gone" else ramp, n) for n in names]
+    result = run_plugins_sync(sources, PROBE, window=WINDOW, registry=REGISTRY, streams_at_once=2)
+    assert "no such file" in result.errors["gone"]
+    running: set[str] = set()
+    most = 0
+    started = []
+    for envelope in result.envelopes:
+        if envelope.type == "stream.start":
+            running.add(envelope.stream)
+            started.append(envelope.stream)
+            most = max(most, len(running))
+        elif envelope.type == "stream.end":
+            running.discard(envelope.stream)
+    assert most == 2
+    assert set(started[:2]) == {"a", "b"}  # the first two in the config's order
+    assert sorted(started) == ["a", "b", "c", "d"]
+    # Each of the four ran to its end: the same windows (the same 2 s file) for each.
+    assert len({len(_probes(result.events(n))) for n in ("a", "b", "c", "d")}) == 1
+    assert _probes(result.events("d"))
+    assert all(len(e.data["batch_streams"]) <= 2 for e in _probes(result.events()))
+    with pytest.raises(ValueError, match="streams_at_once must be at least 1"):
+        run_plugins_sync(sources, PROBE, registry=REGISTRY, streams_at_once=0)
+
+
 def test_failures_are_reported_not_raised(tmp_path: Path) -> None:
     ramp = _ramp(tmp_path / "ramp.wav")
     result = run_plugins_sync(

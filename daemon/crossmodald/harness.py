@@ -286,6 +286,7 @@ async def run_daemon(
     config_source: str = "harness",
     freeze_gc: bool = False,
     on_media: Callable[[str, int], None] | None = None,
+    streams_at_once: int | None = None,
 ) -> HarnessResult:
     """Run the daemon on ``config`` until every source ends; return what it published.
 
@@ -303,11 +304,15 @@ async def run_daemon(
             garbage collector's sight; for one-shot processes like ``crossmodald analyze``.
         on_media: Called with (stream, media ns delivered since its first item) as each
             frame or audio chunk enters the daemon (progress of a long file).
+        streams_at_once: At most this many sources are open at a time (in the config's
+            order); the others wait to open until one ends. What a stream holds (its input,
+            decoded pictures, open windows) then stays bounded however many sources there are
+            (None: all at once).
 
     Raises:
         ConfigError: A plugin table is invalid.
         PluginLoadError: A plugin cannot be loaded.
-        ValueError: ``max_seconds`` is not positive.
+        ValueError: ``max_seconds`` or ``streams_at_once`` is not positive.
     """
     from crossmodald.runtime.host import Overload
     from crossmodald.service.daemon import Daemon, default_source_factory
@@ -316,7 +321,10 @@ async def run_daemon(
         raise ValueError(
             f"max_seconds must be above 0 and at most {MAX_MEDIA_S:g}, got {max_seconds:g}"
         )
+    if streams_at_once is not None and streams_at_once < 1:
+        raise ValueError(f"streams_at_once must be at least 1, got {streams_at_once}")
     limit_ns = round(max_seconds * NS_PER_S) if max_seconds is not None else None
+    gate = asyncio.Semaphore(streams_at_once) if streams_at_once is not None else None
     records: dict[str, StreamRecord] = {}
     envelopes: list[Envelope] = []
 
@@ -330,7 +338,7 @@ async def run_daemon(
     def make_source(source_config: SourceConfig) -> Source:
         record = StreamRecord(source_config.name)
         records[source_config.name] = record
-        return _TapSource(build(source_config), record, limit_ns, on_media)
+        return _TapSource(build(source_config), record, limit_ns, on_media, gate)
 
     daemon = Daemon(
         config,
@@ -360,6 +368,7 @@ async def run_plugins(
     on_event: Callable[[Envelope], None] | None = None,
     registry: PluginRegistry | None = None,
     max_seconds: float | None = None,
+    streams_at_once: int | None = None,
 ) -> HarnessResult:
     """Run plugins over media with the daemon's pipeline, until every source ends.
 
@@ -373,6 +382,7 @@ async def run_plugins(
         registry: Where plugins are found (default: installed entry points; tests may add
             their own factories).
         max_seconds: End each stream after this many media seconds (None: the whole media).
+        streams_at_once: At most this many sources open at a time (see :func:`run_daemon`).
 
     Returns:
         The events in publication order, what each source delivered, and the failures.
@@ -380,10 +390,16 @@ async def run_plugins(
     Raises:
         ConfigError: A source, window or plugin table is invalid.
         PluginLoadError: A plugin cannot be loaded.
-        ValueError: ``max_seconds`` is not positive.
+        ValueError: ``max_seconds`` or ``streams_at_once`` is not positive.
     """
     config = harness_config(sources, plugins, window=window)
-    return await run_daemon(config, on_event=on_event, registry=registry, max_seconds=max_seconds)
+    return await run_daemon(
+        config,
+        on_event=on_event,
+        registry=registry,
+        max_seconds=max_seconds,
+        streams_at_once=streams_at_once,
+    )
 
 
 def run_plugins_sync(
@@ -394,6 +410,7 @@ def run_plugins_sync(
     on_event: Callable[[Envelope], None] | None = None,
     registry: PluginRegistry | None = None,
     max_seconds: float | None = None,
+    streams_at_once: int | None = None,
 ) -> HarnessResult:
     """:func:`run_plugins` in a new event loop, for scripts and synchronous tests.
 
@@ -407,12 +424,16 @@ def run_plugins_sync(
             on_event=on_event,
             registry=registry,
             max_seconds=max_seconds,
+            streams_at_once=streams_at_once,
         )
     )
 
 
 class _TapSource:
-    """A source passed through unchanged, noting what it delivers and ending it on a limit."""
+    """A source passed through unchanged, noting what it delivers and ending it on a limit.
+
+    With a ``gate``, it holds one of the gate's places from before it opens until it is closed
+    (the daemon closes every source it opened, whether it ended, failed or failed to open)."""
 
     def __init__(
         self,
@@ -420,17 +441,33 @@ class _TapSource:
         record: StreamRecord,
         limit_ns: int | None,
         on_media: Callable[[str, int], None] | None = None,
+        gate: asyncio.Semaphore | None = None,
     ) -> None:
         self.name = inner.name
         self._inner = inner
         self._record = record
         self._limit_ns = limit_ns
         self._on_media = on_media
+        self._gate = gate
+        self._holding = False
 
     async def open(self) -> StreamInfo:
-        info = await self._inner.open()
+        if self._gate is not None and not self._holding:
+            await self._gate.acquire()
+            self._holding = True
+        try:
+            info = await self._inner.open()
+        except BaseException:
+            self._let_go()
+            raise
         self._record.info = info
         return info
+
+    def _let_go(self) -> None:
+        if self._holding:
+            self._holding = False
+            assert self._gate is not None
+            self._gate.release()
 
     def __aiter__(self) -> AsyncIterator[MediaItem | SourceFault]:
         return self._items()
@@ -477,4 +514,7 @@ class _TapSource:
                 return
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        try:
+            await self._inner.aclose()
+        finally:
+            self._let_go()

@@ -345,8 +345,10 @@ def run_streams(
     registry: PluginRegistry | None = None,
     max_seconds: float | None = None,
     progress: Progress | None = None,
+    streams_at_once: int | None = None,
 ) -> HarnessResult:
-    """Run plugin ``tables`` over ``sources`` in one daemon (see :mod:`crossmodald.harness`).
+    """Run plugin ``tables`` over ``sources`` in one daemon (see :mod:`crossmodald.harness`);
+    at most ``streams_at_once`` of them open at a time (None: all).
 
     Raises:
         EvalError: Bad window settings, a plugin that cannot be set up, or a stream that failed.
@@ -371,6 +373,7 @@ def run_streams(
                 registry=registry,
                 max_seconds=max_seconds,
                 on_event=progress,
+                streams_at_once=streams_at_once,
             )
         )
     except ConfigError as exc:
@@ -656,6 +659,10 @@ def _float_or_none(value: object) -> float | None:
 
 
 DEFAULT_SHIFTS_MS = (-400.0, -200.0, -80.0, 0.0, 120.0, 240.0, 400.0)
+#: The lipsync task opens at most this many of its (clip, shift) streams at a time: each holds
+#: its input, decoded pictures and open windows (about 0.1 GB for a 512x512 clip with 5 s
+#: windows), so a folder of many clips would otherwise need memory in proportion to its size.
+STREAMS_AT_ONCE = 8
 
 
 def evaluate_lipsync(
@@ -676,9 +683,10 @@ def evaluate_lipsync(
     """Shift each clip's audio by each amount and collect the plugin's offset estimates.
 
     Every (clip, shift) pair is one stream of one daemon run, so the plugin host batches
-    their windows together. ``tolerance_ms`` defaults to one frame of the first clip (40 ms
-    at 25 fps). ``also``: more ``[[plugins]]`` tables run in the same daemon, over the same
-    streams and windows; their estimates come in too, told apart by their ``method``.
+    their windows together; :data:`STREAMS_AT_ONCE` of them run at a time, in order.
+    ``tolerance_ms`` defaults to one frame of the first clip (40 ms at 25 fps). ``also``: more
+    ``[[plugins]]`` tables run in the same daemon, over the same streams and windows; their
+    estimates come in too, told apart by their ``method``.
     """
     if not clips:
         raise EvalError("lipsync: no clips given")
@@ -701,6 +709,7 @@ def evaluate_lipsync(
             progress,
             {name: f"{clip} shift {shift:+g} ms" for name, (clip, shift) in labels.items()},
         ),
+        streams_at_once=STREAMS_AT_ONCE,
     )
     for name, record in result.streams.items():
         info = record.info
