@@ -80,7 +80,11 @@ def test_audio_windows_exact_samples(rate: int) -> None:
         for win in got:
             closed_at[win.index] = index + step  # grid end after this chunk
         windows += got
+    assert w.audio_buffer_bytes > 0
     windows += w.flush(-1)
+    # An ended stream's windower (kept with its state, for the status) holds no buffer.
+    assert w.audio_buffer_bytes == 0
+    assert w.buffered_audio_samples == 0
     assert [win.index for win in windows] == list(range(12))
     n = 2 * rate
     for win in windows[:9]:  # full windows (starts up to 4 s)

@@ -193,6 +193,21 @@ class SampleGrid:
         """Span of the buffer in use, in samples (a memory measure)."""
         return max(0, self._fill - (self._floor - self._base))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of buffer allocated (0 before the first write and after :meth:`free`)."""
+        if self._buf is None or self._ok is None:
+            return 0
+        return int(self._buf.nbytes + self._ok.nbytes)
+
+    def free(self) -> None:
+        """Forget everything and give the buffer back: nothing will be written again (the end
+        of a stream; the buffer is ``2 * capacity`` samples, ~5 MB for 10 s at 48 kHz)."""
+        if self._end is not None:
+            self.release(self._end)
+        self._buf = self._ok = None
+        self._base, self._fill = self._floor, 0
+
     def release(self, before: int) -> None:
         """Forget everything below sample ``before`` (no window needs it any more)."""
         if before > self._floor:

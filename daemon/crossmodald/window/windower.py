@@ -249,6 +249,11 @@ class Windower:
         """Span of the audio grid held now, in samples."""
         return self._grid.held
 
+    @property
+    def audio_buffer_bytes(self) -> int:
+        """Bytes the audio grid has allocated (none once flushed)."""
+        return self._grid.nbytes
+
     def push(self, item: VideoFrame | AudioChunk, now_ns: int) -> list[Window]:
         """Add one frame or chunk; returns the windows it closed, in index order.
 
@@ -297,7 +302,9 @@ class Windower:
             last = max(last, self._last_k_starting_by_sample(end - 1))
         out = self._close_through(last, last, now_ns)
         self._release_video(None)
-        self._grid.release(self._grid.end or 0)
+        # Nothing is pushed after a flush; an ended stream's state (kept for its status) must
+        # not keep the audio buffer.
+        self._grid.free()
         return out
 
     # -- video ------------------------------------------------------------------------------
