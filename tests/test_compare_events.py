@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_events.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("crossmodald_compare_events", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from scriptkit import load_benchmark
 
 
 def _event(seq: int, start_ns: int, lead: float, **extra: Any) -> dict[str, Any]:
@@ -48,7 +35,7 @@ def _write(path: Path, events: list[dict[str, Any]], summary: bool = False) -> P
 
 
 def test_per_run_fields_are_ignored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ce = _load()
+    ce = load_benchmark("compare_events")
     before = _write(tmp_path / "a.jsonl", [_event(1, 0, 40.0), _event(2, 500_000_000, 39.9)])
     after = _write(
         tmp_path / "b.jsonl",
@@ -65,7 +52,7 @@ def test_per_run_fields_are_ignored(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_a_changed_value_is_reported_with_its_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ce = _load()
+    ce = load_benchmark("compare_events")
     before = _write(tmp_path / "a.jsonl", [_event(1, 0, 40.0), _event(2, 500_000_000, 39.9)])
     after = _write(tmp_path / "b.jsonl", [_event(1, 0, 40.0), _event(2, 500_000_000, 41.0)])
     assert ce.main([str(before), str(after)]) == 1
@@ -77,7 +64,7 @@ def test_a_changed_value_is_reported_with_its_path(
 
 
 def test_missing_events_and_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ce = _load()
+    ce = load_benchmark("compare_events")
     one, two = _event(1, 0, 40.0), _event(2, 500_000_000, 39.9)
     before = _write(tmp_path / "a.jsonl", [one, two])
     assert ce.main([str(before), str(_write(tmp_path / "b.jsonl", [one]))]) == 1
@@ -90,7 +77,7 @@ def test_missing_events_and_order(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_unreadable_input_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ce = _load()
+    ce = load_benchmark("compare_events")
     good = _write(tmp_path / "a.jsonl", [_event(1, 0, 40.0)])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"type": "x", "media": {}}\nnot json\n')

@@ -8,30 +8,16 @@ left, every stream at real time, SIGTERM exits 0.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SOAK = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("crossmodald_soak", SOAK)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+from scriptkit import load_benchmark
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_soak_one_minute() -> None:
-    soak = _load()
+    soak = load_benchmark("soak")
     args = soak.parse_args(["--duration-s", "60", "--sample-s", "3", "--settle-s", "4"])
     result = asyncio.run(soak.soak(args))
     figures = {k: v for k, v in result.items() if k != "daemon_stderr_tail"}
@@ -41,7 +27,7 @@ def test_soak_one_minute() -> None:
 
 
 def test_soak_config_and_metrics_parsing() -> None:
-    soak = _load()
+    soak = load_benchmark("soak")
     text = soak.config_text(4, 8750, "avsync", 320, 240)
     from crossmodald.service.config import load_config_text
 

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 import pytest
 
+from scriptkit import load_benchmark
+
 pytest.importorskip("mediapipe", reason="the lipsync extra (mediapipe) is not installed")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "lipsync_closures.py"
 RATE = 16_000
 FPS = 25.0
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("crossmodald_lipsync_closures", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _talk(opens_at: list[float], sound_after: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -46,7 +32,7 @@ def _talk(opens_at: list[float], sound_after: float) -> tuple[np.ndarray, np.nda
 
 @pytest.mark.parametrize("sound_after", [-0.08, 0.0, 0.1])
 def test_the_delay_between_lips_parting_and_the_sound_is_read(sound_after: float) -> None:
-    closures = _load()
+    closures = load_benchmark("lipsync_closures")
     opens = [0.6, 1.5, 2.3, 3.2]
     times, gap, audio = _talk(opens, sound_after)
     released = closures.releases(times, gap, np.ones(len(gap), bool))
