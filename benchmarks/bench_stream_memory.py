@@ -19,6 +19,7 @@ audio buffer for good) the process grew by 74 MiB per ended stream, 2.6 GB after
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -36,8 +37,6 @@ def main() -> None:
     parser.add_argument("--plugin", default="avsync")
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
-    import os
-
     pid = os.getpid()
     readings: list[tuple[int, float]] = []
     ended = 0

@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from crossmodald_plugins.lipsync.data import ClipError, decode, find_clips
-from crossmodald_plugins.lipsync.landmarks import INNER_LIPS, N_LIPS, OUTER_LIPS, poses_of_frames
+from crossmodald_plugins.lipsync.landmarks import LIPS, N_LIPS, poses_of_frames
 
 #: Upper/lower inner-lip point pairs (Face Mesh indices): left of centre, centre, right.
 APERTURE_PAIRS = ((82, 87), (13, 14), (312, 317))
@@ -65,9 +65,8 @@ F64 = npt.NDArray[np.float64]
 def aperture(poses: npt.NDArray[np.float32]) -> F64:
     """Inner-lip gap per frame (inter-ocular distances) from normalised lip poses."""
     points = poses.reshape(len(poses), N_LIPS, 2).astype(np.float64)
-    lips = OUTER_LIPS + INNER_LIPS
     gaps = [
-        points[:, lips.index(lo), 1] - points[:, lips.index(up), 1] for up, lo in APERTURE_PAIRS
+        points[:, LIPS.index(lo), 1] - points[:, LIPS.index(up), 1] for up, lo in APERTURE_PAIRS
     ]
     out: F64 = np.mean(gaps, axis=0)
     return out
