@@ -170,6 +170,25 @@ def test_transport_offset_is_the_latency_difference() -> None:
     assert estimate.as_dict()["timing"] == "arrival"  # no frame mapped yet
 
 
+def test_transport_offset_compares_the_tracks_over_the_same_span() -> None:
+    # Audio 50 packets/s and video 30 frames/s, both 40 ms on the way for 6 s, then both
+    # 140 ms (the path got slower for both): no offset at any time. Medians over a count of
+    # arrivals would cover 5 s of audio but 8.5 s of video and read +100 ms for seconds.
+    timeline = two_tracks()
+    timeline.add_sender_report("video", ntp_at(0), 0)
+    timeline.add_sender_report("audio", ntp_at(0), 0)
+    arrivals = [(k * 20 * NS_PER_MS, "audio", k * 960) for k in range(500)]
+    arrivals += [(k * NS_PER_S // 30, "video", k * 3000) for k in range(300)]
+    for t, kind, rtp in sorted(arrivals):
+        delay = (40 if t < 6 * NS_PER_S else 140) * NS_PER_MS
+        timeline.add_packet_arrival(kind, rtp, WALL0_NS + t + delay)
+    estimate = timeline.transport()
+    assert estimate.transport_offset_ms == pytest.approx(0.0, abs=0.01)
+    assert estimate.audio_latency_ms == estimate.video_latency_ms == pytest.approx(140.0)
+    # The arrivals of the last 5 s before the latest (10.12 s): 246 audio, 147 video.
+    assert estimate.samples == 246 + 147
+
+
 def test_timeline_rejects_bad_tracks() -> None:
     with pytest.raises(ValueError, match="distinct kinds"):
         StreamTimeline([TrackSpec("video", 90000), TrackSpec("video", 90000)])

@@ -277,6 +277,14 @@ class FrameTime:
     note: str = ""
 
 
+#: The transport offset's medians take each track's arrivals of this last span of wall time:
+#: the same span for both tracks, so that a change in the path's delay (congestion, a new
+#: route) moves both medians together instead of showing as an offset for a while.
+TRANSPORT_WINDOW_NS = 5 * NS_PER_S
+#: At most this many arrivals kept per track (5 s of 10 ms audio packets, 100 fps video).
+TRANSPORT_MAX_SAMPLES = 512
+
+
 @dataclass(frozen=True, slots=True)
 class TransportEstimate:
     """The transport offset: how the sender's SR-mapped timestamps and the arrival disagree.
@@ -312,7 +320,8 @@ class TransportEstimate:
         audio_reports: SRs taken on the audio track.
         video_reports: SRs taken on the video track.
         restarts: Sender restarts seen (all tracks).
-        samples: Latency samples behind the medians (both tracks).
+        samples: Latency samples behind the medians (both tracks; the last
+            :data:`TRANSPORT_WINDOW_NS`).
     """
 
     transport_offset_ms: float | None
@@ -352,7 +361,10 @@ class _Track:
     last_pts_ns: int = 0
     rtcp: bool = False  # currently mapped by SRs
     restarts_seen: int = 0
-    latencies_ns: deque[int] = field(default_factory=lambda: deque(maxlen=256))
+    # (arrival Unix ns, latency ns) of the latest frames' first packets.
+    latencies_ns: deque[tuple[int, int]] = field(
+        default_factory=lambda: deque(maxlen=TRANSPORT_MAX_SAMPLES)
+    )
 
 
 class StreamTimeline:
@@ -498,16 +510,28 @@ class StreamTimeline:
         if ntp_ns is None:
             return
         capture_unix_ns = ntp_ns - NTP_UNIX_OFFSET_S * NS_PER_S
-        track.latencies_ns.append(arrival_unix_ns - capture_unix_ns)
+        track.latencies_ns.append((arrival_unix_ns, arrival_unix_ns - capture_unix_ns))
 
     def transport(self) -> TransportEstimate:
-        """The current transport offset and per-track latencies (medians of recent packets)."""
+        """The current transport offset and per-track latencies.
+
+        Each latency is the median over the track's arrivals in the last
+        :data:`TRANSPORT_WINDOW_NS` before the latest arrival of any track.
+        """
+        latest = max(
+            (t.latencies_ns[-1][0] for t in self._tracks.values() if t.latencies_ns), default=0
+        )
+        since = latest - TRANSPORT_WINDOW_NS
+        recent = {
+            kind: [latency for arrival, latency in t.latencies_ns if arrival >= since]
+            for kind, t in self._tracks.items()
+        }
 
         def median_ms(kind: str) -> float | None:
-            track = self._tracks.get(kind)
-            if track is None or not track.latencies_ns:
+            latencies = recent.get(kind)
+            if not latencies:
                 return None
-            return round(statistics.median(track.latencies_ns) / NS_PER_MS, 2)
+            return round(statistics.median(latencies) / NS_PER_MS, 2)
 
         audio, video = median_ms("audio"), median_ms("video")
         lead = round(video - audio, 2) if audio is not None and video is not None else None
@@ -523,5 +547,5 @@ class StreamTimeline:
             audio_reports=a.mapper.reports_seen if a else 0,
             video_reports=v.mapper.reports_seen if v else 0,
             restarts=sum(t.mapper.restarts for t in self._tracks.values()),
-            samples=sum(len(t.latencies_ns) for t in self._tracks.values()),
+            samples=sum(len(latencies) for latencies in recent.values()),
         )
