@@ -166,9 +166,14 @@ class PacedPackets(MediaStreamTrack):
         self.sent = 0
         #: Capture time (monotonic s) of the packet ``recv`` returned last: ``t0 + pts``.
         self.captured_s = 0.0
-        #: How late (s) the latest packets went out against capture + ``delay_s``: what an SR
-        #: stamped at send time would carry (:func:`capture_time_reports` leaves it out).
-        self.sr_lateness_s: deque[float] = deque(maxlen=64)
+        #: ``captured_s`` of the frame whose first packet ``send_lateness_s`` has last.
+        self.last_frame_captured_s = -1.0
+        #: (when it went out, Unix s; how late, s) for the first RTP packet of each of
+        #: the latest frames, against capture + ``delay_s``: what an SR stamped at send time
+        #: would carry (:func:`capture_time_reports` leaves it out), and what a loaded event
+        #: loop adds to the packets' real transport delay (the daemon times the first packet
+        #: of each frame too).
+        self.send_lateness_s: deque[tuple[float, float]] = deque(maxlen=512)
 
     def _generate(self) -> Iterator[tuple[int, av.Packet]]:
         offset = 0
@@ -221,7 +226,9 @@ def capture_time_reports(sender: RTCRtpSender, track: PacedPackets, shift_s: flo
             return
         # ``value`` is aiortc's wall clock (NTP) read just now; step it back to the capture.
         late_s = time.monotonic() - track.captured_s
-        track.sr_lateness_s.append(late_s - track.delay_s)
+        if not track.send_lateness_s or track.captured_s != track.last_frame_captured_s:
+            track.send_lateness_s.append((time.time(), late_s - track.delay_s))
+            track.last_frame_captured_s = track.captured_s
         self.__dict__[key] = value - round(late_s * (1 << 32)) - shift
 
     cls = type(
