@@ -82,9 +82,13 @@ async def _inside(out: Path) -> None:
 
             await daemon.wait_until(ready, 30)
             await asyncio.sleep(0.5)
-            result["page"] = await page.state()
-            result["log_lines"] = await page.evaluate(
-                "document.getElementById('log').childElementCount"
+            # The page's state and its log in one evaluation: events keep arriving, and two
+            # reads a moment apart differed by one (CI).
+            result["page"], result["log_lines"] = json.loads(
+                await page.evaluate(
+                    "JSON.stringify([window.crossmodald,"
+                    " document.getElementById('log').childElementCount])"
+                )
             )
             result["page_after_stop"] = await page.stopped()
             await daemon.wait_until(lambda: bool(daemon.of(STREAM, "stream.end")), 15)
