@@ -21,16 +21,14 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from benchkit import cpu_seconds, rss_mib
+from benchkit import cpu_seconds, daemon_running, rss_mib, streams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ingest"))
 
@@ -53,55 +51,32 @@ level = "warning"
 """
 
 
-async def streams(http: aiohttp.ClientSession, base: str) -> dict[str, dict[str, Any]]:
-    async with http.get(f"{base}/v1/streams") as response:
-        return {s["name"]: s for s in (await response.json())["streams"]}
-
-
 async def run_n(
     n: int, seconds: float, media: dict[str, EncodedMedia], port: int
 ) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "bench.toml"
-        config.write_text(CONFIG.format(port=port, max_streams=max(n, 1)))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "crossmodald", "run", "--config", str(config)
-        )
-        base = f"http://127.0.0.1:{port}"
-        publishers: list[Publisher] = []
+    publishers: list[Publisher] = []
+    config = CONFIG.format(port=port, max_streams=max(n, 1))
+    async with daemon_running(config, port) as (proc, base), aiohttp.ClientSession() as http:
         try:
-            async with aiohttp.ClientSession() as http:
-                for _ in range(200):
-                    try:
-                        async with http.get(f"{base}/readyz") as response:
-                            if response.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
-                idle_rss = rss_mib(proc.pid)
-                for i in range(n):
-                    codec = "vp8" if i % 2 == 0 else "h264"
-                    publishers.append(
-                        await publish(base, f"pub{i}-{codec}", media[codec], loop=True)
-                    )
-                await asyncio.sleep(6.0)  # connect, first SRs, first windows
-                before = await streams(http, base)
-                cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
-                marks = [len(p.messages) for p in publishers]
-                await asyncio.sleep(seconds)
-                wall = time.monotonic() - wall0
-                cpu = cpu_seconds(proc.pid) - cpu0
-                after = await streams(http, base)
-                rss = rss_mib(proc.pid)
+            idle_rss = rss_mib(proc.pid)
+            for i in range(n):
+                codec = "vp8" if i % 2 == 0 else "h264"
+                publishers.append(await publish(base, f"pub{i}-{codec}", media[codec], loop=True))
+            await asyncio.sleep(6.0)  # connect, first SRs, first windows
+            before = await streams(http, base)
+            cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
+            marks = [len(p.messages) for p in publishers]
+            await asyncio.sleep(seconds)
+            wall = time.monotonic() - wall0
+            cpu = cpu_seconds(proc.pid) - cpu0
+            after = await streams(http, base)
+            rss = rss_mib(proc.pid)
         finally:
             for pub in publishers:
                 try:
                     await pub.close()
                 except Exception as exc:  # report and go on: the daemon is stopped next
                     print(f"close failed: {exc}", file=sys.stderr)
-            proc.send_signal(signal.SIGINT)
-            await proc.wait()
     latencies: list[float] = []
     realtime = 0
     rows = []

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
-from benchkit import cpu_seconds
+from benchkit import cpu_seconds, daemon_running
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ingest"))
 
@@ -69,44 +68,26 @@ async def main() -> None:
     args = parser.parse_args()
     loopback_only()
     media = encode_pattern(duration_s=2.0, width=640, height=480, audio_lead_ms=80.0)
-    base = f"http://127.0.0.1:{args.port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "bench.toml"
-        config.write_text(CONFIG.format(port=args.port))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "crossmodald", "run", "--config", str(config)
-        )
-        try:
-            async with aiohttp.ClientSession() as http:
-                for _ in range(300):
-                    try:
-                        async with http.get(f"{base}/readyz") as response:
-                            if response.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
-                pub = await publish(base, "cam", media, loop=True, events_channel=False)
-                await asyncio.sleep(6.0)  # connect, first SRs, first windows
-                rows: list[tuple[int, float]] = []
-                for n in [0, *args.viewers]:
-                    pcs = [await viewer(http, f"{base}/v1/whep/cam") for _ in range(n)]
-                    await asyncio.sleep(3.0)  # connect, key frame, latency measured
-                    cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
-                    await asyncio.sleep(args.seconds)
-                    pct = 100 * (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - wall0)
-                    rows.append((n, pct))
-                    for pc, location in pcs:
-                        async with http.delete(base + location):
-                            pass
-                        await pc.close()
-                    base_pct = rows[0][1]
-                    extra = f"{(pct - base_pct) / n:6.1f}% per viewer" if n else "(baseline)"
-                    print(f"viewers {n}: daemon CPU {pct:6.1f}% of a core  {extra}", flush=True)
-                await pub.close()
-        finally:
-            proc.terminate()
-            await proc.wait()
+    config = CONFIG.format(port=args.port)
+    async with daemon_running(config, args.port) as (proc, base), aiohttp.ClientSession() as http:
+        pub = await publish(base, "cam", media, loop=True, events_channel=False)
+        await asyncio.sleep(6.0)  # connect, first SRs, first windows
+        rows: list[tuple[int, float]] = []
+        for n in [0, *args.viewers]:
+            pcs = [await viewer(http, f"{base}/v1/whep/cam") for _ in range(n)]
+            await asyncio.sleep(3.0)  # connect, key frame, latency measured
+            cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
+            await asyncio.sleep(args.seconds)
+            pct = 100 * (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - wall0)
+            rows.append((n, pct))
+            for pc, location in pcs:
+                async with http.delete(base + location):
+                    pass
+                await pc.close()
+            base_pct = rows[0][1]
+            extra = f"{(pct - base_pct) / n:6.1f}% per viewer" if n else "(baseline)"
+            print(f"viewers {n}: daemon CPU {pct:6.1f}% of a core  {extra}", flush=True)
+        await pub.close()
 
 
 if __name__ == "__main__":

@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-from benchkit import rss_mib
+from benchkit import daemon_running, rss_mib, streams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ingest"))
 
@@ -50,11 +47,6 @@ level = "warning"
 """
 
 
-async def listed(http: aiohttp.ClientSession, base: str) -> dict[str, dict[str, Any]]:
-    async with http.get(f"{base}/v1/streams") as response:
-        return {s["name"]: s for s in (await response.json())["streams"]}
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=40)
@@ -67,51 +59,30 @@ async def main() -> None:
         raise SystemExit("--sessions, --every and --at-once must be >= 1; --every a multiple")
     media = encode_pattern(duration_s=2.0, width=640, height=480, bitrate=1_000_000)
     readings: list[tuple[int, float]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "bench.toml"
-        config.write_text(CONFIG.format(port=args.port, max_streams=args.at_once))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "crossmodald", "run", "--config", str(config)
-        )
-        base = f"http://127.0.0.1:{args.port}"
-        try:
-            async with aiohttp.ClientSession() as http:
-                for _ in range(300):
-                    try:
-                        async with http.get(f"{base}/readyz") as response:
-                            if response.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
-                else:
-                    raise SystemExit("the daemon did not become ready in 30 s")
-                print(f"idle daemon: {rss_mib(proc.pid):.0f} MiB", flush=True)
-                done = 0
-                while done < args.sessions:
-                    wave = range(done, min(args.sessions, done + args.at_once))
-                    names = [f"s{i}" for i in wave]
-                    pubs = [await publish(base, name, media, loop=True) for name in names]
-                    await asyncio.sleep(args.seconds)
-                    statuses = [await p.close() for p in pubs]
-                    if statuses != [200] * len(pubs):
-                        raise SystemExit(f"DELETE answered {statuses}")
-                    # The daemon lets go of a session's stream once its pipeline has ended.
-                    end = time.monotonic() + 15
-                    while time.monotonic() < end:
-                        streams = await listed(http, base)
-                        if all(streams.get(n, {}).get("state") == "ended" for n in names):
-                            break
-                        await asyncio.sleep(0.1)
-                    else:
-                        raise SystemExit(f"{names}: not ended 15 s after their DELETE")
-                    done += len(pubs)
-                    if done == len(pubs) or done % args.every == 0:
-                        readings.append((done, rss_mib(proc.pid)))
-                        print(f"  after {done:4d} sessions: {readings[-1][1]:7.0f} MiB", flush=True)
-        finally:
-            proc.send_signal(signal.SIGINT)
-            await proc.wait()
+    config = CONFIG.format(port=args.port, max_streams=args.at_once)
+    async with daemon_running(config, args.port) as (proc, base), aiohttp.ClientSession() as http:
+        print(f"idle daemon: {rss_mib(proc.pid):.0f} MiB", flush=True)
+        done = 0
+        while done < args.sessions:
+            names = [f"s{i}" for i in range(done, min(args.sessions, done + args.at_once))]
+            pubs = [await publish(base, name, media, loop=True) for name in names]
+            await asyncio.sleep(args.seconds)
+            statuses = [await p.close() for p in pubs]
+            if statuses != [200] * len(pubs):
+                raise SystemExit(f"DELETE answered {statuses}")
+            # The daemon lets go of a session's stream once its pipeline has ended.
+            end = time.monotonic() + 15
+            while time.monotonic() < end:
+                listed = await streams(http, base)
+                if all(listed.get(n, {}).get("state") == "ended" for n in names):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise SystemExit(f"{names}: not ended 15 s after their DELETE")
+            done += len(pubs)
+            if done == len(pubs) or done % args.every == 0:
+                readings.append((done, rss_mib(proc.pid)))
+                print(f"  after {done:4d} sessions: {readings[-1][1]:7.0f} MiB", flush=True)
     if len(readings) < 3:
         raise SystemExit("needs at least two readings after the first (--sessions, --every)")
     (n0, first), (n1, last) = readings[1], readings[-1]

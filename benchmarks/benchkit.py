@@ -1,10 +1,19 @@
-"""Shared by the benchmarks: what they read about a process they started (Linux /proc), and the
-environment that runs another checkout's code for a same-run comparison (``--compare-tree``)."""
+"""Shared by the benchmarks: what they read about a process they started (Linux /proc), the
+environment that runs another checkout's code for a same-run comparison (``--compare-tree``),
+and the real daemon run as a subprocess on a loopback port."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import sys
+import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -31,3 +40,44 @@ def tree_env(tree: Path | None) -> dict[str, str] | None:
     paths = [str(tree / "daemon"), str(tree / "plugins")]
     env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
+
+
+@contextlib.asynccontextmanager
+async def daemon_running(
+    config_text: str, port: int, ready_s: float = 30.0
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """``crossmodald run`` with ``config_text`` (its API on 127.0.0.1:``port``), once ready.
+
+    Yields the process and the API's base URL; stops the daemon (SIGTERM, as systemd does) on
+    the way out.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench.toml"
+        config.write_text(config_text, encoding="utf-8")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "crossmodald", "run", "--config", str(config)
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(round(ready_s * 10)):
+                    if proc.returncode is not None:
+                        raise SystemExit(f"the daemon exited with {proc.returncode}")
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with http.get(f"{base}/readyz") as response:
+                            if response.status == 200:
+                                break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise SystemExit(f"the daemon did not become ready in {ready_s:g} s")
+            yield proc, base
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+            await proc.wait()
+
+
+async def streams(http: aiohttp.ClientSession, base: str) -> dict[str, dict[str, Any]]:
+    """The daemon's ``/v1/streams``, by stream name."""
+    async with http.get(f"{base}/v1/streams") as response:
+        return {s["name"]: s for s in (await response.json())["streams"]}
