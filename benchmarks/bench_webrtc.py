@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from benchkit import cpu_seconds, daemon_running, rss_mib, streams
+from benchkit import cpu_seconds, daemon_running, rss_mib, streams, whip_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ingest"))
 
@@ -36,26 +36,12 @@ from whipkit import EncodedMedia, Publisher, encode_pattern, publish
 
 FPS = 30
 
-CONFIG = """
-[api]
-host = "127.0.0.1"
-port = {port}
-[webrtc]
-host_addresses = ["127.0.0.1"]
-max_streams = {max_streams}
-[[plugins]]
-type = "avsync"
-method = "flash"
-[logging]
-level = "warning"
-"""
-
 
 async def run_n(
     n: int, seconds: float, media: dict[str, EncodedMedia], port: int
 ) -> dict[str, Any]:
     publishers: list[Publisher] = []
-    config = CONFIG.format(port=port, max_streams=max(n, 1))
+    config = whip_config(port, webrtc=f"max_streams = {max(n, 1)}\n", avsync='method = "flash"\n')
     async with daemon_running(config, port) as (proc, base), aiohttp.ClientSession() as http:
         try:
             idle_rss = rss_mib(proc.pid)

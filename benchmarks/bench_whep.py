@@ -21,25 +21,11 @@ from pathlib import Path
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
-from benchkit import cpu_seconds, daemon_running
+from benchkit import cpu_seconds, daemon_running, whip_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ingest"))
 
 from whipkit import encode_pattern, loopback_only, publish
-
-CONFIG = """
-[api]
-host = "127.0.0.1"
-port = {port}
-[webrtc]
-host_addresses = ["127.0.0.1"]
-whep_max_slew_ms_per_s = 40.0
-[[plugins]]
-type = "avsync"
-method = "flash"
-[logging]
-level = "warning"
-"""
 
 
 async def viewer(http: aiohttp.ClientSession, url: str) -> tuple[RTCPeerConnection, str]:
@@ -68,7 +54,9 @@ async def main() -> None:
     args = parser.parse_args()
     loopback_only()
     media = encode_pattern(duration_s=2.0, width=640, height=480, audio_lead_ms=80.0)
-    config = CONFIG.format(port=args.port)
+    config = whip_config(
+        args.port, webrtc="whep_max_slew_ms_per_s = 40.0\n", avsync='method = "flash"\n'
+    )
     async with daemon_running(config, args.port) as (proc, base), aiohttp.ClientSession() as http:
         pub = await publish(base, "cam", media, loop=True, events_channel=False)
         await asyncio.sleep(6.0)  # connect, first SRs, first windows

@@ -27,24 +27,11 @@ import time
 from pathlib import Path
 
 import aiohttp
-from benchkit import daemon_running, rss_mib, streams
+from benchkit import daemon_running, rss_mib, streams, whip_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ingest"))
 
 from whipkit import encode_pattern, publish
-
-CONFIG = """
-[api]
-host = "127.0.0.1"
-port = {port}
-[webrtc]
-host_addresses = ["127.0.0.1"]
-max_streams = {max_streams}
-[[plugins]]
-type = "avsync"
-[logging]
-level = "warning"
-"""
 
 
 async def main() -> None:
@@ -59,7 +46,7 @@ async def main() -> None:
         raise SystemExit("--sessions, --every and --at-once must be >= 1; --every a multiple")
     media = encode_pattern(duration_s=2.0, width=640, height=480, bitrate=1_000_000)
     readings: list[tuple[int, float]] = []
-    config = CONFIG.format(port=args.port, max_streams=args.at_once)
+    config = whip_config(args.port, webrtc=f"max_streams = {args.at_once}\n")
     async with daemon_running(config, args.port) as (proc, base), aiohttp.ClientSession() as http:
         print(f"idle daemon: {rss_mib(proc.pid):.0f} MiB", flush=True)
         done = 0

@@ -42,6 +42,17 @@ def tree_env(tree: Path | None) -> dict[str, str] | None:
     return env
 
 
+def whip_config(port: int, *, webrtc: str = "", avsync: str = "") -> str:
+    """A daemon config for the WebRTC benchmarks: API on 127.0.0.1:``port``, ICE on loopback
+    only, the avsync plugin; ``webrtc`` and ``avsync`` are extra TOML lines for those tables."""
+    return (
+        f'[api]\nhost = "127.0.0.1"\nport = {port}\n'
+        f'[webrtc]\nhost_addresses = ["127.0.0.1"]\n{webrtc}'
+        f'[[plugins]]\ntype = "avsync"\n{avsync}'
+        '[logging]\nlevel = "warning"\n'
+    )
+
+
 @contextlib.asynccontextmanager
 async def daemon_running(
     config_text: str, port: int, ready_s: float = 30.0
