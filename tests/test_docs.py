@@ -63,6 +63,15 @@ def test_every_config_key_is_in_the_configuration_reference() -> None:
     assert not missing, f"undocumented config keys: {missing}"
 
 
+def test_the_configuration_reference_has_each_section_once() -> None:
+    # A merge once left the transcript, lips and lipsync sections in twice, the second copy
+    # stale (other defaults), and the speaker table's last rows inside the lipsync table.
+    text = (REPO / "docs" / "configuration.md").read_text()
+    headings = re.findall(r"^#+ .*$", text, flags=re.MULTILINE)
+    twice = sorted({h for h in headings if headings.count(h) > 1})
+    assert not twice, f"sections in twice: {twice}"
+
+
 def test_readme_commands_are_real_subcommands() -> None:
     readme = (REPO / "README.md").read_text()
     subcommands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
