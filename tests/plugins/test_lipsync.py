@@ -642,6 +642,40 @@ def test_before_any_confident_window_faces_are_judged_where_in_sync_content_read
     assert scores == pytest.approx({1: 0.2, 2: 0.0})
 
 
+def test_a_weak_window_does_not_set_the_stream_lag() -> None:
+    # A curve whose peak stands ~4 standard deviations out: confidence ~0.4. It sets the
+    # stream's lag where min_confidence allows it (0.3, the default) and not above (0.6),
+    # as the smoothed offset counts it or not.
+    rng = np.random.default_rng(0)
+    scan = _scan({80: 0.2}, peak_at=80)
+    scan.curve[:] = rng.normal(0.0, 1.0, len(scan.curve)).astype(np.float32)
+    scan.curve[80] = 4.0 * float(np.std(scan.curve)) + float(np.median(scan.curve))
+    for min_confidence, joins in ((0.3, True), (0.6, False)):
+        config = LipSyncConfig(min_confidence=min_confidence)
+        plugin = LipSyncPlugin(config, model=None, device="cpu")
+        state = _StreamLag()
+        item = BatchItem(_faceless_windows(1)[0], state, Inputs({FACE_TRACKS: FaceTracks(())}))
+        result = plugin._result(item, [(_job(1), scan)], silent=False)
+        assert 0.3 < result.offset.confidence < 0.6
+        assert list(state.recent) == ([80] if joins else [])
+
+
+def test_the_stream_lag_needs_three_windows_that_agree() -> None:
+    # One or two confident windows (on a short clip, as likely another face's noise as the
+    # offset) leave the faces judged where in-sync content reads; three within 80 ms set it.
+    state = _StreamLag()
+    for lags, expected in (
+        ([44], 5),
+        ([44, 45], 5),
+        ([44, 45, 90], 5),  # median 45: only two within 8 steps of it
+        ([44, 45, 90, 46], 45),
+        ([44, 45, 90, 46, 53], 46),  # 53 is within 8 steps of the median 46
+    ):
+        state.recent.clear()
+        state.recent.extend(lags)
+        assert state.lag(5) == expected, lags
+
+
 def test_stream_lag_is_the_median_of_recent_confident_windows() -> None:
     state = _StreamLag()
     assert state.lag(7) == 7  # nothing yet: the window's own

@@ -11,8 +11,8 @@ the face's lips against the window's audio at every 10 ms lag within +/- ``max_l
   ``sync.alarm`` are the avsync plugin's (:class:`~crossmodald_plugins.avsync.session.AvSyncSession`).
 * ``speaker`` start/end (``method`` "lipsync"): each face's lip/sound agreement (its mean
   cosine over every slot of the window that the stream's lag pairs with audio: that lag is the
-  median of the recent confident windows' best lags, since one 2 s window's own best lag is too
-  noisy to judge a face by), averaged over the face's last :data:`AGREEMENT_WINDOWS` windows
+  median of the recent confident windows' best lags once three of them agree, since one 2 s
+  window's own best lag is too noisy to judge a face by), averaged over the face's last :data:`AGREEMENT_WINDOWS` windows
   with sound; the face that matches the voice is the one speaking (one at a time), through the
   speaker plugin's session (:class:`~crossmodald_plugins.asd.plugin.SpeakerSession`).
 """
@@ -54,6 +54,10 @@ SLOT_NS = 40 * NS_PER_MS
 MIN_SLOTS = 25
 #: The stream's lag for ``speaker`` is the median best lag of this many recent confident windows.
 LAG_HISTORY = 15
+#: ... once this many of them lie within this many lag steps (10 ms) of their median; until
+#: then faces are judged where in-sync content reads (the calibration).
+LAG_AGREEING = 3
+LAG_AGREE_STEPS = 8
 #: A face's ``speaker`` score is its agreement averaged over this many of its latest windows
 #: with sound (on held-out speakers lipsync-v1's voiced face beat a face with other audio in
 #: 87 % of single windows, 91 % over 4: ``benchmarks/lipsync_speaker_threshold.py``).
@@ -147,8 +151,13 @@ class _StreamLag:
     agreement: dict[int, deque[float]] = field(default_factory=dict)
 
     def lag(self, fallback: int) -> int:
-        """The median of the recent lags (``fallback`` before there is any)."""
-        return int(np.median(self.recent)) if self.recent else fallback
+        """The median of the recent lags, once :data:`LAG_AGREEING` of them lie within
+        :data:`LAG_AGREE_STEPS` of it; ``fallback`` until then."""
+        if len(self.recent) < LAG_AGREEING:
+            return fallback
+        median = int(np.median(self.recent))
+        agreeing = sum(abs(lag - median) <= LAG_AGREE_STEPS for lag in self.recent)
+        return median if agreeing >= LAG_AGREEING else fallback
 
     def average(self, track_id: int, value: float) -> float:
         """Add the track's agreement in a new window; its mean over the latest windows."""
@@ -348,16 +357,21 @@ class LipSyncPlugin:
         c = self.config
         confidence = (prominence - c.min_prominence) / (c.full_prominence - c.min_prominence)
         confidence = float(min(1.0, max(0.0, confidence)))
-        if confidence > 0.0 and not silent:
+        if confidence > 0.0 and confidence >= c.min_confidence and not silent:
+            # Only confident windows set the stream's lag (as only they count in the smoothed
+            # offset): a weak window's best lag is as likely another face's noise as the
+            # offset, and on short clips a few of them set the median
+            # (benchmarks/lipsync_two_faces.py).
             item.state.recent.append(res.best)
         # Every face is judged at the stream's lag: there the voiced face's lips match the
         # sound and a silent face's do not. Every slot that lag pairs with the window's audio
         # is reported (not only the middle that every lag of the scan pairs): the speaker
         # session judges each slot in the first window that reports it, so the first second of
         # a stream and the slots at a window's newest edge are judged too, without waiting for
-        # the next window's middle. Until the stream has a confident window there is no lag to
-        # trust (an unconfident scan's best lag is noise over +/-max_lag_ms): faces are judged
-        # where in-sync content reads (the calibration), not at that best lag.
+        # the next window's middle. Until three confident windows agree on a lag there is none
+        # to trust (an unconfident scan's best lag is noise over +/-max_lag_ms, and one or two
+        # confident ones on a short clip as likely another face's): faces are judged where
+        # in-sync content reads (the calibration).
         in_sync = int(np.argmin(np.abs(res.lags_ms - self.calibration_ms)))
         at = item.state.lag(in_sync)
         speaking = not silent and self.config.speakers
