@@ -13,14 +13,18 @@ all, and ``--set KEY=VALUE`` to try a ``lipsync`` setting.
 CLIPS: files or folders (e.g. the seven PC-AVS clips named in
 crossmodald_plugins/lipsync/weights/lipsync-v2.data.json under ``val_data``).
 
-Measured on this 2-core machine with the shipped lipsync-v2 (``python3
-benchmarks/lipsync_two_faces.py /work/val``, the seven ``val_data`` clips, 7 pairs, 2.1 min):
-53.6 % of 1,841 speech frames correct, no face 20.9 %, **the wrong face 25.6 %** (00086 | 00098:
-71 %); on the four evaluation pairs the same model reads 83.1 % and the wrong face on none.
-What moves it is the stream's lag, at which every face is judged: it is the median best lag of
-the windows with any confidence, and on these short clips a few noisy windows set it (tried on
-both sets, not kept: admitting only windows at ``min_confidence`` or more, 86.3 % on four of
-these pairs but 73.5 % on the evaluation pairs, with wrong picks there).
+Measured on this 2-core machine (``python3 benchmarks/lipsync_two_faces.py /work/val``, the
+seven ``val_data`` clips, 7 pairs, 2 min), speech frames where the voiced face alone speaks / the
+wrong face speaks:
+
+- lipsync-v2 until 09bebde, the stream's lag (at which every face is judged) the median best
+  lag of windows with any confidence: 53.6 % / **25.6 %** (00086 | 00098: 71 % wrong);
+- only windows at ``min_confidence`` or more count: 80.0 % / 9.2 %;
+- and until three of them agree within 80 ms, the calibration's lag (shipped since 09bebde):
+  **86.1 % / 5.9 %**.
+
+On the four evaluation pairs the same three read 83.1 / 73.5 / 77.4 % with the wrong face on
+0 / 4.3 / 2.5 % (the model card has them pair by pair).
 """
 
 from __future__ import annotations
