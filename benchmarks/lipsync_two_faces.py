@@ -13,9 +13,13 @@ all, and ``--set KEY=VALUE`` to try a ``lipsync`` setting.
 CLIPS: files or folders (e.g. the seven PC-AVS clips named in
 crossmodald_plugins/lipsync/weights/lipsync-v2.data.json under ``val_data``).
 
-Measured on this 2-core machine (``python3 benchmarks/lipsync_two_faces.py /work/val``, the
-seven ``val_data`` clips, 7 pairs, 2 min), speech frames where the voiced face alone speaks / the
-wrong face speaks:
+Measured on this 2-core machine (the seven ``val_data`` clips, 7 pairs, 2 min), from the
+repository root::
+
+    python3 benchmarks/lipsync_two_faces.py \\
+        ../shared/datasets/pc-avs/{00015,00086,00098,00373,681100216,681600002,731200067}.mp4
+
+speech frames where the voiced face alone speaks / the wrong face speaks:
 
 - lipsync-v2 until 09bebde, the stream's lag (at which every face is judged) the median best
   lag of windows with any confidence: 53.6 % / **25.6 %** (00086 | 00098: 71 % wrong);
