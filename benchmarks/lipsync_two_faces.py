@@ -34,27 +34,12 @@ On the four evaluation pairs the same three read 83.1 / 73.5 / 77.4 % with the w
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
-from typing import Any
 
+from crossmodald.cli import parse_set
 from crossmodald.service.evaluate import SpeakerMetrics, evaluate_speaker
 from crossmodald_plugins.lipsync.data import find_clips
-
-
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs, each VALUE read as JSON where it parses (else as a string)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def row(label: str, m: SpeakerMetrics) -> str:
@@ -73,7 +58,10 @@ def main() -> None:
     clips = find_clips(args.clips)
     if len(clips) < 2:
         raise SystemExit("needs at least two clips")
-    overrides = parse_set(args.overrides)
+    try:
+        overrides = dict(parse_set(item) for item in args.overrides)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     started = time.monotonic()
     print(f"{'pair (left | right)':<32} {'frames':>7} {'correct':>8} {'no face':>8} "
           f"{'other':>8} {'both':>8}")  # fmt: skip

@@ -633,15 +633,32 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 130
 
 
+def parse_set(item: str) -> tuple[str, Any]:
+    """One ``--set KEY=VALUE``: the key, and the value read as JSON where it parses (else the
+    text as it is).
+
+    Raises:
+        ValueError: ``item`` has no ``=``.
+    """
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from crossmodald.service.evaluate import DEFAULT_SHIFTS_MS, eval_command
 
     also: dict[str, dict[str, Any]] = {name: {} for name in args.also or []}
     overrides: dict[str, Any] = {}
     for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            return _fail(f"--set {item!r}: expected KEY=VALUE", 2)
+        try:
+            key, value = parse_set(item)
+        except ValueError as exc:
+            return _fail(str(exc), 2)
         # PLUGIN.KEY=VALUE sets a key of an --also plugin; KEY=VALUE one of the evaluated one.
         name, dot, field = key.partition(".")
         target = overrides
@@ -649,10 +666,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if name not in also:
                 return _fail(f"--set {item!r}: {name!r} is not a plugin given with --also", 2)
             target, key = also[name], field
-        try:
-            target[key] = json.loads(value)
-        except json.JSONDecodeError:
-            target[key] = value
+        target[key] = value
     return eval_command(
         args.plugin,
         args.media,

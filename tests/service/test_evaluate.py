@@ -337,6 +337,18 @@ def test_cli_set_reaches_the_also_plugin_named(capsys: pytest.CaptureFixture[str
     assert "'speaker' is not a plugin given with --also" in capsys.readouterr().err
 
 
+def test_a_set_value_is_json_where_it_parses_and_text_otherwise() -> None:
+    from crossmodald.cli import parse_set
+
+    assert parse_set("speaker.turns=false") == ("speaker.turns", False)
+    assert parse_set('method="motion"') == ("method", "motion")
+    assert parse_set("method=motion") == ("method", "motion")
+    assert parse_set("max_lag_ms=300") == ("max_lag_ms", 300)
+    assert parse_set("weights=a=b.pt") == ("weights", "a=b.pt")
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_set("max_lag_ms")
+
+
 # -- active speaker plumbing --------------------------------------------------------------------
 
 
