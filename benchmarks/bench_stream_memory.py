@@ -23,7 +23,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from benchkit import rss_mib
+from benchkit import memory_growth, rss_mib
 
 from crossmodald.harness import run_plugins_sync
 from crossmodald.ingest.pattern import write_pattern_file
@@ -68,16 +68,7 @@ def main() -> None:
     print(f"{args.streams} streams of {args.seconds:g} s one after another, plugin {args.plugin}")
     for n, mib in readings:
         print(f"  after {n:4d} streams: {mib:7.0f} MiB")
-    if len(readings) < 3:
-        raise SystemExit("needs at least two readings after the first (--streams, --every)")
-    # The first streams warm the process up (the allocator's heaps, caches); from the second
-    # reading on, a process that gives back what each stream held stays flat.
-    (n0, first), (n1, last) = readings[1], readings[-1]
-    per = (last - first) / max(1, n1 - n0)
-    print(
-        f"growth per ended stream from {n0} to {n1} streams: {per:.2f} MiB; "
-        f"after {n1} / after {n0}: {last / first:.2f}"
-    )
+    print(memory_growth(readings, "stream"))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from benchkit import daemon_running, rss_mib, streams, whip_config
+from benchkit import daemon_running, memory_growth, rss_mib, streams, whip_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ingest"))
 
@@ -70,13 +70,9 @@ async def main() -> None:
             if done == len(pubs) or done % args.every == 0:
                 readings.append((done, rss_mib(proc.pid)))
                 print(f"  after {done:4d} sessions: {readings[-1][1]:7.0f} MiB", flush=True)
-    if len(readings) < 3:
-        raise SystemExit("needs at least two readings after the first (--sessions, --every)")
-    (n0, first), (n1, last) = readings[1], readings[-1]
     print(
-        f"{args.sessions} WHIP sessions of {args.seconds:g} s, {args.at_once} at a time: growth "
-        f"per ended session from {n0} to {n1}: {(last - first) / (n1 - n0):.2f} MiB; "
-        f"after {n1} / after {n0}: {last / first:.2f}"
+        f"{args.sessions} WHIP sessions of {args.seconds:g} s, {args.at_once} at a time: "
+        + memory_growth(readings, "session")
     )
 
 

@@ -9,7 +9,7 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,21 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024.0
     return 0.0
+
+
+def memory_growth(readings: Sequence[tuple[int, float]], unit: str) -> str:
+    """The memory benchmarks' figure: resident MiB after ``n`` ended streams or sessions
+    (``readings``, the first after the first one ended) as growth per ended ``unit`` from the
+    second reading to the last, and the last over the second. The first readings warm the
+    process up (the allocator's heaps, caches); from the second on, a process that gives back
+    what each one held stays flat. Exits when there are fewer than three readings."""
+    if len(readings) < 3:
+        raise SystemExit(f"needs at least two readings after the first (--{unit}s, --every)")
+    (n0, first), (n1, last) = readings[1], readings[-1]
+    return (
+        f"growth per ended {unit} from {n0} to {n1}: {(last - first) / (n1 - n0):.2f} MiB; "
+        f"after {n1} / after {n0}: {last / first:.2f}"
+    )
 
 
 def tree_env(tree: Path | None) -> dict[str, str] | None:
