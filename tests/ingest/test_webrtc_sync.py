@@ -127,20 +127,16 @@ async def session() -> AsyncIterator[Session]:
     yield Session(d, listed, listed_at, metrics, messages, statuses, publishers)
 
 
-def rtcp_transport_report(d: WhipDaemon, name: str) -> dict[str, Any]:
-    """The stream's last RTCP-timed ``sync.transport`` event."""
-    reports = [e for e in d.of(name, "sync.transport") if e["data"]["timing"] == "rtcp"]
-    assert reports, f"{name}: no RTCP-timed transport report"
-    assert reports[-1]["media"]["clock"] == "rtcp"
-    return reports[-1]
-
-
 def rtcp_transport(session: Session, name: str) -> tuple[dict[str, Any], float]:
     """The stream's last RTCP-timed ``sync.transport`` data, and what the sending added to it
     (:meth:`Session.send_skew_ms` before that report)."""
-    report = rtcp_transport_report(session.daemon, name)
-    until_s = datetime.fromisoformat(report["ts"]).timestamp()
-    data: dict[str, Any] = report["data"]
+    reports = [
+        e for e in session.daemon.of(name, "sync.transport") if e["data"]["timing"] == "rtcp"
+    ]
+    assert reports, f"{name}: no RTCP-timed transport report"
+    assert reports[-1]["media"]["clock"] == "rtcp"
+    until_s = datetime.fromisoformat(reports[-1]["ts"]).timestamp()
+    data: dict[str, Any] = reports[-1]["data"]
     return data, session.send_skew_ms(name, until_s)
 
 

@@ -226,7 +226,7 @@ def capture_time_reports(sender: RTCRtpSender, track: PacedPackets, shift_s: flo
             return
         # ``value`` is aiortc's wall clock (NTP) read just now; step it back to the capture.
         late_s = time.monotonic() - track.captured_s
-        if not track.send_lateness_s or track.captured_s != track.last_frame_captured_s:
+        if track.captured_s != track.last_frame_captured_s:  # a frame's first packet
             track.send_lateness_s.append((time.time(), late_s - track.delay_s))
             track.last_frame_captured_s = track.captured_s
         self.__dict__[key] = value - round(late_s * (1 << 32)) - shift
