@@ -169,6 +169,7 @@ async def test_server_killed_and_restarted_under_load(
                 await asyncio.sleep(0.005)
 
     await load(400)
+    before_kill = bus.last_seq
     server.stop()  # SIGKILL, mid-stream
     await load(1000)  # far more than the buffer holds
     async with asyncio.timeout(10):
@@ -210,7 +211,11 @@ async def test_server_killed_and_restarted_under_load(
     missing = published - set(got) - {closing_fault}
     assert missing, "the small buffer should have overflowed"
     assert missing <= dropped_seqs
-    assert len(missing) == stats.dropped
+    # Counted as dropped but stored: in flight at the kill, the server stored it and the ack was
+    # lost with the connection; it went back to the buffer and overflowed from there. So at
+    # most `inflight` of them, all published before the kill.
+    assert 0 <= stats.dropped - len(missing) <= 32
+    assert all(seq <= before_kill for seq in (dropped_seqs - {closing_fault}) & set(got))
 
 
 async def test_closing_while_the_server_is_away_counts_and_tells(tmp_path: Path) -> None:

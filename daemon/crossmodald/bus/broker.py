@@ -16,7 +16,9 @@ bus at once, so the bus never closes the sink as slow; the buffer holds ``buffer
 broker acknowledged it; envelopes in flight when the connection is lost go back to the front of
 the buffer and are sent again after the reconnect (a broker that already stored one drops the
 copy: NATS by ``Nats-Msg-Id``; MQTT QoS 1 is at least once). So after a reconnect events may
-arrive out of ``seq`` order.
+arrive out of ``seq`` order. One that goes back and is then dropped (the buffer overflowed
+before the broker was back) counts as dropped, though the broker may have stored it and lost only
+its acknowledgement: the count errs on the side of loss.
 
 When the link is back after an outage (the first acknowledgement after a reconnect proves it,
 or the reconnect itself when nothing is held), the sink publishes one ``sink.fault`` event on the bus
