@@ -26,12 +26,15 @@ looped, analysed with avsync + faces (``--clip-plugin`` to change).
 
 Prints the load average before and after, then one line per file: wall seconds (best of N) of
 decode and analyze for the full and the 1 s file, the raw ratio, the steady ratio, peak RSS of
-analyze, and analyze's media seconds per wall second.
+analyze, and analyze's media seconds per wall second; under it the CPU seconds (user + system,
+least of N, steady) of both and the steady ratio that analyze's CPU time allows at most on the
+cores this process may use (its CPU seconds over the cores is the least wall time it can take).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -60,8 +63,8 @@ with av.open(sys.argv[1]) as c:
 SHORT_S = 1.0
 
 
-def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one subprocess."""
+def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system) of one subprocess."""
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -71,7 +74,7 @@ def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[fl
     proc.stderr.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{argv}: failed:\n{err}")
-    return wall, usage.ru_maxrss / 1024.0
+    return wall, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
 
 
 def transcode_clip(src: Path, dst: Path, seconds: float) -> None:
@@ -139,7 +142,7 @@ def measure(
     trees: list[tuple[str, dict[str, str] | None]] = [("", tree_env(REPO))]
     if other is not None:
         trees.append(("o", tree_env(other)))
-    runs: dict[str, list[tuple[float, float]]] = {"df": [], "ds": []}
+    runs: dict[str, list[tuple[float, float, float]]] = {"df": [], "ds": []}
     for _ in range(repeat):
         runs["df"].append(run_measured([*decode_argv, str(full)]))
         for key, env in trees:
@@ -147,7 +150,9 @@ def measure(
         runs["ds"].append(run_measured([*decode_argv, str(short)]))
         for key, env in trees:
             runs.setdefault(key + "as", []).append(run_measured(analyze_argv(short, plugins), env))
-    best = {key: min(w for w, _ in values) for key, values in runs.items()}
+    best = {key: min(w for w, _, _ in values) for key, values in runs.items()}
+    cpu = {key: min(c for _, _, c in values) for key, values in runs.items()}
+    cores = len(os.sched_getaffinity(0))
     steadies: list[float] = []
     for key, _ in trees:
         af, as_ = best[key + "af"], best[key + "as"]
@@ -155,11 +160,19 @@ def measure(
         spent = af - as_
         steady = (best["df"] - best["ds"]) / spent if spent > 0 else float("nan")
         steadies.append(steady)
-        rss = max(m for _, m in runs[key + "af"])
+        rss = max(m for _, m, _ in runs[key + "af"])
         name = label if not key else "  same, other tree"
         print(
             f"{name:<34} {best['df']:7.2f} {af:8.2f} {best['ds']:7.2f} {as_:8.2f} "
             f"{best['df'] / af:6.2f} {steady:7.2f} {rss:8.0f} {seconds / af:7.1f}"
+        )
+        # However well the work were spread over the cores, analyze cannot take less wall time
+        # than its CPU time over the cores: the steady ratio this machine allows at most.
+        cpu_steady = cpu[key + "af"] - cpu[key + "as"]
+        ceiling = (best["df"] - best["ds"]) / (cpu_steady / cores) if cpu_steady > 0 else math.nan
+        print(
+            f"    cpu s (user+sys, steady): decode {cpu['df'] - cpu['ds']:.2f}, analyze "
+            f"{cpu_steady:.2f}; on {cores} cores the steady ratio is at most {ceiling:.2f}"
         )
     if other is not None:
         print(f"    steady this/other: {steadies[0] / steadies[1]:.2f}")
