@@ -78,6 +78,7 @@ KNOWN: list[Event] = [
             "kind": "dropped",
             "message": "3 events dropped",
             "dropped": 3,
+            "unconfirmed": 1,
             "first_seq": 10,
             "last_seq": 12,
             "down_s": 4.5,

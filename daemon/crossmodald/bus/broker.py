@@ -18,7 +18,7 @@ the buffer and are sent again after the reconnect (a broker that already stored 
 copy: NATS by ``Nats-Msg-Id``; MQTT QoS 1 is at least once). So after a reconnect events may
 arrive out of ``seq`` order. One that goes back and is then dropped (the buffer overflowed
 before the broker was back) counts as dropped, though the broker may have stored it and lost only
-its acknowledgement: the count errs on the side of loss.
+its acknowledgement: the ``sink.fault`` says how many of its drops are such (``unconfirmed``).
 
 When the link is back after an outage (the first acknowledgement after a reconnect proves it,
 or the reconnect itself when nothing is held), the sink publishes one ``sink.fault`` event on the bus
@@ -178,6 +178,8 @@ class _Outage:
     #: The broker was away (not only slower than the events while connected).
     away: bool = True
     dropped: int = 0
+    #: Of ``dropped``, those that had been sent and not acknowledged: the broker may have them.
+    unconfirmed: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
 
@@ -220,6 +222,8 @@ class BrokerSink:
         self._clock = clock
         self._buffer: deque[Envelope] = deque()
         self._inflight: dict[int, tuple[Envelope, float]] = {}
+        #: Seqs in the buffer that were sent before, unacknowledged (the connection broke).
+        self._unconfirmed: set[int] = set()
         self._wakeup = asyncio.Event()  # the buffer or the link's state got something
         self._idle = asyncio.Event()  # nothing buffered, in flight or pending
         self._idle.set()
@@ -342,12 +346,16 @@ class BrokerSink:
         if outage is None:  # the broker is there but slower than the events
             outage = self._outage = _Outage(since=self._clock(), away=not self._connected)
         outage.dropped += 1
+        if envelope.seq in self._unconfirmed:
+            self._unconfirmed.discard(envelope.seq)
+            outage.unconfirmed += 1
         if outage.first_seq is None or envelope.seq < outage.first_seq:
             outage.first_seq = envelope.seq
         if outage.last_seq is None or envelope.seq > outage.last_seq:
             outage.last_seq = envelope.seq
 
     def _drop_all(self, why: str) -> None:
+        self._unconfirmed.update(self._inflight)
         held = sorted(
             [*self._buffer, *(env for env, _sent in self._inflight.values())],
             key=lambda env: env.seq,
@@ -519,6 +527,7 @@ class BrokerSink:
             if self._inflight:
                 # Unacknowledged: back to the front, in seq order, to be sent again.
                 again = sorted(self._inflight.values(), key=lambda item: item[0].seq)
+                self._unconfirmed.update(self._inflight)
                 self._inflight.clear()
                 self._buffer.extendleft(env for env, _sent in reversed(again))
 
@@ -543,6 +552,7 @@ class BrokerSink:
             self._report(outage, "broker back")
 
     def _acked(self, envelope: Envelope, latency_s: float) -> None:
+        self._unconfirmed.discard(envelope.seq)
         if self._outage is not None and self._outage.away:
             self._report_back()
         self._written += 1
@@ -562,6 +572,11 @@ class BrokerSink:
                 f"(seq {outage.first_seq}..{outage.last_seq}) while the broker was away "
                 f"or slow ({why})"
             )
+            if outage.unconfirmed:
+                message += (
+                    f"; {outage.unconfirmed} of them sent and not acknowledged before the "
+                    "connection broke: the broker may have them"
+                )
         else:
             kind = "outage"
             message = f"{self.identity}: broker away for {down_s:.1f} s; nothing lost"
@@ -580,6 +595,7 @@ class BrokerSink:
                         "kind": kind,
                         "message": redact_text(message),
                         "dropped": outage.dropped,
+                        "unconfirmed": outage.unconfirmed,
                         "first_seq": outage.first_seq,
                         "last_seq": outage.last_seq,
                         "down_s": round(down_s, 3),
