@@ -110,6 +110,7 @@ async def test_dropped_events_the_broker_stored_are_told_apart_as_unconfirmed() 
     assert (data["dropped"], data["first_seq"], data["last_seq"]) == (10, 1, 10)
     # Seqs 1-4 were stored before the broker died: dropped, but perhaps delivered.
     assert data["unconfirmed"] == 4
+    assert (sink.stats.dropped, sink.stats.dropped_unconfirmed) == (10, 4)
     assert "4 of them sent and not acknowledged" in data["message"]
     assert broker.stored[:4] == [1, 2, 3, 4]
     # 5-10 were never sent: certainly lost. 11-20 and the fault itself came after the reconnect.

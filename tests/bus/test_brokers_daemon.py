@@ -132,10 +132,12 @@ async def test_daemon_sinks_through_a_nats_outage(
             text = await resp.text()
         assert sample(text, "crossmodald_sink_connected", nats_id) == 0
         assert sample(text, "crossmodald_sink_buffered_events", nats_id) >= 3
+        assert sample(text, "crossmodald_sink_events_dropped_unconfirmed_total", nats_id) == 0
         assert sample(text, "crossmodald_sink_connected", mqtt_id) == 1
         assert sample(text, "crossmodald_sink_events_written_total", mqtt_id) > mqtt_before
         assert 'sink="' + str(jsonl) + '"' in text
         assert "crossmodald_sink_connected{sink=" + json.dumps(str(jsonl)) not in text
+        assert "dropped_unconfirmed_total{sink=" + json.dumps(str(jsonl)) not in text
         nats_server.start()
         await until(lambda: any(e["type"] == "sink.fault" for e in lines(jsonl)))
         await until(lambda: {s["sink"]: s for s in daemon.sink_stats()}[nats_id]["buffered"] == 0)

@@ -558,6 +558,14 @@ def _sink_metrics(out: MetricsText, sinks: list[dict[str, Any]]) -> None:
             lab,
         )
         out.add(
+            "crossmodald_sink_events_dropped_unconfirmed_total",
+            "counter",
+            "Of the events a broker sink dropped, those sent and not acknowledged before a "
+            "connection broke: the broker may have stored them.",
+            int(sink.get("dropped_unconfirmed", 0)),
+            lab,
+        )
+        out.add(
             "crossmodald_sink_reconnects_total",
             "counter",
             "Connections a sink made again after one was lost or could not be made.",

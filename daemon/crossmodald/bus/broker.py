@@ -242,6 +242,7 @@ class BrokerSink:
         self._missed_resumes = 0
         self._last_seq = 0
         self._dropped = 0
+        self._dropped_unconfirmed = 0
         self._connected = False
         self._reconnects = 0
         self._ack_count = 0
@@ -264,6 +265,7 @@ class BrokerSink:
             missed_resumes=self._missed_resumes,
             last_seq=self._last_seq,
             dropped=self._dropped,
+            dropped_unconfirmed=self._dropped_unconfirmed,
             buffered=len(self._buffer) + len(self._inflight),
             connected=self._connected,
             reconnects=self._reconnects,
@@ -348,6 +350,7 @@ class BrokerSink:
         outage.dropped += 1
         if envelope.seq in self._unconfirmed:
             self._unconfirmed.discard(envelope.seq)
+            self._dropped_unconfirmed += 1
             outage.unconfirmed += 1
         if outage.first_seq is None or envelope.seq < outage.first_seq:
             outage.first_seq = envelope.seq

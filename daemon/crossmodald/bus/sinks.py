@@ -79,6 +79,8 @@ class SinkStats:
             acknowledged for a broker sink, which may acknowledge out of order).
         dropped: Envelopes it took and gave up on (a broker sink's buffer overflowed while the
             broker was away or slow); each loss is also told by a ``sink.fault`` event.
+        dropped_unconfirmed: Of ``dropped``, those sent and not acknowledged before a
+            connection broke: the broker may have stored them (a broker sink).
         buffered: Envelopes it holds now, not yet written (queued and in flight).
         connected: Whether its connection is up; None for a sink without one (a file).
         reconnects: Connections made again after one was lost or could not be made.
@@ -95,6 +97,7 @@ class SinkStats:
     missed_resumes: int = 0
     last_seq: int = 0
     dropped: int = 0
+    dropped_unconfirmed: int = 0
     buffered: int = 0
     connected: bool | None = None
     reconnects: int = 0
