@@ -424,6 +424,36 @@ def test_plugin_follows_a_shifted_talking_head(shared_media: Path) -> None:
     assert abs(medians["lead"] - medians["sync"] - 200.0) <= 40.0
 
 
+def test_with_5_s_windows_full_prominence_4_lets_confident_readings_feed_the_smoothed_offset(
+    shared_media: Path,
+) -> None:
+    """The configuration docs' recipe for 5 s windows: ``full_prominence = 4`` (min_confidence
+    0.3 then falls at prominence 2.95, where 89 % of held-out readings are right in 5 s windows:
+    benchmarks/lipsync_confidence.py). Readings of a held-out talking head then count, are right
+    within one frame, and the smoothed offset follows; at the default (6, set for the daemon's
+    2 s windows) none counts and the smoothed offset stays empty."""
+    clip = shared_media / "talkinghead_hdtf_markey_25fps.mp4"
+    result = run_plugins_sync(
+        [media_source(clip, "sync"), media_source(clip, "lag", audio_shift_ms=240.0)],
+        [{"type": "lipsync", "device": "cpu", "full_prominence": 4.0}],
+        window={"length_s": 5.0, "hop_s": 1.0},
+    )
+    min_confidence = LipSyncConfig().min_confidence
+    for name, shift in (("sync", 0.0), ("lag", 240.0)):
+        span = result.streams[name].media_span_ns()
+        events = [e for e in result.events(name) if e.type == "sync.offset" and inside(e, span)]
+        confident = [e for e in events if e.data["confidence"] >= min_confidence]
+        print(f"\n{name}: {[(e.data['audio_lead_ms'], e.data['confidence']) for e in events]}")
+        assert confident
+        assert all(abs(float(e.data["audio_lead_ms"]) - shift) <= 40.0 for e in confident)
+        smoothed = events[-1].data["smoothed_audio_lead_ms"]
+        assert smoothed is not None
+        assert abs(float(smoothed) - shift) <= 40.0
+        # The same readings on the default scale (prominence 2.5 to 6 for confidence 0 to 1,
+        # here 2.5 to 4): none would count.
+        assert all(float(e.data["confidence"]) * 1.5 / 3.5 < min_confidence for e in events)
+
+
 def test_a_streams_face_mesh_graphs_are_closed_when_it_ends(
     shared_media: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
