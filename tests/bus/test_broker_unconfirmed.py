@@ -9,7 +9,7 @@ an in-memory broker stores every publish and holds its acknowledgements, so the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Literal
 
 import jsonschema
@@ -17,6 +17,7 @@ import jsonschema
 from crossmodald.bus import Event, EventBus, event_schema
 from crossmodald.bus.broker import BrokerError, BrokerSink, BrokerSinkConfig
 from crossmodald.bus.events import Envelope
+from pollkit import until
 
 
 class _Config(BrokerSinkConfig):
@@ -33,7 +34,6 @@ class _MemoryBroker:
         self.stored: list[int] = []
         self.up = True
         self.hold_acks = False
-        self._held: list[asyncio.Future[object]] = []
         self._lost: asyncio.Future[None] | None = None
 
     async def connect(self) -> None:
@@ -46,9 +46,7 @@ class _MemoryBroker:
             raise BrokerError("connection closed")
         self.stored.append(envelope.seq)
         ack: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        if self.hold_acks:
-            self._held.append(ack)
-        else:
+        if not self.hold_acks:
             ack.set_result(None)
         return ack
 
@@ -68,18 +66,8 @@ class _MemoryBroker:
     def die(self) -> None:
         """Go away with the held acknowledgements unsent (what was stored stays stored)."""
         self.up = False
-        self._held.clear()
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
-
-
-async def _until(check: Callable[[], bool], what: str) -> None:
-    try:
-        async with asyncio.timeout(10):
-            while not check():  # noqa: ASYNC110 - a test watches the sink's state
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"not within 10 s: {what}") from None
 
 
 async def test_dropped_events_the_broker_stored_are_told_apart_as_unconfirmed() -> None:
@@ -88,18 +76,20 @@ async def test_dropped_events_the_broker_stored_are_told_apart_as_unconfirmed() 
     config = _Config(buffer=10, inflight=4, reconnect_min_s=0.02, reconnect_max_s=0.05)
     sink = BrokerSink(config, broker, "memory:test")
     task = asyncio.create_task(sink.run(bus))
-    await _until(lambda: sink.stats.connected, "connected")
+    await until(lambda: sink.stats.connected, 10, "connected", poll_s=0.01)
     broker.hold_acks = True
     for n in range(1, 5):  # four publishes stored by the broker, none acknowledged
         bus.publish(Event("sync.offset", "cam1", n, n + 1, {"n": n}))
-    await _until(lambda: len(broker.stored) == 4, "four sent")
+    await until(lambda: len(broker.stored) == 4, 10, "four sent", poll_s=0.01)
     broker.die()
-    await _until(lambda: not sink.stats.connected, "connection lost")
+    await until(lambda: not sink.stats.connected, 10, "connection lost", poll_s=0.01)
     for n in range(5, 21):  # 4 back in the buffer + 16 new > 10: the oldest 10 go
         bus.publish(Event("sync.offset", "cam1", n, n + 1, {"n": n}))
-    await _until(lambda: sink.stats.dropped == 10, "ten dropped")
+    await until(lambda: sink.stats.dropped == 10, 10, "ten dropped", poll_s=0.01)
     broker.up, broker.hold_acks = True, False
-    await _until(lambda: any(e.type == "sink.fault" for e in bus.replay_snapshot()), "fault")
+    await until(
+        lambda: any(e.type == "sink.fault" for e in bus.replay_snapshot()), 10, "fault", poll_s=0.01
+    )
     await sink.flush()
     await sink.aclose()
     await task

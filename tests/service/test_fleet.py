@@ -32,6 +32,8 @@ from crossmodald.service.fleet import Backoff, source_table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from natskit import MISSING, NatsServer, Partition, free_port, nats_server, nats_server_binary
 
+from pollkit import until
+
 pytest.importorskip("nats", reason="nats-py is not installed (pip install -e '.[fleet]')")
 needs_nats = pytest.mark.skipif(nats_server_binary() is None, reason=MISSING)
 
@@ -97,15 +99,6 @@ async def member(text: str) -> AsyncIterator[Member]:
         async with asyncio.timeout(30):
             await task
         await asyncio.wait([collector], timeout=5)
-
-
-async def until(pred: Any, timeout_s: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not pred():  # noqa: ASYNC110 -- polls several daemons' state
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout_s} s: {what}") from None
 
 
 # -- config ------------------------------------------------------------------------------
