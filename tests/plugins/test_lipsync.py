@@ -438,7 +438,8 @@ def test_with_5_s_windows_full_prominence_4_lets_confident_readings_feed_the_smo
         [{"type": "lipsync", "device": "cpu", "full_prominence": 4.0}],
         window={"length_s": 5.0, "hop_s": 1.0},
     )
-    min_confidence = LipSyncConfig().min_confidence
+    default = LipSyncConfig()
+    min_confidence = default.min_confidence
     for name, shift in (("sync", 0.0), ("lag", 240.0)):
         span = result.streams[name].media_span_ns()
         events = [e for e in result.events(name) if e.type == "sync.offset" and inside(e, span)]
@@ -449,9 +450,12 @@ def test_with_5_s_windows_full_prominence_4_lets_confident_readings_feed_the_smo
         smoothed = events[-1].data["smoothed_audio_lead_ms"]
         assert smoothed is not None
         assert abs(float(smoothed) - shift) <= 40.0
-        # The same readings on the default scale (prominence 2.5 to 6 for confidence 0 to 1,
-        # here 2.5 to 4): none would count.
-        assert all(float(e.data["confidence"]) * 1.5 / 3.5 < min_confidence for e in events)
+        # The same readings on the default scale (prominence from min_prominence to 6 for
+        # confidence 0 to 1, here to 4): none would count.
+        stretch = (4.0 - default.min_prominence) / (
+            default.full_prominence - default.min_prominence
+        )
+        assert all(float(e.data["confidence"]) * stretch < min_confidence for e in events)
 
 
 def test_a_streams_face_mesh_graphs_are_closed_when_it_ends(

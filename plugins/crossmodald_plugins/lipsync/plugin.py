@@ -13,8 +13,9 @@ the face's lips against the window's audio at every 10 ms lag within +/- ``max_l
   cosine over every slot of the window that the stream's lag pairs with audio: that lag is the
   median of the recent confident windows' best lags once three of them agree, since one 2 s
   window's own best lag is too noisy to judge a face by), averaged over the face's last
-  :data:`AGREEMENT_WINDOWS` windows with sound; the face that matches the voice is the one speaking (one at a time), through the
-  speaker plugin's session (:class:`~crossmodald_plugins.asd.plugin.SpeakerSession`).
+  :data:`AGREEMENT_WINDOWS` windows with sound; the face that matches the voice is the one
+  speaking (one at a time), through the speaker plugin's session
+  (:class:`~crossmodald_plugins.asd.plugin.SpeakerSession`).
 """
 
 from __future__ import annotations
