@@ -309,8 +309,14 @@ def test_other_plugins_run_beside_in_the_same_daemon_and_print_beside() -> None:
     text = out.getvalue()
     assert text.splitlines()[0].startswith("lipsync  xcorr + biased  shifts +0 ms")
     assert "estimates       4" in text  # two windows, two plugins
-    assert "xcorr           within 40 ms: 100.0%   median at 0 shift: +0.0 ms" in text
-    assert "biased          within 40 ms: 0.0%   median at 0 shift: +60.0 ms" in text
+    assert (
+        "xcorr           within 40 ms: 100.0%   median at 0 shift: +0.0 ms (|offset| 0.0 ms)"
+        in text
+    )
+    assert (
+        "biased          within 40 ms: 0.0%   median at 0 shift: +60.0 ms (|offset| 60.0 ms)"
+        in text
+    )
     rows = [line.split() for line in text.splitlines() if line.strip().startswith(AOC.name)]
     assert [row[1:] for row in rows] == [  # by method: biased, xcorr
         ["2", "0.0%", "+60.0", "+60.0", "0.0"],
@@ -527,6 +533,18 @@ def test_windows_without_an_estimate_count_as_misses() -> None:
     )
     assert metrics.hit_rate() == 0.5
     assert metrics.median_unshifted_ms() == 10.0
+
+
+def test_the_median_offset_in_sync_is_given_signed_and_by_its_size() -> None:
+    from crossmodald.service.evaluate import LipSyncMetrics, OffsetEstimate
+
+    # Clips read in sync at -20, +5 and +30 ms (and one shifted window, not counted): the
+    # signed median (+5) hides how far they read from 0; the median |offset| is 20.
+    readings = [(0.0, -20.0), (0.0, 5.0), (0.0, 30.0), (200.0, 200.0)]
+    metrics = LipSyncMetrics(40.0, [OffsetEstimate("a.mp4", s, x, 0.9, "m") for s, x in readings])
+    assert metrics.median_unshifted_ms() == 5.0
+    assert metrics.median_abs_unshifted_ms() == 20.0
+    assert LipSyncMetrics(40.0, []).median_abs_unshifted_ms() is None
 
 
 def test_per_clip_summary_separates_a_stable_bias_from_scatter() -> None:

@@ -638,14 +638,24 @@ class LipSyncMetrics:
         return hits / len(shifted)
 
     def median_unshifted_ms(self, method: str | None = None) -> float | None:
-        zero = [
+        """The median reading of the unshifted windows (None without one)."""
+        zero = self._unshifted(method)
+        return statistics.median(zero) if zero else None
+
+    def median_abs_unshifted_ms(self, method: str | None = None) -> float | None:
+        """The median |reading| of the unshifted windows: how far in-sync media reads from 0,
+        whichever side (the issue's "median |offset|"; None without one)."""
+        zero = self._unshifted(method)
+        return statistics.median(abs(x) for x in zero) if zero else None
+
+    def _unshifted(self, method: str | None) -> list[float]:
+        return [
             e.audio_lead_ms
             for e in self.estimates
             if e.shift_ms == 0
             and e.audio_lead_ms is not None
             and (method is None or e.method == method)
         ]
-        return statistics.median(zero) if zero else None
 
 
 def _ms(value: float | None, *, signed: bool = True) -> str:
@@ -1111,7 +1121,12 @@ def eval_command(
             printer(f"  estimates       {len(lm.estimates)}")
             for method in lm.methods() or ["(none)"]:
                 median = lm.median_unshifted_ms(method)
-                med = "n/a" if median is None else f"{median:+.1f} ms"
+                magnitude = lm.median_abs_unshifted_ms(method)
+                med = (
+                    "n/a"
+                    if median is None or magnitude is None
+                    else f"{median:+.1f} ms (|offset| {magnitude:.1f} ms)"
+                )
                 printer(
                     f"  {method:<16}within {lm.tolerance_ms:.0f} ms: {lm.hit_rate(method):.1%}"
                     f"   median at 0 shift: {med}"
