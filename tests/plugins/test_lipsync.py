@@ -27,6 +27,7 @@ pytest.importorskip("mediapipe", reason="the lipsync extra (mediapipe) is not in
 from crossmodald_plugins.avsync.result import AvSyncResult
 from crossmodald_plugins.lipsync.agreement import Agreements, speaker_thresholds
 from crossmodald_plugins.lipsync.cli import summary
+from crossmodald_plugins.lipsync.data import ClipError
 from crossmodald_plugins.lipsync.features import N_MELS, warp_bands
 from crossmodald_plugins.lipsync.landmarks import (
     FEATURE_DIM,
@@ -61,7 +62,7 @@ from crossmodald_plugins.lipsync.plugin import (
     _StreamLag,
 )
 from crossmodald_plugins.lipsync.settings import TrainSettings
-from crossmodald_plugins.lipsync.train import train
+from crossmodald_plugins.lipsync.train import add_calibration_table, train
 from crossmodald_plugins.products import FACE_TRACKS, FaceTracks
 
 #: ../shared next to the checkout (datasets and media; tests that need it skip without it).
@@ -186,6 +187,65 @@ def test_train_tiny_model_resumes_and_records_hashes(datasets: Path, tmp_path: P
         train(data, out, val=val, settings=other, cache=tmp_path / "cache", log=log)
 
 
+def test_the_calibration_is_measured_per_window_length(datasets: Path, tmp_path: Path) -> None:
+    # In-sync speakers read differently in 2 s and 5 s windows (lipsync-v2: -36 and -49 ms), so
+    # training stores both and the plugin subtracts the one for the span it scans.
+    data = [datasets / "grid-s1" / "bbaf2n.mp4"]
+    val = [datasets / "crema-d" / "1001_DFA_ANG_XX.mp4", datasets / "pc-avs" / "00002.mp4"]
+    out, cache = tmp_path / "tiny.pt", tmp_path / "cache"
+    settings = TrainSettings(epochs=1, batch=4, steps_per_epoch=1, hidden=16, members=1)
+    train(data, out, val=val, settings=settings, cache=cache, log=io.StringIO())
+    ckpt = read_checkpoint(out)
+    (record,) = ckpt["history"]
+    # The 2.3 s clip gives 2 s windows only; the 5.04 s one both.
+    assert ckpt["calibration_by_window_ms"] == [
+        [2.0, ckpt["calibration_ms"]],
+        [5.0, record["val_bias_ms_5s"]],
+    ]
+    plugin = LipSyncFactory.create(LipSyncConfig(weights=out), "cpu")
+    assert plugin.calibration_for(5.0) == pytest.approx(record["val_bias_ms_5s"])
+    # A checkpoint written before training measured the table gets it from the same clips.
+    old = tmp_path / "old.pt"
+    torch.save({k: v for k, v in ckpt.items() if k != "calibration_by_window_ms"}, old)
+    table = add_calibration_table(old, val, tmp_path / "new.pt", cache=cache)
+    assert np.allclose(table, ckpt["calibration_by_window_ms"], atol=1e-3)
+    assert read_checkpoint(tmp_path / "new.pt")["calibration_by_window_ms"] == table
+    # ... and only from them, measured as its calibration_ms was.
+    with pytest.raises(ClipError, match="validated on"):
+        add_calibration_table(old, val[:1], tmp_path / "new.pt", cache=cache)
+    torch.save({**ckpt, "calibration_ms": ckpt["calibration_ms"] + 5.0}, old)
+    with pytest.raises(CheckpointError, match="measured another way"):
+        add_calibration_table(old, val, tmp_path / "new.pt", cache=cache)
+
+
+def test_the_offset_subtracts_the_calibration_for_the_scanned_span() -> None:
+    table = ((2.0, -36.0), (5.0, -48.0))
+    stored = {"calibration_ms": -36.0, "calibration_by_window_ms": table}
+    plugin = LipSyncPlugin(LipSyncConfig(), model=None, device="cpu", checkpoint=stored)
+    # Linear between the measured lengths, the nearest one's outside them.
+    for seconds, expected in [(1.0, -36.0), (2.0, -36.0), (3.5, -42.0), (5.0, -48.0), (9, -48.0)]:
+        assert plugin.calibration_for(seconds) == pytest.approx(expected)
+
+    def offset(p: LipSyncPlugin, slots: int) -> float | None:
+        # A face read at exactly 0 ms over a scan of ``slots`` slots (40 ms each).
+        item = BatchItem(
+            _faceless_windows(1)[0], _StreamLag(), Inputs({FACE_TRACKS: FaceTracks(())})
+        )
+        face = _scan({50: 0.2}, peak_at=50, slots=slots)
+        return p._result(item, [(_job(1, slots), face)], silent=False).offset.audio_lead_ms
+
+    assert offset(plugin, 50) == pytest.approx(36.0)
+    assert offset(plugin, 125) == pytest.approx(48.0)
+    # The config's calibration_ms is one figure for every length; without a table, so is the
+    # checkpoint's.
+    configured = LipSyncPlugin(
+        LipSyncConfig(calibration_ms=-10.0), model=None, device="cpu", checkpoint=stored
+    )
+    assert offset(configured, 125) == pytest.approx(10.0)
+    older = LipSyncPlugin(LipSyncConfig(), None, "cpu", checkpoint={"calibration_ms": -36.0})
+    assert offset(older, 125) == pytest.approx(36.0)
+
+
 class _StopAt(io.StringIO):
     """A log that interrupts the run when a line containing ``marker`` is written."""
 
@@ -307,6 +367,10 @@ def test_train_ends_with_its_figures_in_words() -> None:
         "and +200 ms): 66.7% within 40 ms, median error 11.1 ms; in-sync clips read -11.1 ms, "
         "which the plugin subtracts (100.0% within 40 ms after it)"
     )
+    longer = {**record, "val_bias_ms_5s": -20.04}
+    assert summary(Path("t.pt"), 2, longer).endswith(
+        "(100.0% within 40 ms after it), and -20.0 ms in 5 s windows"
+    )
     speakers = {
         **record,
         "val_speaker_threshold": 0.0461,
@@ -336,6 +400,11 @@ def test_shipped_weights_load_with_their_card() -> None:
     # Its own speaker thresholds and calibration, measured on its validation speakers.
     assert 0.0 <= ckpt["speaker_release_threshold"] <= ckpt["speaker_threshold"] < 1.0
     assert ckpt["calibration_ms"] == ckpt["metrics"]["bias_ms"]
+    # ... in the daemon's 2 s windows and in 5 s ones (benchmarks/lipsync_calibration.py).
+    assert ckpt["calibration_by_window_ms"] == [
+        [2.0, ckpt["calibration_ms"]],
+        [5.0, ckpt["metrics"]["bias_ms_5s"]],
+    ]
     # Shipped without the optimiser and RNG states (weights only: a few MB).
     assert "optimizer" not in ckpt
     assert SHIPPED_WEIGHTS.stat().st_size < 5_000_000
@@ -385,6 +454,10 @@ def test_bad_weights_are_a_clear_error(tmp_path: Path) -> None:
     for key, value in [("speaker_threshold", math.nan), ("calibration_ms", "late")]:
         torch.save({**shipped, key: value}, bad)
         with pytest.raises(CheckpointError, match=f"{key} is .*expected a number"):
+            LipSyncFactory.create(LipSyncConfig(weights=bad), "cpu")
+    for table in ([[5.0, -49.0], [2.0, -36.0]], [[2.0, "late"]], [[0.0, 1.0]], "x"):
+        torch.save({**shipped, "calibration_by_window_ms": table}, bad)
+        with pytest.raises(CheckpointError, match=r"calibration_by_window_ms is .*seconds > 0"):
             LipSyncFactory.create(LipSyncConfig(weights=bad), "cpu")
     small = SyncNet(hidden=8).state_dict()
     torch.save({**shipped, "members": [*shipped["members"][:-1], small]}, bad)

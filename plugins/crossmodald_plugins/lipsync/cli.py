@@ -133,6 +133,8 @@ def summary(out: Path, epoch: int, record: Mapping[str, float]) -> str:
             f"{record['val_bias_ms']:+.1f} ms, which the plugin subtracts "
             f"({record['val_within_40ms_calibrated']:.1%} within 40 ms after it)"
         )
+        if "val_bias_ms_5s" in record:
+            line += f", and {record['val_bias_ms_5s']:+.1f} ms in 5 s windows"
     elif "loss" in record:
         line += "; no validation clips (--val)"
     if "val_speaker_threshold" in record:

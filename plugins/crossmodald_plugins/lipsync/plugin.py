@@ -21,6 +21,7 @@ the face's lips against the window's audio at every 10 ms lag within +/- ``max_l
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -207,8 +208,9 @@ class LipSyncPlugin:
         device: str,
         checkpoint: Mapping[str, Any] | None = None,
     ) -> None:
-        """``checkpoint``: the weights' stored figures (``calibration_ms``, the speaker
-        thresholds); the config's values, where set, win over them."""
+        """``checkpoint``: the weights' stored figures (``calibration_ms`` and
+        ``calibration_by_window_ms``, the speaker thresholds); the config's values, where set,
+        win over them."""
         import torch
 
         stored = checkpoint or {}
@@ -218,6 +220,12 @@ class LipSyncPlugin:
 
         self.config = config
         self.calibration_ms = pick(config.calibration_ms, "calibration_ms", 0.0)
+        #: What in-sync content reads by scan length (seconds, ms), ascending; empty: one
+        #: calibration for every length (set in the config, or a checkpoint without the table).
+        table = stored.get("calibration_by_window_ms", ()) if config.calibration_ms is None else ()
+        self.calibration_table: tuple[tuple[float, float], ...] = tuple(
+            (float(seconds), float(ms)) for seconds, ms in table
+        )
         self.speaker_threshold = pick(
             config.speaker_threshold, "speaker_threshold", DEFAULT_SPEAKER_THRESHOLD
         )
@@ -234,6 +242,15 @@ class LipSyncPlugin:
         self.device = torch.device(device)
         self.method = METHOD
         self._speaker_config = config.speaker_config(self.speaker_threshold)
+
+    def calibration_for(self, span_s: float) -> float:
+        """What in-sync content reads in a scan of ``span_s`` seconds (subtracted from the
+        offset): the checkpoint's reading at that length, linear between the lengths it was
+        measured at and the nearest one's outside them; ``calibration_ms`` without a table."""
+        if not self.calibration_table:
+            return self.calibration_ms
+        seconds, ms = zip(*self.calibration_table, strict=True)
+        return float(np.interp(span_s, seconds, ms))
 
     def check_stream(self, stream: StreamInfo) -> str | None:
         if not stream.has_video:
@@ -372,8 +389,9 @@ class LipSyncPlugin:
         # the next window's middle. Until three confident windows agree on a lag there is none
         # to trust (an unconfident scan's best lag is noise over +/-max_lag_ms, and one or two
         # confident ones on a short clip as likely another face's): faces are judged where
-        # in-sync content reads (the calibration).
-        in_sync = int(np.argmin(np.abs(res.lags_ms - self.calibration_ms)))
+        # in-sync content reads (the calibration, for a scan as long as this one).
+        calibration = self.calibration_for(len(job.slot_pts) * SLOT_NS / NS_PER_S)
+        in_sync = int(np.argmin(np.abs(res.lags_ms - calibration)))
         at = item.state.lag(in_sync)
         speaking = not silent and self.config.speakers
         faces = []
@@ -398,7 +416,7 @@ class LipSyncPlugin:
             confidence, reason = 0.0, "silent audio"
         elif confidence == 0.0:
             reason = "no visible face is talking (lips do not follow the sound)"
-        lead = res.lead_ms - self.calibration_ms
+        lead = res.lead_ms - calibration
         offset = AvSyncResult(round(lead, 1), confidence, METHOD, middle, reason=reason)
         return LipSyncResult(offset, tuple(faces), ended, job.track_id)
 
@@ -504,4 +522,29 @@ class LipSyncFactory:
                     f"from {low:g} to {high:g}"
                 )
             figures[key] = float(value)
-        return LipSyncPlugin(config, model, device, figures)
+        return LipSyncPlugin(config, model, device, {**figures, **_calibration_table(path, stored)})
+
+
+def _calibration_table(path: Path, stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint's ``calibration_by_window_ms`` (``[[seconds, ms], ...]``), checked: as
+    :meth:`LipSyncPlugin.calibration_for` reads it, or no key when the checkpoint has none."""
+    from .model import CheckpointError
+
+    table = stored.get("calibration_by_window_ms")
+    if table is None:
+        return {}
+    ok = isinstance(table, list | tuple) and all(
+        isinstance(row, list | tuple)
+        and len(row) == 2
+        and all(isinstance(v, int | float) and math.isfinite(v) for v in row)
+        and row[0] > 0
+        and -1000.0 <= row[1] <= 1000.0
+        for row in table
+    )
+    seconds = [row[0] for row in table] if ok else []
+    if not ok or seconds != sorted(set(seconds)):
+        raise CheckpointError(
+            f"lipsync weights {path}: calibration_by_window_ms is {table!r}, expected "
+            "[[seconds, ms], ...] with seconds > 0 ascending and ms from -1000 to 1000"
+        )
+    return {"calibration_by_window_ms": tuple((float(s), float(ms)) for s, ms in table)}

@@ -23,7 +23,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
@@ -41,6 +41,7 @@ from .model import (
     SyncEnsemble,
     SyncModel,
     SyncNet,
+    load_model,
     members_from,
     read_checkpoint,
     save_checkpoint,
@@ -54,6 +55,11 @@ VAL_STEP = 25
 VAL_SHIFTS = (-5, 0, 5)
 VAL_TOLERANCE_MS = 40.0
 VAL_MAX_LAG_MS = 400
+#: Window lengths (slots) whose in-sync reading is measured for the calibration: the daemon's
+#: 2 s windows and 5 s ones. A model reads in-sync speakers differently in longer windows
+#: (lipsync-v2 on its validation speakers: -36 ms in 2 s windows, -49 ms in 5 s), so the
+#: checkpoint stores each and the plugin interpolates for the span it scans.
+CALIBRATION_SLOTS = (VAL_SLOTS, 125)
 
 
 def _prepare(clip: ClipFeatures) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -106,7 +112,9 @@ def validate(model: SyncModel, clips: Sequence[ClipFeatures], device: str) -> di
     Returns the share within 40 ms and the median error, raw and after removing the median
     offset the model reads on the unshifted windows (``bias_ms``: the lip-to-sound timing the
     training speakers taught it that these speakers do not share; the checkpoint stores it as
-    ``calibration_ms`` and the plugin subtracts it). With two clips or more, also the plugin's
+    ``calibration_ms`` and the plugin subtracts it), and the same in 5 s windows (``bias_ms_5s``,
+    from clips that long: a longer scan reads in-sync speakers differently; the checkpoint's
+    ``calibration_by_window_ms`` holds both). With two clips or more, also the plugin's
     speaker thresholds for this model (:mod:`.agreement`: ``speaker_threshold`` and
     ``speaker_release_threshold``, stored in the checkpoint under those names) and how often a
     face with its own audio agrees better than a face with another clip's audio at the same
@@ -114,7 +122,6 @@ def validate(model: SyncModel, clips: Sequence[ClipFeatures], device: str) -> di
     """
     model.eval()
     errors: list[float] = []
-    at_zero: list[float] = []
     for clip in clips:
         lips_all, mel_all = _prepare(clip)
         n = len(lips_all)
@@ -130,8 +137,7 @@ def validate(model: SyncModel, clips: Sequence[ClipFeatures], device: str) -> di
                     VAL_MAX_LAG_MS,
                 )
                 errors.append(res.lead_ms - d * 40.0)
-                if d == 0:
-                    at_zero.append(res.lead_ms)
+    in_sync = {slots: in_sync_reading(model, clips, device, slots) for slots in CALIBRATION_SLOTS}
     speaker: dict[str, float] = {}
     agreements = agreement.measure(model, clips, device=device)
     thresholds = agreement.speaker_thresholds(agreements)
@@ -145,15 +151,108 @@ def validate(model: SyncModel, clips: Sequence[ClipFeatures], device: str) -> di
     if not errors:
         return {"windows": 0.0, "within_40ms": 0.0, "median_abs_error_ms": math.nan, **speaker}
     err = np.array(errors)
-    bias = float(np.median(at_zero)) if at_zero else 0.0
+    bias = in_sync[VAL_SLOTS]
+    assert bias is not None  # every clip that gave a shifted window gave an unshifted one
+    longer = {
+        _bias_key(slots): value
+        for slots, value in in_sync.items()
+        if slots != VAL_SLOTS and value is not None
+    }
     return {
         "windows": float(len(err)),
         "within_40ms": float(np.mean(np.abs(err) <= VAL_TOLERANCE_MS)),
         "median_abs_error_ms": float(np.median(np.abs(err))),
         "bias_ms": bias,
+        **longer,
         "within_40ms_calibrated": float(np.mean(np.abs(err - bias) <= VAL_TOLERANCE_MS)),
         **speaker,
     }
+
+
+def in_sync_reading(
+    model: SyncModel, clips: Sequence[ClipFeatures], device: str, slots: int
+) -> float | None:
+    """The median offset the model reads on windows of ``slots`` slots (every
+    :data:`VAL_STEP`) of in-sync ``clips``, scanned over +/- :data:`VAL_MAX_LAG_MS`: what the
+    plugin subtracts for spans of that length (None: no clip is that long)."""
+    was_training = model.training
+    model.eval()
+    leads: list[float] = []
+    for clip in clips:
+        lips_all, mel_all = _prepare(clip)
+        for s in range(0, len(lips_all) - slots + 1, VAL_STEP):
+            lips = standardise_lips(lips_all[s : s + slots])
+            a0 = s * STEPS_PER_SLOT
+            mel = standardise_audio(mel_all[a0 : a0 + slots * STEPS_PER_SLOT])
+            (res,) = scan(
+                model,
+                torch.from_numpy(lips[None]).to(device),
+                torch.from_numpy(mel[None]).to(device),
+                VAL_MAX_LAG_MS,
+            )
+            leads.append(res.lead_ms)
+    model.train(was_training)
+    return float(np.median(leads)) if leads else None
+
+
+def _bias_key(slots: int) -> str:
+    """The figure of the in-sync reading in windows of ``slots``: ``bias_ms`` (2 s, the
+    validation's windows) or ``bias_ms_5s``."""
+    return "bias_ms" if slots == VAL_SLOTS else f"bias_ms_{slots * 40 // 1000}s"
+
+
+def calibration_table(metrics: Mapping[str, float]) -> list[list[float]]:
+    """``[[seconds, ms], ...]`` by window length from :func:`validate`'s figures (the
+    checkpoint's ``calibration_by_window_ms``; empty without validation)."""
+    table = []
+    for slots in CALIBRATION_SLOTS:
+        key = _bias_key(slots)
+        if key in metrics:
+            table.append([slots * 40 / 1000, float(metrics[key])])
+    return table
+
+
+def add_calibration_table(
+    path: Path, val: Sequence[Path], out: Path, *, device: str = "cpu", cache: Path | None = None
+) -> list[list[float]]:
+    """Write ``out``: the checkpoint ``path`` with ``calibration_by_window_ms``, for one written
+    before training measured the table. The longer windows' readings are measured on its own
+    validation clips ``val`` (the same files as its ``val_data``); the 2 s entry is its stored
+    ``calibration_ms``, which the same protocol must reproduce within 1 ms (a check that the
+    clips and the protocol are those it was measured with). Returns the table.
+
+    Raises:
+        ClipError: ``val`` are not the checkpoint's validation clips.
+        CheckpointError: ``path`` is not a checkpoint, or its 2 s reading is not reproduced.
+    """
+    stored = read_checkpoint(path)
+    clips, skipped = extract_all(find_clips(val), cache)
+    mine = sorted(c.sha256 for c in clips)
+    theirs = sorted(d["sha256"] for d in stored.get("val_data", []))
+    if skipped or not clips or mine != theirs:
+        raise ClipError(
+            f"{len(clips)} clips given ({len(skipped)} skipped), {len(theirs)} validation clips "
+            f"in {path}: the table is measured on the clips the checkpoint was validated on"
+        )
+    model = load_model(path, device, stored)
+    calibration = float(stored.get("calibration_ms", math.nan))
+    metrics: dict[str, float] = {"bias_ms": calibration}
+    for slots in CALIBRATION_SLOTS:
+        value = in_sync_reading(model, clips, device, slots)
+        if slots == VAL_SLOTS and (value is None or not abs(value - calibration) <= 1.0):
+            raise CheckpointError(
+                f"{path}: in-sync clips read {value} ms in 2 s windows, the checkpoint "
+                f"stores {stored.get('calibration_ms')!r}: measured another way"
+            )
+        if slots != VAL_SLOTS and value is not None:
+            metrics[_bias_key(slots)] = value
+    table = calibration_table(metrics)
+    stored["calibration_by_window_ms"] = table
+    stored["metrics"] = {**stored.get("metrics", {}), **metrics}
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(stored, tmp)
+    tmp.replace(out)
+    return table
 
 
 class _Bar:
@@ -394,6 +493,7 @@ class _Run:
                 "members": list(self.finished),
                 "metrics": metrics,
                 "calibration_ms": float(metrics.get("bias_ms", 0.0)),
+                "calibration_by_window_ms": calibration_table(metrics),
                 # The plugin's speaker thresholds for this model (none without two val clips).
                 **{
                     key: float(metrics[key])
