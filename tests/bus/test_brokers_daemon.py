@@ -17,6 +17,7 @@ from brokerkit import BrokerProcess, mosquitto_binary, nats_binary
 
 from crossmodald.service.config import load_config_text
 from crossmodald.service.daemon import Daemon
+from pollkit import until
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (pip install -e '.[test]')")
 aiomqtt = pytest.importorskip(
@@ -113,20 +114,15 @@ async def test_daemon_sinks_through_a_nats_outage(
     def offsets() -> int:
         return sum(1 for e in lines(jsonl) if e["type"] == "sync.offset") if jsonl.exists() else 0
 
-    async def until(check: Any, timeout_s: float = 20) -> None:
-        async with asyncio.timeout(timeout_s):
-            while not check():  # noqa: ASYNC110 - watching files and counters
-                await asyncio.sleep(0.05)
-
     try:
-        await until(lambda: offsets() >= 2, 60)
+        await until(lambda: offsets() >= 2, 60, "two offsets in the JSONL file")
         stats = {s["sink"]: s for s in daemon.sink_stats()}
         assert stats[nats_id]["connected"]
         assert stats[mqtt_id]["connected"]
         nats_server.stop()  # SIGKILL
         before = offsets()
         mqtt_before = {s["sink"]: s for s in daemon.sink_stats()}[mqtt_id]["written"]
-        await until(lambda: offsets() >= before + 3)  # the JSONL sink goes on
+        await until(lambda: offsets() >= before + 3, 20, "the JSONL sink going on")
         url = f"http://127.0.0.1:{daemon.api_port}/metrics"
         async with aiohttp.ClientSession() as session, session.get(url) as resp:
             text = await resp.text()
@@ -139,8 +135,14 @@ async def test_daemon_sinks_through_a_nats_outage(
         assert "crossmodald_sink_connected{sink=" + json.dumps(str(jsonl)) not in text
         assert "dropped_unconfirmed_total{sink=" + json.dumps(str(jsonl)) not in text
         nats_server.start()
-        await until(lambda: any(e["type"] == "sink.fault" for e in lines(jsonl)))
-        await until(lambda: {s["sink"]: s for s in daemon.sink_stats()}[nats_id]["buffered"] == 0)
+        await until(
+            lambda: any(e["type"] == "sink.fault" for e in lines(jsonl)), 20, "a sink.fault"
+        )
+        await until(
+            lambda: {s["sink"]: s for s in daemon.sink_stats()}[nats_id]["buffered"] == 0,
+            20,
+            "the NATS sink's buffer sent",
+        )
         # A reload that changes the NATS sink: the old one delivers what it took, the new one
         # goes on from the next event (its identity is unchanged: same server and daemon).
         changed = load_config_text(
@@ -153,7 +155,7 @@ async def test_daemon_sinks_through_a_nats_outage(
         assert result.diff is not None
         assert result.diff.sinks_changed == (nats_id,)
         after_reload = offsets()
-        await until(lambda: offsets() >= after_reload + 2)
+        await until(lambda: offsets() >= after_reload + 2, 20, "offsets after the reload")
     finally:
         stop.set()
         assert await asyncio.wait_for(task, 30) == 0

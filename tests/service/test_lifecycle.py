@@ -6,18 +6,11 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
 
 from crossmodald.service.lifecycle import SECOND_SIGNAL_BASE, Signals, run_stage, run_stage_call
-
-
-async def _until(predicate: Callable[[], object], timeout_s: float = 2.0) -> None:
-    # Polling on purpose: the signal handlers under test know nothing of the test's events.
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
+from pollkit import until
 
 
 async def test_stop_then_second_signal_exits_at_once() -> None:
@@ -32,7 +25,7 @@ async def test_stop_then_second_signal_exits_at_once() -> None:
         assert stopping == [True]
         assert exits == []
         os.kill(os.getpid(), signal.SIGINT)
-        await _until(lambda: exits)
+        await until(lambda: exits, 2.0, "the exit", poll_s=0.005)
         assert exits == [SECOND_SIGNAL_BASE + signal.SIGINT]
         assert stopping == [True]  # on_stop only once
     finally:
@@ -58,14 +51,14 @@ async def test_sighup_reloads_and_never_overlaps() -> None:
     signals.install()
     try:
         os.kill(os.getpid(), signal.SIGHUP)
-        await _until(lambda: len(calls) == 1)
+        await until(lambda: len(calls) == 1, 2.0, "the first reload", poll_s=0.005)
         # Three more while the first runs: they fold into exactly one more reload.
         for _ in range(3):
             os.kill(os.getpid(), signal.SIGHUP)
         await asyncio.sleep(0.05)
         assert len(calls) == 1
         gate.set()
-        await _until(lambda: len(calls) == 2)
+        await until(lambda: len(calls) == 2, 2.0, "the second reload", poll_s=0.005)
         await signals.wait_reload()
         assert len(calls) == 2
         assert most_at_once == 1
