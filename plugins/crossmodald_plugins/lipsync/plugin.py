@@ -78,8 +78,9 @@ class LipSyncConfig(PluginConfig):
     type: str = "lipsync"
     #: A checkpoint of ``crossmodald train lipsync``; None: the shipped weights.
     weights: Path | None = None
-    #: Subtracted from every offset the model reads (ms); None: the checkpoint's
-    #: ``calibration_ms`` (its median reading on in-sync clips of held-out speakers).
+    #: Subtracted from every offset the model reads (ms), whatever the scan's length; None: the
+    #: checkpoint's median reading on in-sync clips of held-out speakers for a scan as long as
+    #: the face's (``calibration_by_window_ms``; without that table, ``calibration_ms``).
     calibration_ms: float | None = Field(None, ge=-1000.0, le=1000.0)
     #: Offsets searched, ms either side.
     max_lag_ms: int = Field(500, ge=40, le=1500)
