@@ -9,6 +9,7 @@ this runs: each clip with the next one (the last with the first), every figure p
 all, and ``--set KEY=VALUE`` to try a ``lipsync`` setting.
 
     python benchmarks/lipsync_two_faces.py CLIPS... [--set KEY=VALUE ...] [--max-seconds S]
+        [--window S --hop S]
 
 CLIPS: files or folders (e.g. the seven PC-AVS clips named in
 crossmodald_plugins/lipsync/weights/lipsync-v2.data.json under ``val_data``).
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("clips", type=Path, nargs="+")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--max-seconds", type=float, default=None)
+    parser.add_argument("--window", type=float, default=2.0, help="window length, s")
+    parser.add_argument("--hop", type=float, default=0.5, help="window hop, s")
     args = parser.parse_args()
     clips = find_clips(args.clips)
     if len(clips) < 2:
@@ -71,12 +74,21 @@ def main() -> None:
         if len(clips) == 2 and i == 1:
             break  # two clips: one pair (both voices are played in each)
         m = evaluate_speaker(
-            left, right, plugin="lipsync", overrides=overrides, max_seconds=args.max_seconds
+            left,
+            right,
+            plugin="lipsync",
+            overrides=overrides,
+            length_s=args.window,
+            hop_s=args.hop,
+            max_seconds=args.max_seconds,
         )
         total += m
         print(row(f"{left.stem} | {right.stem}", m), flush=True)
     print(row("all", total))
-    print(f"({time.monotonic() - started:.0f} s; settings {overrides or 'as shipped'})")
+    print(
+        f"({time.monotonic() - started:.0f} s; {args.window:g} s windows every {args.hop:g} s; "
+        f"settings {overrides or 'as shipped'})"
+    )
 
 
 if __name__ == "__main__":
