@@ -38,6 +38,7 @@ from .features import STEPS_PER_SLOT, standardise_audio, standardise_lips, warp_
 from .landmarks import lip_features
 from .model import (
     CheckpointError,
+    LagScan,
     SyncEnsemble,
     SyncModel,
     SyncNet,
@@ -127,15 +128,7 @@ def validate(model: SyncModel, clips: Sequence[ClipFeatures], device: str) -> di
         n = len(lips_all)
         for d in VAL_SHIFTS:
             for s in range(max(0, -d), n - VAL_SLOTS - max(0, d) + 1, VAL_STEP):
-                lips = standardise_lips(lips_all[s : s + VAL_SLOTS])
-                a0 = (s + d) * STEPS_PER_SLOT
-                mel = standardise_audio(mel_all[a0 : a0 + VAL_SLOTS * STEPS_PER_SLOT])
-                (res,) = scan(
-                    model,
-                    torch.from_numpy(lips[None]).to(device),
-                    torch.from_numpy(mel[None]).to(device),
-                    VAL_MAX_LAG_MS,
-                )
+                res = _scan_window(model, lips_all, mel_all, s, d, VAL_SLOTS, device)
                 errors.append(res.lead_ms - d * 40.0)
     in_sync = {slots: in_sync_reading(model, clips, device, slots) for slots in CALIBRATION_SLOTS}
     speaker: dict[str, float] = {}
@@ -169,6 +162,29 @@ def validate(model: SyncModel, clips: Sequence[ClipFeatures], device: str) -> di
     }
 
 
+def _scan_window(
+    model: SyncModel,
+    lips_all: npt.NDArray[np.float32],
+    mel_all: npt.NDArray[np.float32],
+    start: int,
+    shift: int,
+    slots: int,
+    device: str,
+) -> LagScan:
+    """The scan of ``slots`` slots of a clip's lip features from ``start`` against its audio
+    ``shift`` slots later (the audio ``shift`` x 40 ms late), over +/- :data:`VAL_MAX_LAG_MS`."""
+    lips = standardise_lips(lips_all[start : start + slots])
+    a0 = (start + shift) * STEPS_PER_SLOT
+    mel = standardise_audio(mel_all[a0 : a0 + slots * STEPS_PER_SLOT])
+    (res,) = scan(
+        model,
+        torch.from_numpy(lips[None]).to(device),
+        torch.from_numpy(mel[None]).to(device),
+        VAL_MAX_LAG_MS,
+    )
+    return res
+
+
 def in_sync_reading(
     model: SyncModel, clips: Sequence[ClipFeatures], device: str, slots: int
 ) -> float | None:
@@ -181,16 +197,7 @@ def in_sync_reading(
     for clip in clips:
         lips_all, mel_all = _prepare(clip)
         for s in range(0, len(lips_all) - slots + 1, VAL_STEP):
-            lips = standardise_lips(lips_all[s : s + slots])
-            a0 = s * STEPS_PER_SLOT
-            mel = standardise_audio(mel_all[a0 : a0 + slots * STEPS_PER_SLOT])
-            (res,) = scan(
-                model,
-                torch.from_numpy(lips[None]).to(device),
-                torch.from_numpy(mel[None]).to(device),
-                VAL_MAX_LAG_MS,
-            )
-            leads.append(res.lead_ms)
+            leads.append(_scan_window(model, lips_all, mel_all, s, 0, slots, device).lead_ms)
     model.train(was_training)
     return float(np.median(leads)) if leads else None
 
