@@ -26,6 +26,7 @@ file)::
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ import torch
 from crossmodald_plugins.lipsync.data import extract_all, find_clips
 from crossmodald_plugins.lipsync.model import load_model, read_checkpoint
 from crossmodald_plugins.lipsync.plugin import SHIPPED_WEIGHTS
-from crossmodald_plugins.lipsync.train import add_calibration_table, in_sync_reading
+from crossmodald_plugins.lipsync.train import add_calibration_table, in_sync_leads
 
 
 def main() -> None:
@@ -55,10 +56,10 @@ def main() -> None:
     print(f"{'window':>7} {'median ms':>10}  per clip (ms; - : shorter than the window)")
     for seconds in args.seconds:
         slots = round(seconds * 25)
-        each = [in_sync_reading(model, [clip], "cpu", slots) for clip in clips]
-        overall = in_sync_reading(model, clips, "cpu", slots)
-        shown = " ".join("-" if v is None else f"{v:+.1f}" for v in each)
-        median = "-" if overall is None else f"{overall:+.1f}"
+        each = [in_sync_leads(model, [clip], "cpu", slots) for clip in clips]
+        every = [lead for leads in each for lead in leads]
+        shown = " ".join(f"{statistics.median(v):+.1f}" if v else "-" for v in each)
+        median = f"{statistics.median(every):+.1f}" if every else "-"
         print(f"{seconds:>6.1f}s {median:>10}  {shown}", flush=True)
     if args.write is not None:
         table = add_calibration_table(args.weights, args.clips, args.write, cache=args.cache)
