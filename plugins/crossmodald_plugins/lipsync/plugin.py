@@ -70,6 +70,8 @@ SILENCE_LOG_ENERGY = -9.0
 #: them): lipsync-v1's, measured on its validation speakers the same way (0.046 and -0.001).
 DEFAULT_SPEAKER_THRESHOLD = 0.045
 DEFAULT_SPEAKER_RELEASE = 0.0
+#: A calibration (configured, or stored in a checkpoint) lies within +/- this many ms.
+CALIBRATION_LIMIT_MS = 1000.0
 
 
 class LipSyncConfig(PluginConfig):
@@ -81,7 +83,7 @@ class LipSyncConfig(PluginConfig):
     #: Subtracted from every offset the model reads (ms), whatever the scan's length; None: the
     #: checkpoint's median reading on in-sync clips of held-out speakers for a scan as long as
     #: the face's (``calibration_by_window_ms``; without that table, ``calibration_ms``).
-    calibration_ms: float | None = Field(None, ge=-1000.0, le=1000.0)
+    calibration_ms: float | None = Field(None, ge=-CALIBRATION_LIMIT_MS, le=CALIBRATION_LIMIT_MS)
     #: Offsets searched, ms either side.
     max_lag_ms: int = Field(500, ge=40, le=1500)
     #: Peak prominence ((peak - median) / std of the lag curve) that gives confidence 0 ...
@@ -509,7 +511,7 @@ class LipSyncFactory:
         figures: dict[str, float] = {}
         # What the config would accept for the same keys (a hand-edited file says so here).
         limits = {
-            "calibration_ms": (-1000.0, 1000.0),
+            "calibration_ms": (-CALIBRATION_LIMIT_MS, CALIBRATION_LIMIT_MS),
             "speaker_threshold": (-1.0, 1.0),
             "speaker_release_threshold": (-1.0, 1.0),
         }
@@ -539,13 +541,14 @@ def _calibration_table(path: Path, stored: Mapping[str, Any]) -> dict[str, Any]:
         and len(row) == 2
         and all(isinstance(v, int | float) and math.isfinite(v) for v in row)
         and row[0] > 0
-        and -1000.0 <= row[1] <= 1000.0
+        and abs(row[1]) <= CALIBRATION_LIMIT_MS
         for row in table
     )
     seconds = [row[0] for row in table] if ok else []
     if not ok or seconds != sorted(set(seconds)):
         raise CheckpointError(
             f"lipsync weights {path}: calibration_by_window_ms is {table!r}, expected "
-            "[[seconds, ms], ...] with seconds > 0 ascending and ms from -1000 to 1000"
+            f"[[seconds, ms], ...] with seconds > 0 ascending and ms from "
+            f"{-CALIBRATION_LIMIT_MS:g} to {CALIBRATION_LIMIT_MS:g}"
         )
     return {"calibration_by_window_ms": tuple((float(s), float(ms)) for s, ms in table)}
