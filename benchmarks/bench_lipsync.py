@@ -1,7 +1,8 @@
 """Benchmark of the lipsync plugin's work: the lag scan per batch size, and Face Mesh per frame.
 
-The scan: one 2 s window (50 slots) per face, +/-500 ms of lags, through the shipped weights
-(random inputs: the cost does not depend on the values). Face Mesh: the lip landmarks of one
+The scan: one face over 2 s (50 slots) and over the plugin's default span (``scan_s``, 5 s: 125
+slots), +/-500 ms of lags, through the shipped weights (random inputs: the cost does not depend
+on the values). Face Mesh: the lip landmarks of one
 face per frame (a real clip from ../shared/media when present, else a grey picture, which costs
 the detector pass on every frame: an upper bound).
 
@@ -11,10 +12,10 @@ the detector pass on every frame: an upper bound).
 Where mediapipe is not installed (a GPU machine with only torch, say) the scan figures are
 printed and Face Mesh is reported as skipped.
 
-Prints windows per second per batch size, Face Mesh ms per frame, and for one stream with one
-face (2 s windows every 0.5 s: one scan and 12.5 new frames per window) the real-time factor
-(media seconds per second of compute; > 1 is faster than real time) and how many faces fit in
-real time.
+Prints scans per second per batch size and span, Face Mesh ms per frame, and for one stream with
+one face (windows every 0.5 s: one scan, over 2 s and over the default span, and 12.5 new
+frames per window) the real-time factor (media seconds per second of compute; > 1 is faster than
+real time) and how many faces fit in real time.
 """
 
 from __future__ import annotations
@@ -35,16 +36,16 @@ from crossmodald_plugins.lipsync.landmarks import (
     crop_rect,
 )
 from crossmodald_plugins.lipsync.model import SyncNet, load_model, scan
-from crossmodald_plugins.lipsync.plugin import SHIPPED_WEIGHTS
+from crossmodald_plugins.lipsync.plugin import SHIPPED_WEIGHTS, LipSyncConfig
 from crossmodald_plugins.lipsync.settings import TrainSettings
 
 CLIP = Path(__file__).resolve().parents[2] / "shared" / "media" / "talkinghead_hdtf_aoc_25fps.mp4"
 
 
-def scan_rate(device: str, batch: int, repeats: int) -> float:
+def scan_rate(device: str, batch: int, repeats: int, slots: int) -> float:
     model = load_model(SHIPPED_WEIGHTS, device)
-    lips = torch.randn(batch, 50, FEATURE_DIM, device=device)
-    mel = torch.randn(batch, 50 * STEPS_PER_SLOT, N_MELS, device=device)
+    lips = torch.randn(batch, slots, FEATURE_DIM, device=device)
+    mel = torch.randn(batch, slots * STEPS_PER_SLOT, N_MELS, device=device)
     scan(model, lips, mel, 500)  # warm-up
     times = []
     for _ in range(repeats):
@@ -125,11 +126,18 @@ def main() -> None:
     print(
         f"device {args.device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
-    one = 0.0
+    span_s = LipSyncConfig().scan_s
+    one: dict[float, float] = {}
     for batch in args.batches:
-        rate = scan_rate(args.device, batch, args.repeats)
-        one = rate if batch == 1 else one
-        print(f"scan  batch {batch:>4}: {rate:8.1f} windows/s (2 s windows, +/-500 ms)")
+        rates = {
+            s: scan_rate(args.device, batch, args.repeats, round(s * 25)) for s in (2.0, span_s)
+        }
+        if batch == 1:
+            one = rates
+        print(
+            f"scan  batch {batch:>4}: {rates[2.0]:8.1f} scans/s over 2 s, {rates[span_s]:8.1f} "
+            f"over {span_s:g} s (+/-500 ms)"
+        )
     if args.train_steps:
         rate = train_rate(args.device, args.train_steps)
         batch = TrainSettings().batch
@@ -142,13 +150,15 @@ def main() -> None:
     print(f"Face Mesh: {ms:.1f} ms per frame ({what})")
     if not one:
         return
-    # One face, 2 s windows every 0.5 s: per window one scan and 12.5 new frames.
-    per_window_s = 1.0 / one + 12.5 * ms / 1000.0
-    factor = 0.5 / per_window_s
-    print(
-        f"one stream, one face: {per_window_s * 1000:.0f} ms of compute per 0.5 s of media "
-        f"= {factor:.1f}x real time; faces in real time ~{int(factor)}"
-    )
+    # One face, windows every 0.5 s: per window one scan and 12.5 new frames.
+    for seconds, rate in one.items():
+        per_window_s = 1.0 / rate + 12.5 * ms / 1000.0
+        factor = 0.5 / per_window_s
+        print(
+            f"one stream, one face ({seconds:g} s scans every 0.5 s): {per_window_s * 1000:.0f} "
+            f"ms of compute per 0.5 s of media = {factor:.1f}x real time; faces in real time "
+            f"~{int(factor)}"
+        )
 
 
 if __name__ == "__main__":

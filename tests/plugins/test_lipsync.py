@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 from mediakit import run_plugin
@@ -59,17 +60,28 @@ from crossmodald_plugins.lipsync.plugin import (
     LipSyncPlugin,
     LipSyncResult,
     _Job,
+    _Prepared,
     _StreamLag,
 )
 from crossmodald_plugins.lipsync.settings import TrainSettings
 from crossmodald_plugins.lipsync.train import add_calibration_table, train
-from crossmodald_plugins.products import FACE_TRACKS, FaceTracks
+from crossmodald_plugins.products import (
+    FACE_TRACKS,
+    LIP_POSES,
+    FaceTracks,
+    LipPoses,
+    TrackLips,
+)
 
 #: ../shared next to the checkout (datasets and media; tests that need it skip without it).
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 
 DATASETS = SHARED / "datasets"
 CLIP = "talkinghead_hdtf_aoc_25fps.mp4"
+#: How :meth:`LipSyncPlugin._result` reads a window with sound whose faces are judged, and a
+#: silent one.
+SOUND = _Prepared([], silent=False, judge=True)
+SILENT = _Prepared([], silent=True, judge=True)
 
 
 @pytest.fixture
@@ -232,7 +244,7 @@ def test_the_offset_subtracts_the_calibration_for_the_scanned_span() -> None:
             _faceless_windows(1)[0], _StreamLag(), Inputs({FACE_TRACKS: FaceTracks(())})
         )
         face = _scan({50: 0.2}, peak_at=50, slots=slots)
-        return p._result(item, [(_job(1, slots), face)], silent=False).offset.audio_lead_ms
+        return p._result(item, [(_job(1, slots), face)], SOUND).offset.audio_lead_ms
 
     assert offset(plugin, 50) == pytest.approx(36.0)
     assert offset(plugin, 125) == pytest.approx(48.0)
@@ -560,6 +572,9 @@ def test_a_streams_face_mesh_graphs_are_closed_when_it_ends(
         streams_at_once=1,
     )
     assert [e for e in result.events("b") if e.type == "sync.offset"]
+    # 3 s of stream never fill the 5 s scan span: the face is judged when the stream ends.
+    spans = [e for e in result.events("b") if e.type == "speaker"]
+    assert [e.phase for e in spans] == [Phase.START, Phase.END]
     # The factory's start-up check made and closed one; each stream's face track made one.
     assert len(opened) >= 3
     assert sorted(map(id, closed)) == sorted(map(id, opened))
@@ -708,7 +723,7 @@ def test_faces_are_judged_at_the_stream_lag_on_scored_slots_only() -> None:
     voiced.curve[[39, 41]] = 0.8  # a broader peak: less prominent than face 2's
     other = _scan({40: 0.01, 70: 0.5}, peak_at=70)
     assert other.prominence > voiced.prominence
-    result = plugin._result(item, [(_job(1), voiced), (_job(2), other)], silent=False)
+    result = plugin._result(item, [(_job(1), voiced), (_job(2), other)], SOUND)
     scores = {f.track_id: f for f in result.faces}
     assert len(scores[1].pts_ns) == len(scores[1].boxes) == len(scores[1].scores) == 24
     assert scores[1].pts_ns[0] == 13 * 40_000_000
@@ -720,12 +735,12 @@ def test_faces_are_judged_at_the_stream_lag_on_scored_slots_only() -> None:
     # Next window: each face's score is its mean over its windows with sound so far; a silent
     # window scores 0 and adds nothing; a face missing from a window starts anew.
     voiced2 = _scan({40: 0.1}, peak_at=40)
-    result = plugin._result(item, [(_job(1), voiced2), (_job(2), other)], silent=False)
+    result = plugin._result(item, [(_job(1), voiced2), (_job(2), other)], SOUND)
     assert np.allclose({f.track_id: f for f in result.faces}[1].scores, 0.2)
-    result = plugin._result(item, [(_job(1), voiced2)], silent=True)
+    result = plugin._result(item, [(_job(1), voiced2)], SILENT)
     assert np.allclose(result.faces[0].scores, 0.0)
     assert list(state.agreement) == [1]
-    result = plugin._result(item, [(_job(1), voiced2)], silent=False)
+    result = plugin._result(item, [(_job(1), voiced2)], SOUND)
     assert np.allclose(result.faces[0].scores, (0.3 + 0.1 + 0.1) / 3)
 
 
@@ -742,7 +757,7 @@ def test_before_any_confident_window_faces_are_judged_where_in_sync_content_read
     for face in (voiced, other):
         face.curve[:] = np.linspace(0.0, 1.0, len(face.curve))
     assert voiced.prominence < plugin.config.min_prominence
-    result = plugin._result(item, [(_job(1), voiced), (_job(2), other)], silent=False)
+    result = plugin._result(item, [(_job(1), voiced), (_job(2), other)], SOUND)
     assert result.offset.confidence == 0.0
     assert not state.recent
     scores = {f.track_id: float(f.scores[0]) for f in result.faces}
@@ -762,7 +777,7 @@ def test_a_weak_window_does_not_set_the_stream_lag() -> None:
         plugin = LipSyncPlugin(config, model=None, device="cpu")
         state = _StreamLag()
         item = BatchItem(_faceless_windows(1)[0], state, Inputs({FACE_TRACKS: FaceTracks(())}))
-        result = plugin._result(item, [(_job(1), scan)], silent=False)
+        result = plugin._result(item, [(_job(1), scan)], SOUND)
         assert 0.3 < result.offset.confidence < 0.6
         assert list(state.recent) == ([80] if joins else [])
 
@@ -862,3 +877,141 @@ def test_agreement_pairs_each_clip_with_a_bounded_number_of_others() -> None:
     assert len(many.mismatched) == 12 * agreement.MAX_OTHERS * 2
     assert all(len(pairs) == agreement.MAX_OTHERS for pairs in many.beside.values())
     assert model.training  # left as it was found
+
+
+def _media(seconds: float, rate: int = 16000) -> tuple[npt.NDArray[np.float32], TrackLips]:
+    """``seconds`` of noise at ``rate`` and one face's random lip poses at 25 fps (the 4th
+    frame without landmarks)."""
+    rng = np.random.default_rng(3)
+    audio = rng.standard_normal(round(seconds * rate)).astype(np.float32)
+    n = round(seconds * 25)
+    pts = 40_000_000 * np.arange(n, dtype=np.int64)
+    valid = np.arange(n) % 4 != 3
+    return audio, TrackLips(7, pts, rng.standard_normal((n, POSE_DIM)).astype(np.float32), valid)
+
+
+def _window(
+    index: int, start_s: float, length_s: float, audio: npt.NDArray[np.float32], face: TrackLips
+) -> BatchItem[_StreamLag]:
+    """The stream's window ``[start_s, start_s + length_s)`` with its frames, audio, the face's
+    poses and a track box per frame (its x the frame's number)."""
+    from crossmodald.ingest.frames import video_frame_from_luma
+    from crossmodald_plugins.faces.tracker import Box, FaceObservation, Track
+
+    start, end = round(start_s * NS_PER_S), round((start_s + length_s) * NS_PER_S)
+    on = (face.pts_ns >= start) & (face.pts_ns < end)
+    luma = np.zeros((8, 8), np.uint8)
+    frames = tuple(
+        video_frame_from_luma("x", int(p), 0, luma, ClockKind.PTS) for p in face.pts_ns[on]
+    )
+    lo, hi = start * 16000 // NS_PER_S, end * 16000 // NS_PER_S
+    window = Window("x", index, start, end, frames, audio[lo:hi], np.ones(hi - lo, np.bool_),
+                    16000, 25.0, ClockKind.PTS)  # fmt: skip
+    obs = tuple(
+        FaceObservation(int(p), Box(float(p) / 40e6, 0.0, 9.0, 9.0), Box(0.0, 0.0, 1.0, 1.0), True)
+        for p in face.pts_ns[on]
+    )
+    lips = TrackLips(7, face.pts_ns[on], face.poses[on], face.valid[on])
+    inputs = Inputs({FACE_TRACKS: FaceTracks((Track(7, obs, 0),)), LIP_POSES: LipPoses((lips,))})
+    return BatchItem(window, _StreamLag(), inputs)
+
+
+def test_a_scan_covers_scan_s_seconds_of_the_streams_windows() -> None:
+    """2 s windows every 0.5 s: the scan covers the stream's latest 5 s (``scan_s``) once 5 s
+    are in, what there is before; its lips, audio, slot times and boxes are exactly those of
+    one 5 s window over the same media."""
+    audio, face = _media(8.0)
+    plugin = LipSyncPlugin(LipSyncConfig(), model=None, device="cpu")
+    state = _StreamLag()
+    slots = []
+    for k in range(13):  # windows [0, 2) ... [6, 8)
+        item = dataclasses.replace(_window(k, k * 0.5, 2.0, audio, face), state=state)
+        [job] = plugin._prepare(0, item).jobs
+        slots.append(len(job.slot_pts))
+    # 25 slots a second; a span of whole seconds loses its last slot to the log-mel's framing.
+    assert slots == [49, 62, 74, 87, 99, 112, 124, 124, 124, 124, 124, 124, 124]
+    [whole] = plugin._prepare(0, _window(0, 3.0, 5.0, audio, face)).jobs
+    assert np.array_equal(job.slot_pts, whole.slot_pts)
+    assert job.boxes == whole.boxes
+    assert job.boxes[0][0] == 75.0  # the span's first frame is the stream's 75th
+    assert np.array_equal(job.lips, whole.lips)
+    assert np.array_equal(job.mel, whole.mel)
+    # A window longer than scan_s is scanned whole; scan_s = 2 scans 2 s windows alone.
+    assert len(LipSyncPlugin(LipSyncConfig(scan_s=2.0), None, "cpu")._prepare(
+        0, _window(0, 0.0, 8.0, audio, face)).jobs[0].slot_pts) == 199  # fmt: skip
+    short = LipSyncPlugin(LipSyncConfig(scan_s=2.0), model=None, device="cpu")
+    state = _StreamLag()
+    for k in range(4):
+        item = dataclasses.replace(_window(k, k * 0.5, 2.0, audio, face), state=state)
+        assert [len(j.slot_pts) for j in short._prepare(0, item).jobs] == [49]
+
+
+def test_a_gap_in_the_windows_or_a_face_missing_from_one_starts_the_scan_anew() -> None:
+    audio, face = _media(12.0)
+    plugin = LipSyncPlugin(LipSyncConfig(), model=None, device="cpu")
+    state = _StreamLag()
+
+    def scan_slots(index: int, start_s: float, drop_face: bool = False) -> list[int]:
+        item = dataclasses.replace(_window(index, start_s, 2.0, audio, face), state=state)
+        if drop_face:
+            item = dataclasses.replace(item, inputs=Inputs({
+                FACE_TRACKS: FaceTracks(()), LIP_POSES: LipPoses(())}))  # fmt: skip
+        return [len(j.slot_pts) for j in plugin._prepare(0, item).jobs]
+
+    assert [scan_slots(k, k * 0.5)[0] for k in range(4)] == [49, 62, 74, 87]
+    # The windows from 3.5 s to 5.5 s never came: the one at 6 s does not join on.
+    assert scan_slots(12, 6.0) == [49]
+    assert scan_slots(13, 6.5) == [62]
+    # A window without the face: none to scan, and its lips are forgotten.
+    assert scan_slots(14, 7.0, drop_face=True) == []
+    assert scan_slots(15, 7.5) == [49]
+    # Time going back (a restarted source) starts anew too.
+    assert scan_slots(16, 1.0) == [49]
+
+
+def test_faces_are_judged_once_the_span_holds_scan_s_and_a_shorter_stream_when_it_ends() -> None:
+    """Judged on a span shorter than ``scan_s``, the wrong face is picked more often (and the
+    speaker session keeps it): a stream's first windows serve the offset only; the first
+    window whose span holds 5 s judges every slot since the start. A stream that ends sooner
+    (or within 5 s of a gap) is judged over what there was by ``finish``."""
+    audio, face = _media(10.0)
+    plugin = _plugin()
+    state = _StreamLag()
+    results = []
+    for k in range(9):  # windows [0, 2) ... [4, 6)
+        item = dataclasses.replace(_window(k, k * 0.5, 2.0, audio, face), state=state)
+        results += plugin.infer([item])
+    assert all(r.offset is not None and r.offset.audio_lead_ms is not None for r in results)
+    assert [len(r.faces) for r in results] == [0] * 6 + [1] * 3
+    assert results[6].faces[0].pts_ns[0] < 1 * NS_PER_S  # from the span's first second on
+    assert plugin.finish(state) is None  # judged already
+    # After a gap in the windows the span starts anew; a stream that ends within 5 s of it
+    # has that span judged when it ends.
+    item = dataclasses.replace(_window(20, 8.0, 2.0, audio, face), state=state)
+    assert not plugin.infer([item])[0].faces
+    after_gap = plugin.finish(state)
+    assert after_gap is not None
+    assert after_gap.faces[0].pts_ns[0] >= 8 * NS_PER_S
+
+    short = _StreamLag()
+    for k in range(3):  # 3 s of stream
+        item = dataclasses.replace(_window(k, k * 0.5, 2.0, audio, face), state=short)
+        assert not plugin.infer([item])[0].faces
+    last = plugin.finish(short)
+    assert last is not None
+    assert last.offset is None
+    [judged] = last.faces
+    assert judged.track_id == 7
+    assert judged.pts_ns[0] < 1 * NS_PER_S
+    assert judged.pts_ns[-1] > 2 * NS_PER_S
+    # The session makes speaker events of it, and no offset.
+    info = StreamInfo("x", "test", True, True, 25.0, 16000, 8, 8, ClockKind.PTS)
+    session = plugin.open(info)
+    high = dataclasses.replace(judged, scores=np.ones_like(judged.scores))
+    events = session.update(item.window, dataclasses.replace(last, faces=(high,)))
+    events += session.close()
+    assert [(e.type, e.phase) for e in events] == [
+        ("speaker", Phase.START),
+        ("speaker", Phase.END),
+    ]
+    assert plugin.finish(_StreamLag()) is None  # a stream that brought nothing

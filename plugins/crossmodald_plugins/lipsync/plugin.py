@@ -1,9 +1,11 @@
 """The ``lipsync`` plugin: offset, active speaker and sync alarm from one lip-sync scan per face.
 
 Per window, for every face track with lip poses (the ``lips`` plugin's
-:data:`~crossmodald_plugins.products.LIP_POSES`, on the shared face tracks), on a 25 fps slot grid
-from the window's first frame: the sync model (:mod:`.model`, shipped weights by default) scores
-the face's lips against the window's audio at every 10 ms lag within +/- ``max_lag_ms``.
+:data:`~crossmodald_plugins.products.LIP_POSES`, on the shared face tracks), over the latest
+``scan_s`` seconds up to the window's end (5 s: the window and, where it is shorter, the lips and
+audio the stream's earlier windows brought, kept in the stream's state), on a 25 fps slot grid
+from the span's first frame: the sync model (:mod:`.model`, shipped weights by default) scores
+the face's lips against the audio at every 10 ms lag within +/- ``max_lag_ms``.
 
 * ``sync.offset`` (``method`` "lipsync"): the best lag of the face whose lips match the sound
   best; ``confidence`` from how far the peak stands out, 0 with a ``reason`` when no face is
@@ -26,7 +28,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -44,7 +46,18 @@ from crossmodald_plugins.asd.plugin import (
 from crossmodald_plugins.avsync.config import AvSyncConfig
 from crossmodald_plugins.avsync.result import AvSyncResult
 from crossmodald_plugins.avsync.session import AvSyncSession
-from crossmodald_plugins.products import FACE_TRACKS, LIP_POSES, FaceSpeaking
+from crossmodald_plugins.products import (
+    FACE_TRACKS,
+    LIP_POSES,
+    FaceSpeaking,
+    FaceTracks,
+    LipPoses,
+)
+
+if TYPE_CHECKING:
+    from crossmodald_plugins.faces.tracker import Box
+
+    from .model import LagScan
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +99,12 @@ class LipSyncConfig(PluginConfig):
     calibration_ms: float | None = Field(None, ge=-CALIBRATION_LIMIT_MS, le=CALIBRATION_LIMIT_MS)
     #: Offsets searched, ms either side.
     max_lag_ms: int = Field(500, ge=40, le=1500)
+    #: Seconds each scan covers, ending at the window's end: a window shorter than this is
+    #: scanned with the stream's audio and each face's lips from the windows before it (a
+    #: stream's and a face's first windows scan what there is); a longer window, whole. Over
+    #: 5 s rather than 2 s the voiced face is picked far more often and the offset reads closer
+    #: (the model card), for 2.5 times the scan's model work; the events come as often.
+    scan_s: float = Field(5.0, ge=1.0, le=30.0)
     #: Peak prominence ((peak - median) / std of the lag curve) that gives confidence 0 ...
     min_prominence: float = Field(2.5, ge=0.0, le=20.0)
     #: ... and the prominence that gives confidence 1.
@@ -141,19 +160,116 @@ class LipSyncConfig(PluginConfig):
 class LipSyncResult:
     """One window: the offset estimate and each face's per-slot agreement."""
 
-    offset: AvSyncResult
+    #: None for the result a stream gets when it ends (:meth:`LipSyncPlugin.finish`).
+    offset: AvSyncResult | None
     faces: tuple[FaceSpeaking, ...]
     ended_tracks: tuple[int, ...]
     track_id: int | None
 
 
+#: A face box as ``(x, y, w, h)`` (as :class:`~crossmodald_plugins.products.FaceSpeaking` has it).
+XYWH = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class _FaceLips:
+    """One face track's lip poses (frame times ascending) and boxes over a scan's span."""
+
+    pts_ns: npt.NDArray[np.int64]
+    poses: npt.NDArray[np.float32]
+    valid: npt.NDArray[np.bool_]
+    boxes: Mapping[int, XYWH]
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """What one scan covers: the stream's latest audio, video frame times and every face's lips
+    up to the window's end. ``audio[origin_index]`` is the sample at ``origin_ns``."""
+
+    end_ns: int
+    audio: npt.NDArray[np.float32]
+    rate: int
+    origin_ns: int
+    origin_index: int
+    frames_ns: npt.NDArray[np.int64]
+    faces: Mapping[int, _FaceLips]
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.rate
+
+    def sample_at(self, pts_ns: int) -> int:
+        """Index of the sample at ``pts_ns`` (at or after the span's first sample)."""
+        return self.origin_index + (pts_ns - self.origin_ns) * self.rate // NS_PER_S
+
+
+@dataclass(slots=True)
+class _Recent:
+    """The stream's audio, frame times and each face's lips over its latest windows, so that
+    a scan may cover more than one window (``scan_s``). Where windows overlap, the newer
+    window's samples and poses replace the older's; a window that does not join on (a gap,
+    a new sample rate, time going back) starts the span anew."""
+
+    span: _Span | None = None
+
+    def add(self, window: Window, lips: LipPoses, tracks: FaceTracks, keep_ns: int) -> _Span:
+        """Take in ``window`` (with audio and video) and its products; the span of the latest
+        ``keep_ns`` (at least the window) up to its end."""
+        rate, old = window.audio_rate, self.span
+        audio = np.asarray(window.audio, np.float32)
+        frames = np.fromiter((f.pts_ns for f in window.video), np.int64, len(window.video))
+        before: Mapping[int, _FaceLips] = {}
+        at = 0
+        if old is not None and old.rate == rate and window.start_ns >= old.origin_ns:
+            at = old.sample_at(window.start_ns)
+            if at <= len(old.audio):
+                audio = np.concatenate([old.audio[:at], audio])
+                frames = np.concatenate([old.frames_ns[old.frames_ns < window.start_ns], frames])
+                before = old.faces
+            else:
+                at = 0
+        # Drop what lies before the span: samples first, then frames and poses before the
+        # first sample kept.
+        start_ns = window.end_ns - max(keep_ns, window.end_ns - window.start_ns)
+        drop = max(0, at - (window.start_ns - start_ns) * rate // NS_PER_S)
+        audio, at = audio[drop:], at - drop
+        first_ns = window.start_ns - at * NS_PER_S // rate
+        boxes_now = {
+            t.track_id: {o.pts_ns: _xywh(o.box) for o in t.observations} for t in tracks.tracks
+        }
+        faces: dict[int, _FaceLips] = {}
+        for track in lips.tracks:
+            kept = before.get(track.track_id)
+            pts, poses, valid = track.pts_ns, track.poses, track.valid
+            boxes: dict[int, XYWH] = {}
+            if kept is not None:
+                k = (kept.pts_ns >= first_ns) & (kept.pts_ns < window.start_ns)
+                pts = np.concatenate([kept.pts_ns[k], pts])
+                poses = np.concatenate([kept.poses[k], poses])
+                valid = np.concatenate([kept.valid[k], valid])
+                boxes = {p: b for p, b in kept.boxes.items() if first_ns <= p < window.start_ns}
+            boxes.update(boxes_now.get(track.track_id, {}))
+            faces[track.track_id] = _FaceLips(pts, poses, valid, boxes)
+        self.span = _Span(
+            window.end_ns, audio, rate, window.start_ns, at, frames[frames >= first_ns], faces
+        )
+        return self.span
+
+
+def _xywh(box: Box) -> XYWH:
+    return (box.x, box.y, box.w, box.h)
+
+
 @dataclass(slots=True)
 class _StreamLag:
-    """Per-stream state (host-owned): the best lag index of recent confident windows, and each
-    face track's agreement in its latest windows with sound."""
+    """Per-stream state (host-owned): the best lag index of recent confident windows, each
+    face track's agreement in its latest windows with sound, and the media a scan covers."""
 
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=LAG_HISTORY))
     agreement: dict[int, deque[float]] = field(default_factory=dict)
+    media: _Recent = field(default_factory=_Recent)
+    #: The latest window's faces were judged (if not, the stream's end judges its span).
+    judged: bool = False
 
     def lag(self, fallback: int) -> int:
         """The median of the recent lags, once :data:`LAG_AGREEING` of them lie within
@@ -176,6 +292,19 @@ class _StreamLag:
         """Drop the history of tracks not scanned now (a face that returns starts anew)."""
         for track_id in [t for t in self.agreement if t not in track_ids]:
             del self.agreement[track_id]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """One window's face scans to run, and how to read them."""
+
+    jobs: list[_Job]
+    #: The audio is silent: no offset, every face scores 0.
+    silent: bool
+    #: Judge who speaks: the stream's span holds ``scan_s`` (until then, in a stream's first
+    #: seconds or after a gap in its windows, scans serve the offset only: a face judged on a
+    #: shorter span is more often the wrong one, and the speaker session keeps it).
+    judge: bool
 
 
 @dataclass(slots=True)
@@ -272,17 +401,38 @@ class LipSyncPlugin:
 
     def infer(self, batch: Sequence[BatchItem[_StreamLag]]) -> list[LipSyncResult]:
         """Scan every face of every window; faces of equal length share one model call."""
+        prepared = [self._prepare(i, item) for i, item in enumerate(batch)]
+        jobs = [job for p in prepared for job in p.jobs]
+        scans = self._scan(jobs)
+        results = []
+        for i, (item, p) in enumerate(zip(batch, prepared, strict=True)):
+            mine = [(jobs[j], scans.get(j)) for j in range(len(jobs)) if jobs[j].window_index == i]
+            results.append(self._result(item, mine, p))
+        return results
+
+    def finish(self, state: _StreamLag) -> LipSyncResult | None:
+        """A stream that ended before its span held ``scan_s`` (a clip shorter than 5 s, or
+        within 5 s of a gap in its windows): its faces judged over the span there was; None
+        for any other stream."""
+        span = state.media.span
+        if state.judged or span is None or not self.config.speakers:
+            return None
+        prepared = self._jobs(0, span)
+        scans = self._scan(prepared.jobs)
+        scanned = [(job, scans[j]) for j, job in enumerate(prepared.jobs) if j in scans]
+        if not scanned or prepared.silent:
+            return None
+        job, res = max(scanned, key=lambda scanned_job: scanned_job[1].prominence)
+        at = state.lag(_nearest(res.lags_ms, self._calibration(job)))
+        return LipSyncResult(None, self._judge(state, scanned, at, speaking=True), (), None)
+
+    def _scan(self, jobs: Sequence[_Job]) -> dict[int, LagScan]:
+        """Each job's lag scan, by its index in ``jobs`` (none for a job too short to scan)."""
         import torch
 
         from .model import scan
 
-        jobs: list[_Job] = []
-        silent: list[bool] = []
-        for i, item in enumerate(batch):
-            found, quiet = self._prepare(i, item)
-            jobs += found
-            silent.append(quiet)
-        scans: dict[int, Any] = {}
+        scans: dict[int, LagScan] = {}
         by_len: dict[int, list[int]] = {}
         for j, job in enumerate(jobs):
             by_len.setdefault(len(job.slot_pts), []).append(j)
@@ -296,35 +446,34 @@ class LipSyncPlugin:
             except ValueError:
                 continue
             scans.update(zip(idx, found_scans, strict=True))
-        results = []
-        for i, item in enumerate(batch):
-            mine = [(jobs[j], scans.get(j)) for j in range(len(jobs)) if jobs[j].window_index == i]
-            results.append(self._result(item, mine, silent[i]))
-        return results
+        return scans
 
-    def _prepare(self, index: int, item: BatchItem[_StreamLag]) -> tuple[list[_Job], bool]:
+    def _prepare(self, index: int, item: BatchItem[_StreamLag]) -> _Prepared:
+        window = item.window
+        if not window.video or window.audio_rate <= 0 or len(window.audio) == 0:
+            return _Prepared([], silent=True, judge=False)
+        keep_ns = round(self.config.scan_s * NS_PER_S)
+        span = item.state.media.add(
+            window, item.inputs[LIP_POSES], item.inputs[FACE_TRACKS], keep_ns
+        )
+        return self._jobs(index, span, judge=span.seconds * NS_PER_S >= keep_ns - SLOT_NS)
+
+    def _jobs(self, index: int, span: _Span, judge: bool = True) -> _Prepared:
+        """The scans of every face over ``span``."""
         from .features import STEPS_PER_SLOT, log_mel, standardise_audio, standardise_lips
         from .landmarks import lip_features
 
-        window = item.window
-        if not window.video or window.audio_rate <= 0 or len(window.audio) == 0:
-            return [], True
-        first = window.video[0].pts_ns
-        n_slots = int((window.end_ns - first) // SLOT_NS)
-        skip = int((first - window.start_ns) * window.audio_rate // NS_PER_S)
-        mel_all = log_mel(np.asarray(window.audio[skip:], np.float32), window.audio_rate)
+        first = int(span.frames_ns[0])
+        n_slots = int((span.end_ns - first) // SLOT_NS)
+        mel_all = log_mel(span.audio[span.sample_at(first) :], span.rate)
         n_slots = min(n_slots, len(mel_all) // STEPS_PER_SLOT)
         if n_slots < MIN_SLOTS:
-            return [], False
+            return _Prepared([], silent=False, judge=judge)
         mel_all = mel_all[: n_slots * STEPS_PER_SLOT]
         quiet = float(np.mean(mel_all)) < SILENCE_LOG_ENERGY
         slot_pts = first + SLOT_NS * np.arange(n_slots, dtype=np.int64)
-        boxes_by_track = {
-            t.track_id: {o.pts_ns: o.box for o in t.observations}
-            for t in item.inputs[FACE_TRACKS].tracks
-        }
         jobs = []
-        for lips in item.inputs[LIP_POSES].tracks:
+        for track_id, lips in span.faces.items():
             if len(lips.pts_ns) == 0 or not lips.valid.any():
                 continue
             # The frame on screen at each slot; slots before the track's first frame or after
@@ -338,25 +487,21 @@ class LipSyncPlugin:
             lo, hi = run
             pick = at[lo:hi]
             feats = lip_features(lips.poses[pick], lips.valid[pick])
-            boxes = boxes_by_track.get(lips.track_id, {})
-            box_list = []
-            for p in lips.pts_ns[pick].tolist():
-                b = boxes.get(int(p))
-                box_list.append((b.x, b.y, b.w, b.h) if b is not None else (0.0, 0.0, 0.0, 0.0))
+            no_box = (0.0, 0.0, 0.0, 0.0)
             jobs.append(
                 _Job(
                     index,
-                    lips.track_id,
+                    track_id,
                     slot_pts[lo:hi],
-                    tuple(box_list),
+                    tuple(lips.boxes.get(p, no_box) for p in lips.pts_ns[pick].tolist()),
                     standardise_lips(feats),
                     standardise_audio(mel_all[lo * STEPS_PER_SLOT : hi * STEPS_PER_SLOT]),
                 )
             )
-        return jobs, quiet
+        return _Prepared(jobs, silent=quiet, judge=judge)
 
     def _result(
-        self, item: BatchItem[_StreamLag], mine: list[tuple[_Job, Any]], silent: bool
+        self, item: BatchItem[_StreamLag], mine: list[tuple[_Job, LagScan | None]], p: _Prepared
     ) -> LipSyncResult:
         window = item.window
         ended = tuple(
@@ -364,64 +509,83 @@ class LipSyncPlugin:
         )
         middle = (window.start_ns + window.end_ns) // 2
         scanned = [(job, res) for job, res in mine if res is not None]
-        best: tuple[float, _Job, Any] | None = None
-        for job, res in scanned:
-            if best is None or res.prominence > best[0]:
-                best = (res.prominence, job, res)
-        if best is None:
+        if not scanned:
             why = "no face" if not mine else "face not on screen long enough to scan"
             if not item.window.video:
                 why = "no video"
             offset = AvSyncResult(None, 0.0, METHOD, middle, reason=why)
             return LipSyncResult(offset, (), ended, None)
-        prominence, job, res = best
+        job, res = max(scanned, key=lambda scanned_job: scanned_job[1].prominence)
         c = self.config
+        prominence = res.prominence
         confidence = (prominence - c.min_prominence) / (c.full_prominence - c.min_prominence)
         confidence = float(min(1.0, max(0.0, confidence)))
-        if confidence > 0.0 and confidence >= c.min_confidence and not silent:
+        if confidence > 0.0 and confidence >= c.min_confidence and not p.silent:
             # Only confident windows set the stream's lag (as only they count in the smoothed
             # offset): a weak window's best lag is as likely another face's noise as the
             # offset, and on short clips a few of them set the median
             # (benchmarks/lipsync_two_faces.py).
             item.state.recent.append(res.best)
-        # Every face is judged at the stream's lag: there the voiced face's lips match the
-        # sound and a silent face's do not. Every slot that lag pairs with the window's audio
-        # is reported (not only the middle that every lag of the scan pairs): the speaker
-        # session judges each slot in the first window that reports it, so the first second of
-        # a stream and the slots at a window's newest edge are judged too, without waiting for
-        # the next window's middle. Until three confident windows agree on a lag there is none
-        # to trust (an unconfident scan's best lag is noise over +/-max_lag_ms, and one or two
-        # confident ones on a short clip as likely another face's): faces are judged where
-        # in-sync content reads (the calibration, for a scan as long as this one).
-        calibration = self.calibration_for(len(job.slot_pts) * SLOT_NS / NS_PER_S)
-        in_sync = int(np.argmin(np.abs(res.lags_ms - calibration)))
-        at = item.state.lag(in_sync)
-        speaking = not silent and self.config.speakers
-        faces = []
-        for face_job, face_res in scanned:
-            span = _scored_span(face_res.slot_by_lag[at])
-            if span is None:
-                continue
-            lo, hi, agreement = span
-            # Silent windows (and ``speakers = false``) score 0 and add nothing to the history.
-            score = item.state.average(face_job.track_id, agreement) if speaking else 0.0
-            faces.append(
-                FaceSpeaking(
-                    face_job.track_id,
-                    face_job.slot_pts[lo:hi],
-                    face_job.boxes[lo:hi],
-                    np.full(hi - lo, score, dtype=np.float32),
-                )
-            )
-        item.state.forget_except({f.track_id for f in faces})
+        # Until three confident windows agree on a lag there is none to trust (an unconfident
+        # scan's best lag is noise over +/-max_lag_ms, and one or two confident ones on a short
+        # clip as likely another face's): faces are judged where in-sync content reads (the
+        # calibration, for a scan as long as this one).
+        calibration = self._calibration(job)
+        faces: tuple[FaceSpeaking, ...] = ()
+        if p.judge:
+            at = item.state.lag(_nearest(res.lags_ms, calibration))
+            faces = self._judge(item.state, scanned, at, speaking=not p.silent)
+        else:
+            item.state.judged = False
+            item.state.forget_except(set())
         reason = ""
-        if silent:
+        if p.silent:
             confidence, reason = 0.0, "silent audio"
         elif confidence == 0.0:
             reason = "no visible face is talking (lips do not follow the sound)"
         lead = res.lead_ms - calibration
         offset = AvSyncResult(round(lead, 1), confidence, METHOD, middle, reason=reason)
-        return LipSyncResult(offset, tuple(faces), ended, job.track_id)
+        return LipSyncResult(offset, faces, ended, job.track_id)
+
+    def _calibration(self, job: _Job) -> float:
+        """What in-sync content reads in a scan as long as ``job``'s."""
+        return self.calibration_for(len(job.slot_pts) * SLOT_NS / NS_PER_S)
+
+    def _judge(
+        self, state: _StreamLag, scanned: list[tuple[_Job, LagScan]], at: int, speaking: bool
+    ) -> tuple[FaceSpeaking, ...]:
+        """Every face's ``speaker`` score at lag index ``at``; not ``speaking`` (silent audio)
+        and with ``speakers = false`` every face scores 0 and adds nothing to its history.
+
+        Every face is judged at the stream's lag: there the voiced face's lips match the sound
+        and a silent face's do not. Every slot that lag pairs with the span's audio is reported
+        (not only the middle that every lag of the scan pairs): the speaker session judges each
+        slot in the first window that reports it, so the slots at a window's newest edge are
+        judged without waiting for the next window."""
+        state.judged = True
+        speaking = speaking and self.config.speakers
+        faces = []
+        for job, res in scanned:
+            span = _scored_span(res.slot_by_lag[at])
+            if span is None:
+                continue
+            lo, hi, agreement = span
+            score = state.average(job.track_id, agreement) if speaking else 0.0
+            faces.append(
+                FaceSpeaking(
+                    job.track_id,
+                    job.slot_pts[lo:hi],
+                    job.boxes[lo:hi],
+                    np.full(hi - lo, score, dtype=np.float32),
+                )
+            )
+        state.forget_except({f.track_id for f in faces})
+        return tuple(faces)
+
+
+def _nearest(lags_ms: npt.NDArray[np.float32], ms: float) -> int:
+    """Index of the lag nearest ``ms``."""
+    return int(np.argmin(np.abs(lags_ms - ms)))
 
 
 def _scored_span(row: npt.NDArray[np.float32]) -> tuple[int, int, float] | None:
@@ -447,7 +611,7 @@ class LipSyncSession:
 
     def update(self, window: Window, result: LipSyncResult) -> list[Event]:
         events = []
-        for event in self._sync.update(window, result.offset):
+        for event in self._sync.update(window, result.offset) if result.offset else ():
             if event.type == "sync.offset":
                 event = _with(event, track_id=result.track_id)
             events.append(event)
