@@ -959,7 +959,7 @@ def test_a_gap_in_the_windows_or_a_face_missing_from_one_starts_the_scan_anew() 
         return [len(j.slot_pts) for j in plugin._prepare(0, item).jobs]
 
     assert [scan_slots(k, k * 0.5)[0] for k in range(4)] == [49, 62, 74, 87]
-    # The windows from 3.5 s to 5.5 s never came: the one at 6 s does not join on.
+    # The windows that start at 2 s to 5.5 s never came: the one at 6 s does not join on.
     assert scan_slots(12, 6.0) == [49]
     assert scan_slots(13, 6.5) == [62]
     # A window without the face: none to scan, and its lips are forgotten.
