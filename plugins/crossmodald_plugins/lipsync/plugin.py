@@ -12,12 +12,13 @@ the face's lips against the audio at every 10 ms lag within +/- ``max_lag_ms``.
   visible, the audio is silent or no visible face's lips follow the sound. Smoothing and
   ``sync.alarm`` are the avsync plugin's (:class:`~crossmodald_plugins.avsync.session.AvSyncSession`).
 * ``speaker`` start/end (``method`` "lipsync"): each face's lip/sound agreement (its mean
-  cosine over every slot of the window that the stream's lag pairs with audio: that lag is the
-  median of the recent confident windows' best lags once three of them agree, since one 2 s
-  window's own best lag is too noisy to judge a face by), averaged over the face's last
+  cosine over every slot of the scan that the stream's lag pairs with audio: that lag is the
+  median of the recent confident windows' best lags once three of them agree, since one
+  scan's own best lag is too noisy to judge a face by), averaged over the face's last
   :data:`AGREEMENT_WINDOWS` windows with sound; the face that matches the voice is the one
   speaking (one at a time), through the speaker plugin's session
-  (:class:`~crossmodald_plugins.asd.plugin.SpeakerSession`).
+  (:class:`~crossmodald_plugins.asd.plugin.SpeakerSession`). Faces are judged once the
+  stream's span holds ``scan_s``; a stream that ends sooner, when it ends (:meth:`finish`).
 """
 
 from __future__ import annotations
