@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from crossmodald.bus.events import Event, Phase
+from crossmodald.ingest.media import MediaSourceConfig
 from crossmodald.media import NS_PER_MS, NS_PER_S, ClockKind, StreamInfo, Window
 from crossmodald.runtime.plugin import PluginConfig
 from crossmodald.runtime.registry import PluginRegistry
@@ -24,6 +25,7 @@ from crossmodald.service.evaluate import (
     evaluate_lipsync,
     evaluate_speaker,
     frame_scores,
+    media_source,
     read_rttm,
     speaker_accuracy,
 )
@@ -468,6 +470,36 @@ def test_compose_side_by_side(tmp_path: Path) -> None:
     other = decode_media(AOC)
     env_c = np.abs(other.audio[:n]).reshape(-1, 400).mean(axis=1)
     assert np.corrcoef(env_a, env_c)[0, 1] < 0.5
+
+
+@needs_media
+def test_speaker_evaluation_plays_both_voices_out_of_sync_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``audio_shift_ms``: both composed streams are read with their audio that much earlier
+    (an out-of-sync stream, as ``crossmodald analyze --audio-shift-ms`` reads it)."""
+    import crossmodald.service.evaluate as evaluate
+
+    read: list[MediaSourceConfig] = []
+
+    def recorded(path: Path, name: str, audio_shift_ms: float = 0.0) -> MediaSourceConfig:
+        config = media_source(path, name, audio_shift_ms)
+        read.append(config)
+        return config
+
+    monkeypatch.setattr(evaluate, "media_source", recorded)
+    shifted = evaluate_speaker(
+        AOC,
+        MARKEY,
+        plugin="oracle",
+        registry=ORACLE,
+        side_px=256,
+        workdir=tmp_path,
+        max_seconds=3.0,
+        audio_shift_ms=200.0,
+    )
+    assert [(c.name, c.audio_shift_ms) for c in read] == [("left", 200.0), ("right", 200.0)]
+    assert shifted.speech_frames > 0
 
 
 @needs_media

@@ -840,11 +840,13 @@ def evaluate_speaker(
     registry: PluginRegistry | None = None,
     max_seconds: float | None = None,
     progress: TextIO | None = None,
+    audio_shift_ms: float = 0.0,
 ) -> SpeakerMetrics:
     """Compose both arrangements (voice of the left face, voice of the right) and score them.
 
     Speech presence comes from the ``speech`` plugin, run in the same daemon on the same
-    windows as the speaker plugin.
+    windows as the speaker plugin. ``audio_shift_ms``: the composed streams' audio played this
+    much earlier (an out-of-sync stream); speech frames are counted on the shifted audio.
     """
     tables = [plugin_table(plugin, overrides, device)]
     if plugin != "speech":
@@ -864,7 +866,7 @@ def evaluate_speaker(
                 duration_s=max_seconds,
             )
             result = run_streams(
-                [media_source(path, side)],
+                [media_source(path, side, audio_shift_ms)],
                 tables,
                 length_s=length_s,
                 hop_s=hop_s,
