@@ -2,9 +2,9 @@
 
 The scan: one face over 2 s (50 slots) and over the plugin's default span (``scan_s``, 5 s: 125
 slots), +/-500 ms of lags, through the shipped weights (random inputs: the cost does not depend
-on the values). Face Mesh: the lip landmarks of one
-face per frame (a real clip from ../shared/media when present, else a grey picture, which costs
-the detector pass on every frame: an upper bound).
+on the values). Face Mesh: the lip landmarks of one face per frame (a real clip from
+../shared/media when present, else a grey picture, which costs the detector pass on every
+frame: an upper bound).
 
     python benchmarks/bench_lipsync.py [--device cpu|cuda] [--repeats 5] [--batches 1 8 32 128]
         [--train-steps N]
