@@ -650,7 +650,7 @@ def parse_set(item: str) -> tuple[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from crossmodald.service.evaluate import DEFAULT_SHIFTS_MS, eval_command
+    from crossmodald.service.evaluate import eval_command
 
     also: dict[str, dict[str, Any]] = {name: {} for name in args.also or []}
     overrides: dict[str, Any] = {}
@@ -672,7 +672,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.media,
         args.labels,
         task=args.task,
-        shifts_ms=args.shifts or DEFAULT_SHIFTS_MS,
+        shifts_ms=args.shifts,
         overrides=overrides,
         device=args.device,
         window_s=args.window,
@@ -826,7 +826,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="reference labels (RTTM for speech, a text file for transcript)",
     )
     p.add_argument("--task", choices=["speech", "lipsync", "speaker", "transcript"])
-    p.add_argument("--shifts", type=finite_float, nargs="+", help="audio shifts in ms (lipsync)")
+    p.add_argument(
+        "--shifts",
+        type=finite_float,
+        nargs="+",
+        help="audio shifts in ms, positive: audio early (lipsync: each in turn, default -400 "
+        "-200 -80 0 120 240 400; speaker: one, both voices out of sync by it)",
+    )
     p.add_argument("--second", type=Path, help="right-hand clip (speaker task)")
     p.add_argument("--window", type=seconds, help="window length in seconds")
     p.add_argument("--hop", type=seconds, help="window hop in seconds")

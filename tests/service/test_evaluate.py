@@ -474,10 +474,11 @@ def test_compose_side_by_side(tmp_path: Path) -> None:
 
 @needs_media
 def test_speaker_evaluation_plays_both_voices_out_of_sync_when_asked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``audio_shift_ms``: both composed streams are read with their audio that much earlier
-    (an out-of-sync stream, as ``crossmodald analyze --audio-shift-ms`` reads it)."""
+    """``--shifts MS`` (one) for ``speaker``: both composed streams are read with their audio
+    that much earlier (an out-of-sync stream, as ``crossmodald analyze --audio-shift-ms``
+    reads it); two shifts, or a shift for a task without any, are refused."""
     import crossmodald.service.evaluate as evaluate
 
     read: list[MediaSourceConfig] = []
@@ -488,18 +489,29 @@ def test_speaker_evaluation_plays_both_voices_out_of_sync_when_asked(
         return config
 
     monkeypatch.setattr(evaluate, "media_source", recorded)
-    shifted = evaluate_speaker(
+    out = io.StringIO()
+    code = eval_command(
+        "oracle",
         AOC,
-        MARKEY,
-        plugin="oracle",
+        task="speaker",
+        second=MARKEY,
         registry=ORACLE,
-        side_px=256,
-        workdir=tmp_path,
         max_seconds=3.0,
-        audio_shift_ms=200.0,
+        shifts_ms=[200.0],
+        out=out,
     )
+    assert code == 0
     assert [(c.name, c.audio_shift_ms) for c in read] == [("left", 200.0), ("right", 200.0)]
-    assert shifted.speech_frames > 0
+    assert out.getvalue().splitlines()[0].endswith("audio +200 ms")
+    for task, shifts in (("speaker", [100.0, 200.0]), ("speech", [100.0])):
+        code = eval_command(
+            "oracle", AOC, task=task, second=MARKEY, registry=ORACLE, shifts_ms=shifts
+        )
+        assert code == 2
+        assert "--shifts is for --task lipsync (any number) and speaker (one)" in (
+            capsys.readouterr().err
+        )
+    assert len(read) == 2  # nothing ran for the refused ones
 
 
 @needs_media

@@ -999,7 +999,7 @@ def eval_command(
     labels: Path | None = None,
     *,
     task: Task | None = None,
-    shifts_ms: Sequence[float] = DEFAULT_SHIFTS_MS,
+    shifts_ms: Sequence[float] | None = None,
     overrides: Mapping[str, Any] | None = None,
     device: str = "cpu",
     window_s: float | None = None,
@@ -1020,7 +1020,9 @@ def eval_command(
             inferred).
         task: ``speech``, ``lipsync``, ``speaker`` or ``transcript``; inferred as ``speech``
             from an RTTM and as ``transcript`` from a ``.txt`` or the ``transcript`` plugin.
-        shifts_ms: Audio shifts applied for ``lipsync`` (positive: audio leads).
+        shifts_ms: Audio shifts (positive: audio leads): for ``lipsync`` each one in turn
+            (None: :data:`DEFAULT_SHIFTS_MS`); for ``speaker`` one, both voices played that
+            much out of sync (None: in sync); no other task takes any.
         overrides: Plugin config keys over its defaults (e.g. a weights path).
         device: torch device for the plugin.
         window_s: Window length (default 2 s; 5 s for ``lipsync``).
@@ -1066,6 +1068,17 @@ def eval_command(
     if len(set(names)) != len(names):
         print(f"eval: each plugin once: {', '.join(names)}", file=sys.stderr)
         return 2
+    if shifts_ms is not None and (
+        task not in ("lipsync", "speaker")
+        or not shifts_ms
+        or (task == "speaker" and len(shifts_ms) != 1)
+    ):
+        print(
+            "eval: --shifts is for --task lipsync (any number) and speaker (one), "
+            f"not {len(shifts_ms)} for {task}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if task == "speech":
             if labels is None:
@@ -1109,6 +1122,7 @@ def eval_command(
             printer(f"  wall            {tm.wall_s:.2f} s (model load not counted)")
             printer(f"  RTF             {tm.rtf:.3f}")
         elif task == "lipsync":
+            shifts_ms = DEFAULT_SHIFTS_MS if shifts_ms is None else shifts_ms
             lm = evaluate_lipsync(
                 _clips(media),
                 plugin=plugin,
@@ -1159,15 +1173,18 @@ def eval_command(
         else:
             if second is None:
                 raise EvalError("speaker: needs a second clip for the right-hand face")
+            shift = shifts_ms[0] if shifts_ms else 0.0
             am = evaluate_speaker(
                 media,
                 second,
                 plugin=plugin,
                 length_s=window_s or 2.0,
                 hop_s=hop_s or 0.5,
+                audio_shift_ms=shift,
                 **common,
             )
-            printer(f"speaker  {media.name} | {second.name}")
+            out_of_sync = f"  audio {shift:+g} ms" if shift else ""
+            printer(f"speaker  {media.name} | {second.name}{out_of_sync}")
             printer(f"  speech frames   {am.speech_frames}")
             printer(f"  accuracy        {am.accuracy:.1%}")
             printer(
