@@ -472,6 +472,15 @@ def test_compose_side_by_side(tmp_path: Path) -> None:
     assert np.corrcoef(env_a, env_c)[0, 1] < 0.5
 
 
+def _oracle_pair(out: io.StringIO | None, **options: Any) -> int:
+    """``crossmodald eval oracle AOC --second MARKEY --task speaker`` with ``options``."""
+    return eval_command(
+        "oracle",
+        AOC,
+        **{"task": "speaker", "second": MARKEY, "registry": ORACLE, "out": out, **options},
+    )
+
+
 @needs_media
 def test_speaker_evaluation_plays_both_voices_out_of_sync_when_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -490,24 +499,11 @@ def test_speaker_evaluation_plays_both_voices_out_of_sync_when_asked(
 
     monkeypatch.setattr(evaluate, "media_source", recorded)
     out = io.StringIO()
-    code = eval_command(
-        "oracle",
-        AOC,
-        task="speaker",
-        second=MARKEY,
-        registry=ORACLE,
-        max_seconds=3.0,
-        shifts_ms=[200.0],
-        out=out,
-    )
-    assert code == 0
+    assert _oracle_pair(out, max_seconds=3.0, shifts_ms=[200.0]) == 0
     assert [(c.name, c.audio_shift_ms) for c in read] == [("left", 200.0), ("right", 200.0)]
     assert out.getvalue().splitlines()[0].endswith("audio +200 ms")
     for task, shifts in (("speaker", [100.0, 200.0]), ("speech", [100.0])):
-        code = eval_command(
-            "oracle", AOC, task=task, second=MARKEY, registry=ORACLE, shifts_ms=shifts
-        )
-        assert code == 2
+        assert _oracle_pair(None, task=task, shifts_ms=shifts) == 2
         assert "--shifts is for --task lipsync (any number) and speaker (one)" in (
             capsys.readouterr().err
         )
@@ -541,17 +537,7 @@ def test_speaker_evaluation_scores_the_side_that_speaks(tmp_path: Path) -> None:
     assert wrong.accuracy < 0.1
     assert wrong.other_face > 0.9 * wrong.speech_frames  # wrong picks, not a decision let go
     out = io.StringIO()
-    code = eval_command(
-        "oracle",
-        AOC,
-        task="speaker",
-        second=MARKEY,
-        overrides={"lie": True},
-        registry=ORACLE,
-        max_seconds=4.0,
-        out=out,
-    )
-    assert code == 0
+    assert _oracle_pair(out, overrides={"lie": True}, max_seconds=4.0) == 0
     rows = {line.split()[0]: line.split()[1:] for line in out.getvalue().splitlines()[4:7]}
     assert list(rows) == ["left", "right", "all"]
     assert rows["all"][0] == str(wrong.speech_frames)
