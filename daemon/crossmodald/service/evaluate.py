@@ -1075,7 +1075,7 @@ def eval_command(
     ):
         print(
             "eval: --shifts is for --task lipsync (any number) and speaker (one), "
-            f"not {len(shifts_ms)} for {task}",
+            f"got {len(shifts_ms)} for {task}",
             file=sys.stderr,
         )
         return 2
