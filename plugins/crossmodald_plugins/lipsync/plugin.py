@@ -423,7 +423,7 @@ class LipSyncPlugin:
         scanned = [(job, scans[j]) for j, job in enumerate(prepared.jobs) if j in scans]
         if not scanned or prepared.silent:
             return None
-        job, res = max(scanned, key=lambda scanned_job: scanned_job[1].prominence)
+        job, res = _best(scanned)
         at = state.lag(_nearest(res.lags_ms, self._calibration(job)))
         return LipSyncResult(None, self._judge(state, scanned, at, speaking=True), (), None)
 
@@ -516,7 +516,7 @@ class LipSyncPlugin:
                 why = "no video"
             offset = AvSyncResult(None, 0.0, METHOD, middle, reason=why)
             return LipSyncResult(offset, (), ended, None)
-        job, res = max(scanned, key=lambda scanned_job: scanned_job[1].prominence)
+        job, res = _best(scanned)
         c = self.config
         prominence = res.prominence
         confidence = (prominence - c.min_prominence) / (c.full_prominence - c.min_prominence)
@@ -582,6 +582,12 @@ class LipSyncPlugin:
             )
         state.forget_except({f.track_id for f in faces})
         return tuple(faces)
+
+
+def _best(scanned: Sequence[tuple[_Job, LagScan]]) -> tuple[_Job, LagScan]:
+    """The face whose lag curve's peak stands out most: its reading is the window's offset and
+    its best lag the one the stream's lag takes (the first such face on a tie)."""
+    return max(scanned, key=lambda scanned_job: scanned_job[1].prominence)
 
 
 def _nearest(lags_ms: npt.NDArray[np.float32], ms: float) -> int:
