@@ -35,7 +35,9 @@ speech frames where the voiced face alone speaks / the wrong face speaks:
 
 Out of sync, the same clips at the defaults since 236c32b: 98.6 % in sync, **15.2 %** with the
 audio 120 ms early and **35.4 %** 120 ms late (the model card's limits say why, and what was
-tried).
+tried). With ``--set speaker_search_ms=150`` (each face judged at its own best lag within 150 ms
+of the stream's): 96.3 / 79.7 / 82.3 %, at the price of faces speaking for a voice from off
+screen (the model card).
 
 On the four evaluation pairs the same four read 83.1 / 73.5 / 77.4 / 86.6 % with the wrong face
 on 0 / 4.3 / 2.5 / 0 % (the model card has them pair by pair).

@@ -764,6 +764,32 @@ def test_before_any_confident_window_faces_are_judged_where_in_sync_content_read
     assert scores == pytest.approx({1: 0.2, 2: 0.0})
 
 
+def test_with_speaker_search_each_face_is_judged_at_its_own_best_lag_near_the_streams() -> None:
+    # No three confident windows yet: the stream's lag is the calibration's (-30 ms, index 47),
+    # but the stream runs 120 ms out of sync, and the voiced face's lips match at +90 ms (index
+    # 59), where its curve peaks. The other face's curve peaks at +500 ms (index 100); within
+    # 150 ms of the stream's lag it peaks at index 62, where its lips hardly match.
+    for search_ms, expected in (
+        (0, {1: 0.0, 2: 0.01}),  # both at the stream's lag: the voice is missed
+        (150, {1: 0.2, 2: 0.02}),  # each at its own peak within reach: the voice is found
+        (100, {1: 0.0, 2: 0.0}),  # the voiced face's peak is out of reach
+    ):
+        plugin = LipSyncPlugin(
+            LipSyncConfig(speaker_search_ms=search_ms),
+            model=None,
+            device="cpu",
+            checkpoint={"calibration_ms": -30.0},
+        )
+        state = _StreamLag()
+        item = BatchItem(_faceless_windows(1)[0], state, Inputs({FACE_TRACKS: FaceTracks(())}))
+        voiced = _scan({47: 0.0, 59: 0.2}, peak_at=59)
+        other = _scan({47: 0.01, 62: 0.02, 100: 0.4}, peak_at=100)
+        other.curve[62] = 0.5
+        result = plugin._result(item, [(_job(1), voiced), (_job(2), other)], SOUND)
+        scores = {f.track_id: float(f.scores[0]) for f in result.faces}
+        assert scores == pytest.approx(expected), search_ms
+
+
 def test_a_weak_window_does_not_set_the_stream_lag() -> None:
     # A curve whose peak stands ~4 standard deviations out: confidence ~0.4. It sets the
     # stream's lag where min_confidence allows it (0.3, the default) and not above (0.6),
