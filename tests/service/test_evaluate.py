@@ -92,6 +92,11 @@ def test_speaker_accuracy_counts_only_speech_frames() -> None:
     assert (m.correct, m.no_face, m.other_face) == (7, 18, 0)
     total = m + SpeakerMetrics(3, 5, 1, 1, 0)
     assert (total.correct, total.speech_frames, total.no_face, total.other_face) == (10, 30, 19, 1)
+    # A voice from off screen: a frame is right when no face speaks.
+    m = speaker_accuracy(pts, speech, gap + both, width=800, speaking_side=None)
+    assert (m.correct, m.no_face, m.other_face, m.both_faces) == (0, 0, 0, 25)
+    m = speaker_accuracy(pts, speech, gap, width=800, speaking_side=None)
+    assert (m.correct, m.no_face, m.other_face, m.both_faces) == (18, 0, 7, 0)
 
 
 # -- media ------------------------------------------------------------------------------------
@@ -508,6 +513,29 @@ def test_speaker_evaluation_plays_both_voices_out_of_sync_when_asked(
             capsys.readouterr().err
         )
     assert len(read) == 2  # nothing ran for the refused ones
+
+
+@needs_media
+def test_a_voice_from_off_screen_is_one_arrangement_where_no_face_should_speak(
+    tmp_path: Path,
+) -> None:
+    # The oracle always names a face (here the right-hand one: the stream is neither side), so
+    # with a third clip's voice its every speech frame is a miss of one face speaking.
+    m = evaluate_speaker(
+        AOC,
+        MARKEY,
+        plugin="oracle",
+        registry=ORACLE,
+        side_px=256,
+        workdir=tmp_path,
+        max_seconds=4.0,
+        off_screen=AOC,
+    )
+    assert [name for name, _ in m.by_voice] == ["off-screen"]
+    assert m.speech_frames > 50
+    assert m.other_face > 0.9 * m.speech_frames
+    assert m.correct + m.other_face + m.both_faces == m.speech_frames
+    assert m.no_face == 0
 
 
 @needs_media

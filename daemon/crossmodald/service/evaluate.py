@@ -207,11 +207,12 @@ def compose_side_by_side(
     right: Path,
     out: Path,
     *,
-    audio_from: Literal["left", "right"],
+    audio_from: Literal["left", "right"] | Path,
     side_px: int = 384,
     duration_s: float | None = None,
 ) -> Path:
-    """Write two talking heads side by side, with the audio of one, to ``out`` (H.264 + AAC).
+    """Write two talking heads side by side, with the audio of one, to ``out`` (H.264 + AAC);
+    ``audio_from`` a path: that third clip's audio (a voice from off screen).
 
     Each clip's picture is scaled to ``side_px`` x ``side_px``; the shorter clip sets the length.
     Only the luma is kept (the chroma planes are neutral grey), which is all analysis uses.
@@ -222,7 +223,10 @@ def compose_side_by_side(
     a, b = decode_media(left), decode_media(right)
     if not a.video or not b.video:
         raise EvalError("compose: both clips need video")
-    voice = a if audio_from == "left" else b
+    if isinstance(audio_from, Path):
+        voice = decode_media(audio_from)
+    else:
+        voice = a if audio_from == "left" else b
     if not voice.audio_rate:
         raise EvalError(f"compose: {voice.path.name} has no audio")
     fps = Fraction(a.frame_rate or 25).limit_denominator(1001)
@@ -806,10 +810,12 @@ def speaker_accuracy(
     spans: Sequence[tuple[int, int, float]],
     *,
     width: int,
-    speaking_side: Literal["left", "right"],
+    speaking_side: Literal["left", "right"] | None,
 ) -> SpeakerMetrics:
     """Count speech frames where only the speaking side's face has an open ``speaker`` span,
-    and the misses by kind (see :class:`SpeakerMetrics`)."""
+    and the misses by kind (see :class:`SpeakerMetrics`). ``speaking_side`` None: the voice
+    is from off screen, and a frame is correct when no face speaks (one face speaking counts
+    as ``other_face``)."""
     counts = {"correct": 0, "none": 0, "other": 0, "both": 0}
     total = 0
     for pts in frames_pts_ns:
@@ -818,7 +824,7 @@ def speaker_accuracy(
         total += 1
         sides = {"left" if cx < width / 2 else "right" for s, e, cx in spans if s <= pts < e}
         if not sides:
-            counts["none"] += 1
+            counts["none" if speaking_side is not None else "correct"] += 1
         elif len(sides) == 2:
             counts["both"] += 1
         else:
@@ -841,12 +847,15 @@ def evaluate_speaker(
     max_seconds: float | None = None,
     progress: TextIO | None = None,
     audio_shift_ms: float = 0.0,
+    off_screen: Path | None = None,
 ) -> SpeakerMetrics:
     """Compose both arrangements (voice of the left face, voice of the right) and score them.
 
     Speech presence comes from the ``speech`` plugin, run in the same daemon on the same
     windows as the speaker plugin. ``audio_shift_ms``: the composed streams' audio played this
     much earlier (an out-of-sync stream); speech frames are counted on the shifted audio.
+    ``off_screen``: one arrangement instead, the two faces with this third clip's voice (a
+    voice from off screen), where a speech frame is correct when no face speaks.
     """
     tables = [plugin_table(plugin, overrides, device)]
     if plugin != "speech":
@@ -854,29 +863,38 @@ def evaluate_speaker(
     total = SpeakerMetrics(0, 0)
     by_voice: list[tuple[str, SpeakerMetrics]] = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        for side in ("left", "right"):
+        # (stream name, whose audio plays, the face that should speak)
+        arrangements: list[
+            tuple[str, Literal["left", "right"] | Path, Literal["left", "right"] | None]
+        ]
+        if off_screen is None:
+            arrangements = [("left", "left", "left"), ("right", "right", "right")]
+        else:
+            arrangements = [("off-screen", off_screen, None)]
+        for name, audio_from, side in arrangements:
+            label = f"{side}-hand voice" if side is not None else "voice from off screen"
             if progress is not None:
-                print(f"eval: composing {side}-hand voice", file=progress, flush=True)
+                print(f"eval: composing {label}", file=progress, flush=True)
             path = compose_side_by_side(
                 left,
                 right,
-                Path(tmp) / f"{side}.mp4",
-                audio_from=side,
+                Path(tmp) / f"{name}.mp4",
+                audio_from=audio_from,
                 side_px=side_px,
                 duration_s=max_seconds,
             )
             result = run_streams(
-                [media_source(path, side, audio_shift_ms)],
+                [media_source(path, name, audio_shift_ms)],
                 tables,
                 length_s=length_s,
                 hop_s=hop_s,
                 registry=registry,
                 max_seconds=max_seconds,
-                progress=Progress(progress, {side: f"{side}-hand voice"}),
+                progress=Progress(progress, {name: label}),
             )
             check_result(result)
-            record = result.streams[side]
-            events = result.events(side)
+            record = result.streams[name]
+            events = result.events(name)
             covered_ns = complete_end_ns(record, length_s, hop_s)
             speech = [s for s in speech_segments(events) if s[0] < covered_ns]
             pts = sorted(p for p in record.video_pts_ns if p < covered_ns)
@@ -885,7 +903,7 @@ def evaluate_speaker(
                 pts, speech, speaker_spans(events), width=width or 0, speaking_side=side
             )
             total += m
-            by_voice.append((side, m))
+            by_voice.append((name, m))
     return replace(total, by_voice=tuple(by_voice))
 
 
