@@ -681,6 +681,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         progress=None if args.quiet else sys.stderr,
         also=list(also.items()),
+        off_screen=args.off_screen,
     )
 
 
@@ -834,6 +835,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-200 -80 0 120 240 400; speaker: one, both voices out of sync by it)",
     )
     p.add_argument("--second", type=Path, help="right-hand clip (speaker task)")
+    p.add_argument(
+        "--off-screen",
+        type=Path,
+        metavar="CLIP",
+        help="speaker: play this third clip's voice with the two faces (a voice from off "
+        "screen); correct is no face speaking",
+    )
     p.add_argument("--window", type=seconds, help="window length in seconds")
     p.add_argument("--hop", type=seconds, help="window hop in seconds")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")

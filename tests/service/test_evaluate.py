@@ -517,7 +517,7 @@ def test_speaker_evaluation_plays_both_voices_out_of_sync_when_asked(
 
 @needs_media
 def test_a_voice_from_off_screen_is_one_arrangement_where_no_face_should_speak(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The oracle always names a face (here the right-hand one: the stream is neither side), so
     # with a third clip's voice its every speech frame is a miss of one face speaking.
@@ -536,6 +536,14 @@ def test_a_voice_from_off_screen_is_one_arrangement_where_no_face_should_speak(
     assert m.other_face > 0.9 * m.speech_frames
     assert m.correct + m.other_face + m.both_faces == m.speech_frames
     assert m.no_face == 0
+    # ``crossmodald eval oracle AOC --second MARKEY --task speaker --off-screen AOC``.
+    out = io.StringIO()
+    assert _oracle_pair(out, off_screen=AOC, max_seconds=4.0) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith(f"voice of {AOC.name}")
+    assert lines[4].split() == [m.share(m.correct), m.share(m.other_face), m.share(m.both_faces)]
+    assert _oracle_pair(None, task="lipsync", off_screen=AOC) == 2
+    assert "--off-screen is for --task speaker, not lipsync" in capsys.readouterr().err
 
 
 @needs_media

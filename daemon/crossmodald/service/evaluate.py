@@ -1028,6 +1028,7 @@ def eval_command(
     out: TextIO | None = None,
     progress: TextIO | None = None,
     also: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    off_screen: Path | None = None,
 ) -> int:
     """``crossmodald eval``: run ``plugin`` over labelled media and print its metrics.
 
@@ -1054,6 +1055,8 @@ def eval_command(
         also: For ``lipsync``: more plugins (name, config overrides) run in the same daemon
             over the same windows, their figures printed beside ``plugin``'s (e.g. the
             Light-ASD scan and the weight-free method beside a lip-sync model).
+        off_screen: For ``speaker``: instead of either face's voice, this third clip's (a
+            voice from off screen); a speech frame is correct when no face speaks.
 
     Returns:
         0 when the evaluation ran and printed its metrics, 2 on bad input (error printed to
@@ -1082,6 +1085,9 @@ def eval_command(
     names = [plugin, *(name for name, _ in also)]
     if also and task != "lipsync":
         print(f"eval: --also is for --task lipsync, not {task}", file=sys.stderr)
+        return 2
+    if off_screen is not None and task != "speaker":
+        print(f"eval: --off-screen is for --task speaker, not {task}", file=sys.stderr)
         return 2
     if len(set(names)) != len(names):
         print(f"eval: each plugin once: {', '.join(names)}", file=sys.stderr)
@@ -1199,24 +1205,36 @@ def eval_command(
                 length_s=window_s or 2.0,
                 hop_s=hop_s or 0.5,
                 audio_shift_ms=shift,
+                off_screen=off_screen,
                 **common,
             )
             out_of_sync = f"  audio {shift:+g} ms" if shift else ""
-            printer(f"speaker  {media.name} | {second.name}{out_of_sync}")
+            voice = f"  voice of {off_screen.name}" if off_screen is not None else ""
+            printer(f"speaker  {media.name} | {second.name}{voice}{out_of_sync}")
             printer(f"  speech frames   {am.speech_frames}")
             printer(f"  accuracy        {am.accuracy:.1%}")
-            printer(
-                f"  {'voice':<8} {'frames':>7} {'correct':>8} {'no face':>8} {'other':>8} {'both':>8}"
-            )
-            for side, m in (*am.by_voice, ("all", am)):
+            if off_screen is None:
                 printer(
-                    f"  {side:<8} {m.speech_frames:>7} {m.share(m.correct):>8} "
-                    f"{m.share(m.no_face):>8} {m.share(m.other_face):>8} "
-                    f"{m.share(m.both_faces):>8}"
+                    f"  {'voice':<8} {'frames':>7} {'correct':>8} {'no face':>8} {'other':>8} "
+                    f"{'both':>8}"
                 )
-            printer("  voice: the side whose audio plays; correct: that face alone speaks;")
-            printer("  no face: none does; other: only the face that is not the voice; both:")
-            printer("  both faces at once")
+                for side, m in (*am.by_voice, ("all", am)):
+                    printer(
+                        f"  {side:<8} {m.speech_frames:>7} {m.share(m.correct):>8} "
+                        f"{m.share(m.no_face):>8} {m.share(m.other_face):>8} "
+                        f"{m.share(m.both_faces):>8}"
+                    )
+                printer("  voice: the side whose audio plays; correct: that face alone speaks;")
+                printer("  no face: none does; other: only the face that is not the voice; both:")
+                printer("  both faces at once")
+            else:
+                printer(f"  {'no face':>8} {'one face':>9} {'both':>8}")
+                printer(
+                    f"  {am.share(am.correct):>8} {am.share(am.other_face):>9} "
+                    f"{am.share(am.both_faces):>8}"
+                )
+                printer("  the voice is neither face's (from off screen): correct is no face")
+                printer("  speaking; one face: a face speaks for it; both: both faces at once")
     except EvalError as exc:
         print(f"eval: {exc}", file=sys.stderr)
         return 2
