@@ -763,7 +763,9 @@ class SpeakerMetrics:
     Every speech frame is either ``correct`` (the voiced face alone speaks) or a miss of one
     kind: ``no_face`` (no face speaks: the decision let go), ``other_face`` (only the face
     that is not the voice speaks: a wrong pick) or ``both_faces``. ``by_voice``: the same per
-    arrangement ("left" and "right" voiced), when these are the sum of both.
+    arrangement ("left" and "right" voiced), when these are the sum of both. With a voice from
+    off screen (one arrangement, "off-screen") ``correct`` is no face speaking, ``other_face``
+    one face speaking and ``no_face`` 0.
     """
 
     correct: int
