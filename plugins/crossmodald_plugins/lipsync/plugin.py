@@ -567,11 +567,11 @@ class LipSyncPlugin:
         its own best lag near it); not ``speaking`` (silent audio) and with ``speakers = false``
         every face scores 0 and adds nothing to its history.
 
-        Every face is judged at the stream's lag: there the voiced face's lips match the sound
-        and a silent face's do not. Every slot that lag pairs with the span's audio is reported
-        (not only the middle that every lag of the scan pairs): the speaker session judges each
-        slot in the first window that reports it, so the slots at a window's newest edge are
-        judged without waiting for the next window."""
+        Every face is judged at the stream's lag (or its own best one near it): there the voiced
+        face's lips match the sound and a silent face's do not. Every slot that lag pairs with
+        the span's audio is reported (not only the middle that every lag of the scan pairs): the
+        speaker session judges each slot in the first window that reports it, so the slots at a
+        window's newest edge are judged without waiting for the next window."""
         state.judged = True
         speaking = speaking and self.config.speakers
         faces = []
