@@ -269,7 +269,15 @@ async def test_three_daemons_share_one_list(tmp_path: Path) -> None:
             await until(lambda: set(moved) <= a.running() | b.running(), 10, f"{moved} taken over")
             took = time.monotonic() - started
             assert took < 3.0 + 2, took  # less than the lease TTL (3 s) plus two scans
-            assert sorted(a.running() | b.running()) == sorted(names[1:])
+            # Every other source stays placed. Not asserted at this instant: on a loaded machine
+            # a renewal can be late by the guard's margin (the three daemons share one event
+            # loop and one NATS server here), and the guard then stops that stream until a scan
+            # takes it again (seen once in a full run: p2 and p5 stopped, "not renewed for 2.4 s").
+            await until(
+                lambda: sorted(a.running() | b.running()) == sorted(names[1:]),
+                10,
+                "every remaining source running on a or b",
+            )
 
 
 @needs_nats
