@@ -83,6 +83,16 @@ class TypeRegistry(Generic[F, C]):
         """Every installed type name, sorted (importable or not)."""
         return sorted(self._entries)
 
+    def installed(self) -> str:
+        """What messages say is installed: ``installed: a, b``; with nothing at all, where the
+        built-in types come from (a checkout put on ``PYTHONPATH`` has no entry points)."""
+        if self._entries:
+            return f"installed: {', '.join(self.names())}"
+        return (
+            f"none installed in entry-point group {self.group!r}: crossmodald's own come with "
+            "its installed package (pip install crossmodald, or pip install -e . in a checkout)"
+        )
+
     def entry_point(self, name: str) -> EntryPoint | None:
         """The entry point type ``name`` was found by; None if it was given as a class or is
         not installed. Its ``dist`` is the distribution that installed it."""
@@ -100,9 +110,7 @@ class TypeRegistry(Generic[F, C]):
             return self._factories[name]
         entry = self._entries.get(name)
         if entry is None:
-            raise self.error(
-                f"unknown {self._noun} {name!r} (installed: {', '.join(self.names())})"
-            )
+            raise self.error(f"unknown {self._noun} {name!r} ({self.installed()})")
         if isinstance(entry, EntryPoint):
             try:
                 loaded: Any = entry.load()
@@ -180,11 +188,10 @@ class TypeRegistry(Generic[F, C]):
         if not isinstance(table, Mapping):
             return None, [_error("table", f"expected a {self.kind} table", (), table)]
         name = table.get("type")
-        installed = ", ".join(self.names()) or "none"
         if name is None:
             return None, [_error("missing", "", ("type",), table)]
         if not isinstance(name, str):
-            message = f"expected a {self.kind} type name (installed: {installed})"
+            message = f"expected a {self.kind} type name ({self.installed()})"
             return None, [_error("type_name", message, ("type",), name)]
         try:
             model = self.config_model(name)
@@ -193,7 +200,7 @@ class TypeRegistry(Generic[F, C]):
             message = (
                 str(exc)
                 if name in self._entries
-                else f"unknown {self.kind} type (installed: {installed})"
+                else f"unknown {self.kind} type ({self.installed()})"
             )
             return None, [_error("unknown_type", message, ("type",), name)]
         try:

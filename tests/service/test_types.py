@@ -30,6 +30,7 @@ from crossmodald.ingest.pacing import Pacer, VirtualPacer
 from crossmodald.ingest.pattern import PatternSource, PatternSourceConfig, PatternSourceFactory
 from crossmodald.ingest.registry import SourceConfigBase, SourceRegistry
 from crossmodald.runtime.host import Overload
+from crossmodald.runtime.registry import PluginLoadError, PluginRegistry
 from crossmodald.service.config import load_config, validate_config
 from crossmodald.service.daemon import Daemon
 
@@ -249,8 +250,35 @@ def test_create_source_uses_the_factory_of_the_type() -> None:
             registry=_sources(),
         )
     # A type no registry knows (a config built against another registry).
-    with pytest.raises(SourceError, match=r"b: unknown source type 'bars' \(installed: "):
-        create_source(config, registry=SourceRegistry({}))
+    with pytest.raises(SourceError, match=r"b: unknown source type 'bars' \(installed: pattern\)"):
+        create_source(config, registry=SourceRegistry({"pattern": PatternSourceFactory}))
+
+
+def test_with_no_types_installed_the_error_says_where_the_built_in_ones_come_from() -> None:
+    # A checkout run from PYTHONPATH, not installed, has no entry points: the error said
+    # "(installed: )" and nothing more (seen on a GPU machine running the tests that way).
+    empty = SourceRegistry({})
+    config = _sources().validate_table({"type": "bars", "name": "b", "seconds": 2})
+    with pytest.raises(SourceError) as caught:
+        create_source(config, registry=empty)
+    assert str(caught.value) == (
+        "b: unknown source type 'bars' (none installed in entry-point group "
+        "'crossmodald.sources': crossmodald's own come with its installed package "
+        "(pip install crossmodald, or pip install -e . in a checkout))"
+    )
+    errors = _errors(
+        {"sinks": [{"type": "jsonl", "path": "/tmp/a.jsonl"}]}, sink_types=SinkRegistry({})
+    )
+    assert errors == [
+        "sinks.0.type: unknown sink type (none installed in entry-point group "
+        "'crossmodald.sinks': crossmodald's own come with its installed package "
+        "(pip install crossmodald, or pip install -e . in a checkout)) (got 'jsonl')"
+    ]
+    with pytest.raises(
+        PluginLoadError,
+        match=r"unknown plugin 'avsync' \(none installed in entry-point group 'crossmodald.plugins'",
+    ):
+        PluginRegistry({}).factory("avsync")
 
 
 async def test_third_party_source_and_sink_types_run_in_the_daemon(tmp_path: Path) -> None:
