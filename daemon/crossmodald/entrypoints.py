@@ -90,7 +90,7 @@ class TypeRegistry(Generic[F, C]):
             return f"installed: {', '.join(self.names())}"
         return (
             f"none installed in entry-point group {self.group!r}: crossmodald's own come with "
-            "its installed package (pip install crossmodald, or pip install -e . in a checkout)"
+            "its installed package; in a checkout, pip install -e . rather than PYTHONPATH"
         )
 
     def entry_point(self, name: str) -> EntryPoint | None:

@@ -263,16 +263,16 @@ def test_with_no_types_installed_the_error_says_where_the_built_in_ones_come_fro
         create_source(config, registry=empty)
     assert str(caught.value) == (
         "b: unknown source type 'bars' (none installed in entry-point group "
-        "'crossmodald.sources': crossmodald's own come with its installed package "
-        "(pip install crossmodald, or pip install -e . in a checkout))"
+        "'crossmodald.sources': crossmodald's own come with its installed package; "
+        "in a checkout, pip install -e . rather than PYTHONPATH)"
     )
     errors = _errors(
         {"sinks": [{"type": "jsonl", "path": "/tmp/a.jsonl"}]}, sink_types=SinkRegistry({})
     )
     assert errors == [
         "sinks.0.type: unknown sink type (none installed in entry-point group "
-        "'crossmodald.sinks': crossmodald's own come with its installed package "
-        "(pip install crossmodald, or pip install -e . in a checkout)) (got 'jsonl')"
+        "'crossmodald.sinks': crossmodald's own come with its installed package; "
+        "in a checkout, pip install -e . rather than PYTHONPATH) (got 'jsonl')"
     ]
     with pytest.raises(
         PluginLoadError,
