@@ -45,8 +45,9 @@ from pathlib import Path
 
 import av
 import numpy as np
-from benchkit import tree_env
+from benchkit import tree_env, x264_slices
 
+from crossmodald.ingest.media import _slice_threads
 from crossmodald.ingest.pattern import write_pattern_file
 from crossmodald.service.config import PatternSourceConfig
 
@@ -221,6 +222,10 @@ def main() -> int:
         )
         for label, full, short, seconds, plugins in files:
             measure(label, full, short, seconds, plugins, args.repeat, other)
+        print(
+            f"the pattern's pictures have {x264_slices(pattern)} slices (x264's threads here); "
+            f"the plain decode spreads them over every CPU, analyze over {_slice_threads()}"
+        )
     print(
         "raw = decode wall / analyze wall; steady = the same with the 1 s file's times"
         " subtracted from both (start-up excluded; target >= 0.8)"

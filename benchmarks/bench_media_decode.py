@@ -1,8 +1,10 @@
 """Benchmark: MediaSource against a plain PyAV decode loop (not collected by pytest).
 
 Decodes a 60 s 640x480 30 fps H.264 + AAC pattern file and prints wall and CPU seconds (best of
-N) for: a plain ``container.decode`` loop, the same with frame threads, MediaSource as the daemon
-runs it (realtime=False, thread_type AUTO) and MediaSource with decoder threads off.
+N) for: a plain ``container.decode`` loop (PyAV's defaults: slice threads on every CPU), the same
+on one thread and with frame threads, and MediaSource as ``analyze`` reads it (realtime=False:
+slice threads on half the CPUs, one on 2 or 3) and with 1 and 2 slice threads. The pattern
+file's pictures have as many slices as the writing machine's x264 had threads (printed).
 
     python benchmarks/bench_media_decode.py [--repeat 5] [--file /tmp/pattern60.mp4]
 """
@@ -18,27 +20,32 @@ from pathlib import Path
 from typing import Any
 
 import av
+from benchkit import x264_slices
 
+from crossmodald.ingest import media
 from crossmodald.ingest.media import MediaSource
 from crossmodald.ingest.pacing import VirtualPacer
 from crossmodald.ingest.pattern import write_pattern_file
 from crossmodald.service.config import MediaSourceConfig, PatternSourceConfig
 
 
-def plain(path: Path, threads: bool) -> None:
+def plain(path: Path, threads: str | None) -> None:
     with av.open(str(path)) as container:
-        if threads:
-            container.streams.video[0].codec_context.thread_type = "AUTO"
+        ctx = container.streams.video[0].codec_context
+        if threads == "one":
+            ctx.thread_count = 1
+        elif threads == "frame":
+            ctx.thread_type = "AUTO"
         for _ in container.decode(video=0, audio=0):
             pass
 
 
-def through_source(path: Path, options: dict[str, str]) -> None:
+def through_source(path: Path, slice_threads: int | None) -> None:
     async def run() -> None:
-        config = MediaSourceConfig(
-            type="media", name="bench", url=str(path), realtime=False, options=options
-        )
+        config = MediaSourceConfig(type="media", name="bench", url=str(path), realtime=False)
         source = MediaSource(config, VirtualPacer())
+        if slice_threads is not None:
+            source._reader._slice_threads = slice_threads
         await source.open()
         async for _ in source:
             pass
@@ -68,11 +75,16 @@ def main() -> None:
         began = time.perf_counter()
         write_pattern_file(config, path, duration_s=60.0)
         print(f"wrote {path} in {time.perf_counter() - began:.1f} s")
+    print(
+        f"{x264_slices(path)} slices a picture; {media._slice_threads()} slice threads offline here"
+    )
     cases: dict[str, Callable[[], Any]] = {
-        "plain decode loop": lambda: plain(path, threads=False),
-        "plain decode loop, thread_type AUTO": lambda: plain(path, threads=True),
-        "MediaSource (thread_type AUTO)": lambda: through_source(path, {}),
-        "MediaSource, decoder threads=1": lambda: through_source(path, {"threads": "1"}),
+        "plain decode loop": lambda: plain(path, None),
+        "plain decode loop, one thread": lambda: plain(path, "one"),
+        "plain decode loop, frame threads": lambda: plain(path, "frame"),
+        "MediaSource offline (as analyze)": lambda: through_source(path, None),
+        "MediaSource, 1 slice thread": lambda: through_source(path, 1),
+        "MediaSource, 2 slice threads": lambda: through_source(path, 2),
     }
     results = {name: best_of(args.repeat, fn) for name, fn in cases.items()}
     base_wall, base_cpu = results["plain decode loop"]

@@ -1,5 +1,5 @@
-"""Shared by the benchmarks: what they read about a process they started (Linux /proc), the
-environment that runs another checkout's code for a same-run comparison (``--compare-tree``),
+"""Shared by the benchmarks: what they read about a process they started (Linux /proc) or a
+file they wrote, the environment that runs another checkout's code for a same-run comparison (``--compare-tree``),
 and the real daemon run as a subprocess on a loopback port."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -22,6 +23,20 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds the process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def x264_slices(path: Path) -> str:
+    """The slices a picture that x264 wrote in its settings (the first video packet), or '?'.
+
+    PyAV's libx264 cuts each picture into one slice per encoder thread, so a file written here
+    has as many as this machine gave x264; a plain decode spreads them over its CPUs.
+    """
+    import av
+
+    with av.open(str(path)) as container:
+        first = bytes(next(container.demux(video=0)))
+    found = re.search(rb" slices=(\d+)", first)
+    return found.group(1).decode() if found else "?"
 
 
 def rss_mib(pid: int) -> float:

@@ -486,16 +486,49 @@ async def test_closing_with_batches_decoded_ahead(media_dir: Path) -> None:
     assert source._reader.container is None
 
 
-def test_pictures_up_to_1080p_decode_on_one_thread(media_dir: Path) -> None:
-    # Frame threads cost ~30% more CPU for the same pictures; small ones decode on one thread.
-    source = MediaSource(media_config(str(media_dir / "clip.mp4")))
+@pytest.mark.parametrize(
+    ("cpus", "offline", "threads"),
+    [(16, True, 8), (64, True, 16), (3, True, 1), (2, True, 1), (16, False, 1)],
+)
+def test_pictures_up_to_1080p_decode_in_slice_threads_on_half_the_cpus_offline(
+    media_dir: Path, monkeypatch: pytest.MonkeyPatch, cpus: int, offline: bool, threads: int
+) -> None:
+    # Frame threads cost ~30% more CPU for the same pictures: never below 1080p. Slices cost
+    # next to nothing: an offline read spreads them over half the CPUs it may use (a plain
+    # decode uses all of them); live and real-time reads, and small machines, keep one thread.
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)))
+    source = MediaSource(media_config(str(media_dir / "clip.mp4"), realtime=not offline))
     reader = source._reader
     reader.open()
     try:
         assert reader.video is not None
-        assert reader.video.codec_context.thread_count == 1
+        ctx = reader.video.codec_context
+        assert ctx.thread_type == av.codec.context.ThreadType.SLICE
+        assert ctx.thread_count == threads
     finally:
         reader.close()
+
+
+async def test_slice_threads_decode_the_same_pictures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A picture cut into 4 slices, decoded on 4 slice threads and on one: the same frames.
+    # (PyAV's libx264 cuts one slice per encoder thread; 240 pixels high allows only 3.)
+    path = tmp_path / "slices.mp4"
+    options = {"preset": "veryfast", "crf": "12", "threads": "4"}
+    config = pattern_config(width=320, height=480)
+    write_pattern_file(config, path, duration_s=2.0, video_options=options)
+    with av.open(str(path)) as container:
+        assert b"slices=4" in bytes(next(container.demux(video=0)))
+    read: dict[int, list[tuple[int, bytes]]] = {}
+    for cpus in (8, 2):
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid, cpus=cpus: set(range(cpus)))
+        source = MediaSource(media_config(str(path)), VirtualPacer())
+        assert source._reader._slice_threads == cpus // 2
+        got = await collect(source)
+        read[cpus] = [(f.pts_ns, f.luma.tobytes()) for f in got.frames]
+    assert len(read[8]) == 60
+    assert read[8] == read[2]
 
 
 def test_offline_batches_are_bounded_by_pixels(tmp_path: Path) -> None:
