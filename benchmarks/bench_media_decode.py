@@ -6,6 +6,10 @@ on one thread and with frame threads, and MediaSource as ``analyze`` reads it (r
 slice threads on half the CPUs, one on 2 or 3) and with 1 and 2 slice threads. The pattern
 file's pictures have as many slices as the writing machine's x264 had threads (printed).
 
+Then the source's two threads' work each alone, one after the other on one thread (no loop, no
+contention): the decoding thread's (demux, decode, timestamps) and the finishing thread's (luma
+planes, thumbnails, mono audio). Their sum is the least CPU the source spends on the file.
+
     python benchmarks/bench_media_decode.py [--repeat 5] [--file /tmp/pattern60.mp4]
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,7 +28,7 @@ import av
 from benchkit import x264_slices
 
 from crossmodald.ingest import media
-from crossmodald.ingest.media import MediaSource
+from crossmodald.ingest.media import MediaSource, _finish
 from crossmodald.ingest.pacing import VirtualPacer
 from crossmodald.ingest.pattern import write_pattern_file
 from crossmodald.service.config import MediaSourceConfig, PatternSourceConfig
@@ -52,6 +57,29 @@ def through_source(path: Path, slice_threads: int | None) -> None:
         await source.aclose()
 
     asyncio.run(run())
+
+
+def stages(path: Path) -> tuple[float, float]:
+    """Seconds of the decoding thread's and of the finishing thread's work, each alone."""
+    config = MediaSourceConfig(type="media", name="bench", url=str(path), realtime=False)
+    reader = MediaSource(config, VirtualPacer())._reader
+    reader.open()
+    decoding = finishing = 0.0
+    try:
+        ended = False
+        while not ended:
+            began = time.perf_counter()
+            batch = reader.read_batch()
+            decoding += time.perf_counter() - began
+            ended = batch[2]
+            done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            done.set_result(batch)
+            began = time.perf_counter()
+            _finish(done)
+            finishing += time.perf_counter() - began
+    finally:
+        reader.close()
+    return decoding, finishing
 
 
 def best_of(repeat: int, fn: Callable[[], Any]) -> tuple[float, float]:
@@ -93,6 +121,12 @@ def main() -> None:
             f"{name:40s} wall {wall:6.3f} s ({wall / base_wall:4.2f}x)"
             f"   cpu {cpu:6.3f} s ({cpu / base_cpu:4.2f}x)"
         )
+    alone = [stages(path) for _ in range(args.repeat)]
+    decoding, finishing = min(a for a, _ in alone), min(b for _, b in alone)
+    print(
+        f"alone, one thread: the decoding thread's work {decoding:.3f} s "
+        f"({decoding / base_wall:4.2f}x), the finishing thread's {finishing:.3f} s"
+    )
 
 
 if __name__ == "__main__":
