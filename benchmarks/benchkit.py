@@ -1,6 +1,6 @@
 """Shared by the benchmarks: what they read about a process they started (Linux /proc) or a
-file they wrote, the environment that runs another checkout's code for a same-run comparison (``--compare-tree``),
-and the real daemon run as a subprocess on a loopback port."""
+file they wrote, the environment that runs another checkout's code for a same-run comparison
+(``--compare-tree``), and the real daemon run as a subprocess on a loopback port."""
 
 from __future__ import annotations
 
