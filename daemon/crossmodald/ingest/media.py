@@ -40,7 +40,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -82,6 +81,7 @@ from crossmodald.media import (
     VideoFrame,
 )
 from crossmodald.redact import redact_text, redact_url
+from crossmodald.runtime.device import half_the_cpus
 from crossmodald.status import MetricSpec
 
 log = logging.getLogger(__name__)
@@ -171,13 +171,12 @@ def _slice_threads() -> int:
     A plain decode spreads the slices of a picture (encoders for low latency cut each into
     several; PyAV's libx264 cuts one per encoder thread) over every core, and an offline read
     (``analyze``) should not leave those cores idle: the other half is the loop's, the
-    finishing thread's and the plugins' (torch takes half too, :func:`configure_threads`).
+    finishing thread's and the plugins' (torch takes half too, :func:`~crossmodald.runtime.device.configure_threads`).
     Two CPUs or three: one thread, the decode runs on the source's worker thread (measured on
     2 cores: slice threads bring ``analyze`` nothing there). Live and real-time reads keep one
     thread: their streams share the cores among themselves.
     """
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return max(1, min(_MAX_SLICE_THREADS, (available or os.cpu_count() or 1) // 2))
+    return min(_MAX_SLICE_THREADS, half_the_cpus())
 
 
 def _is_network(url: str) -> bool:

@@ -6,6 +6,8 @@ module (which imports this one) is also loaded by commands that never run a mode
 
 from __future__ import annotations
 
+import os
+
 
 class DeviceError(ValueError):
     """A device that cannot be used here (e.g. CUDA asked for on a machine without it)."""
@@ -42,6 +44,14 @@ def resolve_device(spec: str) -> str:
     raise DeviceError(f"unknown device {spec!r} (expected auto, cpu, cuda or cuda:N)")
 
 
+def half_the_cpus() -> int:
+    """Half the CPUs this process may use (its affinity), at least one: the share of the cores
+    a pool of worker threads takes (torch's, a decoder's slices), the rest left to the event
+    loop, the sources and the plugins."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return max(1, (available or os.cpu_count() or 1) // 2)
+
+
 def configure_threads(torch_threads: int | None) -> int:
     """Set torch's intra-op thread count for this process; returns the count used.
 
@@ -49,12 +59,9 @@ def configure_threads(torch_threads: int | None) -> int:
     decoders and the sources need a core too, and on small machines oversubscribing torch
     makes event latency several times worse.
     """
-    import os
-
     import torch
 
     if torch_threads is None:
-        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        torch_threads = max(1, (available or os.cpu_count() or 2) // 2)
+        torch_threads = half_the_cpus()
     torch.set_num_threads(torch_threads)
     return torch_threads
