@@ -603,6 +603,8 @@ def _searched(res: LagScan, at: int, within_ms: int) -> int:
     """Index of the lag within ``within_ms`` of lag ``at`` where ``res``'s curve peaks (``at``
     for 0). The curve, not each lag's own slots, decides: it averages the same lips at every
     lag."""
+    if within_ms == 0:  # the default: no search, for every face and window
+        return at
     near = np.flatnonzero(np.abs(res.lags_ms - res.lags_ms[at]) <= within_ms)
     return int(near[np.argmax(res.curve[near])])
 
